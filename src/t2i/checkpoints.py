@@ -1,0 +1,140 @@
+"""Model folders on disk: `config.json` (every constructor argument, versioned) + safetensors.
+
+Nothing here executes pickle. Optimizer state is stored as safetensors too, with its
+non-tensor parts as JSON metadata. Files are written to a temporary name and renamed,
+so an interrupted save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .diffusion import Diffusion
+from .errors import UserError
+from .models.unet import UNet, UNetConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} is missing: the checkpoint is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{str(path)!r} is not a readable safetensors file ({error}); re-save or re-train it") from None
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """The config.json of a model folder, checked for the format this version reads."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UserError(f"model folder {str(model_dir)!r} does not exist")
+    path = model_dir / CONFIG_NAME
+    if not path.is_file():
+        raise UserError(f"{str(model_dir)!r} has no {CONFIG_NAME}: not a t2i model folder (make one with `t2i train`)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"{str(path)!r} has format {config['format_version']}; this t2i reads up to {FORMAT_VERSION}: upgrade t2i")
+    for key in ("unet", "diffusion"):
+        if key not in config:
+            raise UserError(f"{str(path)!r} has no {key!r} section")
+    return config
+
+
+def model_config(unet: UNetConfig, diffusion: dict, **extra) -> dict:
+    """The config.json of a diffusion model folder."""
+    return {"format_version": FORMAT_VERSION, "t2i_version": __version__, "unet": unet.to_dict(),
+            "diffusion": diffusion, **extra}
+
+
+def diffusion_from_config(config: dict) -> Diffusion:
+    d = config["diffusion"]
+    return Diffusion.from_schedule(d["schedule"], d["num_timesteps"], d.get("prediction_type", "epsilon"))
+
+
+def save_model(model_dir: str | Path, model: UNet, config: dict) -> None:
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(model_dir / WEIGHTS_NAME, model.state_dict())
+    write_json(model_dir / CONFIG_NAME, config)
+
+
+def load_model(model_dir: str | Path, device="cpu") -> tuple[UNet, Diffusion, dict]:
+    """(U-Net in eval mode, its Diffusion, the config) from a model folder."""
+    config = read_config(model_dir)
+    model = UNet(UNetConfig.from_dict(config["unet"]))
+    load_state(model, load_weights(Path(model_dir) / WEIGHTS_NAME), model_dir)
+    return model.to(device).eval(), diffusion_from_config(config), config
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise UserError(f"the weights in {str(where)!r} do not fit the model its config describes: {first}") from None
+
+
+# -- optimizer state, pickle-free -------------------------------------------------------------
+def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars[f"{index}.{name}"] = value
+    metadata = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+    save_weights(path, tensors, metadata)
+
+
+def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    tensors = load_weights(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(json.loads(metadata["scalars"]).items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place, keeping the old one until the new one is there."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)

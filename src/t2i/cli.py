@@ -1,0 +1,219 @@
+"""The `t2i` command line: thin over the library. Bad input ends in one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def add_train(sub) -> None:
+    from .models.unet import BLOCK_TYPES, UNetConfig
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="train a diffusion model on a folder of images or on 'shapes'",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t, u = TrainConfig(), UNetConfig()
+    p.add_argument("--data", default=t.data, help="'shapes' or a folder of images")
+    p.add_argument("--out", required=True, type=Path, help="run folder (model, checkpoints, loss, samples)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--image-size", type=_positive(int), default=t.image_size)
+    p.add_argument("--batch-size", type=_positive(int), default=t.batch_size)
+    p.add_argument("--max-steps", type=_positive(int), default=t.max_steps)
+    p.add_argument("--lr", type=_positive(float), default=t.lr)
+    p.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    p.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm; 0 turns clipping off")
+    p.add_argument("--ema-decay", type=float, default=t.ema_decay)
+    p.add_argument("--schedule", default=t.schedule, help="linear, scaled_linear, cosine or linear_alpha")
+    p.add_argument("--timesteps", type=_positive(int), default=t.num_timesteps, help="T, the number of diffusion steps")
+    p.add_argument("--prediction", default=t.prediction_type, help="what the network predicts: epsilon or v")
+    p.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (e.g. 5)")
+    p.add_argument("--save-every", type=_positive(int), default=t.save_every)
+    p.add_argument("--sample-every", type=_positive(int), default=t.sample_every)
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
+    p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--channels", type=_positive(int), default=u.model_channels, help="width of the first level")
+    p.add_argument("--channel-mult", type=_positive(int), nargs="+", default=list(u.channel_mult),
+                   help="width multiplier of each level")
+    p.add_argument("--num-res-blocks", type=_positive(int), default=u.num_res_blocks)
+    p.add_argument("--attention-levels", type=int, nargs="*", default=list(u.attention_levels),
+                   help="levels (0 = full resolution) with self-attention")
+    p.add_argument("--block", choices=BLOCK_TYPES, default=u.block_type)
+    p.add_argument("--dropout", type=float, default=u.dropout)
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> None:
+    from .models.unet import UNetConfig
+    from .schedules import get_betas
+    from .train import TrainConfig, train
+
+    get_betas(args.schedule, args.timesteps)  # fail on a bad schedule before any work
+    unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),
+                      num_res_blocks=args.num_res_blocks, attention_levels=tuple(args.attention_levels),
+                      block_type=args.block, dropout=args.dropout)
+    if args.image_size % unet.downsample_factor:
+        raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "
+                        f"for a U-Net with {len(unet.channel_mult)} levels")
+    config = TrainConfig(
+        data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        ema_decay=args.ema_decay, schedule=args.schedule, num_timesteps=args.timesteps,
+        prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
+        sample_every=args.sample_every, seed=args.seed, num_workers=args.workers, device=args.device,
+    )
+    out = train(unet, config, args.out, resume=args.resume)
+    print(f"model saved in {out}")
+
+
+def add_sample(sub) -> None:
+    from .diffusion import VARIANCES
+    from .sampling import SAMPLERS
+    from .schedules import SPACINGS
+
+    p = sub.add_parser("sample", help="draw a grid of samples from a trained model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, type=Path, help="a model folder written by `t2i train`")
+    p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
+    p.add_argument("--steps", type=_positive(int), default=None, help="default: T for ddpm, 50 for ddim")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM σ_t²: β_t or β̃_t (default β̃_t)")
+    p.add_argument("--spacing", choices=SPACINGS, default="leading", help="timestep spacing for fewer steps")
+    p.add_argument("--num", type=_positive(int), default=16, help="number of images")
+    p.add_argument("--batch-size", type=_positive(int), default=64)
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("samples.png"))
+    p.set_defaults(run=run_sample)
+
+
+def run_sample(args) -> None:
+    import torch
+
+    from .checkpoints import load_model
+    from .images import make_grid, save_png
+    from .sampling import get_sampler, sample
+    from .train import resolve_device
+
+    get_sampler(args.sampler)
+    device = resolve_device(args.device)
+    model, diffusion, config = load_model(args.model, device)
+    if args.steps and args.steps > diffusion.num_timesteps:
+        raise UserError(f"--steps {args.steps} exceeds the model's {diffusion.num_timesteps} timesteps")
+    size, channels = config["image_size"], model.config.in_channels
+    images = []
+    for start in range(0, args.num, args.batch_size):
+        count = min(args.batch_size, args.num - start)
+        generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(count)]
+        images.append(sample(model, diffusion, (count, channels, size, size), args.sampler, args.steps, args.eta,
+                             generators, variance=args.variance, spacing=args.spacing, device=device).cpu())
+    parameters = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps, "eta": args.eta,
+                  "variance": args.variance, "spacing": args.spacing, "seed": args.seed, "num": args.num,
+                  "size": size}
+    save_png(make_grid(torch.cat(images)), args.out, parameters)
+    print(f"wrote {args.out}")
+
+
+def add_noise(sub) -> None:
+    p = sub.add_parser("noise", help="show an image along the forward process q(x_t | x_0)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("image", type=Path)
+    p.add_argument("--out", type=Path, default=Path("forward.png"))
+    p.add_argument("--schedule", default="linear")
+    p.add_argument("--timesteps", type=_positive(int), default=1000)
+    p.add_argument("--size", type=_positive(int), default=128, help="the image is resized and centre-cropped to this")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_noise)
+
+
+def run_noise(args) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    from .data.folder import resize_center_crop
+    from .diffusion import Diffusion
+    from .images import save_png, to_tensor
+    from .visualize import forward_process_figure
+
+    diffusion = Diffusion.from_schedule(args.schedule, args.timesteps)
+    try:
+        with Image.open(args.image) as image:
+            x0 = to_tensor(resize_center_crop(image, args.size))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise UserError(f"cannot read image {str(args.image)!r}: {error}") from None
+    figure, stats = forward_process_figure(x0, diffusion, seed=args.seed)
+    save_png(figure, args.out, {"image": str(args.image), "schedule": args.schedule, "seed": args.seed})
+    print(f"wrote {args.out}; pixels at t = {args.timesteps - 1}: mean {stats['mean']:.4f}, std {stats['std']:.4f} "
+          "(N(0, 1) has 0 and 1)")
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a trained model")
+    which = p.add_subparsers(dest="metric", required=True, metavar="METRIC")
+    nll = which.add_parser("nll", help="negative log-likelihood (variational bound) in bits/dim on held-out data",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    nll.add_argument("--model", required=True, type=Path)
+    nll.add_argument("--data", default="shapes", help="'shapes' or a folder of images; its test split is used")
+    nll.add_argument("--split", default="test", choices=("train", "test", "all"))
+    nll.add_argument("--num-images", type=_positive(int), default=256)
+    nll.add_argument("--batch-size", type=_positive(int), default=64)
+    nll.add_argument("--terms", type=_positive(int), default=None,
+                     help="evaluate this many random terms of the bound (unbiased estimate); default: all T")
+    nll.add_argument("--variance", default="beta", help="σ_t² of p_θ: beta (tighter bound) or beta_tilde")
+    nll.add_argument("--seed", type=int, default=0)
+    nll.add_argument("--device", default="auto")
+    nll.set_defaults(run=run_eval_nll)
+
+
+def run_eval_nll(args) -> None:
+    from .checkpoints import load_model
+    from .data import load_dataset
+    from .evaluate import nll_on_dataset
+    from .train import resolve_device
+
+    device = resolve_device(args.device)
+    model, diffusion, config = load_model(args.model, device)
+    dataset = load_dataset(args.data, config["image_size"], args.split)
+    result = nll_on_dataset(model, diffusion, dataset, args.num_images, args.batch_size, args.terms,
+                            args.variance, args.seed, device)
+    print(result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="t2i", description="Text-to-image diffusion, from the DDPM maths up.")
+    parser.add_argument("--version", action="version", version=f"t2i {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_train, add_sample, add_noise, add_eval):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as error:
+        print(f"t2i: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("t2i: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Conversions between tensors in [-1, 1] and PIL images, grids, and PNGs with parameters."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, PngImagePlugin
+
+PNG_PARAMETERS_KEY = "t2i"
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> float32 [3, H, W] in [-1, 1], on the 256 levels k/127.5 - 1."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """[3, H, W] (or [1, H, W]) in [-1, 1] -> PIL image; values outside are clipped."""
+    array = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    array = array.permute(1, 2, 0).numpy()
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def make_grid(images: torch.Tensor | list[Image.Image], ncols: int | None = None, padding: int = 2,
+              background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Tile images [N, C, H, W] (or PIL images of one size) into a grid, near-square by default."""
+    pils = [to_pil(x) for x in images] if isinstance(images, torch.Tensor) else list(images)
+    ncols = ncols or math.ceil(math.sqrt(len(pils)))
+    nrows = math.ceil(len(pils) / ncols)
+    w, h = pils[0].size
+    grid = Image.new("RGB", (ncols * (w + padding) + padding, nrows * (h + padding) + padding), background)
+    for i, image in enumerate(pils):
+        grid.paste(image.convert("RGB"), (padding + (i % ncols) * (w + padding), padding + (i // ncols) * (h + padding)))
+    return grid
+
+
+def save_png(image: Image.Image, path: str | Path, parameters: dict | None = None) -> Path:
+    """Save a PNG; `parameters` go into a text chunk as JSON so the image can be reproduced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    if parameters:
+        info.add_text(PNG_PARAMETERS_KEY, json.dumps(parameters, sort_keys=True))
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def read_parameters(path: str | Path) -> dict:
+    """The generation parameters a PNG saved by `save_png` carries ({} if none)."""
+    with Image.open(path) as image:
+        text = image.info.get(PNG_PARAMETERS_KEY)
+    return json.loads(text) if text else {}

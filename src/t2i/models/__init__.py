@@ -1,0 +1,1 @@
+"""Networks: the U-Net denoiser and the layers it is built from."""

@@ -1,0 +1,149 @@
+"""Building blocks shared by the networks: timestep embedding, attention, residual blocks.
+
+Every block takes `(x, emb)` where `emb` is the [B, E] timestep embedding, so the U-Net
+can treat them alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, [B] -> [B, dim].
+
+    Transformer positions (Vaswani et al. 2017) as DDPM uses them: frequencies
+    max_period^(-i/half), cosines first, as in Stable Diffusion's U-Net.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+def group_norm(channels: int, groups: int = 32, eps: float = 1e-5) -> nn.GroupNorm:
+    """GroupNorm with as many groups as divide `channels`, at most `groups`."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters so that the residual branch it ends starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class Attention(nn.Module):
+    """Multi-head attention softmax(QKᵀ/sqrt(d)) V with Q = W_Q x, K = W_K c, V = W_V c.
+
+    Self-attention when no context is given; cross-attention on `context` [B, L, C]
+    otherwise (seed 001, eqs. 1-3). Runs on `F.scaled_dot_product_attention`.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        context = x if context is None else context
+        q, k, v = (self._split(f(a)) for f, a in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, N, H*D] -> [B, H, N, D]
+
+
+class SelfAttentionBlock(nn.Module):
+    """x + Attention(GroupNorm(x)) over the H×W positions of a feature map."""
+
+    def __init__(self, channels: int, head_dim: int = 32, groups: int = 32):
+        super().__init__()
+        self.norm = group_norm(channels, groups)
+        self.attention = Attention(channels, max(1, channels // head_dim), min(head_dim, channels))
+        zero_init(self.attention.to_out)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
+        return x + self.attention(tokens).transpose(1, 2).reshape(x.shape)
+
+
+class ResBlock(nn.Module):
+    """The DDPM residual block of seed 003 (Ho et al.'s, as in Stable Diffusion):
+
+    GroupNorm → SiLU → conv3×3 → + W·SiLU(emb) → GroupNorm → SiLU → dropout → conv3×3,
+    added to x (through a 1×1 conv when the width changes).
+    """
+
+    def __init__(self, channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0, groups: int = 32):
+        super().__init__()
+        self.norm1 = group_norm(channels, groups)
+        self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.time_emb_proj = nn.Linear(emb_dim, out_channels)
+        self.norm2 = group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class ConvNeXtBlock(nn.Module):
+    """The ConvNeXt block of seed 000 (Liu et al. 2022, as the annotated DDPM adapts it):
+
+    depthwise conv7×7 → + W·GELU(emb) → GroupNorm(1) → conv3×3 (×mult) → GELU → dropout →
+    GroupNorm(1) → conv3×3, added to x (through a 1×1 conv when the width changes).
+    """
+
+    def __init__(self, channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0, mult: int = 2):
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.time_emb_proj = nn.Linear(emb_dim, channels)
+        self.norm1 = nn.GroupNorm(1, channels)
+        self.conv1 = nn.Conv2d(channels, out_channels * mult, 3, padding=1)
+        self.norm2 = nn.GroupNorm(1, out_channels * mult)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_channels * mult, out_channels, 3, padding=1))
+        self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.depthwise(x) + self.time_emb_proj(F.gelu(emb))[:, :, None, None]
+        h = F.gelu(self.conv1(self.norm1(h)))
+        h = self.conv2(self.norm2(self.dropout(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve H and W with a stride-2 conv3×3."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour interpolation, then conv3×3."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

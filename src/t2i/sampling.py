@@ -1,0 +1,143 @@
+"""Samplers: plain functions that walk a descending timestep grid from x_T to x_0.
+
+Each sampler has the signature `sampler(eps_fn, diffusion, x, timesteps, *, generator,
+progress, **options)` where `eps_fn(x_t, t) -> ε` is the (possibly guided) noise
+predictor and `timesteps` is the grid, computed once outside (k-diffusion's habit).
+`SAMPLERS` maps the names the CLI accepts to these functions; `sample()` is the one
+entry point that builds the grid, the starting noise and the ε-predictor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import VARIANCES, Diffusion, Model
+from .errors import UserError
+from .schedules import timestep_grid
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise of `shape`, drawn on the CPU so that seeds agree across devices.
+
+    With a list of generators, sample i is drawn from generator i alone, so an image
+    depends on its own seed and not on the batch it was generated in.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        noise = torch.randn(tuple(shape), generator=generator, dtype=dtype)
+    else:
+        if len(generator) != shape[0]:
+            raise UserError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        noise = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in generator])
+    return noise.to(device)
+
+
+def _steps(timesteps: torch.Tensor, progress: bool, name: str):
+    """(i, t, t_prev) along the grid, t_prev = -1 after the last step (x_0 itself, ᾱ = 1)."""
+    ts = timesteps.tolist()
+    for i, t in enumerate(tqdm(ts, desc=name, disable=not progress, leave=False)):
+        yield i, t, ts[i + 1] if i + 1 < len(ts) else -1
+
+
+def _alpha_bar(diffusion: Diffusion, t: int) -> float:
+    return 1.0 if t < 0 else float(diffusion.alphas_cumprod[t])
+
+
+@torch.no_grad()
+def sample_ddpm(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
+                generator: Generators = None, progress: bool = True, variance: str = "beta_tilde") -> torch.Tensor:
+    """Ancestral sampling, DDPM Algorithm 2:
+
+        x_{t-1} = 1/sqrt(α_t) (x_t - β_t/sqrt(1-ᾱ_t) ε_θ(x_t, t)) + σ_t z,   z = 0 at the last step,
+
+    with σ_t² = β_t ("beta") or β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t) β_t ("beta_tilde"). On a grid
+    coarser than every timestep, α_t is that of the respaced chain, ᾱ_t / ᾱ_prev
+    (Nichol & Dhariwal 2021, §4), so the full grid gives the paper's algorithm exactly.
+    """
+    if variance not in VARIANCES:
+        raise UserError(f"unknown variance {variance!r}; choose one of: {', '.join(VARIANCES)}")
+    batch = torch.ones(x.shape[0], dtype=torch.long)
+    for _, t, t_prev in _steps(timesteps, progress, "ddpm"):
+        abar_t, abar_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
+        alpha_t = abar_t / abar_prev
+        beta_t = 1.0 - alpha_t
+        eps = eps_fn(x, batch * t)
+        x = (x - beta_t / math.sqrt(1.0 - abar_t) * eps) / math.sqrt(alpha_t)
+        if t_prev >= 0:
+            sigma2 = beta_t if variance == "beta" else beta_t * (1.0 - abar_prev) / (1.0 - abar_t)
+            x = x + math.sqrt(sigma2) * randn(x.shape, generator, x.device, x.dtype)
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
+                generator: Generators = None, progress: bool = True, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12), deterministic at η = 0:
+
+        x_prev = sqrt(ᾱ_prev) x̂_0 + sqrt(1 - ᾱ_prev - σ²) ε_θ + σ z,
+        σ = η sqrt((1-ᾱ_prev)/(1-ᾱ_t)) sqrt(1 - ᾱ_t/ᾱ_prev).
+
+    At η = 1 on the full grid this is DDPM with σ² = β̃ (eq. 16).
+    """
+    if eta < 0:
+        raise UserError(f"eta must be >= 0, got {eta}")
+    batch = torch.ones(x.shape[0], dtype=torch.long)
+    for _, t, t_prev in _steps(timesteps, progress, "ddim"):
+        abar_t, abar_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
+        eps = eps_fn(x, batch * t)
+        pred_x0 = diffusion.predict_x0(x, batch * t, eps)
+        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
+        x = math.sqrt(abar_prev) * pred_x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
+        if sigma > 0:
+            x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "ddpm": sample_ddpm,
+    "ddim": sample_ddim,
+}
+DEFAULT_STEPS = {"ddim": 50}  # samplers not listed run every training timestep by default
+
+
+def sampler_options(name: str) -> tuple[str, ...]:
+    """The keyword options a registered sampler accepts beyond the common ones."""
+    common = {"eps_fn", "diffusion", "x", "timesteps", "generator", "progress"}
+    return tuple(p for p in inspect.signature(get_sampler(name)).parameters if p not in common)
+
+
+def get_sampler(name: str) -> Callable[..., torch.Tensor]:
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: str = "ddpm",
+           steps: int | None = None, eta: float | None = None, generator: Generators = None,
+           progress: bool = True, *, variance: str | None = None, spacing: str = "leading",
+           x_T: torch.Tensor | None = None, device=None, **cond) -> torch.Tensor:
+    """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` with the named sampler.
+
+    `steps` defaults to all T timesteps for "ddpm" and 50 for "ddim"; `eta` (DDIM) and
+    `variance` (DDPM: "beta" or "beta_tilde") are passed only to samplers that take them.
+    """
+    fn = get_sampler(sampler)
+    options = {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
+    unknown = set(options) - set(sampler_options(sampler))
+    if unknown:
+        raise UserError(f"sampler {sampler!r} takes no option {', '.join(sorted(unknown))}")
+    steps = steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps)
+    timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing)
+    x = randn(shape, generator, device) if x_T is None else x_T
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return diffusion.model_eps(model, x_t, t.to(x_t.device), **cond)
+
+    return fn(eps_fn, diffusion, x, timesteps, generator=generator, progress=progress, **options)

@@ -1,0 +1,78 @@
+"""Noise schedules β_t and timestep grids.
+
+Every schedule is computed in float64 (DESIGN.md: cast only where used). Timesteps are
+0-based: index `t` holds β_{t+1} of the DDPM paper, so `t = 0` is "diffused one step".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import UserError
+
+
+def _linear(num_steps: int) -> torch.Tensor:
+    # DDPM paper §4 and seed 000: β linear from 1e-4 to 0.02 (over T = 1000).
+    return torch.linspace(1e-4, 0.02, num_steps, dtype=torch.float64)
+
+
+def _scaled_linear(num_steps: int) -> torch.Tensor:
+    # Stable Diffusion: linear in sqrt(β), from 0.00085 to 0.012.
+    return torch.linspace(0.00085**0.5, 0.012**0.5, num_steps, dtype=torch.float64) ** 2
+
+
+def _cosine(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    # Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2),
+    # β_t = 1 - ᾱ_t/ᾱ_{t-1}, clipped so that the last steps do not reach β = 1.
+    steps = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
+    f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+def _linear_alpha(num_steps: int) -> torch.Tensor:
+    # Seed 003 (the tsmatz tutorial): α linear from 0.9999 to 0.98, β = 1 - α.
+    return 1 - torch.linspace(0.9999, 0.98, num_steps, dtype=torch.float64)
+
+
+SCHEDULES = {
+    "linear": _linear,
+    "scaled_linear": _scaled_linear,
+    "cosine": _cosine,
+    "linear_alpha": _linear_alpha,
+}
+
+
+def get_betas(name: str, num_steps: int = 1000) -> torch.Tensor:
+    """β_1..β_T of the named schedule as a float64 tensor of shape [num_steps]."""
+    if name not in SCHEDULES:
+        raise UserError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
+    if num_steps < 1:
+        raise UserError(f"a schedule needs at least one step, got {num_steps}")
+    return SCHEDULES[name](num_steps)
+
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading") -> torch.Tensor:
+    """`steps` timesteps out of [0, num_train_steps - 1], in descending (sampling) order.
+
+    The three spacings of Lin et al. 2023 (table 2), as diffusers names them:
+    "leading" (DDIM's and Stable Diffusion's: 0, k, 2k, ...), "trailing" (ends exactly at
+    T-1, so sampling starts from pure noise) and "linspace" (both ends included).
+    """
+    if spacing not in SPACINGS:
+        raise UserError(f"unknown timestep spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
+    if not 1 <= steps <= num_train_steps:
+        raise UserError(
+            f"steps must be between 1 and the model's {num_train_steps} training timesteps, got {steps}"
+        )
+    if spacing == "leading":
+        grid = torch.arange(steps) * (num_train_steps // steps)
+    elif spacing == "trailing":
+        grid = torch.arange(num_train_steps, 0, -num_train_steps / steps).round().long() - 1
+    else:
+        grid = torch.linspace(0, num_train_steps - 1, steps, dtype=torch.float64).round()
+    return grid.long().unique().flip(0)
