@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
@@ -117,15 +117,16 @@ def save_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
 
 def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     tensors = load_weights(path)
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
     state: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(json.loads(metadata["scalars"]).items()):
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    # JSON has no tuples; optimizers keep e.g. AdamW's betas as one
+    groups = [{k: v if k == "params" or not isinstance(v, list) else tuple(v) for k, v in group.items()}
+              for group in json.loads(metadata["param_groups"])]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -49,8 +49,8 @@ def add_train(sub) -> None:
     p.add_argument("--channel-mult", type=_positive(int), nargs="+", default=list(u.channel_mult),
                    help="width multiplier of each level")
     p.add_argument("--num-res-blocks", type=_positive(int), default=u.num_res_blocks)
-    p.add_argument("--attention-levels", type=int, nargs="*", default=list(u.attention_levels),
-                   help="levels (0 = full resolution) with self-attention")
+    p.add_argument("--attention-levels", type=int, nargs="*", default=None,
+                   help="levels (0 = full resolution) with self-attention; default: the lowest resolution")
     p.add_argument("--block", choices=BLOCK_TYPES, default=u.block_type)
     p.add_argument("--dropout", type=float, default=u.dropout)
     p.set_defaults(run=run_train)
@@ -62,8 +62,9 @@ def run_train(args) -> None:
     from .train import TrainConfig, train
 
     get_betas(args.schedule, args.timesteps)  # fail on a bad schedule before any work
+    attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
     unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),
-                      num_res_blocks=args.num_res_blocks, attention_levels=tuple(args.attention_levels),
+                      num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
                       block_type=args.block, dropout=args.dropout)
     if args.image_size % unet.downsample_factor:
         raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "

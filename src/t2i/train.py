@@ -12,6 +12,8 @@ import copy
 import csv
 import dataclasses
 import json
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,7 +212,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
     model.train()
     step, window, saved_step = start, [], start
     bar = tqdm(total=config.max_steps, initial=start, desc="train", dynamic_ncols=True)
-    try:
+    with GracefulStop() as stop:
         for x0 in loader:
             x0 = x0.to(device, non_blocking=True)
             torch.manual_seed(step_seed(config.seed, step))  # dropout, reproducible across resume
@@ -236,20 +238,41 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                 log_rows.append((step, sum(window) / len(window)))
                 bar.set_postfix(loss=f"{log_rows[-1][1]:.4f}", lr=f"{learning_rate(step, config):.2e}")
                 window = []
-            if step % config.save_every == 0 or step == config.max_steps:
+            if step % config.save_every == 0 or step == config.max_steps or stop.requested:
                 save_checkpoint(out, step, model, ema, optimizer, run_config)
                 saved_step = step
                 write_loss_log(log_path, log_rows)
                 plot_loss(log_rows, plot_path)
             if step % config.sample_every == 0 or step == config.max_steps:
                 save_sample_grid(out / "samples" / f"step_{step:06d}.png", ema, diffusion, config, device, step)
-    except KeyboardInterrupt:
-        save_checkpoint(out, step, model, ema, optimizer, run_config)
-        write_loss_log(log_path, log_rows)
-        plot_loss(log_rows, plot_path)
-        bar.close()
-        print(f"\ninterrupted at step {step}: checkpoint saved in {out}; continue with --resume")
-        return out
+            if stop.requested:
+                bar.close()
+                print(f"\nstopped at step {step}: checkpoint saved in {out}; continue with --resume")
+                return out
     bar.close()
     return out
+
+
+class GracefulStop:
+    """Ctrl-C or SIGTERM (a stopped job or session) ask the loop to save and stop after the
+    current step; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 

@@ -26,16 +26,18 @@ BLOCK_TYPES = ("resnet", "convnext")
 class UNetConfig:
     """Every constructor argument of `UNet`; saved whole as the model's config.json.
 
+    The defaults are a 1.6M-parameter model for 32×32 images that trains on a laptop CPU.
+
     `attention_levels` lists the resolution levels (0 = full resolution, each next level
     halves H and W) that get a self-attention block after every residual block.
     """
 
     in_channels: int = 3
     out_channels: int = 3
-    model_channels: int = 64
+    model_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
-    attention_levels: tuple[int, ...] = (1,)
+    attention_levels: tuple[int, ...] = (2,)
     mid_attention: bool = True
     block_type: str = "resnet"
     dropout: float = 0.0

@@ -1,0 +1,64 @@
+"""The command line, run in-process as a user would: outputs written, bad input in one line."""
+
+import pytest
+from PIL import Image
+
+from t2i.cli import main
+from t2i.images import read_parameters
+
+TINY = ["--channels", "16", "--channel-mult", "1", "2", "--num-res-blocks", "1", "--attention-levels", "1",
+        "--image-size", "16", "--batch-size", "8", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), "--max-steps", "12", "--save-every", "6", "--sample-every", "12",
+                 "--timesteps", "50", *TINY]) == 0
+    return out
+
+
+def one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("t2i: error:") and match in err, err
+
+
+def test_train_then_sample_writes_a_grid_with_its_parameters(model_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(model_dir), "--sampler", "ddim", "--steps", "5", "--num", "4",
+                 "--seed", "3", "--out", str(out), "--device", "cpu"]) == 0
+    with Image.open(out) as image:
+        assert image.size == (2 * 18 + 2, 2 * 18 + 2)
+    params = read_parameters(out)
+    assert params["sampler"] == "ddim" and params["seed"] == 3 and params["steps"] == 5
+
+
+def test_noise_shows_the_forward_process(tmp_path, capsys):
+    source = tmp_path / "in.png"
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(source)
+    out = tmp_path / "forward.png"
+    assert main(["noise", str(source), "--out", str(out), "--size", "32"]) == 0
+    assert "mean" in capsys.readouterr().out and out.is_file()
+
+
+def test_eval_nll_prints_bits_per_dim(model_dir, capsys):
+    assert main(["eval", "nll", "--model", str(model_dir), "--num-images", "4", "--terms", "5",
+                 "--device", "cpu"]) == 0
+    assert "bits/dim" in capsys.readouterr().out
+
+
+def test_bad_input_gets_one_line(model_dir, tmp_path, capsys):
+    one_line_error(capsys, ["sample", "--model", str(model_dir), "--sampler", "nope"], "unknown sampler 'nope'")
+    one_line_error(capsys, ["sample", "--model", str(model_dir), "--steps", "51", "--device", "cpu"],
+                   "exceeds the model's 50 timesteps")
+    one_line_error(capsys, ["sample", "--model", str(tmp_path)], "has no config.json")
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--schedule", "quadratic", *TINY],
+                   "unknown schedule 'quadratic'")
+    (tmp_path / "empty").mkdir()
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "empty"), *TINY],
+                   "no images in")
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--image-size", "18", "--channel-mult", "1", "2", "2"],
+                   "divisible by 4")
+    one_line_error(capsys, ["noise", str(tmp_path / "missing.png")], "cannot read image")
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "none"), "--resume"], "does not exist")

@@ -1,0 +1,169 @@
+"""The DDPM maths against the maths: closed forms, Bayes' rule, numeric integrals."""
+
+import math
+
+import pytest
+import torch
+
+from t2i.diffusion import Diffusion, discretized_gaussian_log_likelihood, gaussian_kl
+from t2i.errors import UserError
+
+
+@pytest.fixture
+def diffusion():
+    return Diffusion.from_schedule("linear", 1000)
+
+
+def test_schedule_quantities(diffusion):
+    assert torch.allclose(diffusion.alphas_cumprod, torch.cumprod(1 - diffusion.betas, 0))
+    assert diffusion.alphas_cumprod_prev[0] == 1 and torch.equal(diffusion.alphas_cumprod_prev[1:], diffusion.alphas_cumprod[:-1])
+    assert diffusion.alphas_cumprod.dtype == torch.float64
+
+
+def test_closed_form_matches_iterated_one_step_process(diffusion):
+    """q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1-ᾱ_t) I) vs t+1 applications of q(x_t | x_{t-1})."""
+    g = torch.Generator().manual_seed(0)
+    n = 20_000
+    x0 = torch.tensor([-0.9, -0.2, 0.4, 1.0], dtype=torch.float64)
+    x = x0.expand(n, 4).clone()
+    checkpoints = {0, 9, 99, 499, 999}
+    for step in range(1000):
+        x = diffusion.q_step(x, torch.full((n,), step), torch.randn(x.shape, generator=g, dtype=torch.float64))
+        if step in checkpoints:
+            abar = diffusion.alphas_cumprod[step]
+            mean_err = (x.mean(0) - abar.sqrt() * x0).abs().max()
+            assert mean_err < 4 * math.sqrt((1 - abar) / n) + 1e-12, step
+            assert torch.allclose(x.var(0), (1 - abar).expand(4), rtol=0.05), step
+    # and q_sample draws from the same distribution
+    xt = diffusion.q_sample(x0.expand(n, 4), torch.full((n,), 999), torch.randn((n, 4), generator=g, dtype=torch.float64))
+    assert torch.allclose(xt.var(0), x.var(0), rtol=0.06)
+
+
+def test_q_posterior_matches_spec_formulas(diffusion):
+    g = torch.Generator().manual_seed(1)
+    x0, xt = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([1, 10, 100, 500, 999])
+    mean, var = diffusion.q_posterior(x0, xt, t)
+    b, a, ab = diffusion.betas[t, None], diffusion.alphas[t, None], diffusion.alphas_cumprod[t, None]
+    ab_prev = diffusion.alphas_cumprod_prev[t, None]
+    assert torch.allclose(var, (1 - ab_prev) / (1 - ab) * b)
+    assert torch.allclose(mean, ab_prev.sqrt() * b / (1 - ab) * x0 + a.sqrt() * (1 - ab_prev) / (1 - ab) * xt)
+    eps = diffusion.predict_eps(xt, t, x0)  # the ε form: μ̃ = 1/sqrt(α_t) (x_t - β_t/sqrt(1-ᾱ_t) ε)
+    assert torch.allclose(mean, (xt - b / (1 - ab).sqrt() * eps) / a.sqrt())
+
+
+@pytest.mark.parametrize("t", [1, 50, 700])
+def test_q_posterior_matches_bayes_rule_on_a_grid(diffusion, t):
+    """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0), normalised numerically in 1-D."""
+    x0, xt = torch.tensor([[0.3]], dtype=torch.float64), torch.tensor([[-0.5]], dtype=torch.float64)
+    grid = torch.linspace(-6, 6, 200_001, dtype=torch.float64)
+    a, b = diffusion.alphas[t], diffusion.betas[t]
+    ab_prev = diffusion.alphas_cumprod_prev[t]
+    log_p = -(xt[0, 0] - a.sqrt() * grid) ** 2 / (2 * b) - (grid - ab_prev.sqrt() * x0[0, 0]) ** 2 / (2 * (1 - ab_prev))
+    p = torch.exp(log_p - log_p.max())
+    p = p / torch.trapezoid(p, grid)
+    mean_numeric = torch.trapezoid(grid * p, grid)
+    var_numeric = torch.trapezoid((grid - mean_numeric) ** 2 * p, grid)
+    mean, var = diffusion.q_posterior(x0, xt, torch.tensor([t]))
+    assert mean.item() == pytest.approx(mean_numeric.item(), abs=1e-7)
+    assert var.item() == pytest.approx(var_numeric.item(), rel=1e-4)
+
+
+def test_parameterisations_round_trip(diffusion):
+    g = torch.Generator().manual_seed(2)
+    x0, eps = torch.randn(6, 2, 4, 4, generator=g), torch.randn(6, 2, 4, 4, generator=g)
+    t = torch.tensor([0, 3, 30, 300, 600, 999])
+    xt = diffusion.q_sample(x0, t, eps)
+    assert torch.allclose(diffusion.predict_eps(xt, t, x0), eps, atol=1e-4)
+    assert torch.allclose(diffusion.predict_x0(xt, t, eps), x0, atol=1e-3)
+    v = diffusion.get_v(x0, t, eps)
+    assert torch.allclose(diffusion.predict_x0_from_v(xt, t, v), x0, atol=1e-5)
+    assert torch.allclose(diffusion.predict_eps_from_v(xt, t, v), eps, atol=1e-5)
+
+
+def test_score_of_gaussian_data_is_exact(diffusion, oracle):
+    """s(x_t) = ∇ log q(x_t) = -(x_t - sqrt(ᾱ) μ)/(ᾱ s² + 1 - ᾱ) for x_0 ~ N(μ, s²), and -ε*/sqrt(1-ᾱ) equals it."""
+    mu, s = 0.3, 0.5
+    xt, t = torch.randn(8, 3, dtype=torch.float64), torch.arange(0, 1000, 125)
+    abar = diffusion.alphas_cumprod[t, None]
+    true_score = -(xt - abar.sqrt() * mu) / (abar * s**2 + 1 - abar)
+    assert torch.allclose(diffusion.score(xt, t, oracle(diffusion, mu, s)(xt, t)), true_score)
+
+
+def test_gaussian_kl_matches_numeric_integral():
+    m1, lv1, m2, lv2 = 0.3, math.log(0.5), -0.4, math.log(1.7)
+    x = torch.linspace(-15, 15, 300_001, dtype=torch.float64)
+    log_p = -0.5 * (math.log(2 * math.pi) + lv1) - (x - m1) ** 2 / (2 * math.exp(lv1))
+    log_q = -0.5 * (math.log(2 * math.pi) + lv2) - (x - m2) ** 2 / (2 * math.exp(lv2))
+    numeric = torch.trapezoid(log_p.exp() * (log_p - log_q), x).item()
+    closed = gaussian_kl(*(torch.tensor(v, dtype=torch.float64) for v in (m1, lv1, m2, lv2))).item()
+    assert closed == pytest.approx(numeric, rel=1e-6)
+
+
+@pytest.mark.parametrize("mean,scale", [(0.0, 0.01), (0.5, 0.2), (-0.99, 0.003), (3.0, 0.5), (0.123, 1e-4)])
+def test_discretized_decoder_sums_to_one_over_256_levels(mean, scale):
+    levels = torch.linspace(-1, 1, 256, dtype=torch.float64)
+    log_p = discretized_gaussian_log_likelihood(levels, torch.full_like(levels, mean),
+                                                torch.full_like(levels, math.log(scale)))
+    assert torch.isfinite(log_p).all()
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_discretized_decoder_is_the_bin_probability():
+    x, mean, scale = torch.tensor([0.2], dtype=torch.float64), torch.tensor([0.19]), 0.02
+    half = 1 / 255
+    expected = torch.special.ndtr((x + half - mean) / scale) - torch.special.ndtr((x - half - mean) / scale)
+    got = discretized_gaussian_log_likelihood(x, mean.double(), torch.tensor([math.log(scale)], dtype=torch.float64))
+    assert got.exp().item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_training_loss_is_zero_for_a_perfect_predictor(diffusion):
+    g = torch.Generator().manual_seed(3)
+    x0, noise, t = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g), torch.tensor([0, 10, 500, 999])
+    perfect = lambda x_t, t: diffusion.predict_eps(x_t, t, x0)  # noqa: E731
+    loss = diffusion.training_loss(perfect, x0, t, noise)
+    assert loss.shape == (4,) and loss.max() < 1e-4
+    zero = diffusion.training_loss(lambda x_t, t: torch.zeros_like(x_t), x0, t, noise)
+    assert torch.allclose(zero, noise.pow(2).flatten(1).mean(1))
+
+
+def test_v_prediction_loss_targets_v():
+    diffusion = Diffusion.from_schedule("cosine", 1000, prediction_type="v")
+    g = torch.Generator().manual_seed(4)
+    x0, noise, t = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g), torch.tensor([5, 400, 990])
+    perfect_v = lambda x_t, t: diffusion.get_v(x0, t, diffusion.predict_eps(x_t, t, x0))  # noqa: E731
+    assert diffusion.training_loss(perfect_v, x0, t, noise).max() < 1e-6
+    # and model_eps turns a v output back into ε
+    xt = diffusion.q_sample(x0, t, noise)
+    assert torch.allclose(diffusion.model_eps(perfect_v, xt, t), noise, atol=1e-4)
+
+
+def test_min_snr_weighting(diffusion):
+    g = torch.Generator().manual_seed(5)
+    x0, noise, t = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g), torch.tensor([0, 100, 900])
+    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+    plain = diffusion.training_loss(zero, x0, t, noise)
+    weighted = diffusion.training_loss(zero, x0, t, noise, min_snr_gamma=5.0)
+    snr = diffusion.alphas_cumprod[t] / (1 - diffusion.alphas_cumprod[t])
+    assert torch.allclose(weighted, plain * (snr.clamp(max=5) / snr).float())
+    assert weighted[0] < plain[0] and weighted[2] == pytest.approx(plain[2].item())
+
+
+def test_p_mean_is_algorithm_2(diffusion):
+    g = torch.Generator().manual_seed(6)
+    xt, t = torch.randn(3, 2, 4, 4, generator=g), torch.tensor([0, 200, 999])
+    model = lambda x, t: 0.3 * x  # noqa: E731
+    p = diffusion.p_mean_variance(model, xt, t, variance="beta")
+    a, b, ab = (diffusion.at(v, t, xt) for v in (diffusion.alphas, diffusion.betas, diffusion.alphas_cumprod))
+    assert torch.allclose(p.mean, (xt - b / (1 - ab).sqrt() * model(xt, t)) / a.sqrt(), atol=1e-5)
+    assert torch.allclose(p.variance, b)
+    p_tilde = diffusion.p_mean_variance(model, xt, t, variance="beta_tilde")
+    assert torch.allclose(p_tilde.variance[1:], diffusion.at(diffusion.posterior_variance, t, xt)[1:])
+    assert p_tilde.variance[0].item() == pytest.approx(diffusion.posterior_variance[1].item())
+
+
+def test_bad_arguments_are_user_errors():
+    with pytest.raises(UserError, match="prediction type"):
+        Diffusion.from_schedule("linear", 10, prediction_type="x0")
+    with pytest.raises(UserError, match="variance"):
+        Diffusion.from_schedule("linear", 10).model_log_variance("learned", torch.tensor([0]), torch.zeros(1, 1))

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+
+from t2i.errors import UserError
+from t2i.models.layers import Attention, timestep_embedding
+from t2i.models.unet import UNet, UNetConfig
+
+TINY = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8)
+
+
+def perturb_zero_init(model):
+    """Residual branches and the output start at zero; give them weights to see every path."""
+    for p in model.parameters():
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_timestep_embedding_is_cosines_then_sines():
+    emb = timestep_embedding(torch.tensor([0, 10]), 8)
+    assert emb.shape == (2, 8)
+    assert torch.equal(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    freqs = torch.exp(-math.log(10000) * torch.arange(4) / 4)
+    assert torch.allclose(emb[1], torch.cat([torch.cos(10 * freqs), torch.sin(10 * freqs)]))
+
+
+def test_cross_attention_is_softmax_qk_v():
+    torch.manual_seed(0)
+    attn = Attention(dim=12, heads=3, head_dim=4, context_dim=6)
+    x, c = torch.randn(2, 5, 12), torch.randn(2, 7, 6)
+    q, k, v = attn.to_q(x), attn.to_k(c), attn.to_v(c)
+    heads = []
+    for h in range(3):
+        sl = slice(4 * h, 4 * h + 4)
+        weights = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(4), dim=-1)
+        heads.append(weights @ v[..., sl])
+    assert torch.allclose(attn(x, c), attn.to_out(torch.cat(heads, -1)), atol=1e-5)
+
+
+@pytest.mark.parametrize("block_type", ["resnet", "convnext"])
+def test_unet_maps_images_to_same_shape(block_type):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(block_type=block_type, **TINY))
+    perturb_zero_init(model)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([0, 500, 999])
+    out = model(x, t)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # the output depends on the timestep
+    assert not torch.allclose(model(x, torch.tensor([1, 1, 1])), model(x, torch.tensor([900, 900, 900])))
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_unet_is_deterministic_per_sample_in_a_batch():
+    torch.manual_seed(0)
+    model = perturb_zero_init(UNet(UNetConfig(**TINY)).eval())
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([3, 30, 300, 900])
+    assert torch.allclose(model(x, t)[2:3], model(x[2:3], t[2:3]), atol=1e-5)
+
+
+def test_unet_rejects_sizes_it_cannot_halve():
+    model = UNet(UNetConfig(model_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=()))
+    with pytest.raises(UserError, match="divisible by 4"):
+        model(torch.randn(1, 3, 18, 18), torch.tensor([0]))
+
+
+def test_config_round_trip_and_validation():
+    config = UNetConfig(**TINY)
+    assert UNetConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(UserError, match="unknown block type"):
+        UNetConfig(block_type="transformer")
+    with pytest.raises(UserError, match="attention levels \\[3\\]"):
+        UNetConfig(channel_mult=(1, 2), attention_levels=(3,))
+    with pytest.raises(UserError, match="unknown U-Net config keys"):
+        UNetConfig.from_dict({**config.to_dict(), "wings": 2})
