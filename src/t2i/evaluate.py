@@ -16,7 +16,7 @@ class NLLResult:
     bits_per_dim: float
     standard_error: float
     num_images: int
-    num_timesteps: int  # terms of the bound evaluated per image (T = exact)
+    num_timesteps: int | None  # terms of the bound evaluated per image; None: all T
 
     def __str__(self) -> str:
         how = "all" if self.num_timesteps is None else f"{self.num_timesteps} random"

@@ -28,6 +28,13 @@ def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [first + i * step for i in range(int((hi - first) / step) + 1)]
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """Ticks at 1, 2 and 5 times powers of ten, as log10 values covering [lo, hi] (log10 units)."""
+    ticks = [math.log10(m) + e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo - 1e-9 <= t <= hi + 1e-9]
+    return inside if len(inside) >= 2 else _ticks(lo, hi)
+
+
 def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
 
@@ -51,7 +58,7 @@ class Axes:
             px = self.px(x, self.ylim[0])[0]
             self.draw.line([px, self.bottom, px, self.bottom + 4], fill="black")
             self.draw.text((px, self.bottom + 6), _fmt(x), fill="black", font=small, anchor="mt")
-        for y in _ticks(*self.ylim):
+        for y in (_log_ticks if log_y else _ticks)(*self.ylim):
             py = self._py(y)
             self.draw.line([self.left - 4, py, self.left, py], fill="black")
             self.draw.text((self.left - 6, py), _fmt(10**y if log_y else y), fill="black", font=small, anchor="rm")

@@ -163,9 +163,9 @@ def save_sample_grid(path: Path, ema: UNet, diffusion, config: TrainConfig, devi
     """A fixed-seed grid of EMA samples (DDIM, 50 steps) to watch training progress."""
     generator = torch.Generator().manual_seed(config.seed)
     shape = (config.num_samples, ema.config.in_channels, config.image_size, config.image_size)
-    x = sample(ema, diffusion, shape, "ddim", steps=min(50, diffusion.num_timesteps), generator=generator,
-               progress=False, device=device)
-    save_png(make_grid(x), path, {"step": step, "sampler": "ddim", "steps": 50, "seed": config.seed})
+    steps = min(50, diffusion.num_timesteps)
+    x = sample(ema, diffusion, shape, "ddim", steps, generator=generator, progress=False, device=device)
+    save_png(make_grid(x), path, {"step": step, "sampler": "ddim", "steps": steps, "seed": config.seed})
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
