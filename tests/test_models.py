@@ -73,5 +73,5 @@ def test_config_round_trip_and_validation():
         UNetConfig(block_type="transformer")
     with pytest.raises(UserError, match="attention levels \\[3\\]"):
         UNetConfig(channel_mult=(1, 2), attention_levels=(3,))
-    with pytest.raises(UserError, match="unknown U-Net config keys"):
+    with pytest.raises(UserError, match="unknown UNetConfig keys"):
         UNetConfig.from_dict({**config.to_dict(), "wings": 2})

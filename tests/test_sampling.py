@@ -78,6 +78,25 @@ def test_samplers_take_the_grid_they_are_given(oracle, diffusion):
         assert calls == grid.tolist()
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_clipping_keeps_predicted_x0_in_range(diffusion, sampler):
+    wild = lambda x, t: 3.0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(t[0])))  # noqa: E731
+    kwargs = dict(generator=torch.Generator().manual_seed(0), progress=False)
+    assert sample(wild, diffusion, (64, 2), sampler, 20, **kwargs).abs().max() > 1
+    clipped = sample(wild, diffusion, (64, 2), sampler, 20, clip=True, **kwargs)
+    # DDPM's last step adds no noise and DDIM's returns x̂_0 itself, so both end inside [-1, 1]
+    assert clipped.abs().max() <= 1 + 1e-5
+
+
+def test_clipping_changes_nothing_when_x0_is_in_range(oracle, diffusion):
+    plain = draw(oracle, diffusion, "ddim", 50, n=200)
+    model = oracle(diffusion, MU, S)
+    clipped = sample(model, diffusion, (200, 2), "ddim", 50, generator=torch.Generator().manual_seed(0),
+                     progress=False, clip=True)
+    inside = (plain.abs() < 0.9).all(dim=1)
+    assert torch.allclose(plain[inside], clipped[inside], atol=1e-3)
+
+
 def test_registry_and_bad_input(oracle, diffusion):
     assert set(SAMPLERS) >= {"ddpm", "ddim"}
     model = oracle(diffusion, MU, S)

@@ -93,6 +93,8 @@ def add_sample(sub) -> None:
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM σ_t²: β_t or β̃_t (default β̃_t)")
     p.add_argument("--spacing", choices=SPACINGS, default="leading", help="timestep spacing for fewer steps")
+    p.add_argument("--no-clip", dest="clip", action="store_false",
+                   help="do not clip the predicted x_0 to [-1, 1] at each step")
     p.add_argument("--num", type=_positive(int), default=16, help="number of images")
     p.add_argument("--batch-size", type=_positive(int), default=64)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
@@ -120,9 +122,11 @@ def run_sample(args) -> None:
         count = min(args.batch_size, args.num - start)
         generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(count)]
         images.append(sample(model, diffusion, (count, channels, size, size), args.sampler, args.steps, args.eta,
-                             generators, variance=args.variance, spacing=args.spacing, device=device).cpu())
+                             generators, variance=args.variance, spacing=args.spacing, clip=args.clip,
+                             device=device).cpu())
     parameters = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps, "eta": args.eta,
-                  "variance": args.variance, "spacing": args.spacing, "seed": args.seed, "num": args.num,
+                  "variance": args.variance, "spacing": args.spacing, "clip": args.clip, "seed": args.seed,
+                  "num": args.num,
                   "size": size}
     save_png(make_grid(torch.cat(images)), args.out, parameters)
     print(f"wrote {args.out}")

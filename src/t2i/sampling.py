@@ -50,6 +50,21 @@ def _alpha_bar(diffusion: Diffusion, t: int) -> float:
     return 1.0 if t < 0 else float(diffusion.alphas_cumprod[t])
 
 
+def clip_denoised(eps_fn: EpsFn, diffusion: Diffusion) -> EpsFn:
+    """ε-predictor whose implied x̂_0 = (x_t - sqrt(1-ᾱ_t) ε)/sqrt(ᾱ_t) is clipped to [-1, 1].
+
+    At large t an ε error is amplified by 1/sqrt(ᾱ_t) in x̂_0; for data known to lie in
+    [-1, 1] (pixels, not latents) Ho et al.'s sampler clips x̂_0 and continues from the
+    ε consistent with it. Every sampler accepts the wrapped predictor unchanged.
+    """
+
+    def clipped(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        pred_x0 = diffusion.predict_x0(x, t, eps_fn(x, t)).clamp(-1, 1)
+        return diffusion.predict_eps(x, t, pred_x0)
+
+    return clipped
+
+
 @torch.no_grad()
 def sample_ddpm(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
                 generator: Generators = None, progress: bool = True, variance: str = "beta_tilde") -> torch.Tensor:
@@ -122,11 +137,12 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
 def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: str = "ddpm",
            steps: int | None = None, eta: float | None = None, generator: Generators = None,
            progress: bool = True, *, variance: str | None = None, spacing: str = "leading",
-           x_T: torch.Tensor | None = None, device=None, **cond) -> torch.Tensor:
+           clip: bool = False, x_T: torch.Tensor | None = None, device=None, **cond) -> torch.Tensor:
     """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` with the named sampler.
 
     `steps` defaults to all T timesteps for "ddpm" and 50 for "ddim"; `eta` (DDIM) and
     `variance` (DDPM: "beta" or "beta_tilde") are passed only to samplers that take them.
+    `clip` clips every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels.
     """
     fn = get_sampler(sampler)
     options = {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
@@ -140,4 +156,6 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
     def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return diffusion.model_eps(model, x_t, t.to(x_t.device), **cond)
 
+    if clip:
+        eps_fn = clip_denoised(eps_fn, diffusion)
     return fn(eps_fn, diffusion, x, timesteps, generator=generator, progress=progress, **options)

@@ -164,7 +164,7 @@ def save_sample_grid(path: Path, ema: UNet, diffusion, config: TrainConfig, devi
     generator = torch.Generator().manual_seed(config.seed)
     shape = (config.num_samples, ema.config.in_channels, config.image_size, config.image_size)
     steps = min(50, diffusion.num_timesteps)
-    x = sample(ema, diffusion, shape, "ddim", steps, generator=generator, progress=False, device=device)
+    x = sample(ema, diffusion, shape, "ddim", steps, generator=generator, progress=False, clip=True, device=device)
     save_png(make_grid(x), path, {"step": step, "sampler": "ddim", "steps": steps, "seed": config.seed})
 
 

@@ -43,21 +43,23 @@ class Attention(nn.Module):
 
     Self-attention when no context is given; cross-attention on `context` [B, L, C]
     otherwise (seed 001, eqs. 1-3). Runs on `F.scaled_dot_product_attention`.
+    `bias` gives Q, K, V biases, as CLIP's text transformer has; `causal=True` lets
+    position i attend only to j ≤ i (a decoder's mask, Vaswani et al. 2017 §3.2.3).
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None, bias: bool = False):
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim or dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim or dim, inner, bias=False)
+        self.to_q = nn.Linear(dim, inner, bias=bias)
+        self.to_k = nn.Linear(context_dim or dim, inner, bias=bias)
+        self.to_v = nn.Linear(context_dim or dim, inner, bias=bias)
         self.to_out = nn.Linear(inner, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = (self._split(f(a)) for f, a in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,14 +8,14 @@ config can add cross-attention blocks without changing the skeleton.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .config import ModelConfig
 from .layers import (ConvNeXtBlock, Downsample, ResBlock, SelfAttentionBlock, Upsample, group_norm,
                      timestep_embedding, zero_init)
 
@@ -23,7 +23,7 @@ BLOCK_TYPES = ("resnet", "convnext")
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(ModelConfig):
     """Every constructor argument of `UNet`; saved whole as the model's config.json.
 
     The defaults are a 1.6M-parameter model for 32×32 images that trains on a laptop CPU.
@@ -57,17 +57,6 @@ class UNetConfig:
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "UNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise UserError(f"unknown U-Net config keys {sorted(unknown)}: the model was saved by a newer t2i?")
-        return cls(**values)
 
 
 class TimestepSequential(nn.ModuleList):

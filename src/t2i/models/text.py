@@ -1,0 +1,210 @@
+"""The text encoder τ_θ(y): CLIP's text transformer (Radford et al. 2021, §2.4).
+
+Token ids [B, L] become per-token features [B, L, D], the context that the U-Net's
+cross-attention reads (Rombach et al. 2022, eq. 3). The network is GPT-2's decoder
+(Radford et al. 2019): learned token and position embeddings, pre-LayerNorm residual
+blocks of causal self-attention and an MLP, a final LayerNorm. Stable Diffusion v1
+conditions on the last hidden state of CLIP ViT-L/14's text tower; the pooled feature
+(the hidden state at the end-of-text token) is CLIP's text embedding, kept for later use.
+
+Parameter names are ours; `from_transformers_state_dict` maps transformers'
+`CLIPTextModel` names onto them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .config import ModelConfig
+from .layers import Attention
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+CLIP_VOCAB_SIZE = 49408  # CLIP BPE: 256 bytes, their 256 word-final </w> forms, 48,894 merges, 2 specials
+CLIP_EOS_TOKEN_ID = 49407  # <|endoftext|>, the highest id of CLIP's vocabulary
+
+
+@dataclass
+class TextEncoderConfig(ModelConfig):
+    """Every constructor argument of `CLIPTextTransformer`; saved whole as its config.
+
+    The defaults are a small encoder for our own models over CLIP's vocabulary: width 128,
+    4 blocks, 7.1M parameters, of which 6.3M are the token table (a lookup, no compute).
+    `sd_v1()` is Stable Diffusion v1's encoder, CLIP ViT-L/14's text tower.
+
+    `eos_token_id` picks the token whose hidden state is the pooled output: the first
+    position holding that id. With `None`, the position of the highest id in each row
+    is taken instead — OpenAI CLIP's `text.argmax(-1)`, which finds <|endoftext|>
+    because it is the highest id of CLIP's vocabulary (as transformers does for the old
+    configs, SD v1's among them, that say `eos_token_id: 2`). Both agree on CLIP tokens.
+    """
+
+    vocab_size: int = CLIP_VOCAB_SIZE
+    max_length: int = 77
+    width: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate_size: int = 512
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    eos_token_id: int | None = CLIP_EOS_TOKEN_ID
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"unknown activation {self.activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        if self.width % self.heads:
+            raise UserError(f"text encoder width {self.width} is not divisible by its {self.heads} heads")
+        if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
+            raise UserError(f"eos_token_id {self.eos_token_id} is outside the vocabulary of {self.vocab_size} tokens")
+
+    @classmethod
+    def sd_v1(cls) -> "TextEncoderConfig":
+        """CLIP ViT-L/14's text transformer, Stable Diffusion v1's τ_θ: 123,060,480 parameters."""
+        return cls(width=768, layers=12, heads=12, intermediate_size=3072)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """x·σ(1.702x), CLIP's sigmoid approximation of GELU (Hendrycks & Gimpel 2016, §2)."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+class TransformerBlock(nn.Module):
+    """x + Attn(LN(x)), then x + fc2(act(fc1(LN(x)))): the pre-LN block of GPT-2 and CLIP."""
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        c = config
+        self.norm1 = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
+        self.attention = Attention(c.width, c.heads, c.width // c.heads, bias=True)
+        self.norm2 = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
+        self.fc1 = nn.Linear(c.width, c.intermediate_size)
+        self.fc2 = nn.Linear(c.intermediate_size, c.width)
+        self.activation = quick_gelu if c.activation == "quick_gelu" else F.gelu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x), causal=True)
+        return x + self.fc2(self.activation(self.fc1(self.norm2(x))))
+
+
+class CLIPTextTransformer(nn.Module):
+    """τ_θ(y): token ids [B, L] (L ≤ max_length) -> last hidden state [B, L, width].
+
+    Padding is not masked: as in CLIP and Stable Diffusion, the causal mask already keeps
+    every token from seeing the padding that follows it.
+    """
+
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.config = c = config
+        self.token_embedding = nn.Embedding(c.vocab_size, c.width)
+        self.position_embedding = nn.Parameter(torch.empty(c.max_length, c.width))
+        self.blocks = nn.ModuleList(TransformerBlock(c) for _ in range(c.layers))
+        self.final_norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
+        self._init_weights()
+
+    def _init_weights(self):
+        """CLIP's initialisation (its released `model.py`): N(0, s²) weights, zero biases.
+
+        s is 0.02 for tokens, 0.01 for positions, width^-1/2 for Q, K, V, (2·width)^-1/2
+        for fc1, and width^-1/2·(2·layers)^-1/2 for the two projections that end a residual
+        branch, so the residual stream's variance does not grow with depth.
+        """
+        c = self.config
+        branch_end_std = c.width**-0.5 * (2 * c.layers) ** -0.5
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding, std=0.01)
+        for block in self.blocks:
+            attention = block.attention
+            stds = [(attention.to_q, c.width**-0.5), (attention.to_k, c.width**-0.5), (attention.to_v, c.width**-0.5),
+                    (attention.to_out, branch_end_std), (block.fc1, (2 * c.width) ** -0.5), (block.fc2, branch_end_std)]
+            for linear, std in stds:
+                nn.init.normal_(linear.weight, std=std)
+                nn.init.zeros_(linear.bias)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        length, limit = input_ids.shape[-1], self.config.max_length
+        if length > limit:
+            raise UserError(f"the prompt is {length} tokens long; this text encoder reads at most {limit}")
+        x = self.token_embedding(input_ids) + self.position_embedding[:length]
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def pool(self, last_hidden_state: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """The pooled output [B, width]: each row's hidden state at its end-of-text token.
+
+        That is the first position of `config.eos_token_id`, or of the row's highest id
+        when it is None (see `TextEncoderConfig`).
+        """
+        eos = self.config.eos_token_id
+        if eos is None:
+            positions = input_ids.argmax(dim=-1)  # the first of equal maxima
+        else:
+            is_eos = input_ids == eos
+            if not is_eos.any(dim=-1).all():
+                raise UserError(f"a row of token ids has no end-of-text token ({eos}) to pool at")
+            positions = is_eos.int().argmax(dim=-1)
+        return last_hidden_state[torch.arange(len(positions), device=positions.device), positions]
+
+
+# transformers' CLIPTextModel names -> ours, applied in turn to each key.
+_TRANSFORMERS_NAMES = (
+    (r"^text_model\.", ""),
+    (r"^embeddings\.token_embedding\.", "token_embedding."),
+    (r"^embeddings\.position_embedding\.weight$", "position_embedding"),
+    (r"^encoder\.layers\.", "blocks."),
+    (r"\.self_attn\.([qkv])_proj\.", r".attention.to_\1."),
+    (r"\.self_attn\.out_proj\.", ".attention.to_out."),
+    (r"\.layer_norm([12])\.", r".norm\1."),
+    (r"\.mlp\.(fc[12])\.", r".\1."),
+    (r"^final_layer_norm\.", "final_norm."),
+)
+_OUR_NAMES = re.compile(r"token_embedding\.weight|position_embedding|final_norm\.(weight|bias)"
+                        r"|blocks\.\d+\.(norm[12]|attention\.to_(q|k|v|out)|fc[12])\.(weight|bias)")
+
+
+def from_transformers_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of transformers' `CLIPTextModel` (keys `text_model.…`) in our names.
+
+    The `position_ids` buffer that older checkpoints carry is dropped; keys of anything
+    other than the text transformer (vision tower, projections) are an error.
+    """
+    names = {}
+    for key in state_dict:
+        if key.endswith("embeddings.position_ids"):
+            continue
+        name = key
+        for pattern, replacement in _TRANSFORMERS_NAMES:
+            name = re.sub(pattern, replacement, name)
+        names[key] = name
+    unknown = [key for key, name in names.items() if not _OUR_NAMES.fullmatch(name)]
+    if unknown:
+        raise UserError(f"not a CLIP text transformer's weights: unexpected keys {unknown[:5]}")
+    return {name: state_dict[key] for key, name in names.items()}
+
+
+# transformers' CLIPTextConfig fields -> ours.
+_TRANSFORMERS_CONFIG = dict(vocab_size="vocab_size", max_length="max_position_embeddings", width="hidden_size",
+                            layers="num_hidden_layers", heads="num_attention_heads",
+                            intermediate_size="intermediate_size", activation="hidden_act",
+                            layer_norm_eps="layer_norm_eps", eos_token_id="eos_token_id")
+
+
+def config_from_transformers(values: dict) -> TextEncoderConfig:
+    """Our config for a transformers `CLIPTextConfig`, given as a dict (its config.json).
+
+    `eos_token_id: 2`, which old CLIP configs (SD v1's) carry, is how transformers marks
+    "pool at the highest id"; it becomes our `None`.
+    """
+    missing = [theirs for theirs in _TRANSFORMERS_CONFIG.values() if theirs not in values]
+    if missing:
+        raise UserError(f"not a CLIP text config: it has no {', '.join(missing)}")
+    ours = {field: values[theirs] for field, theirs in _TRANSFORMERS_CONFIG.items()}
+    if ours["eos_token_id"] == 2:
+        ours["eos_token_id"] = None
+    return TextEncoderConfig(**ours)
