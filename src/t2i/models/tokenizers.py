@@ -1,0 +1,445 @@
+r"""Tokenizers: prompts become the token ids [B, L] that the text encoder reads.
+
+Two kinds, both offline and both with one call API (`Tokenizer`):
+
+- `CLIPTokenizer`, CLIP's lower-cased byte-level BPE (Radford et al. 2021, §2.4), read
+  from the `vocab.json` and `merges.txt` that a Stable Diffusion model folder ships. It
+  gives the ids transformers' `CLIPTokenizer` gives, so SD v1's text encoder sees the
+  sequences it was trained on.
+- `WordTokenizer`, a word-level vocabulary built from a list of captions, for our own
+  small models; its vocabulary lives inside the model's config.json.
+
+`load_tokenizer` builds either one from the config entry a model folder records.
+
+CLIP splits text into pre-tokens with the pattern
+`'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+`, which needs the
+third-party `regex` package for the Unicode classes `\p{L}` (letters) and `\p{N}`
+(numbers): Python's `re` has no such classes, and its `\w` and `\d` draw other
+lines (`[^\W\d_]` also takes the number categories Nl and No as letters). So
+`split_words` scans the text itself, classifying each character by the first letter
+of `unicodedata.category` and by `str.isspace`, which are the classes the pattern
+names (`str.isspace` also takes the controls U+001C-U+001F, which are not `\s`).
+Scanning left to right and taking the first alternative that matches gives what the
+pattern's leftmost-first search gives; a test checks this against `regex`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from ..errors import UserError
+
+START_OF_TEXT = "<|startoftext|>"
+END_OF_TEXT = "<|endoftext|>"
+END_OF_WORD = "</w>"
+CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
+CLIP_MERGES = 49152 - 256 - 2  # merges CLIP keeps: with 512 byte symbols and 2 markers, 49,408 ids
+VERY_LONG = 1_000_000  # transformers writes model_max_length = 1e30 for "no limit"
+
+
+class Tokenizer:
+    """What every tokenizer shares: special ids, the call that pads and truncates, decode.
+
+    A sequence is `[bos] + text_to_ids(text) + [eos]`, padded after the end with
+    `pad_id`. Subclasses set `bos_id`, `eos_id`, `pad_id`, `max_length` (the default
+    padded length, or None) and implement `text_to_ids`, `ids_to_text`, `vocab_size`,
+    `to_dict` and `from_config`.
+    """
+
+    type: str
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    max_length: int | None = None
+
+    def __call__(self, texts: str | Sequence[str], max_length: int | None = None,
+                 truncate: bool = False) -> torch.Tensor:
+        """Token ids [B, L] of a batch of prompts, each padded to L with `pad_id`.
+
+        L is `max_length`, else the tokenizer's own `max_length`, else the longest
+        sequence of the batch. A sequence longer than L raises `UserError`, or with
+        `truncate` keeps its first L-1 tokens and ends with eos, as transformers'
+        `truncation=True` does for Stable Diffusion's pipelines.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        rows = [self.encode(text) for text in texts]
+        length = max_length if max_length is not None else self.max_length
+        if length is None:
+            length = max((len(row) for row in rows), default=2)
+        if length < 2:
+            raise UserError(f"max_length {length} leaves no room for the start and end tokens: use at least 2")
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if len(row) > length:
+                if not truncate:
+                    raise UserError(f"the prompt is {len(row)} tokens; the text encoder takes at most {length}"
+                                    " — shorten it")
+                row = row[:length - 1] + [self.eos_id]
+            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of one prompt between the start and end tokens, unpadded."""
+        return [self.bos_id, *self.text_to_ids(text), self.eos_id]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of one row of ids: a leading start token is dropped, and reading stops
+        at the first end token, since what follows it is padding."""
+        ids = [int(i) for i in ids]
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise UserError(f"token id {i} is outside the vocabulary of {self.vocab_size} tokens")
+        if ids and ids[0] == self.bos_id:
+            ids = ids[1:]
+        if self.eos_id in ids:
+            ids = ids[:ids.index(self.eos_id)]
+        return self.ids_to_text(ids)
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def text_to_ids(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def ids_to_text(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict, folder: Path | None) -> "Tokenizer":
+        raise NotImplementedError
+
+    @classmethod
+    def _options(cls, config: dict, known: set[str]) -> dict:
+        """The entries of a tokenizer config other than `type`, checked against `known`."""
+        options = {key: value for key, value in config.items() if key != "type"}
+        unknown = set(options) - known
+        if unknown:
+            raise UserError(f"unknown {cls.type!r} tokenizer config keys {sorted(unknown)}: "
+                            "the model was saved by a newer t2i?")
+        return options
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable characters
+    (Radford et al. 2019, §2.2), which CLIP's BPE works on.
+
+    Merges are stored as two symbols separated by a space, so no byte may become
+    whitespace or a control character: the 188 bytes that are printable Latin-1 stand for
+    themselves, and the other 68 take the code points 256, 257, … in byte order. The
+    dict lists the printable bytes first, the order of the first 256 ids of CLIP's
+    vocabulary.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return {**{byte: chr(byte) for byte in printable}, **{byte: chr(256 + n) for n, byte in enumerate(others)}}
+
+
+def char_class(char: str) -> str:
+    """The class of a character in CLIP's pattern: " " whitespace, "L" letter, "N" number, "P" any other."""
+    if char.isspace():
+        return " "
+    major = unicodedata.category(char)[0]
+    return major if major in "LN" else "P"
+
+
+def split_words(text: str) -> list[str]:
+    """CLIP's pre-tokens of `text`: what `re.findall` of the pattern in the module
+    docstring returns.
+
+    An English contraction ('s 't 're 've 'm 'll 'd) where a pre-token may start, else a
+    run of letters, a single number character, or a run of characters that are neither
+    letters, numbers nor whitespace; whitespace only separates.
+    """
+    words = []
+    i = 0
+    while i < len(text):
+        kind = char_class(text[i])
+        if kind == " ":
+            i += 1
+            continue
+        contraction = next((c for c in CONTRACTIONS if text.startswith(c, i)), None)
+        if contraction:
+            end = i + len(contraction)
+        elif kind == "N":
+            end = i + 1
+        else:
+            end = i + 1
+            while end < len(text) and char_class(text[end]) == kind:
+                end += 1
+        words.append(text[i:end])
+        i = end
+    return words
+
+
+def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """`symbols` with every occurrence of `pair` joined into one symbol, left to right."""
+    merged = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
+class CLIPTokenizer(Tokenizer):
+    """CLIP's byte-level BPE (Radford et al. 2021, §2.4; BPE: Sennrich et al. 2016).
+
+    A prompt is NFC-normalised and lower-cased, split into pre-tokens (`split_words`),
+    each pre-token's UTF-8 bytes are written as symbols (`bytes_to_unicode`) with `</w>`
+    joined to the last one, and the merges are applied by rank: the adjacent pair merged
+    earliest in training is joined everywhere, until no adjacent pair is a merge. The
+    literal markers <|startoftext|> and <|endoftext|> in a prompt are kept as those
+    tokens; a symbol missing from the vocabulary becomes <|endoftext|>, as in transformers.
+
+    `pad_token` is what fills a sequence after <|endoftext|>: <|endoftext|> itself for
+    SD v1, "!" (id 0) for OpenAI's own CLIP and SD v2.
+
+    Where transformers' two CLIP tokenizers disagree, this follows OpenAI's CLIP, which
+    SD v1's text encoder was trained with: format characters such as the zero-width
+    joiner inside emoji are kept and CJK ideographs are not split one by one (as the
+    fast tokenizer; the slow one without `ftfy` drops the first and splits the second),
+    and lower-casing is Python's, which writes a word-final Σ as ς (as the slow
+    tokenizer; the fast one writes σ). Not done: `ftfy`'s repair of mis-decoded text and
+    OpenAI's HTML unescaping (transformers does neither).
+    """
+
+    type = "clip_bpe"
+
+    def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]], pad_token: str = END_OF_TEXT,
+                 max_length: int | None = None):
+        self.vocab = dict(vocab)
+        self.tokens = {i: token for token, i in self.vocab.items()}
+        self.merges = [tuple(pair) for pair in merges]
+        self.merge_ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+        self.byte_symbols = bytes_to_unicode()
+        self.symbol_bytes = {symbol: byte for byte, symbol in self.byte_symbols.items()}
+        missing = [token for token in (START_OF_TEXT, END_OF_TEXT, pad_token) if token not in self.vocab]
+        if missing:
+            raise UserError(f"the CLIP vocabulary has no {', '.join(missing)}: is vocab.json a CLIP tokenizer's?")
+        self.bos_id, self.eos_id = self.vocab[START_OF_TEXT], self.vocab[END_OF_TEXT]
+        self.pad_token, self.pad_id = pad_token, self.vocab[pad_token]
+        self.max_length = max_length
+        self.markers = re.compile(f"({re.escape(START_OF_TEXT)}|{re.escape(END_OF_TEXT)})")
+        self.cache: dict[str, list[str]] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def bpe(self, word: str) -> list[str]:
+        """The BPE symbols of one pre-token written in byte symbols, the last with `</w>`."""
+        if word not in self.cache:
+            symbols = [*word[:-1], word[-1] + END_OF_WORD]
+            while len(symbols) > 1:
+                pair = min(zip(symbols, symbols[1:]), key=lambda p: self.merge_ranks.get(p, math.inf))
+                if pair not in self.merge_ranks:
+                    break
+                symbols = merge_pair(symbols, pair)
+            self.cache[word] = symbols
+        return self.cache[word]
+
+    def text_to_ids(self, text: str) -> list[int]:
+        ids = []
+        for i, part in enumerate(self.markers.split(text)):
+            if i % 2:  # a literal marker, kept by the split's capturing group
+                ids.append(self.vocab[part])
+                continue
+            for word in split_words(unicodedata.normalize("NFC", part).lower()):
+                symbols = self.bpe("".join(self.byte_symbols[byte] for byte in word.encode("utf-8")))
+                ids.extend(self.vocab.get(symbol, self.eos_id) for symbol in symbols)
+        return ids
+
+    def ids_to_text(self, ids: list[int]) -> str:
+        symbols = "".join(self.tokens[i] for i in ids)
+        text = bytes(self.symbol_bytes[symbol] for symbol in symbols).decode("utf-8", errors="replace")
+        return text.replace(END_OF_WORD, " ").strip()
+
+    def to_dict(self) -> dict:
+        """The config entry; the vocabulary itself stays in vocab.json and merges.txt."""
+        return {"type": self.type, "pad_token": self.pad_token, "max_length": self.max_length}
+
+    @classmethod
+    def from_config(cls, config: dict, folder: Path | None) -> "CLIPTokenizer":
+        if folder is None:
+            raise UserError("a 'clip_bpe' tokenizer reads vocab.json and merges.txt from its model folder, "
+                            "and none was given")
+        return cls.from_folder(folder, **cls._options(config, {"pad_token", "max_length"}))
+
+    @classmethod
+    def from_files(cls, vocab_path: str | Path, merges_path: str | Path, pad_token: str = END_OF_TEXT,
+                   max_length: int | None = None) -> "CLIPTokenizer":
+        """From a `vocab.json` (token -> id) and a `merges.txt` (one merge "a b" a line,
+        in rank order, after a "#version" header)."""
+        vocab = read_json(Path(vocab_path))
+        if not isinstance(vocab, dict):
+            raise UserError(f"{str(vocab_path)!r} is not a token -> id mapping: is it a CLIP vocab.json?")
+        lines = read_text(Path(merges_path)).splitlines()
+        if lines and "#version" in lines[0]:
+            lines = lines[1:]
+        return cls(vocab, parse_merges(lines, merges_path), pad_token, max_length)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, pad_token: str | None = None,
+                    max_length: int | None = None) -> "CLIPTokenizer":
+        """From a diffusers-style tokenizer folder: vocab.json, merges.txt and, when
+        present, the pad token and `model_max_length` of its tokenizer_config.json and
+        special_tokens_map.json. Arguments given here take precedence."""
+        folder = Path(folder)
+        settings = {}
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the later one wins, as in transformers
+            if (folder / name).is_file():
+                settings.update(read_json(folder / name))
+        if pad_token is None:
+            pad_token = settings.get("pad_token", END_OF_TEXT)
+            pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token
+        if max_length is None and settings.get("model_max_length", VERY_LONG) < VERY_LONG:
+            max_length = int(settings["model_max_length"])
+        return cls.from_files(folder / "vocab.json", folder / "merges.txt", pad_token, max_length)
+
+    @classmethod
+    def from_openai_file(cls, path: str | Path, pad_token: str = END_OF_TEXT,
+                         max_length: int | None = 77) -> "CLIPTokenizer":
+        """From OpenAI's `bpe_simple_vocab_16e6.txt.gz` (shipped inside the open_clip_torch
+        wheel): its first `CLIP_MERGES` merges, the vocabulary rebuilt as OpenAI's CLIP
+        builds it — the 256 byte symbols, the same with `</w>`, one token per merge,
+        then <|startoftext|> and <|endoftext|>."""
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as file:
+                lines = file.read().splitlines()[1:CLIP_MERGES + 1]
+        except (OSError, EOFError) as error:
+            raise UserError(f"cannot read {str(path)!r} ({error}): "
+                            "is it CLIP's bpe_simple_vocab_16e6.txt.gz?") from None
+        merges = parse_merges(lines, path)
+        symbols = list(bytes_to_unicode().values())
+        tokens = [*symbols, *(s + END_OF_WORD for s in symbols), *("".join(m) for m in merges),
+                  START_OF_TEXT, END_OF_TEXT]
+        return cls({token: i for i, token in enumerate(tokens)}, merges, pad_token, max_length)
+
+    def save(self, folder: str | Path) -> dict:
+        """Write vocab.json and merges.txt into `folder`; return the config entry."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+        merges = "".join(f"{a} {b}\n" for a, b in self.merges)
+        (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+        return self.to_dict()
+
+
+class WordTokenizer(Tokenizer):
+    """A word-level tokenizer for our own small models; its vocabulary is stored in the
+    model's config.json, so it needs no file from anywhere.
+
+    Words are the lower-cased runs of letters and digits; everything else separates
+    them. Ids are positions in `vocab`, which starts with <pad>, <bos>, <eos>, <unk>;
+    a word not in the vocabulary becomes <unk>.
+    """
+
+    type = "word"
+    SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+    WORD = re.compile(r"[^\W_]+")
+
+    def __init__(self, vocab: Sequence[str], max_length: int | None = None):
+        vocab = list(vocab)
+        if tuple(vocab[:len(self.SPECIALS)]) != self.SPECIALS:
+            raise UserError(f"a word vocabulary must start with {', '.join(self.SPECIALS)}: rebuild it with "
+                            "WordTokenizer.build")
+        self.vocab = vocab
+        self.ids = {word: i for i, word in enumerate(vocab)}
+        if len(self.ids) != len(vocab):
+            repeated = sorted(word for word, n in Counter(vocab).items() if n > 1)
+            raise UserError(f"the word vocabulary lists {repeated} more than once: rebuild it with WordTokenizer.build")
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = range(len(self.SPECIALS))
+        self.max_length = max_length
+
+    @classmethod
+    def split(cls, text: str) -> list[str]:
+        return cls.WORD.findall(text.lower())
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 1, max_words: int | None = None,
+              max_length: int | None = None) -> "WordTokenizer":
+        """The vocabulary of `captions`: words seen at least `min_count` times, most frequent
+        first (ties alphabetical), at most `max_words` of them besides the specials."""
+        counts = Counter(word for caption in captions for word in cls.split(caption))
+        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
+        return cls([*cls.SPECIALS, *words[:max_words]], max_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def text_to_ids(self, text: str) -> list[int]:
+        return [self.ids.get(word, self.unk_id) for word in self.split(text)]
+
+    def ids_to_text(self, ids: list[int]) -> str:
+        return " ".join(self.vocab[i] for i in ids if i != self.pad_id)
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, "vocab": list(self.vocab), "max_length": self.max_length}
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "WordTokenizer":
+        options = cls._options(config, {"vocab", "max_length"})
+        if "vocab" not in options:
+            raise UserError("the 'word' tokenizer config has no 'vocab' list: the model's config.json is incomplete")
+        return cls(options["vocab"], options.get("max_length"))
+
+    @classmethod
+    def from_config(cls, config: dict, folder: Path | None) -> "WordTokenizer":
+        return cls.from_dict(config)
+
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {cls.type: cls for cls in (CLIPTokenizer, WordTokenizer)}
+
+
+def load_tokenizer(config: dict, folder: str | Path | None = None) -> Tokenizer:
+    """The tokenizer a model's config records: `{"type": "clip_bpe", ...}` reads its files
+    from `folder`; `{"type": "word", "vocab": [...]}` carries its vocabulary."""
+    kind = config.get("type")
+    if kind not in TOKENIZERS:
+        raise UserError(f"unknown tokenizer type {kind!r}; choose one of: {', '.join(TOKENIZERS)}")
+    return TOKENIZERS[kind].from_config(config, None if folder is None else Path(folder))
+
+
+def parse_merges(lines: Iterable[str], source: str | Path) -> list[tuple[str, str]]:
+    merges = []
+    for number, line in enumerate(lines, 1):
+        pair = line.split()
+        if not pair:
+            continue
+        if len(pair) != 2:
+            raise UserError(f"{str(source)!r}: merge {number} is {line!r}, not two symbols: is it a BPE merges file?")
+        merges.append((pair[0], pair[1]))
+    return merges
+
+
+def read_text(path: Path) -> str:
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} is missing: a CLIP tokenizer needs vocab.json and merges.txt "
+                        "(copy them from the model's tokenizer folder)")
+    return path.read_text(encoding="utf-8")
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
