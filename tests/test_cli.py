@@ -58,7 +58,7 @@ def test_bad_input_gets_one_line(model_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "empty"), *TINY],
                    "no images in")
-    one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--image-size", "18", "--channel-mult", "1", "2", "2"],
-                   "divisible by 4")
+    one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--image-size", "18",
+                            "--channel-mult", "1", "2", "2"], "divisible by 4")
     one_line_error(capsys, ["noise", str(tmp_path / "missing.png")], "cannot read image")
     one_line_error(capsys, ["train", "--out", str(tmp_path / "none"), "--resume"], "does not exist")

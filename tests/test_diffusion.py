@@ -16,7 +16,8 @@ def diffusion():
 
 def test_schedule_quantities(diffusion):
     assert torch.allclose(diffusion.alphas_cumprod, torch.cumprod(1 - diffusion.betas, 0))
-    assert diffusion.alphas_cumprod_prev[0] == 1 and torch.equal(diffusion.alphas_cumprod_prev[1:], diffusion.alphas_cumprod[:-1])
+    assert diffusion.alphas_cumprod_prev[0] == 1
+    assert torch.equal(diffusion.alphas_cumprod_prev[1:], diffusion.alphas_cumprod[:-1])
     assert diffusion.alphas_cumprod.dtype == torch.float64
 
 
@@ -35,7 +36,8 @@ def test_closed_form_matches_iterated_one_step_process(diffusion):
             assert mean_err < 4 * math.sqrt((1 - abar) / n) + 1e-12, step
             assert torch.allclose(x.var(0), (1 - abar).expand(4), rtol=0.05), step
     # and q_sample draws from the same distribution
-    xt = diffusion.q_sample(x0.expand(n, 4), torch.full((n,), 999), torch.randn((n, 4), generator=g, dtype=torch.float64))
+    noise = torch.randn((n, 4), generator=g, dtype=torch.float64)
+    xt = diffusion.q_sample(x0.expand(n, 4), torch.full((n,), 999), noise)
     assert torch.allclose(xt.var(0), x.var(0), rtol=0.06)
 
 
@@ -119,7 +121,8 @@ def test_discretized_decoder_is_the_bin_probability():
 
 def test_training_loss_is_zero_for_a_perfect_predictor(diffusion):
     g = torch.Generator().manual_seed(3)
-    x0, noise, t = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g), torch.tensor([0, 10, 500, 999])
+    x0, noise = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])
     perfect = lambda x_t, t: diffusion.predict_eps(x_t, t, x0)  # noqa: E731
     loss = diffusion.training_loss(perfect, x0, t, noise)
     assert loss.shape == (4,) and loss.max() < 1e-4
@@ -130,7 +133,8 @@ def test_training_loss_is_zero_for_a_perfect_predictor(diffusion):
 def test_v_prediction_loss_targets_v():
     diffusion = Diffusion.from_schedule("cosine", 1000, prediction_type="v")
     g = torch.Generator().manual_seed(4)
-    x0, noise, t = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g), torch.tensor([5, 400, 990])
+    x0, noise = torch.randn(3, 2, 4, 4, generator=g), torch.randn(3, 2, 4, 4, generator=g)
+    t = torch.tensor([5, 400, 990])
     perfect_v = lambda x_t, t: diffusion.get_v(x0, t, diffusion.predict_eps(x_t, t, x0))  # noqa: E731
     assert diffusion.training_loss(perfect_v, x0, t, noise).max() < 1e-6
     # and model_eps turns a v output back into ε
@@ -140,7 +144,8 @@ def test_v_prediction_loss_targets_v():
 
 def test_min_snr_weighting(diffusion):
     g = torch.Generator().manual_seed(5)
-    x0, noise, t = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g), torch.tensor([0, 100, 900])
+    x0, noise = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 100, 900])
     zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
     plain = diffusion.training_loss(zero, x0, t, noise)
     weighted = diffusion.training_loss(zero, x0, t, noise, min_snr_gamma=5.0)

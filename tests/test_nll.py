@@ -59,8 +59,11 @@ def test_sampled_terms_estimate_the_full_bound_without_bias(setup, oracle):
     diffusion, x0 = setup
     model = oracle(diffusion, MU, S)
     exact = diffusion.nll_bits_per_dim(model, x0, generator=torch.Generator().manual_seed(1)).mean().item()
-    estimates = [diffusion.nll_bits_per_dim(model, x0, num_timesteps=50, generator=torch.Generator().manual_seed(seed)).mean().item()
-                 for seed in range(8)]
+    estimates = [
+        diffusion.nll_bits_per_dim(model, x0, num_timesteps=50, generator=torch.Generator().manual_seed(seed))
+        .mean().item()
+        for seed in range(8)
+    ]
     mean = sum(estimates) / len(estimates)
     spread = torch.tensor(estimates).std().item() / math.sqrt(len(estimates))
     assert abs(mean - exact) < max(4 * spread, 0.02)

@@ -60,7 +60,8 @@ def read_config(model_dir: str | Path) -> dict:
     except json.JSONDecodeError as error:
         raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
     if config.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{str(path)!r} has format {config['format_version']}; this t2i reads up to {FORMAT_VERSION}: upgrade t2i")
+        raise UserError(f"{str(path)!r} has format {config['format_version']}; "
+                        f"this t2i reads up to {FORMAT_VERSION}: upgrade t2i")
     for key in ("unet", "diffusion"):
         if key not in config:
             raise UserError(f"{str(path)!r} has no {key!r} section")

@@ -91,6 +91,8 @@ class Diffusion:
         self.alphas_cumprod = torch.cumprod(self.alphas, 0)
         # ᾱ before the first step is 1: x_0 is the data itself.
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        self.sqrt_alphas_cumprod = self.alphas_cumprod.sqrt()
+        self.sqrt_one_minus_alphas_cumprod = (1.0 - self.alphas_cumprod).sqrt()
         # β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) β_t  (DDPM eq. 7). β̃ at t = 0 is exactly 0.
         self.posterior_variance = betas * (1 - self.alphas_cumprod_prev) / (1 - self.alphas_cumprod)
         # μ̃_t = coef_x0 x_0 + coef_xt x_t  (DDPM eq. 7)
@@ -122,7 +124,8 @@ class Diffusion:
     # -- forward process q ------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I)  (DDPM eq. 4)."""
-        return self.at(self.alphas_cumprod.sqrt(), t, x0) * x0 + self.at((1 - self.alphas_cumprod).sqrt(), t, x0) * noise
+        signal, sigma = self.at(self.sqrt_alphas_cumprod, t, x0), self.at(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return signal * x0 + sigma * noise
 
     def q_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - β_t) x_{t-1}, β_t I)  (DDPM eq. 2)."""
@@ -136,23 +139,25 @@ class Diffusion:
     # -- parameterisations -------------------------------------------------------------
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t), eq. 4 solved for x_0."""
-        return (x_t - self.at((1 - self.alphas_cumprod).sqrt(), t, x_t) * eps) / self.at(self.alphas_cumprod.sqrt(), t, x_t)
+        signal, sigma = self.at(self.sqrt_alphas_cumprod, t, x_t), self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return (x_t - sigma * eps) / signal
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """ε = (x_t - sqrt(ᾱ_t) x_0) / sqrt(1 - ᾱ_t), eq. 4 solved for ε."""
-        return (x_t - self.at(self.alphas_cumprod.sqrt(), t, x_t) * x0) / self.at((1 - self.alphas_cumprod).sqrt(), t, x_t)
+        signal, sigma = self.at(self.sqrt_alphas_cumprod, t, x_t), self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return (x_t - signal * x0) / sigma
 
     def get_v(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """The v-prediction target v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (Salimans & Ho 2022, §4)."""
-        return self.at(self.alphas_cumprod.sqrt(), t, x0) * eps - self.at((1 - self.alphas_cumprod).sqrt(), t, x0) * x0
+        return self.at(self.sqrt_alphas_cumprod, t, x0) * eps - self.at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
 
     def predict_x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """x_0 = sqrt(ᾱ_t) x_t - sqrt(1 - ᾱ_t) v."""
-        return self.at(self.alphas_cumprod.sqrt(), t, x_t) * x_t - self.at((1 - self.alphas_cumprod).sqrt(), t, x_t) * v
+        return self.at(self.sqrt_alphas_cumprod, t, x_t) * x_t - self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
 
     def predict_eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """ε = sqrt(1 - ᾱ_t) x_t + sqrt(ᾱ_t) v."""
-        return self.at((1 - self.alphas_cumprod).sqrt(), t, x_t) * x_t + self.at(self.alphas_cumprod.sqrt(), t, x_t) * v
+        return self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + self.at(self.sqrt_alphas_cumprod, t, x_t) * v
 
     def model_eps(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         """ε_θ(x_t, t), whatever the network was trained to output."""
@@ -163,7 +168,7 @@ class Diffusion:
 
     def score(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """∇ log q(x_t) ≈ s_θ(x_t, t) = -ε_θ(x_t, t) / sqrt(1 - ᾱ_t)  (seed 002, the score view)."""
-        return -eps / self.at((1 - self.alphas_cumprod).sqrt(), t, x_t)
+        return -eps / self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
 
     # -- training ------------------------------------------------------------------------
     def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -227,7 +232,7 @@ class Diffusion:
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) in bits per dimension, [B]."""
         t = torch.full((x0.shape[0],), self.num_timesteps - 1, dtype=torch.long)
-        mean = self.at(self.alphas_cumprod.sqrt(), t, x0) * x0
+        mean = self.at(self.sqrt_alphas_cumprod, t, x0) * x0
         logvar = self.at((1 - self.alphas_cumprod).log(), t, x0).expand_as(x0)
         kl = gaussian_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0))
         return mean_flat(kl) / math.log(2.0)

@@ -35,7 +35,8 @@ def make_grid(images: torch.Tensor | list[Image.Image], ncols: int | None = None
     w, h = pils[0].size
     grid = Image.new("RGB", (ncols * (w + padding) + padding, nrows * (h + padding) + padding), background)
     for i, image in enumerate(pils):
-        grid.paste(image.convert("RGB"), (padding + (i % ncols) * (w + padding), padding + (i // ncols) * (h + padding)))
+        row, col = divmod(i, ncols)
+        grid.paste(image.convert("RGB"), (padding + col * (w + padding), padding + row * (h + padding)))
     return grid
 
 

@@ -25,7 +25,8 @@ def forward_process_figure(x0: torch.Tensor, diffusion: Diffusion, timesteps=FOR
     noisy = diffusion.q_sample(batch, torch.tensor(timesteps), torch.randn(batch.shape, generator=generator))
     strip = make_grid(noisy, ncols=len(timesteps))
     cell = max(96, x0.shape[-1])
-    strip = strip.resize((cell * len(timesteps), int(cell * strip.height / strip.width * len(timesteps))), Image.NEAREST)
+    width = cell * len(timesteps)
+    strip = strip.resize((width, int(width * strip.height / strip.width)), Image.NEAREST)
     labelled = Image.new("RGB", (strip.width, strip.height + 20), "white")
     labelled.paste(strip, (0, 20))
     draw = ImageDraw.Draw(labelled)
@@ -42,7 +43,8 @@ def forward_process_figure(x0: torch.Tensor, diffusion: Diffusion, timesteps=FOR
     pdf = torch.exp(-xs**2 / 2) / math.sqrt(2 * math.pi)
     stats = {"mean": pixels.mean().item(), "std": pixels.std().item()}
     hist = histogram_plot(edges.tolist(), density.tolist(), (xs.tolist(), pdf.tolist()),
-                          f"pixels at t = {diffusion.num_timesteps - 1}: mean {stats['mean']:.3f}, std {stats['std']:.3f}",
+                          f"pixels at t = {diffusion.num_timesteps - 1}: "
+                          f"mean {stats['mean']:.3f}, std {stats['std']:.3f}",
                           "pixel value", "N(0, 1) density")
     figure = Image.new("RGB", (max(labelled.width, hist.width), labelled.height + hist.height), "white")
     figure.paste(labelled, (0, 0))
