@@ -1,7 +1,8 @@
 """Building blocks shared by the networks: timestep embedding, attention, residual blocks.
 
-Every block takes `(x, emb)` where `emb` is the [B, E] timestep embedding, so the U-Net
-can treat them alike.
+Every U-Net block takes `(x, emb, context)`: `emb` is the [B, E] timestep embedding and
+`context` the [B, L, C] text tokens (None for an unconditional model). Each block uses
+what it needs, so the U-Net calls them all alike.
 """
 
 from __future__ import annotations
@@ -66,18 +67,88 @@ class Attention(nn.Module):
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, N, H*D] -> [B, H, N, D]
 
 
+def to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [B, HW, C]: a feature map as a sequence of positions."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def from_tokens(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[B, HW, C] -> [B, C, H, W], the inverse of `to_tokens` for a map shaped like `like`."""
+    return tokens.transpose(1, 2).reshape(like.shape[0], -1, *like.shape[2:])
+
+
 class SelfAttentionBlock(nn.Module):
     """x + Attention(GroupNorm(x)) over the H×W positions of a feature map."""
 
-    def __init__(self, channels: int, head_dim: int = 32, groups: int = 32):
+    def __init__(self, channels: int, heads: int, head_dim: int, groups: int = 32):
         super().__init__()
         self.norm = group_norm(channels, groups)
-        self.attention = Attention(channels, max(1, channels // head_dim), min(head_dim, channels))
+        self.attention = Attention(channels, heads, head_dim)
         zero_init(self.attention.to_out)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # [B, HW, C]
-        return x + self.attention(tokens).transpose(1, 2).reshape(x.shape)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None):
+        return x + from_tokens(self.attention(to_tokens(self.norm(x))), x)
+
+
+class FeedForward(nn.Module):
+    """The GEGLU feed-forward (Shazeer 2020): W_out (a ⊙ GELU(g)) with [a, g] = W_in x split in two."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * mult * dim)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(mult * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        return self.out(self.dropout(value * F.gelu(gate)))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention, cross-attention on the context, then a GEGLU feed-forward,
+    each added back to its input (Stable Diffusion's `BasicTransformerBlock`)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.attn2 = Attention(dim, heads, head_dim, context_dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, dropout=dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context)  # seed 001, eqs. 1-3: Q from x, K and V from the text
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """x + proj_out(TransformerBlocks(proj_in(GroupNorm(x)))) over the H×W positions of a
+    feature map, cross-attending to `context` (Rombach et al. 2022, Stable Diffusion v1).
+
+    proj_in/proj_out are 1×1 convs as in SD v1 (SD 2's linear ones are the same map);
+    proj_out starts at zero so the block starts as the identity. The GroupNorm's eps is
+    1e-6, SD's (its ResBlocks keep 1e-5).
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int, depth: int = 1,
+                 groups: int = 32, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * head_dim
+        self.norm = group_norm(channels, groups, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            TransformerBlock(inner, heads, head_dim, context_dim, dropout) for _ in range(depth)
+        )
+        self.proj_out = zero_init(nn.Conv2d(inner, channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None, context: torch.Tensor) -> torch.Tensor:
+        h = self.proj_in(self.norm(x))
+        tokens = to_tokens(h)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context)
+        return x + self.proj_out(from_tokens(tokens, h))
 
 
 class ResBlock(nn.Module):
@@ -97,7 +168,7 @@ class ResBlock(nn.Module):
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
@@ -122,7 +193,7 @@ class ConvNeXtBlock(nn.Module):
         self.conv2 = zero_init(nn.Conv2d(out_channels * mult, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         h = self.depthwise(x) + self.time_emb_proj(F.gelu(emb))[:, :, None, None]
         h = F.gelu(self.conv1(self.norm1(h)))
         h = self.conv2(self.norm2(self.dropout(h)))
@@ -136,7 +207,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None):
         return self.conv(x)
 
 
@@ -147,5 +218,5 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

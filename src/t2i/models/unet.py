@@ -1,9 +1,11 @@
-"""The time-conditioned U-Net ε_θ(x_t, t) (DDPM §3.3, seed 000 and 003).
+"""The time-conditioned U-Net ε_θ(x_t, t, c) (DDPM §3.3, seeds 000 and 003; text
+conditioning by cross-attention, seed 001 eqs. 1-3).
 
 Laid out as Stable Diffusion's `openaimodel.py`: a flat list of down steps whose outputs
 are kept as skips, a middle step, and a flat list of up steps that each consume one skip.
-Every step is a short sequence of blocks sharing the `(x, emb)` call, so a later
-config can add cross-attention blocks without changing the skeleton.
+Every step is a short sequence of blocks sharing the `(x, emb, context)` call, so
+cross-attention blocks slot in where self-attention blocks would be without changing
+the skeleton (or, for unconditional configs, the state-dict keys).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from torch import nn
 
 from ..errors import UserError
 from .config import ModelConfig
-from .layers import (ConvNeXtBlock, Downsample, ResBlock, SelfAttentionBlock, Upsample, group_norm,
-                     timestep_embedding, zero_init)
+from .layers import (ConvNeXtBlock, Downsample, ResBlock, SelfAttentionBlock, SpatialTransformer, Upsample,
+                     group_norm, timestep_embedding, zero_init)
 
 BLOCK_TYPES = ("resnet", "convnext")
 
@@ -29,7 +31,14 @@ class UNetConfig(ModelConfig):
     The defaults are a 1.6M-parameter model for 32×32 images that trains on a laptop CPU.
 
     `attention_levels` lists the resolution levels (0 = full resolution, each next level
-    halves H and W) that get a self-attention block after every residual block.
+    halves H and W) that get an attention block after every residual block (and the
+    middle gets one if `mid_attention`). With `context_dim` None these are self-attention
+    blocks and the model is unconditional; with `context_dim` set they are
+    `SpatialTransformer`s of `transformer_depth` blocks that cross-attend to a
+    [B, L, context_dim] context, as in Stable Diffusion.
+
+    Attention heads: `num_heads` fixed heads of width channels / num_heads (SD v1's
+    choice: 8), or, when `num_heads` is None, heads of width `head_dim` (SD 2's: 64).
     """
 
     in_channels: int = 3
@@ -44,6 +53,15 @@ class UNetConfig(ModelConfig):
     head_dim: int = 32
     norm_groups: int = 32
     convnext_mult: int = 2
+    context_dim: int | None = None
+    transformer_depth: int = 1
+    num_heads: int | None = None
+
+    @classmethod
+    def sd_v1(cls) -> UNetConfig:
+        """Stable Diffusion v1's U-Net (859.5M parameters) on 4-channel latents and CLIP ViT-L/14 text."""
+        return cls(in_channels=4, out_channels=4, model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
+                   attention_levels=(0, 1, 2), mid_attention=True, num_heads=8, context_dim=768, transformer_depth=1)
 
     def __post_init__(self):
         self.channel_mult = tuple(self.channel_mult)
@@ -52,7 +70,20 @@ class UNetConfig(ModelConfig):
             raise UserError(f"unknown block type {self.block_type!r}; choose one of: {', '.join(BLOCK_TYPES)}")
         bad = [level for level in self.attention_levels if not 0 <= level < len(self.channel_mult)]
         if bad:
-            raise UserError(f"attention levels {bad} do not exist: the U-Net has levels 0..{len(self.channel_mult) - 1}")
+            raise UserError(f"attention levels {bad} do not exist: "
+                            f"the U-Net has levels 0..{len(self.channel_mult) - 1}")
+        if self.transformer_depth < 1:
+            raise UserError(f"transformer_depth must be at least 1, not {self.transformer_depth}")
+        levels = set(self.attention_levels) | ({len(self.channel_mult) - 1} if self.mid_attention else set())
+        widths = sorted({self.channel_mult[level] * self.model_channels for level in levels})
+        if self.num_heads and any(width % self.num_heads for width in widths):
+            raise UserError(f"num_heads {self.num_heads} must divide the widths of the attention blocks, {widths}")
+
+    def attention_heads(self, channels: int) -> tuple[int, int]:
+        """(number of heads, head width) of an attention block over `channels` channels."""
+        if self.num_heads:
+            return self.num_heads, channels // self.num_heads
+        return max(1, channels // self.head_dim), min(self.head_dim, channels)
 
     @property
     def downsample_factor(self) -> int:
@@ -60,16 +91,17 @@ class UNetConfig(ModelConfig):
 
 
 class TimestepSequential(nn.ModuleList):
-    """Blocks applied in turn, each given the timestep embedding."""
+    """Blocks applied in turn, each given the timestep embedding and the context."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         for block in self:
-            x = block(x, emb)
+            x = block(x, emb, context)
         return x
 
 
 class UNet(nn.Module):
-    """ε_θ(x_t, t): [B, C, H, W] and integer timesteps [B] -> [B, C_out, H, W]."""
+    """ε_θ(x_t, t, c): [B, C, H, W], integer timesteps [B] and, for a text-conditioned
+    config, a context [B, L, context_dim] -> [B, C_out, H, W]."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -121,12 +153,20 @@ class UNet(nn.Module):
         return ResBlock(channels, out_channels, emb_dim, c.dropout, c.norm_groups)
 
     def _attention(self, channels: int) -> nn.Module:
-        return SelfAttentionBlock(channels, self.config.head_dim, self.config.norm_groups)
+        c = self.config
+        heads, head_dim = c.attention_heads(channels)
+        if c.context_dim is None:
+            return SelfAttentionBlock(channels, heads, head_dim, c.norm_groups)
+        return SpatialTransformer(channels, heads, head_dim, c.context_dim, c.transformer_depth, c.norm_groups,
+                                  c.dropout)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         factor = self.config.downsample_factor
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise UserError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor} for this U-Net")
+        if (context is None) != (self.config.context_dim is None):
+            raise UserError("this U-Net is text-conditioned and needs a context" if context is None
+                            else "this U-Net is unconditional and takes no context")
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -134,9 +174,74 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         skips = [h]
         for step in self.down:
-            h = step(h, emb)
+            h = step(h, emb, context)
             skips.append(h)
-        h = self.middle(h, emb)
+        h = self.middle(h, emb, context)
         for step in self.up:
-            h = step(torch.cat([h, skips.pop()], dim=1), emb)
+            h = step(torch.cat([h, skips.pop()], dim=1), emb, context)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# Module names inside a block that differ between diffusers and us (diffusers wraps
+# to_out and the feed-forward in Sequentials, and calls the 1×1 skip conv_shortcut).
+_DIFFUSERS_INNER_NAMES = {".to_out.0.": ".to_out.", ".ff.net.0.proj.": ".ff.proj.", ".ff.net.2.": ".ff.out.",
+                          ".conv_shortcut.": ".skip."}
+
+
+def _diffusers_block_names(c: UNetConfig) -> dict[str, str]:
+    """diffusers' `UNet2DConditionModel` module prefix -> ours, walking the levels as `UNet` does."""
+    levels = len(c.channel_mult)
+    names = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "conv_in": "conv_in", "conv_norm_out": "norm_out", "conv_out": "conv_out",
+             "mid_block.resnets.0": "middle.0", "mid_block.attentions.0": "middle.1",
+             "mid_block.resnets.1": f"middle.{2 if c.mid_attention else 1}"}
+    step = 0
+    for level in range(levels):
+        for j in range(c.num_res_blocks):
+            names[f"down_blocks.{level}.resnets.{j}"] = f"down.{step}.0"
+            names[f"down_blocks.{level}.attentions.{j}"] = f"down.{step}.1"
+            step += 1
+        if level < levels - 1:
+            names[f"down_blocks.{level}.downsamplers.0"] = f"down.{step}.0"
+            step += 1
+    step = 0
+    for i, level in enumerate(reversed(range(levels))):
+        for j in range(c.num_res_blocks + 1):
+            names[f"up_blocks.{i}.resnets.{j}"] = f"up.{step}.0"
+            names[f"up_blocks.{i}.attentions.{j}"] = f"up.{step}.1"
+            step += 1
+        names[f"up_blocks.{i}.upsamplers.0"] = f"up.{step - 1}.{2 if level in c.attention_levels else 1}"
+    return names
+
+
+def from_diffusers_state_dict(state_dict: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+    """A diffusers `UNet2DConditionModel` state dict (SD v1/v2 layout) as one for `UNet(config)`.
+
+    Weights are renamed, never changed, except SD 2's linear proj_in/proj_out, which are
+    stored as the equal 1×1 convs. Raises UserError unless every weight of `UNet(config)`
+    is filled with the right shape and nothing is left over.
+    """
+    if config.block_type != "resnet":
+        raise UserError("diffusers U-Nets are built of ResBlocks: use block_type='resnet'")
+    blocks = _diffusers_block_names(config)
+    with torch.device("meta"):
+        expected = UNet(config).state_dict()
+    converted, unused = {}, []
+    for key, value in state_dict.items():
+        prefix = next((p for p in blocks if key.startswith(p + ".")), None)
+        if prefix is None:
+            unused.append(key)
+            continue
+        name = "." + key[len(prefix) + 1:]
+        for theirs, ours in _DIFFUSERS_INNER_NAMES.items():
+            name = name.replace(theirs, ours)
+        name = blocks[prefix] + name
+        if name in expected and value.ndim == 2 and expected[name].ndim == 4:
+            value = value[:, :, None, None]  # a linear projection as a 1×1 conv
+        converted[name] = value
+    wrong = sorted(k for k in expected if k not in converted or converted[k].shape != expected[k].shape)
+    unused += sorted(set(converted) - set(expected))
+    if wrong or unused:
+        raise UserError(f"the diffusers weights do not fit this UNetConfig: missing or misshapen {wrong[:5]}, "
+                        f"unused {unused[:5]} ({len(wrong)} and {len(unused)} in all)")
+    return converted
