@@ -53,6 +53,7 @@ def add_train(sub) -> None:
                    help="levels (0 = full resolution) with self-attention; default: the lowest resolution")
     p.add_argument("--block", choices=BLOCK_TYPES, default=u.block_type)
     p.add_argument("--dropout", type=float, default=u.dropout)
+    p.add_argument("--norm-groups", type=_positive(int), default=u.norm_groups, help="GroupNorm groups (at most)")
     p.set_defaults(run=run_train)
 
 
@@ -65,7 +66,7 @@ def run_train(args) -> None:
     attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
     unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),
                       num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
-                      block_type=args.block, dropout=args.dropout)
+                      block_type=args.block, dropout=args.dropout, norm_groups=args.norm_groups)
     if args.image_size % unet.downsample_factor:
         raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "
                         f"for a U-Net with {len(unet.channel_mult)} levels")
