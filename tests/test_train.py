@@ -45,7 +45,7 @@ def test_trained_model_beats_the_untrained_one_on_held_out_nll(trained):
     kwargs = dict(num_images=16, num_timesteps=40, seed=0, progress=False)
     before = nll_on_dataset(untrained, diffusion, test, **kwargs).bits_per_dim
     after = nll_on_dataset(model, diffusion, test, **kwargs).bits_per_dim
-    assert after < before - 0.5 and after < 8.0
+    assert after < 0.75 * before  # 200 steps of a tiny model: far from good, but far better than chance
 
 
 def test_resume_continues_exactly(tmp_path):

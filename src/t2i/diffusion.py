@@ -262,8 +262,8 @@ class Diffusion:
 
         `x0` must be data quantised to 256 levels in [-1, 1]. With `num_timesteps=None`
         every one of the T terms is evaluated (one x_t ~ q(x_t | x_0) each); with an integer
-        k, k timesteps are drawn uniformly without replacement and their sum is scaled by
-        T/k, an unbiased estimate of the same bound at k/T of the cost.
+        k, L_0 and k-1 of the T-1 KL terms, drawn uniformly without replacement and scaled by
+        (T-1)/(k-1), give an unbiased estimate of the same bound at k/T of the cost.
 
         σ_t² = β_t is the default because it gives the tighter bound: when the data are
         smooth at the scale of the first noise levels, the true reverse variance at small t
@@ -272,16 +272,22 @@ class Diffusion:
         """
         T = self.num_timesteps
         if num_timesteps is None or num_timesteps >= T:
-            timesteps, scale = torch.arange(T), 1.0
+            timesteps, scale = torch.arange(T), torch.ones(T, dtype=torch.float64)
         else:
-            if num_timesteps < 1:
-                raise UserError(f"num_timesteps must be at least 1, got {num_timesteps}")
-            timesteps, scale = torch.randperm(T, generator=generator)[:num_timesteps], T / num_timesteps
+            if num_timesteps < 2:
+                raise UserError(f"num_timesteps must be at least 2, got {num_timesteps}")
+            # L_0 (the decoder) is usually the largest term by far: evaluate it always and
+            # sample only the T-1 KL terms, which keeps the estimate unbiased and its variance low.
+            kl_steps = 1 + torch.randperm(T - 1, generator=generator)[: num_timesteps - 1]
+            timesteps = torch.cat([torch.zeros(1, dtype=torch.long), kl_steps])
+            scale = torch.cat([torch.ones(1, dtype=torch.float64),
+                               torch.full((num_timesteps - 1,), (T - 1) / (num_timesteps - 1), dtype=torch.float64)])
         from tqdm.auto import tqdm
 
         total = self.prior_bpd(x0)
-        for step in tqdm(timesteps.tolist(), desc="bits/dim", disable=not progress, leave=False):
+        for step, weight in tqdm(list(zip(timesteps.tolist(), scale.tolist())), desc="bits/dim",
+                                 disable=not progress, leave=False):
             t = torch.full((x0.shape[0],), step, dtype=torch.long)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
-            total = total + scale * self.vb_term_bpd(model, x0, t, noise, variance, **cond)
+            total = total + weight * self.vb_term_bpd(model, x0, t, noise, variance, **cond)
         return total

@@ -19,7 +19,7 @@ class NLLResult:
     num_timesteps: int | None  # terms of the bound evaluated per image; None: all T
 
     def __str__(self) -> str:
-        how = "all" if self.num_timesteps is None else f"{self.num_timesteps} random"
+        how = "all" if self.num_timesteps is None else f"L_0 and {self.num_timesteps - 1} random KL"
         return (f"NLL {self.bits_per_dim:.3f} ± {self.standard_error:.3f} bits/dim "
                 f"({self.num_images} images, {how} terms of the bound)")
 

@@ -36,7 +36,9 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+    if float(v).is_integer() and abs(v) < 1e7:
+        return str(int(v))
+    return f"{v:.3g}"
 
 
 class Axes:
