@@ -51,7 +51,7 @@ def test_eval_nll_prints_bits_per_dim(model_dir, capsys):
 def test_bad_input_gets_one_line(model_dir, tmp_path, capsys):
     one_line_error(capsys, ["sample", "--model", str(model_dir), "--sampler", "nope"], "unknown sampler 'nope'")
     one_line_error(capsys, ["sample", "--model", str(model_dir), "--steps", "51", "--device", "cpu"],
-                   "exceeds the model's 50 timesteps")
+                   "between 1 and the model's 50 training timesteps")
     one_line_error(capsys, ["sample", "--model", str(tmp_path)], "has no config.json")
     one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--schedule", "quadratic", *TINY],
                    "unknown schedule 'quadratic'")

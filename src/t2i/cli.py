@@ -115,8 +115,6 @@ def run_sample(args) -> None:
     get_sampler(args.sampler)
     device = resolve_device(args.device)
     model, diffusion, config = load_model(args.model, device)
-    if args.steps and args.steps > diffusion.num_timesteps:
-        raise UserError(f"--steps {args.steps} exceeds the model's {diffusion.num_timesteps} timesteps")
     size, channels = config["image_size"], model.config.in_channels
     images = []
     for start in range(0, args.num, args.batch_size):
