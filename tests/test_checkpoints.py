@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from t2i.checkpoints import load_model, load_optimizer, model_config, save_model, save_optimizer
+from t2i.checkpoints import export_model, load_model, load_optimizer, model_config, save_model, save_optimizer
 from t2i.errors import UserError
 from t2i.models.unet import UNet, UNetConfig
 
@@ -16,13 +16,13 @@ def saved_model(path):
     model = UNet(CONFIG)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02)
-    save_model(path, model, model_config(CONFIG, DIFFUSION, image_size=16))
+    save_model(path, {"unet": model}, model_config(CONFIG, DIFFUSION, image_size=16))
     return model
 
 
 def test_model_folder_round_trip(tmp_path):
     model = saved_model(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "unet.safetensors"]
     loaded, diffusion, config = load_model(tmp_path)
     assert loaded.config == CONFIG and config["image_size"] == 16
     assert diffusion.num_timesteps == 100 and diffusion.prediction_type == "v"
@@ -36,7 +36,7 @@ def test_missing_or_broken_pieces_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="has no config.json"):
         load_model(tmp_path)
     saved_model(tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 100)
+    (tmp_path / "unet.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(UserError, match="not a readable safetensors file"):
         load_model(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -44,6 +44,21 @@ def test_missing_or_broken_pieces_are_user_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match="upgrade t2i"):
         load_model(tmp_path)
+    config["format_version"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="rename its model.safetensors to unet.safetensors"):
+        load_model(tmp_path)
+
+
+def test_export_halves_the_weights_and_records_generation_defaults(tmp_path):
+    model = saved_model(tmp_path / "run")
+    out = export_model(tmp_path / "run", tmp_path / "shipped", inference={"cfg": 4.0})
+    assert (out / "unet.safetensors").stat().st_size < 0.6 * (tmp_path / "run" / "unet.safetensors").stat().st_size
+    loaded, _, config = load_model(out)
+    assert config["inference"] == {"cfg": 4.0}
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 50])
+    torch.testing.assert_close(loaded(x, t), model.eval()(x, t), atol=2e-3, rtol=1e-2)
 
 
 def test_weights_that_do_not_fit_the_config_are_a_user_error(tmp_path):

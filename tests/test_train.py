@@ -9,10 +9,13 @@ from t2i.checkpoints import load_model
 from t2i.data import load_dataset
 from t2i.errors import UserError
 from t2i.evaluate import nll_on_dataset
+from t2i.models.text import TextEncoderConfig
 from t2i.models.unet import UNet, UNetConfig
+from t2i.pipeline import Pipeline
 from t2i.train import TrainConfig, train
 
 UNET = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8)
+TEXT = TextEncoderConfig(max_length=16, width=32, layers=1, heads=2, intermediate_size=64)
 
 
 def config(**changes):
@@ -33,7 +36,7 @@ def test_loss_falls_and_the_run_folder_is_complete(trained):
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     assert len(losses) == 20
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:2]) / 2
-    for name in ("config.json", "model.safetensors", "loss.png", "samples/step_000200.png",
+    for name in ("config.json", "unet.safetensors", "loss.png", "samples/step_000200.png",
                  "training/optimizer.safetensors", "training/state.json"):
         assert (trained / name).is_file(), name
 
@@ -55,6 +58,48 @@ def test_resume_continues_exactly(tmp_path):
     train(UNET, config(max_steps=6), split, resume=True)
     a, b = load_model(straight)[0].state_dict(), load_model(split)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_text_run_continues_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(UNET, config(max_steps=4, save_every=2, sample_every=100), straight, text_config=TEXT)
+    train(UNET, config(max_steps=2, save_every=2, sample_every=100), split, text_config=TEXT)
+    train(UNET, config(max_steps=4), split, resume=True)
+    a, b = Pipeline.load(straight, "cpu"), Pipeline.load(split, "cpu")
+    for name in ("unet", "text_encoder"):
+        x, y = getattr(a, name).state_dict(), getattr(b, name).state_dict()
+        assert all(torch.equal(x[k], y[k]) for k in x), name
+    assert a.tokenizer.to_dict() == b.tokenizer.to_dict()
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("text")
+    train(UNET, config(lr=3e-3, max_steps=200, save_every=200, sample_every=200), out, text_config=TEXT)
+    return out
+
+
+def conditional_loss(pipe, images, captions, seed=0):
+    """L_simple at fixed noise and t ∈ {700, 800, 900} (where the image says little and the
+    caption much), with the given captions as the condition."""
+    generator = torch.Generator().manual_seed(seed)
+    t = torch.tensor([700, 800, 900]).repeat_interleave(len(images) // 3 + 1)[:len(images)]
+    noise = torch.randn(images.shape, generator=generator)
+    with torch.no_grad():
+        context = pipe.text_encoder(pipe.tokenizer(captions, pipe.text_encoder.config.max_length, truncate=True))
+        return pipe.diffusion.training_loss(pipe.unet, images, t, noise, context=context).mean().item()
+
+
+def test_a_text_run_learns_to_use_its_captions(text_run):
+    """Held-out images are denoised better given their own captions than given other images' captions."""
+    pipe = Pipeline.load(text_run, "cpu")
+    test = load_dataset("shapes", 16, "test", captioned=True)
+    images, captions = map(list, zip(*(test[i] for i in range(64))))
+    images = torch.stack(images)
+    right = conditional_loss(pipe, images, captions)
+    wrong = conditional_loss(pipe, images, captions[1:] + captions[:1])
+    assert right < 0.9 * wrong, (right, wrong)
+    assert (text_run / "text_encoder.safetensors").is_file()
 
 
 def test_an_existing_run_is_not_overwritten(trained):

@@ -1,3 +1,3 @@
 """t2i: text-to-image diffusion, written from the DDPM maths up."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,5 +1,9 @@
 """Model folders on disk: `config.json` (every constructor argument, versioned) + safetensors.
 
+A model is a set of named components, each a network with a config section of the same
+name and its own weights file: `unet` (`unet.safetensors`), and for a text-to-image model
+`text_encoder` (`text_encoder.safetensors`) with the `tokenizer` it reads.
+
 Nothing here executes pickle. Optimizer state is stored as safetensors too, with its
 non-tensor parts as JSON metadata. Files are written to a temporary name and renamed,
 so an interrupted save never leaves a half-written checkpoint behind.
@@ -11,6 +15,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -19,11 +24,13 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .diffusion import Diffusion
 from .errors import UserError
+from .models.text import CLIPTextTransformer, TextEncoderConfig
+from .models.tokenizers import Tokenizer, load_tokenizer
 from .models.unet import UNet, UNetConfig
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: the U-Net's weights in model.safetensors
+COMPONENTS = {"unet": (UNet, UNetConfig), "text_encoder": (CLIPTextTransformer, TextEncoderConfig)}
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -62,16 +69,26 @@ def read_config(model_dir: str | Path) -> dict:
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{str(path)!r} has format {config['format_version']}; "
                         f"this t2i reads up to {FORMAT_VERSION}: upgrade t2i")
+    if config.get("format_version", 0) < 2:
+        raise UserError(f"{str(path)!r} was written by t2i 0.1 (format 1): rename its model.safetensors to "
+                        "unet.safetensors and set format_version to 2")
     for key in ("unet", "diffusion"):
         if key not in config:
             raise UserError(f"{str(path)!r} has no {key!r} section")
     return config
 
 
-def model_config(unet: UNetConfig, diffusion: dict, **extra) -> dict:
-    """The config.json of a diffusion model folder."""
-    return {"format_version": FORMAT_VERSION, "t2i_version": __version__, "unet": unet.to_dict(),
-            "diffusion": diffusion, **extra}
+def model_config(unet: UNetConfig, diffusion: dict, text_encoder: TextEncoderConfig | None = None,
+                 tokenizer: Tokenizer | None = None, **extra) -> dict:
+    """The config.json of a diffusion model folder; a text-to-image model names its text
+    encoder and tokenizer too."""
+    if (text_encoder is None) != (tokenizer is None):
+        raise ValueError("a text encoder needs a tokenizer, and a tokenizer a text encoder")
+    config = {"format_version": FORMAT_VERSION, "t2i_version": __version__, "unet": unet.to_dict(),
+              "diffusion": diffusion, **extra}
+    if text_encoder is not None:
+        config.update(text_encoder=text_encoder.to_dict(), tokenizer=tokenizer.to_dict())
+    return config
 
 
 def diffusion_from_config(config: dict) -> Diffusion:
@@ -79,19 +96,64 @@ def diffusion_from_config(config: dict) -> Diffusion:
     return Diffusion.from_schedule(d["schedule"], d["num_timesteps"], d.get("prediction_type", "epsilon"))
 
 
-def save_model(model_dir: str | Path, model: UNet, config: dict) -> None:
+def weights_path(model_dir: str | Path, component: str) -> Path:
+    return Path(model_dir) / f"{component}.safetensors"
+
+
+def build_components(config: dict) -> torch.nn.ModuleDict:
+    """Freshly initialised networks for every component the config describes."""
+    return torch.nn.ModuleDict({name: network(config_class.from_dict(config[name]))
+                                for name, (network, config_class) in COMPONENTS.items() if name in config})
+
+
+def save_model(model_dir: str | Path, components: Mapping[str, torch.nn.Module], config: dict) -> None:
+    """Each component's weights in `<name>.safetensors`, then config.json (written last, so
+    a folder with a config is complete)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(model_dir / WEIGHTS_NAME, model.state_dict())
+    for name, module in components.items():
+        save_weights(weights_path(model_dir, name), module.state_dict())
     write_json(model_dir / CONFIG_NAME, config)
+
+
+def load_components(model_dir: str | Path, device="cpu", config: dict | None = None) -> torch.nn.ModuleDict:
+    """Every network of a model folder, weights loaded, in eval mode."""
+    config = read_config(model_dir) if config is None else config
+    components = build_components(config)
+    for name, module in components.items():
+        load_state(module, load_weights(weights_path(model_dir, name)), model_dir)
+    return components.to(device).eval()
 
 
 def load_model(model_dir: str | Path, device="cpu") -> tuple[UNet, Diffusion, dict]:
     """(U-Net in eval mode, its Diffusion, the config) from a model folder."""
     config = read_config(model_dir)
-    model = UNet(UNetConfig.from_dict(config["unet"]))
-    load_state(model, load_weights(Path(model_dir) / WEIGHTS_NAME), model_dir)
-    return model.to(device).eval(), diffusion_from_config(config), config
+    return load_components(model_dir, device, config)["unet"], diffusion_from_config(config), config
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float16,
+                 inference: dict | None = None) -> Path:
+    """A copy of a model folder for shipping: weights cast to `dtype` (fp16 halves the size;
+    they are cast back on loading), the training state left behind, and `inference` merged
+    into the config's generation defaults."""
+    config = read_config(model_dir)
+    config["inference"] = {**config.get("inference", {}), **(inference or {})}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in COMPONENTS:
+        if name in config:
+            weights = load_weights(weights_path(model_dir, name))
+            save_weights(weights_path(out_dir, name),
+                         {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()})
+    if "tokenizer" in config:  # a tokenizer with files (CLIP BPE) keeps them beside the config
+        tokenizer_from_config(model_dir, config).save(out_dir)
+    write_json(out_dir / CONFIG_NAME, config)
+    return out_dir
+
+
+def tokenizer_from_config(model_dir: str | Path, config: dict) -> Tokenizer | None:
+    """The tokenizer a text-to-image model folder records; None for an unconditional model."""
+    return load_tokenizer(config["tokenizer"], model_dir) if "tokenizer" in config else None
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:

@@ -25,7 +25,8 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="train a diffusion model on a folder of images or on 'shapes'",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t, u = TrainConfig(), UNetConfig()
-    p.add_argument("--data", default=t.data, help="'shapes' or a folder of images")
+    p.add_argument("--data", default=t.data,
+                   help="'shapes' (one object an image), 'shapes2' (one or two) or a folder of images")
     p.add_argument("--out", required=True, type=Path, help="run folder (model, checkpoints, loss, samples)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--image-size", type=_positive(int), default=t.image_size)
@@ -54,10 +55,19 @@ def add_train(sub) -> None:
     p.add_argument("--block", choices=BLOCK_TYPES, default=u.block_type)
     p.add_argument("--dropout", type=float, default=u.dropout)
     p.add_argument("--norm-groups", type=_positive(int), default=u.norm_groups, help="GroupNorm groups (at most)")
+    text = p.add_argument_group("text to image", "with --text, the U-Net attends to a text encoder trained with it")
+    text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images)")
+    text.add_argument("--p-uncond", type=float, default=t.p_uncond,
+                      help="probability of dropping a caption, for classifier-free guidance")
+    text.add_argument("--text-width", type=_positive(int), default=128)
+    text.add_argument("--text-layers", type=_positive(int), default=4)
+    text.add_argument("--text-heads", type=_positive(int), default=4)
+    text.add_argument("--text-length", type=_positive(int), default=32, help="most tokens a caption can have")
     p.set_defaults(run=run_train)
 
 
 def run_train(args) -> None:
+    from .models.text import TextEncoderConfig
     from .models.unet import UNetConfig
     from .schedules import get_betas
     from .train import TrainConfig, train
@@ -76,8 +86,13 @@ def run_train(args) -> None:
         ema_decay=args.ema_decay, schedule=args.schedule, num_timesteps=args.timesteps,
         prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
         sample_every=args.sample_every, seed=args.seed, num_workers=args.workers, device=args.device,
+        p_uncond=args.p_uncond,
     )
-    out = train(unet, config, args.out, resume=args.resume)
+    text = None
+    if args.text:
+        text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
+                                 heads=args.text_heads, intermediate_size=4 * args.text_width)
+    out = train(unet, config, args.out, resume=args.resume, text_config=text)
     print(f"model saved in {out}")
 
 
@@ -110,7 +125,7 @@ def run_sample(args) -> None:
     from .checkpoints import load_model
     from .images import make_grid, save_png
     from .sampling import get_sampler, sample
-    from .train import resolve_device
+    from .pipeline import resolve_device
 
     get_sampler(args.sampler)
     device = resolve_device(args.device)
@@ -163,6 +178,83 @@ def run_noise(args) -> None:
           "(N(0, 1) has 0 and 1)")
 
 
+def add_generate(sub) -> None:
+    from .pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS
+
+    p = sub.add_parser("generate", help="generate images from a prompt",
+                       description="Generate images from a prompt. Settings left out take the model's defaults "
+                                   f"(else {', '.join(f'{k} {v}' for k, v in INFERENCE_DEFAULTS.items())}).")
+    p.add_argument("prompt", nargs="?", default="", help="what to draw; empty for an unconditional sample")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name or a model folder")
+    p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale s (1 = no guidance)")
+    p.add_argument("--rescale", type=float, default=None, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
+    p.add_argument("--steps", type=_positive(int), default=None)
+    p.add_argument("--sampler", default=None, help="ddim or ddpm")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--seed", type=int, default=None, help="image i uses seed + i; default: random")
+    p.add_argument("--num", type=_positive(int), default=1, help="number of images")
+    p.add_argument("--zoom", type=_positive(int), default=1, help="enlarge the saved images N× (nearest pixel)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("image.png"),
+                   help="the image; with --num N > 1, a grid, and each image as NAME-i.png")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> None:
+    from .images import make_grid, save_png
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, args.device)
+    images = pipe(args.prompt, args.negative, args.steps, args.sampler, args.cfg, args.seed, args.num,
+                  args.rescale, args.eta)
+    zoomed = [zoom(image, args.zoom) for image in images]
+    if len(images) == 1:
+        save_png(zoomed[0], args.out, images[0].info["t2i"])
+        print(f"wrote {args.out} (seed {images[0].info['t2i']['seed']})")
+        return
+    for i, (image, big) in enumerate(zip(images, zoomed)):
+        save_png(big, args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), image.info["t2i"])
+    save_png(make_grid(zoomed), args.out, {**images[0].info["t2i"], "num": len(images)})
+    print(f"wrote {args.out} and {args.out.stem}-0..{len(images) - 1}{args.out.suffix} "
+          f"(seeds {images[0].info['t2i']['seed']}..{images[-1].info['t2i']['seed']})")
+
+
+def zoom(image, factor: int):
+    from PIL import Image
+
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="copy a trained model for shipping: fp16 weights, generation defaults",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, type=Path, help="a model folder written by `t2i train`")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    p.add_argument("--cfg", type=float, default=None, help="the model's default guidance scale")
+    p.add_argument("--steps", type=_positive(int), default=None, help="the model's default number of steps")
+    p.add_argument("--sampler", default=None, help="the model's default sampler")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> None:
+    import torch
+
+    from .checkpoints import export_model
+    from .sampling import check_guidance_scale, get_sampler
+
+    inference = {k: v for k, v in (("cfg", args.cfg), ("steps", args.steps), ("sampler", args.sampler))
+                 if v is not None}
+    if args.cfg is not None:
+        check_guidance_scale(args.cfg)
+    if args.sampler is not None:
+        get_sampler(args.sampler)
+    out = export_model(args.model, args.out, getattr(torch, args.dtype), inference)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    print(f"wrote {out} ({size:.1f} MiB)")
+
+
 def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model")
     which = p.add_subparsers(dest="metric", required=True, metavar="METRIC")
@@ -180,19 +272,58 @@ def add_eval(sub) -> None:
     nll.add_argument("--device", default="auto")
     nll.set_defaults(run=run_eval_nll)
 
+    prompts = which.add_parser("prompts", help="how often generated images show what their prompts ask for",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    prompts.add_argument("--model", default="shapes", help="a shipped model's name or a model folder (shapes)")
+    prompts.add_argument("--cfg", type=float, nargs="+", default=None,
+                         help="guidance scales to compare; default: the model's")
+    prompts.add_argument("--per-prompt", type=_positive(int), default=4, help="images per prompt")
+    prompts.add_argument("--prompts-per-pair", type=_positive(int), default=2,
+                         help="prompts per colour × shape pair")
+    prompts.add_argument("--steps", type=_positive(int), default=None)
+    prompts.add_argument("--sampler", default=None)
+    prompts.add_argument("--batch-size", type=_positive(int), default=64)
+    prompts.add_argument("--seed", type=int, default=0)
+    prompts.add_argument("--device", default="auto")
+    prompts.add_argument("--json", type=Path, default=None, help="also write the results here")
+    prompts.set_defaults(run=run_eval_prompts)
+
 
 def run_eval_nll(args) -> None:
-    from .checkpoints import load_model
     from .data import load_dataset
     from .evaluate import nll_on_dataset
-    from .train import resolve_device
+    from .pipeline import Pipeline
 
-    device = resolve_device(args.device)
-    model, diffusion, config = load_model(args.model, device)
-    dataset = load_dataset(args.data, config["image_size"], args.split)
-    result = nll_on_dataset(model, diffusion, dataset, args.num_images, args.batch_size, args.terms,
-                            args.variance, args.seed, device)
-    print(result)
+    pipe = Pipeline.load(args.model, args.device)
+    captioned = pipe.text_encoder is not None
+    condition = (lambda captions: {"context": pipe.encode_prompts(captions)}) if captioned else None
+    dataset = load_dataset(args.data, pipe.image_size, args.split, captioned=captioned)
+    result = nll_on_dataset(pipe.unet, pipe.diffusion, dataset, args.num_images, args.batch_size, args.terms,
+                            args.variance, args.seed, pipe.device, condition=condition)
+    print(result, "given each image's caption" if captioned else "")
+
+
+def run_eval_prompts(args) -> None:
+    import dataclasses
+    import json
+
+    from .evaluate import PROMPT_ATTRIBUTES, prompt_accuracy, shapes_prompt_set
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, args.device)
+    cases = shapes_prompt_set(args.prompts_per_pair)
+    reports = [prompt_accuracy(pipe, cases, args.per_prompt, cfg, args.seed, args.batch_size,
+                               steps=args.steps, sampler=args.sampler) for cfg in (args.cfg or [None])]
+    columns = (*PROMPT_ATTRIBUTES, "count", "all")
+    print(f"{'group':<10} {'cfg':>5} {'images':>6} " + " ".join(f"{c:>8}" for c in columns))
+    for group in ("seen", "held-out"):
+        for report in reports:
+            row = report.accuracy[group]
+            print(f"{group:<10} {report.cfg:>5g} {report.images[group]:>6} "
+                  + " ".join(f"{row[c]:>8.1%}" for c in columns))
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in reports], indent=2) + "\n")
+        print(f"wrote {args.json}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,21 +332,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description="Text-to-image diffusion, from the DDPM maths up.")
     parser.add_argument("--version", action="version", version=f"t2i {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train, add_sample, add_noise, add_eval):
+    for add in (add_generate, add_train, add_sample, add_noise, add_eval, add_export):
         add(sub)
     return parser
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"t2i: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except UserError as error:
-        print(f"t2i: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("t2i: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            args.run(args)
+        except UserError as error:
+            print(f"t2i: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("t2i: interrupted", file=sys.stderr)
+            return 130
     return 0
 
 

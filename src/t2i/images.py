@@ -41,8 +41,11 @@ def make_grid(images: torch.Tensor | list[Image.Image], ncols: int | None = None
 
 
 def save_png(image: Image.Image, path: str | Path, parameters: dict | None = None) -> Path:
-    """Save a PNG; `parameters` go into a text chunk as JSON so the image can be reproduced."""
+    """Save a PNG; `parameters` (by default those a Pipeline left in `image.info`) go into a
+    text chunk as JSON so the image can be reproduced."""
     path = Path(path)
+    if parameters is None:
+        parameters = image.info.get(PNG_PARAMETERS_KEY)
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     if parameters:

@@ -4,7 +4,8 @@ Each sampler has the signature `sampler(eps_fn, diffusion, x, timesteps, *, gene
 progress, **options)` where `eps_fn(x_t, t) -> ε` is the (possibly guided) noise
 predictor and `timesteps` is the grid, computed once outside (k-diffusion's habit).
 `SAMPLERS` maps the names the CLI accepts to these functions; `sample()` is the one
-entry point that builds the grid, the starting noise and the ε-predictor.
+entry point that builds the grid, the starting noise and the ε-predictor, guided or not
+(`classifier_free_guidance`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,43 @@ def _steps(timesteps: torch.Tensor, progress: bool, name: str):
 
 def _alpha_bar(diffusion: Diffusion, t: int) -> float:
     return 1.0 if t < 0 else float(diffusion.alphas_cumprod[t])
+
+
+def check_guidance_scale(scale: float) -> None:
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+        raise UserError(f"the guidance scale (cfg) must be a number >= 0, 1 meaning no guidance; got {scale}")
+
+
+def classifier_free_guidance(model: Model, scale: float, cond: dict[str, torch.Tensor],
+                             uncond: dict[str, torch.Tensor], rescale: float = 0.0) -> Model:
+    """The guided network  ε̃(x_t, t) = ε_θ(x_t, t, ∅) + s (ε_θ(x_t, t, y) − ε_θ(x_t, t, ∅)).
+
+    Ho & Salimans (2022, eq. 6) write it (1 + w) ε_θ(y) − w ε_θ(∅), s = 1 + w: s = 1 is
+    the conditional model alone, s = 0 the unconditional one. `uncond` is the condition
+    of the empty prompt, or of a negative prompt, which the guidance then steers away
+    from. Both branches run as one batch of 2B. Since a v-prediction is linear in ε at
+    fixed x_t, guiding the raw output equals guiding ε for either prediction type.
+
+    `rescale` = φ > 0 is Lin et al.'s (2023, §3.4, eqs. 15–16) guidance rescale: the
+    guided output is scaled back to the standard deviation of the conditional one,
+    ε_r = ε̃ · std(ε_c)/std(ε̃), and the result is φ ε_r + (1 − φ) ε̃, against the
+    over-exposure strong guidance causes.
+    """
+    check_guidance_scale(scale)
+    if not 0 <= rescale <= 1:
+        raise UserError(f"guidance rescale must be between 0 and 1, got {rescale}")
+    both = {key: torch.cat([uncond[key], cond[key]]) for key in cond}
+
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out_uncond, out_cond = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
+        out = out_uncond + scale * (out_cond - out_uncond)
+        if rescale > 0:
+            dims = tuple(range(1, out.ndim))
+            rescaled = out * out_cond.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True)
+            out = rescale * rescaled + (1 - rescale) * out
+        return out
+
+    return guided
 
 
 def clip_denoised(eps_fn: EpsFn, diffusion: Diffusion) -> EpsFn:
@@ -137,12 +175,16 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
 def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: str = "ddpm",
            steps: int | None = None, eta: float | None = None, generator: Generators = None,
            progress: bool = True, *, variance: str | None = None, spacing: str = "leading",
-           clip: bool = False, x_T: torch.Tensor | None = None, device=None, **cond) -> torch.Tensor:
+           clip: bool = False, x_T: torch.Tensor | None = None, device=None,
+           guidance_scale: float = 1.0, uncond: dict[str, torch.Tensor] | None = None,
+           guidance_rescale: float = 0.0, **cond) -> torch.Tensor:
     """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` with the named sampler.
 
     `steps` defaults to all T timesteps for "ddpm" and 50 for "ddim"; `eta` (DDIM) and
     `variance` (DDPM: "beta" or "beta_tilde") are passed only to samplers that take them.
-    `clip` clips every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels.
+    `clip` clips every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels. With
+    `uncond` (the condition of the empty or negative prompt) the model is guided at
+    `guidance_scale` (`classifier_free_guidance`); scale 1 skips the unconditional branch.
     """
     fn = get_sampler(sampler)
     options = {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
@@ -152,6 +194,10 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
     steps = steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps)
     timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing)
     x = randn(shape, generator, device) if x_T is None else x_T
+    if uncond is not None:
+        guided = classifier_free_guidance(model, guidance_scale, cond, uncond, guidance_rescale)
+        if guidance_scale != 1:
+            model, cond = guided, {}
 
     def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return diffusion.model_eps(model, x_t, t.to(x_t.device), **cond)

@@ -1,9 +1,14 @@
 """Training a diffusion model: one readable loop (Algorithm 1) with EMA, checkpoints and resume.
 
-A run folder holds the model (`config.json` + `model.safetensors`, the EMA weights that
-inference uses), `training/` (raw weights, optimizer, step: what `--resume` reads),
-`loss.csv` and `loss.png`, and `samples/step_NNNNNN.png`. Randomness at step k is seeded
-from (seed, k), so a resumed run takes the same steps the uninterrupted one would have.
+A run folder holds the model (`config.json` + one safetensors file per network, the EMA
+weights that inference uses), `training/` (raw weights, optimizer, step: what `--resume`
+reads), `loss.csv` and `loss.png`, and `samples/step_NNNNNN.png`. Randomness at step k is
+seeded from (seed, k), so a resumed run takes the same steps the uninterrupted one would.
+
+Given a `TextEncoderConfig`, the run is text-to-image: the dataset's captions make a word
+tokenizer, a text encoder τ_θ is trained jointly with the U-Net (as in Rombach et al.
+2022, §3.3), and each caption is replaced by the empty one with probability `p_uncond`,
+so that the same network learns ε_θ(x_t, t, ∅) for classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -20,14 +25,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import (diffusion_from_config, load_optimizer, load_state, load_weights, model_config,
-                          read_config, replace_dir, save_model, save_optimizer, save_weights, write_json)
-from .data import load_dataset
+from .checkpoints import (build_components, diffusion_from_config, load_optimizer, load_state, load_weights,
+                          model_config, read_config, replace_dir, save_model, save_optimizer, save_weights,
+                          weights_path, write_json)
+from .data import captions_of, load_dataset
 from .errors import UserError
 from .images import make_grid, save_png
-from .models.unet import UNet, UNetConfig
+from .models.text import TextEncoderConfig
+from .models.tokenizers import Tokenizer, WordTokenizer, load_tokenizer
+from .models.unet import UNetConfig
+from .pipeline import Pipeline, resolve_device
 from .plots import line_plot
-from .sampling import sample
 
 TRAINING_DIR = "training"
 
@@ -49,6 +57,7 @@ class TrainConfig:
     num_timesteps: int = 1000
     prediction_type: str = "epsilon"
     min_snr_gamma: float | None = None
+    p_uncond: float = 0.1
     save_every: int = 1000
     sample_every: int = 1000
     log_every: int = 10
@@ -89,15 +98,6 @@ class StepBatchSampler(torch.utils.data.Sampler):
             yield perm[offset: offset + self.batch_size].tolist()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise UserError(f"unknown device {name!r}: {error}") from None
-
-
 def learning_rate(step: int, config: TrainConfig) -> float:
     """Linear warm-up to `lr`, then constant."""
     return config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
@@ -126,8 +126,9 @@ def ema_decay_at(step: int, decay: float) -> float:
     return min(decay, (1 + step) / (10 + step))
 
 
-def save_checkpoint(out: Path, step: int, model, ema, optimizer, config: dict) -> None:
-    """The EMA model as the run's model folder, and the training state beside it."""
+def save_checkpoint(out: Path, step: int, model: torch.nn.ModuleDict, ema: torch.nn.ModuleDict, optimizer,
+                    config: dict) -> None:
+    """The EMA networks as the run's model folder, and the training state beside it."""
     tmp = out / (TRAINING_DIR + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     save_weights(tmp / "model.safetensors", model.state_dict())
@@ -159,41 +160,79 @@ def plot_loss(rows: list[tuple[int, float]], path: Path) -> None:
 
 
 @torch.no_grad()
-def save_sample_grid(path: Path, ema: UNet, diffusion, config: TrainConfig, device, step: int) -> None:
-    """A fixed-seed grid of EMA samples (DDIM, 50 steps) to watch training progress."""
-    generator = torch.Generator().manual_seed(config.seed)
-    shape = (config.num_samples, ema.config.in_channels, config.image_size, config.image_size)
-    steps = min(50, diffusion.num_timesteps)
-    x = sample(ema, diffusion, shape, "ddim", steps, generator=generator, progress=False, clip=True, device=device)
-    save_png(make_grid(x), path, {"step": step, "sampler": "ddim", "steps": steps, "seed": config.seed})
+def save_sample_grid(path: Path, pipe: Pipeline, prompts: list[str], config: TrainConfig, step: int) -> None:
+    """A fixed-seed grid of EMA samples (DDIM, 50 steps; guided for a text model) to watch training."""
+    steps = min(50, pipe.diffusion.num_timesteps)
+    images = pipe(prompts, sampler="ddim", steps=steps, seed=config.seed, progress=False)
+    parameters = {"step": step, "sampler": "ddim", "steps": steps, "seed": config.seed, "cfg": pipe.defaults["cfg"]}
+    if any(prompts):
+        parameters["prompts"] = prompts
+    save_png(make_grid(images), path, parameters)
 
 
-def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
-    """Train ε_θ on L_simple (Algorithm 1) and write the run folder `out_dir`."""
+def sample_prompts(config: TrainConfig, captioned: bool) -> list[str]:
+    """What the sample grids show: captions of the first test images, or nothing (unconditional)."""
+    if not captioned:
+        return [""] * config.num_samples
+    test = load_dataset(config.data, config.image_size, "test", captioned=True)
+    return [test.caption(i % len(test)) for i in range(config.num_samples)]
+
+
+def make_tokenizer(dataset, text_config: TextEncoderConfig) -> Tokenizer:
+    """A word tokenizer over every caption of the training set, as long as the encoder reads."""
+    captions = captions_of(dataset)
+    tokenizer = WordTokenizer.build(captions, max_length=text_config.max_length)
+    longest = max(len(tokenizer.encode(c)) for c in captions)
+    if longest > text_config.max_length:
+        print(f"warning: the longest caption is {longest} tokens and the text encoder reads "
+              f"{text_config.max_length}: longer captions are cut (raise --text-length)")
+    return tokenizer
+
+
+def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
+          text_config: TextEncoderConfig | None = None) -> Path:
+    """Train ε_θ on L_simple (Algorithm 1), text-conditioned if `text_config` is given, and
+    write the run folder `out_dir`."""
     out = Path(out_dir)
+    tokenizer = None
     if resume:
         saved = read_config(out)
         unet_config = UNetConfig.from_dict(saved["unet"])
         config = TrainConfig.from_dict({**saved["train"], "max_steps": config.max_steps})
+        if "text_encoder" in saved:
+            text_config = TextEncoderConfig.from_dict(saved["text_encoder"])
+            tokenizer = load_tokenizer(saved["tokenizer"], out)
     elif (out / TRAINING_DIR).exists():
         raise UserError(f"{str(out)!r} already holds a training run: pass --resume to continue it, or pick a new --out")
+    if not 0 <= config.p_uncond < 1:
+        raise UserError(f"p_uncond is a probability below 1, got {config.p_uncond}")
+    captioned = text_config is not None
     device = resolve_device(config.device)
-    dataset = load_dataset(config.data, config.image_size, "train")
+    dataset = load_dataset(config.data, config.image_size, "train", captioned=captioned)
+    if captioned and tokenizer is None:
+        tokenizer = make_tokenizer(dataset, text_config)
+        text_config = dataclasses.replace(text_config, vocab_size=tokenizer.vocab_size,
+                                          eos_token_id=tokenizer.eos_id)
+        unet_config = dataclasses.replace(unet_config, context_dim=text_config.width)
     diffusion_settings = {"schedule": config.schedule, "num_timesteps": config.num_timesteps,
                           "prediction_type": config.prediction_type}
-    run_config = model_config(unet_config, diffusion_settings, image_size=config.image_size,
+    run_config = model_config(unet_config, diffusion_settings, text_config, tokenizer, image_size=config.image_size,
                               train=dataclasses.asdict(config))
     diffusion = diffusion_from_config(run_config)
 
     torch.manual_seed(config.seed)
-    model = UNet(unet_config).to(device)
+    model = build_components(run_config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    ema_pipe = Pipeline(ema["unet"], diffusion, config.image_size, ema["text_encoder"] if captioned else None,
+                        tokenizer, name=str(out))
+    prompts = sample_prompts(config, captioned)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start = 0
     if resume:
         state_dir = out / TRAINING_DIR
         load_state(model, load_weights(state_dir / "model.safetensors"), state_dir)
-        load_state(ema, load_weights(out / "model.safetensors"), out)
+        for name, module in ema.items():
+            load_state(module, load_weights(weights_path(out, name)), out)
         load_optimizer(state_dir / "optimizer.safetensors", optimizer)
         start = read_step(state_dir)
 
@@ -213,11 +252,18 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
     step, window, saved_step = start, [], start
     bar = tqdm(total=config.max_steps, initial=start, desc="train", dynamic_ncols=True)
     with GracefulStop() as stop:
-        for x0 in loader:
+        for batch in loader:
+            x0, captions = batch if captioned else (batch, None)
             x0 = x0.to(device, non_blocking=True)
             torch.manual_seed(step_seed(config.seed, step))  # dropout, reproducible across resume
             generator = torch.Generator().manual_seed(step_seed(config.seed, step))
-            loss = diffusion.training_loss(model, x0, generator=generator, min_snr_gamma=config.min_snr_gamma).mean()
+            cond = {}
+            if captioned:
+                dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
+                ids = tokenizer(["" if drop else c for c, drop in zip(captions, dropped)], truncate=True)
+                cond["context"] = model["text_encoder"](ids.to(device))
+            loss = diffusion.training_loss(model["unet"], x0, generator=generator, min_snr_gamma=config.min_snr_gamma,
+                                           **cond).mean()
             if not torch.isfinite(loss):
                 raise UserError(
                     f"the loss became {loss.item()} at step {step}; the last checkpoint (step {saved_step}) is "
@@ -244,7 +290,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                 write_loss_log(log_path, log_rows)
                 plot_loss(log_rows, plot_path)
             if step % config.sample_every == 0 or step == config.max_steps:
-                save_sample_grid(out / "samples" / f"step_{step:06d}.png", ema, diffusion, config, device, step)
+                save_sample_grid(out / "samples" / f"step_{step:06d}.png", ema_pipe, prompts, config, step)
             if stop.requested:
                 bar.close()
                 print(f"\nstopped at step {step}: checkpoint saved in {out}; continue with --resume")

@@ -8,13 +8,22 @@ from .folder import ImageFolder
 from .shapes import ShapesDataset
 
 SHAPES_LENGTHS = {"train": 50_000, "test": 2_000}
+SHAPES_SOURCES = {"shapes": 1, "shapes2": 2}  # name → most objects an image
 
 
-def load_dataset(source: str, image_size: int, split: str = "train") -> torch.utils.data.Dataset:
-    """"shapes" (the synthetic dataset) or the path of a folder of images, on one split."""
-    if source == "shapes":
-        return ShapesDataset(SHAPES_LENGTHS.get(split, SHAPES_LENGTHS["train"]), image_size, split)
-    return ImageFolder(source, image_size, split)
+def load_dataset(source: str, image_size: int, split: str = "train",
+                 captioned: bool = False) -> torch.utils.data.Dataset:
+    """"shapes" (one object an image), "shapes2" (one or two) or the path of a folder of
+    images, on one split. `captioned` makes items `(image, caption)`."""
+    if source in SHAPES_SOURCES:
+        length = SHAPES_LENGTHS.get(split, SHAPES_LENGTHS["train"])
+        return ShapesDataset(length, image_size, split, max_objects=SHAPES_SOURCES[source], captioned=captioned)
+    return ImageFolder(source, image_size, split, captioned=captioned)
 
 
-__all__ = ["ImageFolder", "ShapesDataset", "load_dataset"]
+def captions_of(dataset) -> list[str]:
+    """Every caption of a captioned dataset, read without loading its images."""
+    return [dataset.caption(i) for i in range(len(dataset))]
+
+
+__all__ = ["ImageFolder", "ShapesDataset", "captions_of", "load_dataset"]

@@ -1,4 +1,8 @@
-"""Any folder of images as a dataset: resized, centre-cropped, in [-1, 1]."""
+"""Any folder of images as a dataset: resized, centre-cropped, in [-1, 1].
+
+A captioned folder keeps each image's caption beside it in a text file of the same
+name (`cat.png` + `cat.txt`), the layout of most fine-tuning datasets.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ class ImageFolder(torch.utils.data.Dataset):
     name (`test_fraction` of them held out); `"all"` keeps every file.
     """
 
-    def __init__(self, root: str | Path, image_size: int = 32, split: str = "all", test_fraction: float = 0.05):
+    def __init__(self, root: str | Path, image_size: int = 32, split: str = "all", test_fraction: float = 0.05,
+                 captioned: bool = False):
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"data folder {str(root)!r} does not exist")
@@ -55,15 +60,28 @@ class ImageFolder(torch.utils.data.Dataset):
                     f"the {split} split of {str(root)!r} is empty: add images (a {test_fraction:.0%} test split "
                     "needs a few dozen) or use split 'all'"
                 )
-        self.root, self.files, self.image_size = root, files, image_size
+        if captioned:
+            missing = [p for p in files if not p.with_suffix(".txt").is_file()]
+            if missing:
+                raise UserError(f"{len(missing)} of {len(files)} images in {str(root)!r} have no caption file, "
+                                f"e.g. {str(missing[0].with_suffix('.txt'))!r}: write one .txt beside each image")
+        self.root, self.files, self.image_size, self.captioned = root, files, image_size, captioned
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def caption(self, index: int) -> str:
+        path = self.files[index].with_suffix(".txt")
+        try:
+            return " ".join(path.read_text(encoding="utf-8").split())
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"cannot read caption {str(path)!r}: {error}") from None
+
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, str]:
         path = self.files[index]
         try:
             with Image.open(path) as image:
-                return to_tensor(resize_center_crop(image, self.image_size))
+                image = to_tensor(resize_center_crop(image, self.image_size))
         except (UnidentifiedImageError, OSError) as error:
             raise UserError(f"cannot read image {str(path)!r}: {error}") from None
+        return (image, self.caption(index)) if self.captioned else image

@@ -105,6 +105,14 @@ class Tokenizer:
             ids = ids[:ids.index(self.eos_id)]
         return self.ids_to_text(ids)
 
+    def save(self, folder: str | Path) -> dict:
+        """Write the files the tokenizer needs into `folder` (none by default); its config entry."""
+        return self.to_dict()
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` the vocabulary cannot spell (none for a byte-level BPE)."""
+        return []
+
     @property
     def vocab_size(self) -> int:
         raise NotImplementedError
@@ -388,6 +396,9 @@ class WordTokenizer(Tokenizer):
 
     def text_to_ids(self, text: str) -> list[int]:
         return [self.ids.get(word, self.unk_id) for word in self.split(text)]
+
+    def unknown_words(self, text: str) -> list[str]:
+        return list(dict.fromkeys(word for word in self.split(text) if word not in self.ids))
 
     def ids_to_text(self, ids: list[int]) -> str:
         return " ".join(self.vocab[i] for i in ids if i != self.pad_id)

@@ -1,0 +1,83 @@
+"""Time to generate images with a model at its default settings, as `t2i generate` would.
+
+The pipeline is loaded once (loading time is reported apart), warmed up with one call, and
+then `--repeats` calls of `pipe(prompt, seed=i)` are timed; the median and the spread are
+reported for each batch size. The FLOPs of one guided denoising step are counted with
+`torch.utils.flop_counter.FlopCounterMode`, giving the GFLOP/s achieved, set against the
+GFLOP/s of a 2048×2048 fp32 `torch.mm` on the same machine (a practical peak).
+
+Run:  python benchmarks/generate_time.py [--model shapes] [--repeats 10] [--batch 1 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from t2i.pipeline import Pipeline
+
+
+def matmul_gflops() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048**3 / best / 1e9
+
+
+def step_flops(pipe: Pipeline, batch: int) -> int:
+    """FLOPs of one network call of a guided step: the batch doubled (conditional + unconditional)."""
+    size = pipe.image_size
+    x = torch.randn(2 * batch, pipe.unet.config.in_channels, size, size)
+    t = torch.full((2 * batch,), 500)
+    context = pipe.encode_prompts([""] * (2 * batch))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        pipe.unet(x, t, context)
+    return counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--prompt", default="a large red circle on the left")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    args = parser.parse_args()
+
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    start = time.perf_counter()
+    pipe = Pipeline.load(args.model, "cpu")
+    print(f"load {args.model!r}: {time.perf_counter() - start:.3f} s")
+    defaults = pipe.defaults
+    print(f"defaults: sampler {defaults['sampler']}, {defaults['steps']} steps, cfg {defaults['cfg']}, "
+          f"{pipe.image_size}×{pipe.image_size}")
+    peak = matmul_gflops()
+    print(f"peak (2048² fp32 mm): {peak:.1f} GFLOP/s")
+    print("| images per call | median s/call | min–max | s/image | GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|")
+    for batch in args.batch:
+        pipe(args.prompt, num_images=batch, seed=0, progress=False)  # warm-up
+        times = []
+        for i in range(args.repeats):
+            start = time.perf_counter()
+            pipe(args.prompt, num_images=batch, seed=i, progress=False)
+            times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        calls = defaults["steps"]  # one batched (guided) network call per step
+        gflops = step_flops(pipe, batch) * calls / median / 1e9
+        print(f"| {batch} | {median:.3f} | {min(times):.3f}–{max(times):.3f} | {median / batch:.3f} | "
+              f"{gflops:.1f} | {gflops / peak:.0%} |")
+
+
+if __name__ == "__main__":
+    main()

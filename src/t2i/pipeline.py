@@ -1,0 +1,173 @@
+"""Pipeline: prompt → tokens → context τ_θ(y) → guided sampler → image.
+
+`Pipeline.load("shapes")` opens a model that ships inside the package; any other name is
+the path of a model folder written by `t2i train`. Calling the pipeline generates images:
+
+    pipe = Pipeline.load("shapes")
+    images = pipe("a red circle on the left", cfg=4.0, seed=1, num_images=4)
+
+Image i of a call is drawn from its own generator seeded `seed + i`, so an image is the
+same whatever the batch it was made in, and any one of them can be made again alone.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .checkpoints import diffusion_from_config, load_components, read_config, tokenizer_from_config
+from .diffusion import Diffusion
+from .errors import UserError
+from .images import PNG_PARAMETERS_KEY, to_pil
+from .models.text import CLIPTextTransformer
+from .models.tokenizers import Tokenizer
+from .models.unet import UNet
+from .sampling import check_guidance_scale, get_sampler, sample
+
+DEFAULT_MODEL = "shapes"
+# What generation uses when neither the call nor the model's config ("inference") says otherwise.
+INFERENCE_DEFAULTS = {"sampler": "ddim", "steps": 50, "cfg": 5.0, "guidance_rescale": 0.0}
+
+
+def shipped_models() -> dict[str, Path]:
+    """Models inside the package, by name: the folders of `t2i/weights/`."""
+    root = resources.files("t2i") / "weights"
+    if not root.is_dir():
+        return {}
+    return {entry.name: Path(str(entry)) for entry in root.iterdir() if (entry / "config.json").is_file()}
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The folder of a shipped model's name, or the given folder."""
+    shipped = shipped_models()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    path = Path(name_or_path)
+    if not path.exists():
+        names = ", ".join(sorted(shipped)) or "none"
+        raise UserError(f"no model {str(name_or_path)!r}: give a model folder or a shipped model ({names})")
+    return path
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"unknown device {name!r}: {error}") from None
+
+
+def image_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
+    """The seed of each of `count` images: `seed + i`, a list given whole, or a random start."""
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if isinstance(seed, int):
+        return [seed + i for i in range(count)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != count:
+        raise UserError(f"got {len(seeds)} seeds for {count} images")
+    return seeds
+
+
+class Pipeline:
+    """A diffusion model with what it needs to turn prompts into images.
+
+    `text_encoder` and `tokenizer` are None for an unconditional model, which accepts only
+    the empty prompt. `inference` holds the model's own defaults (sampler, steps, cfg,
+    guidance_rescale), which override `INFERENCE_DEFAULTS`.
+    """
+
+    def __init__(self, unet: UNet, diffusion: Diffusion, image_size: int,
+                 text_encoder: CLIPTextTransformer | None = None, tokenizer: Tokenizer | None = None,
+                 inference: dict | None = None, name: str = "", clip: bool = True):
+        if (text_encoder is None) != (tokenizer is None):
+            raise ValueError("a text encoder needs a tokenizer, and a tokenizer a text encoder")
+        self.unet, self.diffusion, self.image_size = unet, diffusion, image_size
+        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.defaults = {**INFERENCE_DEFAULTS, **(inference or {})}
+        self.name, self.clip = name, clip
+
+    @classmethod
+    def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto") -> "Pipeline":
+        folder = resolve_model(name_or_path)
+        config = read_config(folder)
+        components = load_components(folder, resolve_device(device), config)
+        return cls(components["unet"], diffusion_from_config(config), config["image_size"],
+                   components["text_encoder"] if "text_encoder" in components else None,
+                   tokenizer_from_config(folder, config), config.get("inference"), str(name_or_path))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        """τ_θ(y) [B, L, D] of each prompt; an over-long prompt is cut to the encoder's length
+        with a warning, words the tokenizer does not know get one too."""
+        if self.text_encoder is None:
+            if any(prompts):
+                raise UserError(f"model {self.name!r} is unconditional: it takes no prompt (leave the prompt empty)")
+            return None
+        length = self.text_encoder.config.max_length
+        for prompt in dict.fromkeys(prompts):
+            count = len(self.tokenizer.encode(prompt))
+            if count > length:
+                kept = self.tokenizer.decode(self.tokenizer(prompt, length, truncate=True)[0])
+                warnings.warn(f"the prompt is {count} tokens and the text encoder reads {length}: "
+                              f"it was cut to {kept!r}", stacklevel=3)
+            unknown = self.tokenizer.unknown_words(prompt)
+            if unknown:
+                warnings.warn(f"model {self.name!r} never saw the words {', '.join(unknown)}: they are ignored",
+                              stacklevel=3)
+        ids = self.tokenizer(list(prompts), length, truncate=True).to(self.device)
+        return self.text_encoder(ids)
+
+    def parameters(self, **overrides) -> dict:
+        """The settings a call will use: its own arguments, else the model's, else the global defaults."""
+        return {key: self.defaults[key] if value is None else value for key, value in overrides.items()}
+
+    @torch.no_grad()
+    def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | None = None,
+                 steps: int | None = None, sampler: str | None = None, cfg: float | None = None,
+                 seed: int | Sequence[int] | None = None, num_images: int = 1, guidance_rescale: float | None = None,
+                 eta: float | None = None, progress: bool = True) -> list[Image.Image]:
+        """`num_images` images of each prompt, as PIL images; each carries its generation
+        parameters in `image.info["t2i"]` (what `save_png` writes into the file).
+
+        `cfg` is the guidance scale s (1 turns guidance off); `negative_prompt` replaces
+        the empty prompt as the unconditional branch. Image i is drawn with seed `seed + i`;
+        `seed` may also list one seed per image, or be None for a random one.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in prompts for _ in range(num_images)]
+        settings = self.parameters(sampler=sampler, steps=steps, cfg=cfg, guidance_rescale=guidance_rescale)
+        get_sampler(settings["sampler"])
+        check_guidance_scale(settings["cfg"])
+        if num_images < 1:
+            raise UserError(f"num_images must be at least 1, got {num_images}")
+        seeds = image_seeds(seed, len(prompts))
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+        cond, uncond = {}, None
+        context = self.encode_prompts(prompts)
+        if context is not None:
+            cond["context"] = context
+            if settings["cfg"] != 1:
+                uncond = {"context": self.encode_prompts([negative_prompt or ""] * len(prompts))}
+        shape = (len(prompts), self.unet.config.in_channels, self.image_size, self.image_size)
+        x = sample(self.unet, self.diffusion, shape, settings["sampler"], settings["steps"], eta, generators,
+                   progress=progress, clip=self.clip, device=self.device, guidance_scale=settings["cfg"],
+                   uncond=uncond, guidance_rescale=settings["guidance_rescale"], **cond)
+        images = []
+        for p, s, image in zip(prompts, seeds, x):
+            pil = to_pil(image)
+            pil.info[PNG_PARAMETERS_KEY] = {"prompt": p, "negative_prompt": negative_prompt or "", "seed": s,
+                               "size": self.image_size, "model": self.name, "eta": eta, **settings}
+            images.append(pil)
+        return images

@@ -1,0 +1,142 @@
+"""Pipeline and `t2i generate`: prompts to images, reproducible per image, bad input in one line."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i.checkpoints import build_components, model_config, save_model
+from t2i.cli import main
+from t2i.errors import UserError
+from t2i.images import read_parameters
+from t2i.models.text import TextEncoderConfig
+from t2i.models.tokenizers import WordTokenizer
+from t2i.models.unet import UNetConfig
+from t2i.pipeline import Pipeline, shipped_models
+
+CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a green triangle"]
+
+
+def perturb(module: torch.nn.Module) -> None:
+    """Random weights everywhere, so zero-initialised layers do not hide the prompt's effect."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tokenizer = WordTokenizer.build(CAPTIONS, max_length=8)
+    text = TextEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=8, width=16, layers=1, heads=2,
+                             intermediate_size=32, eos_token_id=tokenizer.eos_id)
+    unet = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8,
+                      context_dim=16)
+    config = model_config(unet, {"schedule": "linear", "num_timesteps": 50}, text, tokenizer, image_size=16,
+                          inference={"steps": 5, "cfg": 3.0})
+    torch.manual_seed(0)
+    components = build_components(config)
+    perturb(components)
+    out = tmp_path_factory.mktemp("pipe") / "model"
+    save_model(out, components, config)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(model_dir):
+    return Pipeline.load(model_dir, "cpu")
+
+
+def pixels(images):
+    return torch.stack([torch.from_numpy(np.asarray(image).copy()) for image in images])
+
+
+def test_same_seed_same_pixels_and_batch_does_not_change_an_image(pipe):
+    one = pipe("a red circle", seed=7, progress=False)
+    again = pipe("a red circle", seed=7, progress=False)
+    four = pipe("a red circle", seed=4, num_images=4, progress=False)  # seeds 4, 5, 6, 7
+    assert len(one) == 1 and len(four) == 4 and one[0].size == (16, 16)
+    assert torch.equal(pixels(one), pixels(again))
+    assert torch.equal(pixels(one)[0], pixels(four)[3])
+    assert not torch.equal(pixels(four)[0], pixels(four)[1])
+    assert [image.info["t2i"]["seed"] for image in four] == [4, 5, 6, 7]
+
+
+def test_prompt_negative_prompt_and_guidance_change_the_image(pipe):
+    base = pixels(pipe("a red circle", seed=1, progress=False))
+    assert not torch.equal(base, pixels(pipe("a blue square", seed=1, progress=False)))
+    assert not torch.equal(base, pixels(pipe("a red circle", negative_prompt="blue", seed=1, progress=False)))
+    assert not torch.equal(base, pixels(pipe("a red circle", cfg=1.0, seed=1, progress=False)))
+
+
+def test_model_defaults_apply_and_calls_override_them(pipe):
+    image = pipe("a green triangle", seed=0, progress=False)[0]
+    assert image.info["t2i"]["steps"] == 5 and image.info["t2i"]["cfg"] == 3.0
+    image = pipe("a green triangle", seed=0, steps=3, cfg=2.0, sampler="ddpm", progress=False)[0]
+    assert (image.info["t2i"]["steps"], image.info["t2i"]["cfg"], image.info["t2i"]["sampler"]) == (3, 2.0, "ddpm")
+
+
+def test_empty_prompt_is_unconditional_and_long_or_unknown_prompts_warn(pipe):
+    assert len(pipe("", seed=0, progress=False)) == 1
+    with pytest.warns(UserWarning, match="cut to 'a small red circle on the'"):
+        pipe("a small red circle on the left a large blue square", seed=0, progress=False)
+    with pytest.warns(UserWarning, match="never saw the words zebra"):
+        pipe("a red zebra", seed=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipe("a red circle", seed=0, progress=False)
+
+
+@pytest.mark.parametrize("options, match", [({"cfg": -1.0}, "guidance scale"), ({"cfg": math.nan}, "guidance scale"),
+                                             ({"sampler": "euler_z"}, "unknown sampler"),
+                                             ({"num_images": 0}, "num_images")])
+def test_bad_settings_are_one_line_errors(pipe, options, match):
+    with pytest.raises(UserError, match=match):
+        pipe("a red circle", seed=0, progress=False, **options)
+
+
+def test_unknown_model_name_is_an_error():
+    with pytest.raises(UserError, match="no model 'no-such-model'"):
+        Pipeline.load("no-such-model")
+
+
+def test_generate_writes_pngs_that_carry_their_parameters(model_dir, tmp_path, capsys):
+    out = tmp_path / "one.png"
+    assert main(["generate", "a red circle", "--model", str(model_dir), "--seed", "5", "--cfg", "2",
+                 "--negative", "blue", "--out", str(out), "--zoom", "2", "--device", "cpu"]) == 0
+    params = read_parameters(out)
+    assert params["prompt"] == "a red circle" and params["negative_prompt"] == "blue"
+    assert params["seed"] == 5 and params["cfg"] == 2
+    with Image.open(out) as image:
+        assert image.size == (32, 32)
+    grid = tmp_path / "many.png"
+    assert main(["generate", "a red circle", "--model", str(model_dir), "--seed", "5", "--cfg", "2", "--num", "3",
+                 "--negative", "blue", "--out", str(grid), "--device", "cpu"]) == 0
+    assert read_parameters(tmp_path / "many-2.png")["seed"] == 7
+    with Image.open(tmp_path / "many-0.png") as first, Image.open(out) as zoomed:
+        assert np.array_equal(np.asarray(first), np.asarray(zoomed.resize((16, 16), Image.NEAREST)))
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--cfg", "nan"], "guidance scale"), (["--cfg", "-2"], "guidance scale"),
+    (["--sampler", "heun_x"], "unknown sampler"), (["--model", "nowhere"], "no model 'nowhere'"),
+])
+def test_generate_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, match):
+    argv = ["generate", "a red circle", "--model", str(model_dir), "--out", str(tmp_path / "x.png"), *argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("t2i: error:") and match in err, err
+
+
+def test_an_over_long_prompt_is_a_one_line_warning(model_dir, tmp_path, capsys):
+    assert main(["generate", "a small red circle on the left a large blue square", "--model", str(model_dir),
+                 "--out", str(tmp_path / "x.png"), "--device", "cpu"]) == 0
+    messages = [line for line in capsys.readouterr().err.splitlines() if line.startswith("t2i:")]
+    assert len(messages) == 1 and messages[0].startswith("t2i: warning: the prompt is 13 tokens"), messages
+
+
+def test_the_default_model_ships_inside_the_package():
+    assert "shapes" in shipped_models()
