@@ -67,3 +67,14 @@ def test_shapes_draw_the_attributes_they_record():
         # the object's centre (slightly below it for triangles, whose centroid is low) has its colour
         y, x = int((cy + obj.dy + (0.05 if obj.shape == "triangle" else 0)) * 32), int((cx + obj.dx) * 32)
         assert np.abs(image[y, x].astype(int) - COLOURS[obj.colour]).max() < 40, (i, scene)
+
+
+def test_a_captioned_folder_reads_the_text_beside_each_image(tmp_path):
+    for name, text in (("a.png", "a red  circle\n"), ("b.png", "a blue square")):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+        (tmp_path / name).with_suffix(".txt").write_text(text)
+    data = ImageFolder(tmp_path, 8, captioned=True)
+    assert [data[i][1] for i in range(2)] == ["a red circle", "a blue square"]
+    (tmp_path / "b.txt").unlink()
+    with pytest.raises(UserError, match="1 of 2 images .* have no caption file"):
+        ImageFolder(tmp_path, 8, captioned=True)

@@ -140,3 +140,53 @@ def test_an_over_long_prompt_is_a_one_line_warning(model_dir, tmp_path, capsys):
 
 def test_the_default_model_ships_inside_the_package():
     assert "shapes" in shipped_models()
+
+
+def test_eval_prompts_and_nll_run_on_a_text_model(model_dir, tmp_path, capsys):
+    report = tmp_path / "prompts.json"
+    assert main(["eval", "prompts", "--model", str(model_dir), "--per-prompt", "1", "--prompts-per-pair", "1",
+                 "--cfg", "1", "3", "--json", str(report), "--device", "cpu"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines[0][:3] == ["group", "cfg", "images"]
+    assert [(row[0], row[1], row[2]) for row in lines[1:5]] == [("seen", "1", "20"), ("seen", "3", "20"),
+                                                                 ("held-out", "1", "4"), ("held-out", "3", "4")]
+    assert report.is_file()
+    assert main(["eval", "nll", "--model", str(model_dir), "--num-images", "4", "--terms", "3",
+                 "--device", "cpu"]) == 0
+    assert "bits/dim" in capsys.readouterr().out
+
+
+def test_editing_an_image_with_strength_and_mask(pipe):
+    rng = np.random.default_rng(0)
+    source = Image.fromarray(rng.integers(0, 256, (16, 24, 3), dtype=np.uint8))
+    same = pipe("a red circle", image=source, strength=0.0, seed=0, progress=False)[0]
+    assert np.array_equal(np.asarray(same), np.asarray(source)) and same.info["t2i"]["strength"] == 0.0
+    edited = pipe("a red circle", image=source, strength=0.6, seed=0, progress=False)[0]
+    assert edited.size == (24, 16) and not np.array_equal(np.asarray(edited), np.asarray(source))
+    mask = np.zeros((16, 24), np.uint8)
+    mask[:, 12:] = 255
+    inpainted = np.asarray(pipe("a red circle", image=source, mask=Image.fromarray(mask), seed=0, progress=False)[0])
+    assert np.array_equal(inpainted[:, :12], np.asarray(source)[:, :12])
+    assert not np.array_equal(inpainted[:, 12:], np.asarray(source)[:, 12:])
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"image": Image.new("RGB", (17, 16))}, "divisible by 2"),
+    ({"image": Image.new("RGB", (16, 16)), "mask": Image.new("L", (8, 8))}, "the same size"),
+    ({"mask": Image.new("L", (16, 16))}, "a mask needs the image"),
+    ({"image": Image.new("RGB", (16, 16)), "strength": 1.5}, "strength must be between 0 and 1"),
+])
+def test_bad_editing_input_is_an_error(pipe, options, match):
+    with pytest.raises(UserError, match=match):
+        pipe("a red circle", seed=0, progress=False, **options)
+
+
+def test_generate_writes_the_strength_grid(model_dir, tmp_path):
+    source = tmp_path / "in.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(source)
+    out = tmp_path / "strengths.png"
+    assert main(["generate", "a red circle", "--model", str(model_dir), "--image", str(source), "--strength", "0.25",
+                 "0.5", "0.75", "1", "--out", str(out), "--device", "cpu"]) == 0
+    with Image.open(out) as grid:
+        assert grid.size == (5 * 18 + 2, 18 + 2)
+    assert read_parameters(out)["strength"] == [0.25, 0.5, 0.75, 1.0]

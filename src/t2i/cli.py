@@ -130,6 +130,8 @@ def run_sample(args) -> None:
     get_sampler(args.sampler)
     device = resolve_device(args.device)
     model, diffusion, config = load_model(args.model, device)
+    if "text_encoder" in config:
+        raise UserError(f"{str(args.model)!r} is a text-to-image model: use `t2i generate PROMPT --model {args.model}`")
     size, channels = config["image_size"], model.config.in_channels
     images = []
     for start in range(0, args.num, args.batch_size):
@@ -194,6 +196,11 @@ def add_generate(sub) -> None:
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
     p.add_argument("--seed", type=int, default=None, help="image i uses seed + i; default: random")
     p.add_argument("--num", type=_positive(int), default=1, help="number of images")
+    p.add_argument("--image", type=Path, default=None, help="edit this image (img2img) instead of starting from noise")
+    p.add_argument("--strength", type=float, nargs="+", default=None,
+                   help="how far to noise --image, 0..1 (default 0.8; 1 with --mask); several values make a "
+                        "side-by-side grid of the input and one image per strength")
+    p.add_argument("--mask", type=Path, default=None, help="inpaint: redraw the white region of --image")
     p.add_argument("--zoom", type=_positive(int), default=1, help="enlarge the saved images N× (nearest pixel)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("image.png"),
@@ -201,13 +208,40 @@ def add_generate(sub) -> None:
     p.set_defaults(run=run_generate)
 
 
+def open_image(path: Path | None, mode: str = "RGB"):
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"cannot read image {str(path)!r}: {error}") from None
+
+
 def run_generate(args) -> None:
+    import secrets
+
     from .images import make_grid, save_png
     from .pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, args.device)
+    image, mask = open_image(args.image), open_image(args.mask, "L")
+    strengths = args.strength or [None]
+    if args.seed is None:  # drawn here, so that every strength starts from the same noise
+        args.seed = secrets.randbelow(2**31)
+    if len(strengths) > 1:
+        if image is None:
+            raise UserError("several --strength values need an --image to edit")
+        outputs = [pipe(args.prompt, args.negative, args.steps, args.sampler, args.cfg, args.seed, 1, args.rescale,
+                        args.eta, image=image, strength=s, mask=mask)[0] for s in strengths]
+        save_png(make_grid([zoom(im, args.zoom) for im in (image, *outputs)], ncols=len(outputs) + 1), args.out,
+                 {**outputs[0].info["t2i"], "strength": strengths})
+        print(f"wrote {args.out}: the input, then strengths {', '.join(map(str, strengths))}")
+        return
     images = pipe(args.prompt, args.negative, args.steps, args.sampler, args.cfg, args.seed, args.num,
-                  args.rescale, args.eta)
+                  args.rescale, args.eta, image=image, strength=strengths[0], mask=mask)
     zoomed = [zoom(image, args.zoom) for image in images]
     if len(images) == 1:
         save_png(zoomed[0], args.out, images[0].info["t2i"])
@@ -300,7 +334,7 @@ def run_eval_nll(args) -> None:
     dataset = load_dataset(args.data, pipe.image_size, args.split, captioned=captioned)
     result = nll_on_dataset(pipe.unet, pipe.diffusion, dataset, args.num_images, args.batch_size, args.terms,
                             args.variance, args.seed, pipe.device, condition=condition)
-    print(result, "given each image's caption" if captioned else "")
+    print(f"{result}, of each image given its caption" if captioned else result)
 
 
 def run_eval_prompts(args) -> None:

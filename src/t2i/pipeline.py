@@ -24,7 +24,7 @@ from PIL import Image
 from .checkpoints import diffusion_from_config, load_components, read_config, tokenizer_from_config
 from .diffusion import Diffusion
 from .errors import UserError
-from .images import PNG_PARAMETERS_KEY, to_pil
+from .images import PNG_PARAMETERS_KEY, to_pil, to_tensor
 from .models.text import CLIPTextTransformer
 from .models.tokenizers import Tokenizer
 from .models.unet import UNet
@@ -128,6 +128,25 @@ class Pipeline:
         ids = self.tokenizer(list(prompts), length, truncate=True).to(self.device)
         return self.text_encoder(ids)
 
+    def edit_inputs(self, image: Image.Image | None, mask: Image.Image | None, batch: int) -> dict:
+        """`init` [B, C, H, W] in [-1, 1] and `mask` [B, 1, H, W] in {0, 1}, as `sample` takes them."""
+        if image is None:
+            if mask is not None:
+                raise UserError("a mask needs the image it masks: give --image too")
+            return {}
+        factor = self.unet.config.downsample_factor
+        if image.width % factor or image.height % factor:
+            raise UserError(f"the image is {image.width}×{image.height}; this model needs sides divisible by "
+                            f"{factor}: resize or crop it")
+        edit = {"init": to_tensor(image)[None].expand(batch, -1, -1, -1).to(self.device)}
+        if mask is not None:
+            if mask.size != image.size:
+                raise UserError(f"the mask is {mask.width}×{mask.height} and the image {image.width}×{image.height}: "
+                                "they must be the same size")
+            m = (to_tensor(mask.convert("L").convert("RGB"))[:1] > 0).float()
+            edit["mask"] = m[None].expand(batch, -1, -1, -1).to(self.device)
+        return edit
+
     def parameters(self, **overrides) -> dict:
         """The settings a call will use: its own arguments, else the model's, else the global defaults."""
         return {key: self.defaults[key] if value is None else value for key, value in overrides.items()}
@@ -136,13 +155,20 @@ class Pipeline:
     def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | None = None,
                  steps: int | None = None, sampler: str | None = None, cfg: float | None = None,
                  seed: int | Sequence[int] | None = None, num_images: int = 1, guidance_rescale: float | None = None,
-                 eta: float | None = None, progress: bool = True) -> list[Image.Image]:
+                 eta: float | None = None, progress: bool = True, image: Image.Image | None = None,
+                 strength: float | None = None, mask: Image.Image | None = None) -> list[Image.Image]:
         """`num_images` images of each prompt, as PIL images; each carries its generation
         parameters in `image.info["t2i"]` (what `save_png` writes into the file).
 
         `cfg` is the guidance scale s (1 turns guidance off); `negative_prompt` replaces
         the empty prompt as the unconditional branch. Image i is drawn with seed `seed + i`;
         `seed` may also list one seed per image, or be None for a random one.
+
+        Editing: with an `image`, generation starts from it noised to the level `strength`
+        selects (default 0.8; 1 ignores the image, 0 returns it). With a `mask` as well
+        (white = regenerate, black = keep; default strength 1) only the white region is
+        redrawn. Images keep their own size, which must be divisible by the U-Net's
+        downsampling factor.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images)]
@@ -160,14 +186,20 @@ class Pipeline:
             cond["context"] = context
             if settings["cfg"] != 1:
                 uncond = {"context": self.encode_prompts([negative_prompt or ""] * len(prompts))}
-        shape = (len(prompts), self.unet.config.in_channels, self.image_size, self.image_size)
+        edit = self.edit_inputs(image, mask, len(prompts))
+        if strength is None:
+            strength = 1.0 if mask is not None else 0.8
+        if edit:
+            settings["strength"] = strength
+        size = edit["init"].shape[-2:] if edit else (self.image_size, self.image_size)
+        shape = (len(prompts), self.unet.config.in_channels, *size)
         x = sample(self.unet, self.diffusion, shape, settings["sampler"], settings["steps"], eta, generators,
                    progress=progress, clip=self.clip, device=self.device, guidance_scale=settings["cfg"],
-                   uncond=uncond, guidance_rescale=settings["guidance_rescale"], **cond)
+                   uncond=uncond, guidance_rescale=settings["guidance_rescale"], strength=strength, **edit, **cond)
         images = []
         for p, s, image in zip(prompts, seeds, x):
             pil = to_pil(image)
             pil.info[PNG_PARAMETERS_KEY] = {"prompt": p, "negative_prompt": negative_prompt or "", "seed": s,
-                               "size": self.image_size, "model": self.name, "eta": eta, **settings}
+                               "size": list(size), "model": self.name, "eta": eta, **settings}
             images.append(pil)
         return images

@@ -22,6 +22,7 @@ from .errors import UserError
 from .schedules import timestep_grid
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Project = Callable[[torch.Tensor, int], torch.Tensor]  # (x after a step, the step's t_prev) -> x
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
 
@@ -88,6 +89,34 @@ def classifier_free_guidance(model: Model, scale: float, cond: dict[str, torch.T
     return guided
 
 
+def strength_timesteps(timesteps: torch.Tensor, strength: float) -> torch.Tensor:
+    """The tail of a grid that image-to-image runs: its last ⌊strength · steps⌋ timesteps
+    (as diffusers counts them), so strength 0 runs none and 1 runs them all."""
+    if not 0 <= strength <= 1:
+        raise UserError(f"strength must be between 0 and 1, got {strength}")
+    return timesteps[len(timesteps) - int(len(timesteps) * strength):]
+
+
+def keep_known(diffusion: Diffusion, x0: torch.Tensor, mask: torch.Tensor, generator: Generators) -> Project:
+    """Inpainting by replacement (RePaint, Lugmayr et al. 2022, eq. 8): after every step,
+
+        x_{t-1} ← m ⊙ x_{t-1} + (1 − m) ⊙ x_{t-1}^known,   x_{t-1}^known ~ q(x_{t-1} | x_0),
+
+    so the region m = 0 follows the forward-noised original down to x_0 itself, and the
+    model fills m = 1 in agreement with it. `mask` broadcasts against x.
+    """
+
+    def project(x: torch.Tensor, t_prev: int) -> torch.Tensor:
+        if t_prev < 0:
+            known = x0
+        else:
+            t = torch.full((x.shape[0],), t_prev, dtype=torch.long, device=x.device)
+            known = diffusion.q_sample(x0, t, randn(x.shape, generator, x.device, x.dtype))
+        return mask * x + (1 - mask) * known
+
+    return project
+
+
 def clip_denoised(eps_fn: EpsFn, diffusion: Diffusion) -> EpsFn:
     """ε-predictor whose implied x̂_0 = (x_t - sqrt(1-ᾱ_t) ε)/sqrt(ᾱ_t) is clipped to [-1, 1].
 
@@ -105,7 +134,8 @@ def clip_denoised(eps_fn: EpsFn, diffusion: Diffusion) -> EpsFn:
 
 @torch.no_grad()
 def sample_ddpm(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
-                generator: Generators = None, progress: bool = True, variance: str = "beta_tilde") -> torch.Tensor:
+                generator: Generators = None, progress: bool = True, project: Project | None = None,
+                variance: str = "beta_tilde") -> torch.Tensor:
     """Ancestral sampling, DDPM Algorithm 2:
 
         x_{t-1} = 1/sqrt(α_t) (x_t - β_t/sqrt(1-ᾱ_t) ε_θ(x_t, t)) + σ_t z,   z = 0 at the last step,
@@ -126,12 +156,15 @@ def sample_ddpm(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps:
         if t_prev >= 0:
             sigma2 = beta_t if variance == "beta" else beta_t * (1.0 - abar_prev) / (1.0 - abar_t)
             x = x + math.sqrt(sigma2) * randn(x.shape, generator, x.device, x.dtype)
+        if project is not None:
+            x = project(x, t_prev)
     return x
 
 
 @torch.no_grad()
 def sample_ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
-                generator: Generators = None, progress: bool = True, eta: float = 0.0) -> torch.Tensor:
+                generator: Generators = None, progress: bool = True, project: Project | None = None,
+                eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), deterministic at η = 0:
 
         x_prev = sqrt(ᾱ_prev) x̂_0 + sqrt(1 - ᾱ_prev - σ²) ε_θ + σ z,
@@ -150,6 +183,8 @@ def sample_ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps:
         x = math.sqrt(abar_prev) * pred_x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
             x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
+        if project is not None:
+            x = project(x, t_prev)
     return x
 
 
@@ -162,7 +197,7 @@ DEFAULT_STEPS = {"ddim": 50}  # samplers not listed run every training timestep 
 
 def sampler_options(name: str) -> tuple[str, ...]:
     """The keyword options a registered sampler accepts beyond the common ones."""
-    common = {"eps_fn", "diffusion", "x", "timesteps", "generator", "progress"}
+    common = {"eps_fn", "diffusion", "x", "timesteps", "generator", "progress", "project"}
     return tuple(p for p in inspect.signature(get_sampler(name)).parameters if p not in common)
 
 
@@ -177,7 +212,8 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
            progress: bool = True, *, variance: str | None = None, spacing: str = "leading",
            clip: bool = False, x_T: torch.Tensor | None = None, device=None,
            guidance_scale: float = 1.0, uncond: dict[str, torch.Tensor] | None = None,
-           guidance_rescale: float = 0.0, **cond) -> torch.Tensor:
+           guidance_rescale: float = 0.0, init: torch.Tensor | None = None, strength: float = 1.0,
+           mask: torch.Tensor | None = None, **cond) -> torch.Tensor:
     """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` with the named sampler.
 
     `steps` defaults to all T timesteps for "ddpm" and 50 for "ddim"; `eta` (DDIM) and
@@ -185,6 +221,11 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
     `clip` clips every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels. With
     `uncond` (the condition of the empty or negative prompt) the model is guided at
     `guidance_scale` (`classifier_free_guidance`); scale 1 skips the unconditional branch.
+
+    Editing (seed 002): given an `init` image x_0, only the last ⌊strength · steps⌋ steps
+    run, from x_t ~ q(x_t | x_0) at the first of them; strength 1 starts from pure noise
+    (plain generation) and 0 returns `init`. A `mask` (1 = regenerate, 0 = keep) keeps
+    the rest of `init` at every step (`keep_known`).
     """
     fn = get_sampler(sampler)
     options = {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
@@ -194,6 +235,18 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
     steps = steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps)
     timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing)
     x = randn(shape, generator, device) if x_T is None else x_T
+    project = None
+    if init is not None:
+        timesteps = strength_timesteps(timesteps, strength)
+        if len(timesteps) == 0:
+            return init.clone()
+        if strength < 1:
+            start = torch.full((shape[0],), int(timesteps[0]), dtype=torch.long, device=x.device)
+            x = diffusion.q_sample(init, start, x)
+        if mask is not None:
+            project = keep_known(diffusion, init, mask, generator)
+    elif mask is not None:
+        raise UserError("a mask needs the image it masks (init)")
     if uncond is not None:
         guided = classifier_free_guidance(model, guidance_scale, cond, uncond, guidance_rescale)
         if guidance_scale != 1:
@@ -204,4 +257,4 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
 
     if clip:
         eps_fn = clip_denoised(eps_fn, diffusion)
-    return fn(eps_fn, diffusion, x, timesteps, generator=generator, progress=progress, **options)
+    return fn(eps_fn, diffusion, x, timesteps, generator=generator, progress=progress, project=project, **options)

@@ -1,0 +1,72 @@
+"""Image editing in the sampler: img2img by strength, and inpainting by replacement."""
+
+import pytest
+import torch
+
+from t2i.diffusion import Diffusion
+from t2i.errors import UserError
+from t2i.sampling import SAMPLERS, sample, strength_timesteps
+
+
+@pytest.fixture
+def setup(oracle):
+    diffusion = Diffusion.from_schedule("linear", 200)
+    eps = oracle(diffusion, 0.5, 0.3)
+    calls = []
+
+    def model(x, t):
+        calls.append(int(t[0]))
+        return eps(x, t)
+
+    init = torch.full((64, 1, 4, 4), -0.8)
+    return diffusion, model, init, calls
+
+
+def run(setup, sampler="ddim", seed=0, **options):
+    diffusion, model, init, _ = setup
+    generator = [torch.Generator().manual_seed(seed + i) for i in range(init.shape[0])]
+    return sample(model, diffusion, init.shape, sampler, 20, generator=generator, progress=False, **options)
+
+
+def test_strength_picks_the_tail_of_the_grid():
+    grid = torch.arange(19, -1, -1)
+    assert len(strength_timesteps(grid, 0.0)) == 0 and torch.equal(strength_timesteps(grid, 1.0), grid)
+    assert strength_timesteps(grid, 0.5).tolist() == list(range(9, -1, -1))
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(UserError, match="strength must be between 0 and 1"):
+            strength_timesteps(grid, bad)
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_strength_zero_returns_the_input_and_one_is_plain_generation(setup, sampler):
+    diffusion, model, init, calls = setup
+    assert torch.equal(run(setup, sampler, init=init, strength=0.0), init) and calls == []
+    torch.testing.assert_close(run(setup, sampler, init=init, strength=1.0), run(setup, sampler))
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_distance_to_the_input_grows_with_strength(setup, sampler):
+    diffusion, model, init, calls = setup
+    distances = []
+    for strength in (0.2, 0.4, 0.7, 1.0):
+        calls.clear()
+        out = run(setup, sampler, init=init, strength=strength)
+        assert len(calls) == int(20 * strength)
+        distances.append((out - init).abs().mean().item())
+    assert distances == sorted(distances) and distances[0] > 0, distances
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_inpainting_keeps_the_known_region_and_fills_the_rest(setup, sampler):
+    diffusion, model, init, calls = setup
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :, 2:] = 1
+    out = run(setup, sampler, init=init, mask=mask)
+    assert torch.equal(out[..., :2], init[..., :2])
+    filled = out[..., 2:]
+    assert abs(filled.mean().item() - 0.5) < 0.1  # drawn from the model's N(0.5, 0.3²), not the input's -0.8
+
+
+def test_a_mask_without_an_image_is_an_error(setup):
+    with pytest.raises(UserError, match="a mask needs the image"):
+        run(setup, mask=torch.ones(1, 1, 4, 4))
