@@ -80,10 +80,11 @@ def from_tokens(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class SelfAttentionBlock(nn.Module):
     """x + Attention(GroupNorm(x)) over the H×W positions of a feature map."""
 
-    def __init__(self, channels: int, heads: int, head_dim: int, groups: int = 32):
+    def __init__(self, channels: int, heads: int, head_dim: int, groups: int = 32, bias: bool = False,
+                 eps: float = 1e-5):
         super().__init__()
-        self.norm = group_norm(channels, groups)
-        self.attention = Attention(channels, heads, head_dim)
+        self.norm = group_norm(channels, groups, eps)
+        self.attention = Attention(channels, heads, head_dim, bias=bias)
         zero_init(self.attention.to_out)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None):
@@ -155,22 +156,26 @@ class ResBlock(nn.Module):
     """The DDPM residual block of seed 003 (Ho et al.'s, as in Stable Diffusion):
 
     GroupNorm → SiLU → conv3×3 → + W·SiLU(emb) → GroupNorm → SiLU → dropout → conv3×3,
-    added to x (through a 1×1 conv when the width changes).
+    added to x (through a 1×1 conv when the width changes). With `emb_dim` None there is
+    no embedding to add: the block of an autoencoder.
     """
 
-    def __init__(self, channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0, groups: int = 32):
+    def __init__(self, channels: int, out_channels: int, emb_dim: int | None, dropout: float = 0.0,
+                 groups: int = 32, eps: float = 1e-5):
         super().__init__()
-        self.norm1 = group_norm(channels, groups)
+        self.norm1 = group_norm(channels, groups, eps)
         self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(emb_dim, out_channels)
-        self.norm2 = group_norm(out_channels, groups)
+        self.time_emb_proj = nn.Linear(emb_dim, out_channels) if emb_dim is not None else None
+        self.norm2 = group_norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
+        if self.time_emb_proj is not None:
+            h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.skip(x) + h
 
@@ -201,14 +206,16 @@ class ConvNeXtBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H and W with a stride-2 conv3×3."""
+    """Halve H and W with a stride-2 conv3×3, padded by one on every side, or (`asymmetric`,
+    as Stable Diffusion's autoencoder) by one on the right and bottom only."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, asymmetric: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.asymmetric = asymmetric
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None):
-        return self.conv(x)
+        return self.conv(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
 
 
 class Upsample(nn.Module):

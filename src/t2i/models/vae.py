@@ -1,0 +1,219 @@
+"""The autoencoder of latent diffusion (Rombach et al. 2022, §3.1): images to latents and back.
+
+E(x) parameterises a diagonal Gaussian posterior q(z | x) = N(μ(x), diag σ²(x)) over a
+latent z with H/f × W/f positions (f = 2^(levels-1)); D(z) maps a latent back to an image.
+Trained as a VAE (Kingma & Welling 2014): a reconstruction loss plus β · KL(q(z|x) ‖ N(0, I)),
+β small, so the latent space stays close to a standard Gaussian without blurring the images.
+
+Diffusion runs on z · `scaling_factor`, the factor that gives the latents of the training
+data unit variance (SD v1's is 0.18215). The layout is Stable Diffusion's `AutoencoderKL`;
+`from_diffusers_state_dict` maps diffusers' names onto ours.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .config import ModelConfig
+from .layers import Downsample, ResBlock, SelfAttentionBlock, Upsample, group_norm
+
+NORM_EPS = 1e-6  # SD's autoencoder's GroupNorm eps
+
+
+@dataclass
+class VAEConfig(ModelConfig):
+    """Every constructor argument of `AutoencoderKL`; saved whole as its config.
+
+    `block_channels` gives the width of each level: with n levels the latent is 2^(n-1)
+    times smaller than the image on each side. The defaults are a small f = 4 autoencoder
+    for 32×32 images; `sd_v1()` is Stable Diffusion v1's (f = 8, 83.7M parameters).
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 4
+    block_channels: tuple[int, ...] = (32, 64, 64)
+    num_res_blocks: int = 1
+    norm_groups: int = 8
+    mid_attention: bool = True
+    scaling_factor: float = 1.0
+
+    def __post_init__(self):
+        self.block_channels = tuple(self.block_channels)
+        if not self.block_channels:
+            raise UserError("an autoencoder needs at least one level of block_channels")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_channels) - 1)
+
+    @classmethod
+    def sd_v1(cls) -> "VAEConfig":
+        return cls(block_channels=(128, 256, 512, 512), num_res_blocks=2, norm_groups=32, scaling_factor=0.18215)
+
+
+class DiagonalGaussian:
+    """q(z | x) = N(mean, diag exp(logvar)), logvar clamped to [-30, 20] as in SD."""
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, logvar = moments.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z = μ + σ ε, ε ~ N(0, I) (the reparameterisation trick)."""
+        noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype).to(self.mean.device)
+        return self.mean + self.std * noise
+
+    def kl(self) -> torch.Tensor:
+        """KL(q(z | x) ‖ N(0, I)) = ½ Σ (μ² + σ² − 1 − log σ²) per example, [B]."""
+        return 0.5 * (self.mean**2 + self.logvar.exp() - 1.0 - self.logvar).flatten(1).sum(dim=1)
+
+
+class Level(nn.Module):
+    """The residual blocks of one resolution, then a resampling (or none, at the end)."""
+
+    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.resample = resample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x if self.resample is None else self.resample(x)
+
+
+def levels(widths: tuple[int, ...], blocks_per_level: int, resample, c: VAEConfig) -> nn.ModuleList:
+    """One `Level` per width, resampled by `resample(width)` between levels, not after the last."""
+    built = []
+    for i, width in enumerate(widths):
+        previous = widths[max(i - 1, 0)]
+        blocks = [ResBlock(previous if j == 0 else width, width, None, groups=c.norm_groups, eps=NORM_EPS)
+                  for j in range(blocks_per_level)]
+        built.append(Level(blocks, resample(width) if i < len(widths) - 1 else None))
+    return nn.ModuleList(built)
+
+
+def middle(channels: int, c: VAEConfig) -> nn.ModuleList:
+    """ResBlock, single-head self-attention over all positions, ResBlock."""
+    blocks = [ResBlock(channels, channels, None, groups=c.norm_groups, eps=NORM_EPS)]
+    if c.mid_attention:
+        blocks.append(SelfAttentionBlock(channels, 1, channels, c.norm_groups, bias=True, eps=NORM_EPS))
+    blocks.append(ResBlock(channels, channels, None, groups=c.norm_groups, eps=NORM_EPS))
+    return nn.ModuleList(blocks)
+
+
+class Encoder(nn.Module):
+    """x [B, C, H, W] -> the moments (μ, log σ²) [B, 2L, H/f, W/f]."""
+
+    def __init__(self, c: VAEConfig):
+        super().__init__()
+        widths = c.block_channels
+        self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
+        self.down = levels(widths, c.num_res_blocks, lambda width: Downsample(width, asymmetric=True), c)
+        self.mid = middle(widths[-1], c)
+        self.norm_out = group_norm(widths[-1], c.norm_groups, NORM_EPS)
+        self.conv_out = nn.Conv2d(widths[-1], 2 * c.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+        for block in self.mid:
+            h = block(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """z [B, L, h, w] -> x̂ [B, C, f·h, f·w]."""
+
+    def __init__(self, c: VAEConfig):
+        super().__init__()
+        widths = c.block_channels[::-1]
+        self.conv_in = nn.Conv2d(c.latent_channels, widths[0], 3, padding=1)
+        self.mid = middle(widths[0], c)
+        self.up = levels(widths, c.num_res_blocks + 1, Upsample, c)
+        self.norm_out = group_norm(widths[-1], c.norm_groups, NORM_EPS)
+        self.conv_out = nn.Conv2d(widths[-1], c.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        for block in self.mid:
+            h = block(h)
+        for level in self.up:
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class AutoencoderKL(nn.Module):
+    """E and D with SD's 1×1 convs on the moments (`quant_conv`) and on z (`post_quant_conv`)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__()
+        self.config = c = config
+        self.encoder = Encoder(c)
+        self.decoder = Decoder(c)
+        self.quant_conv = nn.Conv2d(2 * c.latent_channels, 2 * c.latent_channels, 1)
+        self.post_quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, 1)
+
+    def check_size(self, x: torch.Tensor) -> None:
+        factor = self.config.downsample_factor
+        if x.shape[-1] % factor or x.shape[-2] % factor:
+            raise UserError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor} for this autoencoder")
+
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """q(z | x) for images x in [-1, 1]."""
+        self.check_size(x)
+        return DiagonalGaussian(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z): the image of an (unscaled) latent."""
+        return self.decoder(self.post_quant_conv(z))
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, DiagonalGaussian]:
+        """(D(z), q(z | x)) with z drawn from the posterior."""
+        posterior = self.encode(x)
+        return self.decode(posterior.sample(generator)), posterior
+
+
+# diffusers' AutoencoderKL names -> ours, applied in turn to each key.
+_DIFFUSERS_NAMES = (
+    (r"\.down_blocks\.(\d+)\.resnets\.", r".down.\1.blocks."),
+    (r"\.down_blocks\.(\d+)\.downsamplers\.0\.", r".down.\1.resample."),
+    (r"\.up_blocks\.(\d+)\.resnets\.", r".up.\1.blocks."),
+    (r"\.up_blocks\.(\d+)\.upsamplers\.0\.", r".up.\1.resample."),
+    (r"\.mid_block\.resnets\.0\.", ".mid.0."),
+    (r"\.mid_block\.attentions\.0\.group_norm\.", ".mid.1.norm."),
+    (r"\.mid_block\.attentions\.0\.to_(q|k|v)\.", r".mid.1.attention.to_\1."),
+    (r"\.mid_block\.attentions\.0\.to_out\.0\.", ".mid.1.attention.to_out."),
+    (r"\.conv_shortcut\.", ".skip."),
+    (r"\.conv_norm_out\.", ".norm_out."),
+)
+
+
+def from_diffusers_state_dict(state_dict: dict[str, torch.Tensor], config: VAEConfig) -> dict[str, torch.Tensor]:
+    """A diffusers `AutoencoderKL` state dict as one for `AutoencoderKL(config)`; raises
+    UserError unless every weight is filled with the right shape and none is left over."""
+    last_mid = f".mid.{2 if config.mid_attention else 1}."
+    converted = {}
+    for key, value in state_dict.items():
+        name = "." + key
+        for pattern, replacement in _DIFFUSERS_NAMES:
+            name = re.sub(pattern, replacement, name)
+        converted[name.replace(".mid_block.resnets.1.", last_mid)[1:]] = value
+    with torch.device("meta"):
+        expected = AutoencoderKL(config).state_dict()
+    wrong = sorted(k for k in expected if k not in converted or converted[k].shape != expected[k].shape)
+    unused = sorted(set(converted) - set(expected))
+    if wrong or unused:
+        raise UserError(f"the diffusers weights do not fit this VAEConfig: missing or misshapen {wrong[:5]}, "
+                        f"unused {unused[:5]} ({len(wrong)} and {len(unused)} in all)")
+    return converted
