@@ -190,3 +190,17 @@ def test_generate_writes_the_strength_grid(model_dir, tmp_path):
     with Image.open(out) as grid:
         assert grid.size == (5 * 18 + 2, 18 + 2)
     assert read_parameters(out)["strength"] == [0.25, 0.5, 0.75, 1.0]
+    assert read_parameters(tmp_path / "strengths-3.png")["strength"] == 1.0
+
+
+def test_generate_writes_a_grid_row_per_prompt_and_cfg(model_dir, tmp_path):
+    out = tmp_path / "rows.png"
+    assert main(["generate", "a red circle", "a blue square", "--cfg", "1", "4", "--num", "3", "--seed", "2",
+                 "--model", str(model_dir), "--out", str(out), "--device", "cpu"]) == 0
+    with Image.open(out) as grid:
+        assert grid.size == (3 * 18 + 2, 4 * 18 + 2)
+    params = read_parameters(out)
+    assert params["prompt"] == ["a red circle", "a red circle", "a blue square", "a blue square"]
+    assert params["cfg"] == [1, 4, 1, 4]
+    last = read_parameters(tmp_path / "rows-11.png")
+    assert (last["prompt"], last["cfg"], last["seed"]) == ("a blue square", 4, 4)

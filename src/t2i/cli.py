@@ -186,10 +186,12 @@ def add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate images from a prompt",
                        description="Generate images from a prompt. Settings left out take the model's defaults "
                                    f"(else {', '.join(f'{k} {v}' for k, v in INFERENCE_DEFAULTS.items())}).")
-    p.add_argument("prompt", nargs="?", default="", help="what to draw; empty for an unconditional sample")
+    p.add_argument("prompt", nargs="*", help="what to draw (several: one grid row each); none for an "
+                   "unconditional sample")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name or a model folder")
     p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale s (1 = no guidance)")
+    p.add_argument("--cfg", type=float, nargs="+", default=None,
+                   help="guidance scale s (1 = no guidance); several: one grid row each")
     p.add_argument("--rescale", type=float, default=None, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
     p.add_argument("--steps", type=_positive(int), default=None)
     p.add_argument("--sampler", default=None, help="ddim or ddpm")
@@ -198,13 +200,13 @@ def add_generate(sub) -> None:
     p.add_argument("--num", type=_positive(int), default=1, help="number of images")
     p.add_argument("--image", type=Path, default=None, help="edit this image (img2img) instead of starting from noise")
     p.add_argument("--strength", type=float, nargs="+", default=None,
-                   help="how far to noise --image, 0..1 (default 0.8; 1 with --mask); several values make a "
-                        "side-by-side grid of the input and one image per strength")
+                   help="how far to noise --image, 0..1 (default 0.8; 1 with --mask); several: one image each, "
+                        "side by side after the input")
     p.add_argument("--mask", type=Path, default=None, help="inpaint: redraw the white region of --image")
     p.add_argument("--zoom", type=_positive(int), default=1, help="enlarge the saved images N× (nearest pixel)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("image.png"),
-                   help="the image; with --num N > 1, a grid, and each image as NAME-i.png")
+                   help="the image; for several, a grid, and each image as NAME-i.png")
     p.set_defaults(run=run_generate)
 
 
@@ -221,6 +223,10 @@ def open_image(path: Path | None, mode: str = "RGB"):
 
 
 def run_generate(args) -> None:
+    """One image, or a grid: a row per (prompt, cfg, strength) combination asked for, `--num`
+    seeds each (the same seeds in every row), after the input image when editing; with one
+    image per combination the combinations stand side by side instead."""
+    import itertools
     import secrets
 
     from .images import make_grid, save_png
@@ -228,30 +234,30 @@ def run_generate(args) -> None:
 
     pipe = Pipeline.load(args.model, args.device)
     image, mask = open_image(args.image), open_image(args.mask, "L")
-    strengths = args.strength or [None]
-    if args.seed is None:  # drawn here, so that every strength starts from the same noise
+    if args.strength and len(args.strength) > 1 and image is None:
+        raise UserError("several --strength values need an --image to edit")
+    if args.seed is None:  # drawn once, so that every combination starts from the same noise
         args.seed = secrets.randbelow(2**31)
-    if len(strengths) > 1:
-        if image is None:
-            raise UserError("several --strength values need an --image to edit")
-        outputs = [pipe(args.prompt, args.negative, args.steps, args.sampler, args.cfg, args.seed, 1, args.rescale,
-                        args.eta, image=image, strength=s, mask=mask)[0] for s in strengths]
-        save_png(make_grid([zoom(im, args.zoom) for im in (image, *outputs)], ncols=len(outputs) + 1), args.out,
-                 {**outputs[0].info["t2i"], "strength": strengths})
-        print(f"wrote {args.out}: the input, then strengths {', '.join(map(str, strengths))}")
-        return
-    images = pipe(args.prompt, args.negative, args.steps, args.sampler, args.cfg, args.seed, args.num,
-                  args.rescale, args.eta, image=image, strength=strengths[0], mask=mask)
-    zoomed = [zoom(image, args.zoom) for image in images]
+    variants = list(itertools.product(args.prompt or [""], args.cfg or [None], args.strength or [None]))
+    rows = [pipe(prompt, args.negative, args.steps, args.sampler, cfg, args.seed, args.num, args.rescale, args.eta,
+                 image=image, strength=strength, mask=mask) for prompt, cfg, strength in variants]
+    images = [im for row in rows for im in row]
     if len(images) == 1:
-        save_png(zoomed[0], args.out, images[0].info["t2i"])
+        save_png(zoom(images[0], args.zoom), args.out, images[0].info["t2i"])
         print(f"wrote {args.out} (seed {images[0].info['t2i']['seed']})")
         return
-    for i, (image, big) in enumerate(zip(images, zoomed)):
-        save_png(big, args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), image.info["t2i"])
-    save_png(make_grid(zoomed), args.out, {**images[0].info["t2i"], "num": len(images)})
+    for i, im in enumerate(images):
+        save_png(zoom(im, args.zoom), args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), im.info["t2i"])
+    if args.num == 1:
+        rows = [images]
+    lead = [image] if image is not None else []
+    tiles = [zoom(im, args.zoom) for row in rows for im in lead + row]
+    varying = {"prompt": [v[0] for v in variants], "cfg": [im.info["t2i"]["cfg"] for im in images[::args.num]],
+               "strength": [v[2] for v in variants]}
+    save_png(make_grid(tiles, ncols=len(lead) + len(rows[0])), args.out,
+             {**images[0].info["t2i"], **varying, "num": args.num})
     print(f"wrote {args.out} and {args.out.stem}-0..{len(images) - 1}{args.out.suffix} "
-          f"(seeds {images[0].info['t2i']['seed']}..{images[-1].info['t2i']['seed']})")
+          f"({len(variants)} combination{'s' * (len(variants) > 1)} × seeds {args.seed}..{args.seed + args.num - 1})")
 
 
 def zoom(image, factor: int):
