@@ -38,10 +38,10 @@ def step_flops(pipe: Pipeline, batch: int) -> int:
     size = pipe.image_size
     x = torch.randn(2 * batch, pipe.unet.config.in_channels, size, size)
     t = torch.full((2 * batch,), 500)
-    context = pipe.encode_prompts([""] * (2 * batch))
+    cond = pipe.encode_prompts([""] * (2 * batch))
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        pipe.unet(x, t, context)
+        pipe.unet(x, t, **cond)
     return counter.get_total_flops()
 
 

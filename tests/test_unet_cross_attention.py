@@ -63,6 +63,24 @@ def test_text_unet_depends_on_context_and_trains_every_weight():
     assert all(p.grad is not None and p.grad.any() for p in model.parameters())
 
 
+def test_pooled_text_embedding_shifts_the_timestep_embedding():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**TINY_TEXT, pooled_dim=12)).eval()
+    for p in model.parameters():
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.05)
+    x, t, context, pooled = torch.randn(2, 3, 8, 8), torch.tensor([5, 900]), torch.randn(2, 7, 12), torch.randn(2, 12)
+    out = model(x, t, context, pooled)
+    assert not torch.allclose(out, model(x, t, context, torch.randn(2, 12)))
+    model.pooled_proj.weight.data.zero_()
+    model.pooled_proj.bias.data.zero_()
+    torch.testing.assert_close(model(x, t, context, pooled), model(x, t, context, torch.zeros(2, 12)))
+    with pytest.raises(UserError, match="needs one"):
+        model(x, t, context)
+    with pytest.raises(UserError, match="takes no pooled"):
+        UNet(UNetConfig(**TINY_TEXT))(x, t, context, pooled)
+
+
 def test_context_must_match_the_config():
     x, t = torch.randn(1, 3, 8, 8), torch.tensor([0])
     with pytest.raises(UserError, match="needs a context"):

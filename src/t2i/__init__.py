@@ -1,3 +1,13 @@
 """t2i: text-to-image diffusion, written from the DDPM maths up."""
 
 __version__ = "0.2.0"
+__all__ = ["Pipeline", "__version__"]
+
+
+def __getattr__(name: str):
+    # `from t2i import Pipeline` without making `import t2i` (and `t2i --help`) load torch
+    if name == "Pipeline":
+        from .pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 't2i' has no attribute {name!r}")

@@ -63,6 +63,8 @@ def add_train(sub) -> None:
     text.add_argument("--text-layers", type=_positive(int), default=4)
     text.add_argument("--text-heads", type=_positive(int), default=4)
     text.add_argument("--text-length", type=_positive(int), default=32, help="most tokens a caption can have")
+    text.add_argument("--no-pooled", dest="pooled", action="store_false",
+                      help="do not add the pooled text embedding to the timestep embedding")
     p.set_defaults(run=run_train)
 
 
@@ -76,7 +78,8 @@ def run_train(args) -> None:
     attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
     unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),
                       num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
-                      block_type=args.block, dropout=args.dropout, norm_groups=args.norm_groups)
+                      block_type=args.block, dropout=args.dropout, norm_groups=args.norm_groups,
+                      pooled_dim=args.text_width if args.text and args.pooled else None)
     if args.image_size % unet.downsample_factor:
         raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "
                         f"for a U-Net with {len(unet.channel_mult)} levels")
@@ -336,7 +339,7 @@ def run_eval_nll(args) -> None:
 
     pipe = Pipeline.load(args.model, args.device)
     captioned = pipe.text_encoder is not None
-    condition = (lambda captions: {"context": pipe.encode_prompts(captions)}) if captioned else None
+    condition = pipe.encode_prompts if captioned else None
     dataset = load_dataset(args.data, pipe.image_size, args.split, captioned=captioned)
     result = nll_on_dataset(pipe.unet, pipe.diffusion, dataset, args.num_images, args.batch_size, args.terms,
                             args.variance, args.seed, pipe.device, condition=condition)

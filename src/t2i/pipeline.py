@@ -76,6 +76,12 @@ def image_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
     return seeds
 
 
+def text_condition(text_encoder: CLIPTextTransformer, ids: torch.Tensor, pooled: bool) -> dict[str, torch.Tensor]:
+    """The U-Net's keyword arguments for token ids [B, L]: the context, and the pooled embedding if wanted."""
+    context = text_encoder(ids)
+    return {"context": context, "pooled": text_encoder.pool(context, ids)} if pooled else {"context": context}
+
+
 class Pipeline:
     """A diffusion model with what it needs to turn prompts into images.
 
@@ -107,13 +113,14 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor | None:
-        """τ_θ(y) [B, L, D] of each prompt; an over-long prompt is cut to the encoder's length
-        with a warning, words the tokenizer does not know get one too."""
+    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The U-Net's condition for each prompt, {"context": τ_θ(y) [B, L, D]} (and "pooled"
+        [B, D] if the U-Net takes it); {} for an unconditional model. An over-long prompt
+        is cut to the encoder's length with a warning, unknown words get one too."""
         if self.text_encoder is None:
             if any(prompts):
                 raise UserError(f"model {self.name!r} is unconditional: it takes no prompt (leave the prompt empty)")
-            return None
+            return {}
         length = self.text_encoder.config.max_length
         for prompt in dict.fromkeys(prompts):
             count = len(self.tokenizer.encode(prompt))
@@ -126,7 +133,7 @@ class Pipeline:
                 warnings.warn(f"model {self.name!r} never saw the words {', '.join(unknown)}: they are ignored",
                               stacklevel=3)
         ids = self.tokenizer(list(prompts), length, truncate=True).to(self.device)
-        return self.text_encoder(ids)
+        return text_condition(self.text_encoder, ids, self.unet.config.pooled_dim is not None)
 
     def edit_inputs(self, image: Image.Image | None, mask: Image.Image | None, batch: int) -> dict:
         """`init` [B, C, H, W] in [-1, 1] and `mask` [B, 1, H, W] in {0, 1}, as `sample` takes them."""
@@ -180,12 +187,9 @@ class Pipeline:
         seeds = image_seeds(seed, len(prompts))
         generators = [torch.Generator().manual_seed(s) for s in seeds]
 
-        cond, uncond = {}, None
-        context = self.encode_prompts(prompts)
-        if context is not None:
-            cond["context"] = context
-            if settings["cfg"] != 1:
-                uncond = {"context": self.encode_prompts([negative_prompt or ""] * len(prompts))}
+        cond, uncond = self.encode_prompts(prompts), None
+        if cond and settings["cfg"] != 1:
+            uncond = self.encode_prompts([negative_prompt or ""] * len(prompts))
         edit = self.edit_inputs(image, mask, len(prompts))
         if strength is None:
             strength = 1.0 if mask is not None else 0.8

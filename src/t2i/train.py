@@ -34,7 +34,7 @@ from .images import make_grid, save_png
 from .models.text import TextEncoderConfig
 from .models.tokenizers import Tokenizer, WordTokenizer, load_tokenizer
 from .models.unet import UNetConfig
-from .pipeline import Pipeline, resolve_device
+from .pipeline import Pipeline, resolve_device, text_condition
 from .plots import line_plot
 
 TRAINING_DIR = "training"
@@ -192,7 +192,11 @@ def make_tokenizer(dataset, text_config: TextEncoderConfig) -> Tokenizer:
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
           text_config: TextEncoderConfig | None = None) -> Path:
     """Train ε_θ on L_simple (Algorithm 1), text-conditioned if `text_config` is given, and
-    write the run folder `out_dir`."""
+    write the run folder `out_dir`.
+
+    For a text run the U-Net's `context_dim` is set to the encoder's width, and so is its
+    `pooled_dim` if that is set at all (any value turns the pooled embedding on).
+    """
     out = Path(out_dir)
     tokenizer = None
     if resume:
@@ -213,7 +217,8 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
         tokenizer = make_tokenizer(dataset, text_config)
         text_config = dataclasses.replace(text_config, vocab_size=tokenizer.vocab_size,
                                           eos_token_id=tokenizer.eos_id)
-        unet_config = dataclasses.replace(unet_config, context_dim=text_config.width)
+        unet_config = dataclasses.replace(unet_config, context_dim=text_config.width,
+                                          pooled_dim=text_config.width if unet_config.pooled_dim else None)
     diffusion_settings = {"schedule": config.schedule, "num_timesteps": config.num_timesteps,
                           "prediction_type": config.prediction_type}
     run_config = model_config(unet_config, diffusion_settings, text_config, tokenizer, image_size=config.image_size,
@@ -261,7 +266,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
             if captioned:
                 dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
                 ids = tokenizer(["" if drop else c for c, drop in zip(captions, dropped)], truncate=True)
-                cond["context"] = model["text_encoder"](ids.to(device))
+                cond = text_condition(model["text_encoder"], ids.to(device), unet_config.pooled_dim is not None)
             loss = diffusion.training_loss(model["unet"], x0, generator=generator, min_snr_gamma=config.min_snr_gamma,
                                            **cond).mean()
             if not torch.isfinite(loss):

@@ -43,6 +43,11 @@ class UNetConfig(ModelConfig):
 
     Attention heads: `num_heads` fixed heads of width channels / num_heads (SD v1's
     choice: 8), or, when `num_heads` is None, heads of width `head_dim` (SD 2's: 64).
+
+    `pooled_dim` set, a pooled text embedding [B, pooled_dim] (the text encoder's state at
+    the end token) is projected and added to the timestep embedding, as in GLIDE and
+    Imagen: a global condition that reaches every residual block at every resolution,
+    where cross-attention runs only at `attention_levels`.
     """
 
     in_channels: int = 3
@@ -60,6 +65,7 @@ class UNetConfig(ModelConfig):
     context_dim: int | None = None
     transformer_depth: int = 1
     num_heads: int | None = None
+    pooled_dim: int | None = None
 
     @classmethod
     def sd_v1(cls) -> UNetConfig:
@@ -106,7 +112,7 @@ class TimestepSequential(nn.ModuleList):
 
 class UNet(nn.Module):
     """ε_θ(x_t, t, c): [B, C, H, W], integer timesteps [B] and, for a text-conditioned
-    config, a context [B, L, context_dim] -> [B, C_out, H, W]."""
+    config, a context [B, L, context_dim] (and a pooled [B, pooled_dim]) -> [B, C_out, H, W]."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -115,6 +121,7 @@ class UNet(nn.Module):
         self.time_embed = nn.Sequential(
             nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
+        self.pooled_proj = nn.Linear(c.pooled_dim, emb_dim) if c.pooled_dim else None
         self.conv_in = nn.Conv2d(c.in_channels, c.model_channels, 3, padding=1)
 
         ch = c.model_channels
@@ -165,7 +172,8 @@ class UNet(nn.Module):
         return SpatialTransformer(channels, heads, head_dim, c.context_dim, c.transformer_depth, c.norm_groups,
                                   c.dropout)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
         factor = self.config.downsample_factor
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise UserError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor} for this U-Net")
@@ -176,6 +184,11 @@ class UNet(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(x.dtype))
+        if (pooled is None) != (self.pooled_proj is None):
+            raise UserError("this U-Net adds a pooled text embedding and needs one" if pooled is None
+                            else "this U-Net takes no pooled text embedding")
+        if pooled is not None:
+            emb = emb + self.pooled_proj(pooled)
         h = self.conv_in(x)
         skips = [h]
         for step in self.down:
