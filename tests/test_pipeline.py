@@ -15,7 +15,7 @@ from t2i.images import read_parameters
 from t2i.models.text import TextEncoderConfig
 from t2i.models.tokenizers import WordTokenizer
 from t2i.models.unet import UNetConfig
-from t2i.pipeline import Pipeline, shipped_models
+from t2i.pipeline import Pipeline
 
 CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a green triangle"]
 
@@ -136,10 +136,6 @@ def test_an_over_long_prompt_is_a_one_line_warning(model_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "x.png"), "--device", "cpu"]) == 0
     messages = [line for line in capsys.readouterr().err.splitlines() if line.startswith("t2i:")]
     assert len(messages) == 1 and messages[0].startswith("t2i: warning: the prompt is 13 tokens"), messages
-
-
-def test_the_default_model_ships_inside_the_package():
-    assert "shapes" in shipped_models()
 
 
 def test_eval_prompts_and_nll_run_on_a_text_model(model_dir, tmp_path, capsys):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from t2i.errors import UserError
 from t2i.models.layers import FeedForward, SpatialTransformer
-from t2i.models.unet import UNet, UNetConfig, from_diffusers_state_dict
+from t2i.models.unet import UNet, UNetConfig, coordinates, from_diffusers_state_dict
 
 TINY_TEXT = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=4,
                  context_dim=12, transformer_depth=2)
@@ -79,6 +79,25 @@ def test_pooled_text_embedding_shifts_the_timestep_embedding():
         model(x, t, context)
     with pytest.raises(UserError, match="takes no pooled"):
         UNet(UNetConfig(**TINY_TEXT))(x, t, context, pooled)
+
+
+def test_coord_channels_give_the_network_absolute_position():
+    x = torch.zeros(1, 3, 4, 6)
+    grid = coordinates(x)
+    assert grid.shape == (1, 2, 4, 6)
+    torch.testing.assert_close(grid[0, 0, 0], torch.tensor([-5, -3, -1, 1, 3, 5]) / 6)  # x: pixel centres
+    torch.testing.assert_close(grid[0, 1, :, 0], torch.tensor([-3, -1, 1, 3]) / 4)  # y, down the rows
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**TINY_TEXT, coord_channels=True)).eval()
+    torch.nn.init.normal_(model.conv_out.weight, std=0.05)
+    flat, t, context = torch.zeros(1, 3, 64, 64), torch.tensor([500]), torch.randn(1, 7, 12)
+    centre = (..., slice(28, 36), slice(28, 36))  # pixels whose convolutions never see the border
+    with torch.no_grad():
+        out = model(flat, t, context)[centre]
+        assert out.std() > 1e-3  # a flat image, yet each pixel knows where it is
+        model.conv_in.weight[:, 3:] = 0  # blind the network to the coordinates
+        blind = model(flat, t, context)[centre]
+    torch.testing.assert_close(blind, blind[..., :1, :1].expand_as(blind))
 
 
 def test_context_must_match_the_config():

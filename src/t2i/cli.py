@@ -55,6 +55,8 @@ def add_train(sub) -> None:
     p.add_argument("--block", choices=BLOCK_TYPES, default=u.block_type)
     p.add_argument("--dropout", type=float, default=u.dropout)
     p.add_argument("--norm-groups", type=_positive(int), default=u.norm_groups, help="GroupNorm groups (at most)")
+    p.add_argument("--coord-channels", action="store_true",
+                   help="give the U-Net each pixel's x and y as two more input channels (CoordConv)")
     text = p.add_argument_group("text to image", "with --text, the U-Net attends to a text encoder trained with it")
     text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images)")
     text.add_argument("--p-uncond", type=float, default=t.p_uncond,
@@ -79,7 +81,8 @@ def run_train(args) -> None:
     unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),
                       num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
                       block_type=args.block, dropout=args.dropout, norm_groups=args.norm_groups,
-                      pooled_dim=args.text_width if args.text and args.pooled else None)
+                      pooled_dim=args.text_width if args.text and args.pooled else None,
+                      coord_channels=args.coord_channels)
     if args.image_size % unet.downsample_factor:
         raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "
                         f"for a U-Net with {len(unet.channel_mult)} levels")

@@ -48,6 +48,11 @@ class UNetConfig(ModelConfig):
     the end token) is projected and added to the timestep embedding, as in GLIDE and
     Imagen: a global condition that reaches every residual block at every resolution,
     where cross-attention runs only at `attention_levels`.
+
+    `coord_channels` appends two input channels holding each pixel's x and y in [-1, 1]
+    (CoordConv, Liu et al. 2018): convolutions are translation-equivariant and learn
+    absolute position only slowly from the zero padding at the borders, which leaves a
+    prompt's "on the left" without anything to attach to.
     """
 
     in_channels: int = 3
@@ -66,6 +71,7 @@ class UNetConfig(ModelConfig):
     transformer_depth: int = 1
     num_heads: int | None = None
     pooled_dim: int | None = None
+    coord_channels: bool = False
 
     @classmethod
     def sd_v1(cls) -> UNetConfig:
@@ -101,6 +107,15 @@ class UNetConfig(ModelConfig):
         return 2 ** (len(self.channel_mult) - 1)
 
 
+def coordinates(x: torch.Tensor) -> torch.Tensor:
+    """[B, 2, H, W]: the x and y of every pixel centre of `x`, from -1 to 1 (CoordConv)."""
+    h, w = x.shape[-2:]
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w)])
+    return grid.expand(x.shape[0], -1, -1, -1)
+
+
 class TimestepSequential(nn.ModuleList):
     """Blocks applied in turn, each given the timestep embedding and the context."""
 
@@ -122,7 +137,7 @@ class UNet(nn.Module):
             nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.pooled_proj = nn.Linear(c.pooled_dim, emb_dim) if c.pooled_dim else None
-        self.conv_in = nn.Conv2d(c.in_channels, c.model_channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(c.in_channels + 2 * c.coord_channels, c.model_channels, 3, padding=1)
 
         ch = c.model_channels
         skip_channels = [ch]
@@ -189,7 +204,7 @@ class UNet(nn.Module):
                             else "this U-Net takes no pooled text embedding")
         if pooled is not None:
             emb = emb + self.pooled_proj(pooled)
-        h = self.conv_in(x)
+        h = self.conv_in(torch.cat([x, coordinates(x)], dim=1) if self.config.coord_channels else x)
         skips = [h]
         for step in self.down:
             h = step(h, emb, context)
