@@ -24,7 +24,7 @@ class DrawingPipe:
     def __init__(self, always: Scene | None = None):
         self.always, self.seeds = always, []
 
-    def parameters(self, **settings):
+    def settings(self, **settings):
         return {"cfg": 2.0 if settings.get("cfg") is None else settings["cfg"]}
 
     def __call__(self, prompts, cfg=None, seed=0, progress=False, **options):

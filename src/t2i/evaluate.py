@@ -123,7 +123,7 @@ def prompt_accuracy(pipe, cases: list[PromptCase], images_per_prompt: int = 4, c
     """
     totals: dict[str, dict[str, list[bool]]] = {}
     jobs = [(case, j) for case in cases for j in range(images_per_prompt)]
-    bar = tqdm(total=len(jobs), desc=f"prompts (cfg {pipe.parameters(cfg=cfg)['cfg']})", disable=not progress)
+    bar = tqdm(total=len(jobs), desc=f"prompts (cfg {pipe.settings(cfg=cfg)['cfg']})", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
         images = pipe([case.prompt for case, _ in chunk], cfg=cfg, seed=[seed + j for _, j in chunk],
@@ -133,7 +133,7 @@ def prompt_accuracy(pipe, cases: list[PromptCase], images_per_prompt: int = 4, c
                 totals.setdefault(case.group, {}).setdefault(attribute, []).append(ok)
         bar.update(len(chunk))
     bar.close()
-    report = PromptReport(pipe.parameters(cfg=cfg)["cfg"])
+    report = PromptReport(pipe.settings(cfg=cfg)["cfg"])
     for group, attributes in totals.items():
         report.accuracy[group] = {a: sum(v) / len(v) for a, v in attributes.items()}
         report.images[group] = len(attributes["all"])

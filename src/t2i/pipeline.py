@@ -154,7 +154,7 @@ class Pipeline:
             edit["mask"] = m[None].expand(batch, -1, -1, -1).to(self.device)
         return edit
 
-    def parameters(self, **overrides) -> dict:
+    def settings(self, **overrides) -> dict:
         """The settings a call will use: its own arguments, else the model's, else the global defaults."""
         return {key: self.defaults[key] if value is None else value for key, value in overrides.items()}
 
@@ -179,7 +179,7 @@ class Pipeline:
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images)]
-        settings = self.parameters(sampler=sampler, steps=steps, cfg=cfg, guidance_rescale=guidance_rescale)
+        settings = self.settings(sampler=sampler, steps=steps, cfg=cfg, guidance_rescale=guidance_rescale)
         get_sampler(settings["sampler"])
         check_guidance_scale(settings["cfg"])
         if num_images < 1:
@@ -201,9 +201,10 @@ class Pipeline:
                    progress=progress, clip=self.clip, device=self.device, guidance_scale=settings["cfg"],
                    uncond=uncond, guidance_rescale=settings["guidance_rescale"], strength=strength, **edit, **cond)
         images = []
-        for p, s, image in zip(prompts, seeds, x):
-            pil = to_pil(image)
-            pil.info[PNG_PARAMETERS_KEY] = {"prompt": p, "negative_prompt": negative_prompt or "", "seed": s,
-                               "size": list(size), "model": self.name, "eta": eta, **settings}
+        for text, image_seed, pixels in zip(prompts, seeds, x):
+            pil = to_pil(pixels)
+            pil.info[PNG_PARAMETERS_KEY] = {"prompt": text, "negative_prompt": negative_prompt or "",
+                                            "seed": image_seed, "size": list(size), "model": self.name, "eta": eta,
+                                            **settings}
             images.append(pil)
         return images
