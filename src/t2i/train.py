@@ -19,6 +19,7 @@ import dataclasses
 import json
 import signal
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,8 +185,8 @@ def make_tokenizer(dataset, text_config: TextEncoderConfig) -> Tokenizer:
     tokenizer = WordTokenizer.build(captions, max_length=text_config.max_length)
     longest = max(len(tokenizer.encode(c)) for c in captions)
     if longest > text_config.max_length:
-        print(f"warning: the longest caption is {longest} tokens and the text encoder reads "
-              f"{text_config.max_length}: longer captions are cut (raise --text-length)")
+        warnings.warn(f"the longest caption is {longest} tokens and the text encoder reads "
+                      f"{text_config.max_length}: longer captions are cut (raise --text-length)", stacklevel=2)
     return tokenizer
 
 
