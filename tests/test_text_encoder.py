@@ -105,3 +105,11 @@ def test_converter_names_every_parameter_and_refuses_other_weights():
                               for name in ("attention.to_q", "attention.to_out", "norm2", "fc1")}
     with pytest.raises(UserError, match="vision_model"):
         from_transformers_state_dict({"vision_model.encoder.layers.0.self_attn.q_proj.weight": torch.zeros(1)})
+
+
+def test_padding_mask_covers_each_prompt_through_its_end_token():
+    encoder = CLIPTextTransformer(TextEncoderConfig(vocab_size=10, max_length=6, width=8, layers=1, heads=2,
+                                                    intermediate_size=16, eos_token_id=2))
+    ids = torch.tensor([[1, 5, 2, 0, 0, 0], [1, 5, 6, 7, 2, 0]])
+    assert encoder.padding_mask(ids).tolist() == [[True, True, True, False, False, False],
+                                                  [True, True, True, True, True, False]]

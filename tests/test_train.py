@@ -95,7 +95,8 @@ def colour_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory, colour_folder):
     out = tmp_path_factory.mktemp("text")
-    pooled = dataclasses.replace(UNET, pooled_dim=1)  # any value: train sets it to the text encoder's width
+    # pooled_dim: any value turns it on, train sets it to the text encoder's width
+    pooled = dataclasses.replace(UNET, pooled_dim=1, mask_context_padding=True)
     run = config(data=str(colour_folder), lr=3e-3, max_steps=20, save_every=20, sample_every=20, ema_decay=0.5)
     train(pooled, run, out, text_config=TEXT)
     return out
@@ -106,6 +107,7 @@ def test_a_text_run_trains_the_encoder_and_the_unet_reads_it(text_run, colour_fo
     on real runs (a tiny model needs far more steps to use its captions than a test can take)."""
     pipe = Pipeline.load(text_run, "cpu")
     assert pipe.unet.config.pooled_dim == TEXT.width and pipe.tokenizer.unknown_words("a red picture") == []
+    assert set(pipe.encode_prompts(["red"])) == {"context", "pooled", "context_mask"}
     torch.manual_seed(0)  # train() builds its networks right after this seed
     fresh = build_components(read_config(text_run))
     moved = [name for name, p in pipe.text_encoder.named_parameters()

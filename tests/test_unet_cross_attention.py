@@ -100,6 +100,23 @@ def test_coord_channels_give_the_network_absolute_position():
     torch.testing.assert_close(blind, blind[..., :1, :1].expand_as(blind))
 
 
+def test_masked_context_tokens_do_not_matter():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(**TINY_TEXT, mask_context_padding=True)).eval()
+    for p in model.parameters():
+        if not p.any():
+            torch.nn.init.normal_(p, std=0.05)
+    x, t, context = torch.randn(2, 3, 8, 8), torch.tensor([5, 900]), torch.randn(2, 7, 12)
+    mask = torch.tensor([[True] * 3 + [False] * 4, [True] * 5 + [False] * 2])
+    other = context.clone()
+    other[~mask] = torch.randn(int((~mask).sum()), 12)
+    with torch.no_grad():
+        out = model(x, t, context, context_mask=mask)
+        torch.testing.assert_close(out, model(x, t, other, context_mask=mask))
+        assert not torch.allclose(out, model(x, t, other))  # unmasked, the padding is read
+        torch.testing.assert_close(model(x[:1], t[:1], context[:1, :3]), out[:1])  # as if it were not there
+
+
 def test_context_must_match_the_config():
     x, t = torch.randn(1, 3, 8, 8), torch.tensor([0])
     with pytest.raises(UserError, match="needs a context"):

@@ -67,6 +67,8 @@ def add_train(sub) -> None:
     text.add_argument("--text-length", type=_positive(int), default=32, help="most tokens a caption can have")
     text.add_argument("--no-pooled", dest="pooled", action="store_false",
                       help="do not add the pooled text embedding to the timestep embedding")
+    text.add_argument("--mask-padding", action="store_true",
+                      help="keep cross-attention off the padding after each caption's end token")
     p.set_defaults(run=run_train)
 
 
@@ -82,7 +84,7 @@ def run_train(args) -> None:
                       num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
                       block_type=args.block, dropout=args.dropout, norm_groups=args.norm_groups,
                       pooled_dim=args.text_width if args.text and args.pooled else None,
-                      coord_channels=args.coord_channels)
+                      coord_channels=args.coord_channels, mask_context_padding=args.text and args.mask_padding)
     if args.image_size % unet.downsample_factor:
         raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "
                         f"for a U-Net with {len(unet.channel_mult)} levels")

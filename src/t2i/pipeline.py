@@ -27,7 +27,7 @@ from .errors import UserError
 from .images import PNG_PARAMETERS_KEY, to_pil, to_tensor
 from .models.text import CLIPTextTransformer
 from .models.tokenizers import Tokenizer
-from .models.unet import UNet
+from .models.unet import UNet, UNetConfig
 from .sampling import check_guidance_scale, get_sampler, sample
 
 DEFAULT_MODEL = "shapes"
@@ -76,10 +76,15 @@ def image_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
     return seeds
 
 
-def text_condition(text_encoder: CLIPTextTransformer, ids: torch.Tensor, pooled: bool) -> dict[str, torch.Tensor]:
-    """The U-Net's keyword arguments for token ids [B, L]: the context, and the pooled embedding if wanted."""
-    context = text_encoder(ids)
-    return {"context": context, "pooled": text_encoder.pool(context, ids)} if pooled else {"context": context}
+def text_condition(text_encoder: CLIPTextTransformer, ids: torch.Tensor, unet: UNetConfig) -> dict[str, torch.Tensor]:
+    """The U-Net's keyword arguments for token ids [B, L]: the context, and the pooled
+    embedding and the padding mask if the U-Net takes them."""
+    cond = {"context": text_encoder(ids)}
+    if unet.pooled_dim is not None:
+        cond["pooled"] = text_encoder.pool(cond["context"], ids)
+    if unet.mask_context_padding:
+        cond["context_mask"] = text_encoder.padding_mask(ids)
+    return cond
 
 
 class Pipeline:
@@ -133,7 +138,7 @@ class Pipeline:
                 warnings.warn(f"model {self.name!r} never saw the words {', '.join(unknown)}: they are ignored",
                               stacklevel=3)
         ids = self.tokenizer(list(prompts), length, truncate=True).to(self.device)
-        return text_condition(self.text_encoder, ids, self.unet.config.pooled_dim is not None)
+        return text_condition(self.text_encoder, ids, self.unet.config)
 
     def edit_inputs(self, image: Image.Image | None, mask: Image.Image | None, batch: int) -> dict:
         """`init` [B, C, H, W] in [-1, 1] and `mask` [B, 1, H, W] in {0, 1}, as `sample` takes them."""

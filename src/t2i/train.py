@@ -267,7 +267,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
             if captioned:
                 dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
                 ids = tokenizer(["" if drop else c for c, drop in zip(captions, dropped)], truncate=True)
-                cond = text_condition(model["text_encoder"], ids.to(device), unet_config.pooled_dim is not None)
+                cond = text_condition(model["text_encoder"], ids.to(device), unet_config)
             loss = diffusion.training_loss(model["unet"], x0, generator=generator, min_snr_gamma=config.min_snr_gamma,
                                            **cond).mean()
             if not torch.isfinite(loss):

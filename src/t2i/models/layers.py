@@ -1,8 +1,9 @@
 """Building blocks shared by the networks: timestep embedding, attention, residual blocks.
 
-Every U-Net block takes `(x, emb, context)`: `emb` is the [B, E] timestep embedding and
-`context` the [B, L, C] text tokens (None for an unconditional model). Each block uses
-what it needs, so the U-Net calls them all alike.
+Every U-Net block takes `(x, emb, context, context_mask)`: `emb` is the [B, E] timestep
+embedding, `context` the [B, L, C] text tokens (None for an unconditional model) and
+`context_mask` [B, L] which of them are real (None: all). Each block uses what it needs,
+so the U-Net calls them all alike.
 """
 
 from __future__ import annotations
@@ -57,10 +58,13 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim or dim, inner, bias=bias)
         self.to_out = nn.Linear(inner, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [B, L] (True = attend) keeps queries off some keys, e.g. the padding of a prompt."""
         context = x if context is None else context
         q, k, v = (self._split(f(a)) for f, a in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
         return self.to_out(out.transpose(1, 2).flatten(2))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +91,8 @@ class SelfAttentionBlock(nn.Module):
         self.attention = Attention(channels, heads, head_dim, bias=bias)
         zero_init(self.attention.to_out)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None):
         return x + from_tokens(self.attention(to_tokens(self.norm(x))), x)
 
 
@@ -118,9 +123,9 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)  # seed 001, eqs. 1-3: Q from x, K and V from the text
+        x = x + self.attn2(self.norm2(x), context, mask=context_mask)  # seed 001, eqs. 1-3: Q from x, K, V from text
         return x + self.ff(self.norm3(x))
 
 
@@ -144,11 +149,12 @@ class SpatialTransformer(nn.Module):
         )
         self.proj_out = zero_init(nn.Conv2d(inner, channels, 1))
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None, context: torch.Tensor,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.proj_in(self.norm(x))
         tokens = to_tokens(h)
         for block in self.transformer_blocks:
-            tokens = block(tokens, context)
+            tokens = block(tokens, context, context_mask)
         return x + self.proj_out(from_tokens(tokens, h))
 
 
@@ -171,8 +177,8 @@ class ResBlock(nn.Module):
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None,
-                context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         if self.time_emb_proj is not None:
             h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
@@ -198,7 +204,8 @@ class ConvNeXtBlock(nn.Module):
         self.conv2 = zero_init(nn.Conv2d(out_channels * mult, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.depthwise(x) + self.time_emb_proj(F.gelu(emb))[:, :, None, None]
         h = F.gelu(self.conv1(self.norm1(h)))
         h = self.conv2(self.norm2(self.dropout(h)))
@@ -214,7 +221,8 @@ class Downsample(nn.Module):
         self.asymmetric = asymmetric
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None):
         return self.conv(F.pad(x, (0, 1, 0, 1)) if self.asymmetric else x)
 
 
@@ -225,5 +233,6 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

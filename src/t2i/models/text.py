@@ -135,21 +135,26 @@ class CLIPTextTransformer(nn.Module):
             x = block(x)
         return self.final_norm(x)
 
-    def pool(self, last_hidden_state: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """The pooled output [B, width]: each row's hidden state at its end-of-text token.
-
-        That is the first position of `config.eos_token_id`, or of the row's highest id
-        when it is None (see `TextEncoderConfig`).
-        """
+    def end_positions(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B]: each row's end-of-text position, the first of `config.eos_token_id`, or of the
+        row's highest id when that is None (see `TextEncoderConfig`)."""
         eos = self.config.eos_token_id
         if eos is None:
-            positions = input_ids.argmax(dim=-1)  # the first of equal maxima
-        else:
-            is_eos = input_ids == eos
-            if not is_eos.any(dim=-1).all():
-                raise UserError(f"a row of token ids has no end-of-text token ({eos}) to pool at")
-            positions = is_eos.int().argmax(dim=-1)
+            return input_ids.argmax(dim=-1)  # the first of equal maxima
+        is_eos = input_ids == eos
+        if not is_eos.any(dim=-1).all():
+            raise UserError(f"a row of token ids has no end-of-text token ({eos}) to pool at")
+        return is_eos.int().argmax(dim=-1)
+
+    def pool(self, last_hidden_state: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """The pooled output [B, width]: each row's hidden state at its end-of-text token."""
+        positions = self.end_positions(input_ids)
         return last_hidden_state[torch.arange(len(positions), device=positions.device), positions]
+
+    def padding_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[B, L], True up to and including each row's end-of-text token, False on the padding after it."""
+        positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
+        return positions[None, :] <= self.end_positions(input_ids)[:, None]
 
 
 # transformers' CLIPTextModel names -> ours, applied in turn to each key.

@@ -3,7 +3,7 @@ conditioning by cross-attention, seed 001 eqs. 1-3).
 
 Laid out as Stable Diffusion's `openaimodel.py`: a flat list of down steps whose outputs
 are kept as skips, a middle step, and a flat list of up steps that each consume one skip.
-Every step is a short sequence of blocks sharing the `(x, emb, context)` call, so
+Every step is a short sequence of blocks sharing the `(x, emb, context, context_mask)` call, so
 cross-attention blocks slot in where self-attention blocks would be without changing
 the skeleton (or, for unconditional configs, the state-dict keys).
 """
@@ -49,6 +49,10 @@ class UNetConfig(ModelConfig):
     Imagen: a global condition that reaches every residual block at every resolution,
     where cross-attention runs only at `attention_levels`.
 
+    `mask_context_padding` keeps cross-attention off the padding after a prompt's end
+    token (the condition then carries a `context_mask`). Without it, as in Stable Diffusion,
+    a short prompt's few tokens share the attention with a tail of padding states.
+
     `coord_channels` appends two input channels holding each pixel's x and y in [-1, 1]
     (CoordConv, Liu et al. 2018): convolutions are translation-equivariant and learn
     absolute position only slowly from the zero padding at the borders, which leaves a
@@ -72,6 +76,7 @@ class UNetConfig(ModelConfig):
     num_heads: int | None = None
     pooled_dim: int | None = None
     coord_channels: bool = False
+    mask_context_padding: bool = False
 
     @classmethod
     def sd_v1(cls) -> UNetConfig:
@@ -119,9 +124,10 @@ def coordinates(x: torch.Tensor) -> torch.Tensor:
 class TimestepSequential(nn.ModuleList):
     """Blocks applied in turn, each given the timestep embedding and the context."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         for block in self:
-            x = block(x, emb, context)
+            x = block(x, emb, context, context_mask)
         return x
 
 
@@ -188,7 +194,8 @@ class UNet(nn.Module):
                                   c.dropout)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
+                pooled: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`context_mask` [B, L] marks the context tokens cross-attention may read (None: all)."""
         factor = self.config.downsample_factor
         if x.shape[-1] % factor or x.shape[-2] % factor:
             raise UserError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor} for this U-Net")
@@ -207,11 +214,11 @@ class UNet(nn.Module):
         h = self.conv_in(torch.cat([x, coordinates(x)], dim=1) if self.config.coord_channels else x)
         skips = [h]
         for step in self.down:
-            h = step(h, emb, context)
+            h = step(h, emb, context, context_mask)
             skips.append(h)
-        h = self.middle(h, emb, context)
+        h = self.middle(h, emb, context, context_mask)
         for step in self.up:
-            h = step(torch.cat([h, skips.pop()], dim=1), emb, context)
+            h = step(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
