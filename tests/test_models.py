@@ -75,3 +75,17 @@ def test_config_round_trip_and_validation():
         UNetConfig(channel_mult=(1, 2), attention_levels=(3,))
     with pytest.raises(UserError, match="unknown UNetConfig keys"):
         UNetConfig.from_dict({**config.to_dict(), "wings": 2})
+
+
+def test_scale_shift_norm_is_adagn():
+    from t2i.models.layers import ResBlock
+
+    torch.manual_seed(0)
+    block = ResBlock(8, 8, 16, groups=4, scale_shift=True).eval()
+    torch.nn.init.normal_(block.conv2.weight, std=0.1)
+    x, emb = torch.randn(2, 8, 6, 6), torch.randn(2, 16)
+    scale, shift = block.time_emb_proj(torch.nn.functional.silu(emb))[:, :, None, None].chunk(2, dim=1)
+    h = block.norm2(block.conv1(torch.nn.functional.silu(block.norm1(x))))
+    expected = x + block.conv2(torch.nn.functional.silu(h * (1 + scale) + shift))
+    torch.testing.assert_close(block(x, emb), expected)
+    assert UNet(UNetConfig(**TINY, scale_shift_norm=True))(torch.randn(1, 3, 8, 8), torch.tensor([3])).shape[1] == 3

@@ -55,6 +55,8 @@ def add_train(sub) -> None:
     p.add_argument("--block", choices=BLOCK_TYPES, default=u.block_type)
     p.add_argument("--dropout", type=float, default=u.dropout)
     p.add_argument("--norm-groups", type=_positive(int), default=u.norm_groups, help="GroupNorm groups (at most)")
+    p.add_argument("--scale-shift-norm", action="store_true",
+                   help="the embedding scales and shifts each ResBlock's second norm (ADM's AdaGN)")
     p.add_argument("--coord-channels", action="store_true",
                    help="give the U-Net each pixel's x and y as two more input channels (CoordConv)")
     text = p.add_argument_group("text to image", "with --text, the U-Net attends to a text encoder trained with it")
@@ -84,7 +86,8 @@ def run_train(args) -> None:
                       num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
                       block_type=args.block, dropout=args.dropout, norm_groups=args.norm_groups,
                       pooled_dim=args.text_width if args.text and args.pooled else None,
-                      coord_channels=args.coord_channels, mask_context_padding=args.text and args.mask_padding)
+                      coord_channels=args.coord_channels, mask_context_padding=args.text and args.mask_padding,
+                      scale_shift_norm=args.scale_shift_norm)
     if args.image_size % unet.downsample_factor:
         raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "
                         f"for a U-Net with {len(unet.channel_mult)} levels")

@@ -164,14 +164,19 @@ class ResBlock(nn.Module):
     GroupNorm → SiLU → conv3×3 → + W·SiLU(emb) → GroupNorm → SiLU → dropout → conv3×3,
     added to x (through a 1×1 conv when the width changes). With `emb_dim` None there is
     no embedding to add: the block of an autoencoder.
+
+    `scale_shift` conditions the second norm instead (AdaGN, Dhariwal & Nichol 2021, §3):
+    GroupNorm(h)·(1 + s) + b with [s, b] = W·SiLU(emb). The product lets the embedding
+    reweight features that vary over the image, which an added bias cannot.
     """
 
     def __init__(self, channels: int, out_channels: int, emb_dim: int | None, dropout: float = 0.0,
-                 groups: int = 32, eps: float = 1e-5):
+                 groups: int = 32, eps: float = 1e-5, scale_shift: bool = False):
         super().__init__()
+        self.scale_shift = scale_shift
         self.norm1 = group_norm(channels, groups, eps)
         self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
-        self.time_emb_proj = nn.Linear(emb_dim, out_channels) if emb_dim is not None else None
+        self.time_emb_proj = nn.Linear(emb_dim, out_channels * (1 + scale_shift)) if emb_dim is not None else None
         self.norm2 = group_norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -180,9 +185,14 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        if self.time_emb_proj is not None:
-            h = h + self.time_emb_proj(F.silu(emb))[:, :, None, None]
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if self.time_emb_proj is None:
+            h = self.norm2(h)
+        elif self.scale_shift:
+            scale, shift = self.time_emb_proj(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + self.time_emb_proj(F.silu(emb))[:, :, None, None])
+        h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 

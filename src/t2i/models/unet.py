@@ -53,6 +53,9 @@ class UNetConfig(ModelConfig):
     token (the condition then carries a `context_mask`). Without it, as in Stable Diffusion,
     a short prompt's few tokens share the attention with a tail of padding states.
 
+    `scale_shift_norm` makes the embedding (time, and pooled text) scale and shift each
+    ResBlock's second GroupNorm (ADM's AdaGN) instead of being added before it.
+
     `coord_channels` appends two input channels holding each pixel's x and y in [-1, 1]
     (CoordConv, Liu et al. 2018): convolutions are translation-equivariant and learn
     absolute position only slowly from the zero padding at the borders, which leaves a
@@ -77,6 +80,7 @@ class UNetConfig(ModelConfig):
     pooled_dim: int | None = None
     coord_channels: bool = False
     mask_context_padding: bool = False
+    scale_shift_norm: bool = False
 
     @classmethod
     def sd_v1(cls) -> UNetConfig:
@@ -183,7 +187,7 @@ class UNet(nn.Module):
         c = self.config
         if c.block_type == "convnext":
             return ConvNeXtBlock(channels, out_channels, emb_dim, c.dropout, c.convnext_mult)
-        return ResBlock(channels, out_channels, emb_dim, c.dropout, c.norm_groups)
+        return ResBlock(channels, out_channels, emb_dim, c.dropout, c.norm_groups, scale_shift=c.scale_shift_norm)
 
     def _attention(self, channels: int) -> nn.Module:
         c = self.config
