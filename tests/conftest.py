@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -21,3 +23,20 @@ class GaussianOracle:
 @pytest.fixture
 def oracle():
     return GaussianOracle
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220), "yellow": (240, 210, 30)}
+
+
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory):
+    """A captioned folder where the caption decides the image: plain squares of four colours,
+    each caption one of two phrasings, pixels jittered a little."""
+    folder = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        for i in range(16):
+            pixels = np.clip(np.array(rgb) + rng.integers(-20, 21, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}{i}.png")
+            (folder / f"{name}{i}.txt").write_text(f"a {name} picture" if i % 2 else f"{name}")
+    return folder

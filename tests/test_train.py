@@ -3,10 +3,8 @@
 import csv
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from t2i.checkpoints import build_components, load_model, read_config
 from t2i.data import ImageFolder, load_dataset
@@ -73,23 +71,6 @@ def test_resume_of_a_text_run_continues_exactly(tmp_path):
         x, y = getattr(a, name).state_dict(), getattr(b, name).state_dict()
         assert all(torch.equal(x[k], y[k]) for k in x), name
     assert a.tokenizer.to_dict() == b.tokenizer.to_dict()
-
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220), "yellow": (240, 210, 30)}
-
-
-@pytest.fixture(scope="module")
-def colour_folder(tmp_path_factory):
-    """A captioned folder where the caption decides the image: plain squares of four colours,
-    each caption one of two phrasings, pixels jittered a little."""
-    folder = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for name, rgb in COLOURS.items():
-        for i in range(16):
-            pixels = np.clip(np.array(rgb) + rng.integers(-20, 21, (16, 16, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{name}{i}.png")
-            (folder / f"{name}{i}.txt").write_text(f"a {name} picture" if i % 2 else f"{name}")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
 """Model folders on disk: `config.json` (every constructor argument, versioned) + safetensors.
 
 A model is a set of named components, each a network with a config section of the same
-name and its own weights file: `unet` (`unet.safetensors`), and for a text-to-image model
-`text_encoder` (`text_encoder.safetensors`) with the `tokenizer` it reads.
+name and its own weights file: `unet` (`unet.safetensors`); for a text-to-image model
+`text_encoder` (`text_encoder.safetensors`) with the `tokenizer` it reads; for a latent
+model `vae` (`vae.safetensors`), whose config holds the latent scaling factor. An
+autoencoder trained alone (`t2i train-vae`) is a folder with only the `vae`.
 
 Nothing here executes pickle. Optimizer state is stored as safetensors too, with its
 non-tensor parts as JSON metadata. Files are written to a temporary name and renamed,
@@ -27,10 +29,12 @@ from .errors import UserError
 from .models.text import CLIPTextTransformer, TextEncoderConfig
 from .models.tokenizers import Tokenizer, load_tokenizer
 from .models.unet import UNet, UNetConfig
+from .models.vae import AutoencoderKL, VAEConfig
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 2  # 1: the U-Net's weights in model.safetensors
-COMPONENTS = {"unet": (UNet, UNetConfig), "text_encoder": (CLIPTextTransformer, TextEncoderConfig)}
+COMPONENTS = {"unet": (UNet, UNetConfig), "text_encoder": (CLIPTextTransformer, TextEncoderConfig),
+              "vae": (AutoencoderKL, VAEConfig)}
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -72,10 +76,23 @@ def read_config(model_dir: str | Path) -> dict:
     if config.get("format_version", 0) < 2:
         raise UserError(f"{str(path)!r} was written by t2i 0.1 (format 1): rename its model.safetensors to "
                         "unet.safetensors and set format_version to 2")
-    for key in ("unet", "diffusion"):
-        if key not in config:
-            raise UserError(f"{str(path)!r} has no {key!r} section")
+    if not any(name in config for name in COMPONENTS):
+        raise UserError(f"{str(path)!r} describes no network (none of: {', '.join(COMPONENTS)})")
+    if "unet" in config and "diffusion" not in config:
+        raise UserError(f"{str(path)!r} has a U-Net but no 'diffusion' section")
     return config
+
+
+def require_diffusion_model(config: dict, model_dir: str | Path) -> None:
+    """A clear error for a folder that holds no diffusion model (an autoencoder alone)."""
+    if "unet" not in config:
+        raise UserError(f"{str(model_dir)!r} holds an autoencoder, not a diffusion model: "
+                        "train one on its latents with `t2i train --vae`")
+
+
+def folder_config(**sections) -> dict:
+    """A config.json: the format and t2i version, then the given sections."""
+    return {"format_version": FORMAT_VERSION, "t2i_version": __version__, **sections}
 
 
 def model_config(unet: UNetConfig, diffusion: dict, text_encoder: TextEncoderConfig | None = None,
@@ -84,8 +101,7 @@ def model_config(unet: UNetConfig, diffusion: dict, text_encoder: TextEncoderCon
     encoder and tokenizer too."""
     if (text_encoder is None) != (tokenizer is None):
         raise ValueError("a text encoder needs a tokenizer, and a tokenizer a text encoder")
-    config = {"format_version": FORMAT_VERSION, "t2i_version": __version__, "unet": unet.to_dict(),
-              "diffusion": diffusion, **extra}
+    config = folder_config(unet=unet.to_dict(), diffusion=diffusion, **extra)
     if text_encoder is not None:
         config.update(text_encoder=text_encoder.to_dict(), tokenizer=tokenizer.to_dict())
     return config
@@ -128,7 +144,18 @@ def load_components(model_dir: str | Path, device="cpu", config: dict | None = N
 def load_model(model_dir: str | Path, device="cpu") -> tuple[UNet, Diffusion, dict]:
     """(U-Net in eval mode, its Diffusion, the config) from a model folder."""
     config = read_config(model_dir)
+    require_diffusion_model(config, model_dir)
     return load_components(model_dir, device, config)["unet"], diffusion_from_config(config), config
+
+
+def load_vae(model_dir: str | Path, device="cpu") -> AutoencoderKL:
+    """The autoencoder of a `t2i train-vae` folder or of a latent model, frozen, in eval mode."""
+    config = read_config(model_dir)
+    if "vae" not in config:
+        raise UserError(f"{str(model_dir)!r} holds no autoencoder: make one with `t2i train-vae`")
+    vae = AutoencoderKL(VAEConfig.from_dict(config["vae"]))
+    load_state(vae, load_weights(weights_path(model_dir, "vae")), model_dir)
+    return vae.to(device).eval().requires_grad_(False)
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float16,

@@ -59,6 +59,8 @@ def add_train(sub) -> None:
                    help="the embedding scales and shifts each ResBlock's second norm (ADM's AdaGN)")
     p.add_argument("--coord-channels", action="store_true",
                    help="give the U-Net each pixel's x and y as two more input channels (CoordConv)")
+    p.add_argument("--vae", default=None,
+                   help="an autoencoder folder (from `t2i train-vae`): train latent diffusion on its latents")
     text = p.add_argument_group("text to image", "with --text, the U-Net attends to a text encoder trained with it")
     text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images)")
     text.add_argument("--p-uncond", type=float, default=t.p_uncond,
@@ -97,7 +99,7 @@ def run_train(args) -> None:
         ema_decay=args.ema_decay, schedule=args.schedule, num_timesteps=args.timesteps,
         prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
         sample_every=args.sample_every, seed=args.seed, num_workers=args.workers, device=args.device,
-        p_uncond=args.p_uncond,
+        p_uncond=args.p_uncond, vae=args.vae,
     )
     text = None
     if args.text:
@@ -105,6 +107,53 @@ def run_train(args) -> None:
                                  heads=args.text_heads, intermediate_size=4 * args.text_width)
     out = train(unet, config, args.out, resume=args.resume, text_config=text)
     print(f"model saved in {out}")
+
+
+def add_train_vae(sub) -> None:
+    from .models.vae import VAEConfig
+    from .train_vae import RECONSTRUCTION_LOSSES, VAETrainConfig
+
+    p = sub.add_parser("train-vae", help="train the autoencoder of a latent diffusion model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t, v = VAETrainConfig(), VAEConfig()
+    p.add_argument("--data", default=t.data, help="'shapes', 'shapes2' or a folder of images")
+    p.add_argument("--out", required=True, type=Path, help="run folder (autoencoder, checkpoints, loss, samples)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--image-size", type=_positive(int), default=t.image_size)
+    p.add_argument("--batch-size", type=_positive(int), default=t.batch_size)
+    p.add_argument("--max-steps", type=_positive(int), default=t.max_steps)
+    p.add_argument("--lr", type=_positive(float), default=t.lr)
+    p.add_argument("--channels", type=_positive(int), nargs="+", default=list(v.block_channels),
+                   help="width of each level; n levels make latents 2^(n-1) times smaller on each side")
+    p.add_argument("--latent-channels", type=_positive(int), default=v.latent_channels)
+    p.add_argument("--num-res-blocks", type=_positive(int), default=v.num_res_blocks)
+    p.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default=t.reconstruction, help="reconstruction loss")
+    p.add_argument("--kl-weight", type=float, default=t.kl_weight, help="β, the weight of KL(q(z|x) ‖ N(0, I))")
+    p.add_argument("--disc-weight", type=float, default=t.disc_weight,
+                   help="weight of the patch discriminator's adversarial loss; 0 turns it off")
+    p.add_argument("--disc-start", type=int, default=t.disc_start, help="step at which the discriminator starts")
+    p.add_argument("--save-every", type=_positive(int), default=t.save_every)
+    p.add_argument("--sample-every", type=_positive(int), default=t.sample_every)
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
+    p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(run=run_train_vae)
+
+
+def run_train_vae(args) -> None:
+    from .models.vae import VAEConfig
+    from .train_vae import VAETrainConfig, train_vae
+
+    vae = VAEConfig(block_channels=tuple(args.channels), latent_channels=args.latent_channels,
+                    num_res_blocks=args.num_res_blocks)
+    config = VAETrainConfig(
+        data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+        reconstruction=args.loss, kl_weight=args.kl_weight, disc_weight=args.disc_weight, disc_start=args.disc_start,
+        save_every=args.save_every, sample_every=args.sample_every, seed=args.seed, num_workers=args.workers,
+        device=args.device,
+    )
+    out = train_vae(vae, config, args.out, resume=args.resume)
+    print(f"autoencoder saved in {out}")
 
 
 def add_sample(sub) -> None:
@@ -323,6 +372,16 @@ def add_eval(sub) -> None:
     nll.add_argument("--device", default="auto")
     nll.set_defaults(run=run_eval_nll)
 
+    vae = which.add_parser("vae", help="how well an autoencoder reconstructs held-out images (PSNR)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    vae.add_argument("--model", required=True, type=Path, help="an autoencoder or latent model folder")
+    vae.add_argument("--data", default="shapes", help="'shapes' or a folder of images")
+    vae.add_argument("--split", default="test", choices=("train", "test", "all"))
+    vae.add_argument("--num-images", type=_positive(int), default=512)
+    vae.add_argument("--batch-size", type=_positive(int), default=128)
+    vae.add_argument("--device", default="auto")
+    vae.set_defaults(run=run_eval_vae)
+
     prompts = which.add_parser("prompts", help="how often generated images show what their prompts ask for",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     prompts.add_argument("--model", default="shapes", help="a shipped model's name or a model folder (shapes)")
@@ -346,12 +405,28 @@ def run_eval_nll(args) -> None:
     from .pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, args.device)
+    if pipe.vae is not None:
+        raise UserError(f"{args.model} is a latent model: its bits/dim would be of latents, not of pixels, so "
+                        "`t2i eval nll` takes pixel-space models only")
     captioned = pipe.text_encoder is not None
     condition = pipe.encode_prompts if captioned else None
     dataset = load_dataset(args.data, pipe.image_size, args.split, captioned=captioned)
     result = nll_on_dataset(pipe.unet, pipe.diffusion, dataset, args.num_images, args.batch_size, args.terms,
                             args.variance, args.seed, pipe.device, condition=condition)
     print(f"{result}, of each image given its caption" if captioned else result)
+
+
+def run_eval_vae(args) -> None:
+    from .checkpoints import load_vae, read_config
+    from .data import load_dataset
+    from .evaluate import reconstruction_psnr
+    from .pipeline import resolve_device
+
+    vae = load_vae(args.model, resolve_device(args.device))
+    config = read_config(args.model)
+    dataset = load_dataset(args.data, config["image_size"], args.split)
+    result = reconstruction_psnr(vae, dataset, args.num_images, args.batch_size)
+    print(f"{result}, {args.data} {args.split} split")
 
 
 def run_eval_prompts(args) -> None:
@@ -383,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description="Text-to-image diffusion, from the DDPM maths up.")
     parser.add_argument("--version", action="version", version=f"t2i {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_generate, add_train, add_sample, add_noise, add_eval, add_export):
+    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export):
         add(sub)
     return parser
 

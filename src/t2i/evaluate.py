@@ -1,5 +1,6 @@
-"""Evaluation: negative log-likelihood in bits per dimension on held-out data, and how well
-generated images follow their prompts (per-attribute accuracy on shapes prompts)."""
+"""Evaluation: negative log-likelihood in bits per dimension on held-out data, how well an
+autoencoder reconstructs held-out images (PSNR), and how well generated images follow
+their prompts (per-attribute accuracy on shapes prompts)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 from .data.analyze import analyze
 from .data.shapes import COLOURS, HELD_OUT, POSITIONS, SHAPES, SIZES, WHERE, Scene
 from .diffusion import Diffusion, Model
+from .images import to_levels
 
 
 @dataclass
@@ -56,6 +58,39 @@ def nll_on_dataset(model: Model, diffusion: Diffusion, dataset, num_images: int 
     bpd = torch.cat(values).double()
     stderr = bpd.std().item() / math.sqrt(len(bpd)) if len(bpd) > 1 else float("nan")
     return NLLResult(bpd.mean().item(), stderr, len(bpd), num_timesteps)
+
+
+@dataclass
+class ReconstructionResult:
+    psnr: float  # dB, of the mean squared error over all images (pixels in [0, 1])
+    psnr_per_image: float  # dB, the mean of each image's PSNR
+    num_images: int
+
+    def __str__(self) -> str:
+        return (f"PSNR {self.psnr:.2f} dB over all pixels, {self.psnr_per_image:.2f} dB averaged per image "
+                f"({self.num_images} images)")
+
+
+def psnr(mse: torch.Tensor) -> torch.Tensor:
+    """10 log10(1 / MSE) for images in [0, 1]."""
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-12))
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae, dataset, num_images: int = 512, batch_size: int = 128,
+                        progress: bool = True) -> ReconstructionResult:
+    """PSNR of D(μ(x)) against x over the first images of `dataset`, both quantised to 8 bits
+    as saved images would be."""
+    device = next(vae.parameters()).device
+    num_images = min(num_images, len(dataset))
+    errors = []
+    for start in tqdm(range(0, num_images, batch_size), desc="psnr", disable=not progress):
+        items = [dataset[i] for i in range(start, min(start + batch_size, num_images))]
+        x = torch.stack([item[0] if isinstance(item, tuple) else item for item in items]).to(device)
+        x_hat = vae.decode(vae.encode(x).mean)
+        errors.append((((to_levels(x_hat) - to_levels(x)) / 255) ** 2).flatten(1).mean(1).cpu())
+    mse = torch.cat(errors).double()
+    return ReconstructionResult(psnr(mse.mean()).item(), psnr(mse).mean().item(), len(mse))
 
 
 # -- prompt following ------------------------------------------------------------------------

@@ -19,9 +19,14 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
+def to_levels(x: torch.Tensor) -> torch.Tensor:
+    """Values in [-1, 1] (clipped) -> the 8-bit levels 0..255 a saved image holds, as floats."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round()
+
+
 def to_pil(x: torch.Tensor) -> Image.Image:
     """[3, H, W] (or [1, H, W]) in [-1, 1] -> PIL image; values outside are clipped."""
-    array = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    array = to_levels(x.cpu()).to(torch.uint8)
     array = array.permute(1, 2, 0).numpy()
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 

@@ -1,4 +1,4 @@
-"""Pipeline: prompt → tokens → context τ_θ(y) → guided sampler → image.
+"""Pipeline: prompt → tokens → context τ_θ(y) → guided sampler → (decoder →) image.
 
 `Pipeline.load("shapes")` opens a model that ships inside the package; any other name is
 the path of a model folder written by `t2i train`. Calling the pipeline generates images:
@@ -8,6 +8,9 @@ the path of a model folder written by `t2i train`. Calling the pipeline generate
 
 Image i of a call is drawn from its own generator seeded `seed + i`, so an image is the
 same whatever the batch it was made in, and any one of them can be made again alone.
+
+A latent model (one with a `vae`) samples z · scaling_factor and decodes it; editing
+encodes the input image first. Pixel and latent models are called the same way.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoints import diffusion_from_config, load_components, read_config, tokenizer_from_config
+from .checkpoints import (diffusion_from_config, load_components, read_config, require_diffusion_model,
+                          tokenizer_from_config)
 from .diffusion import Diffusion
 from .errors import UserError
 from .images import PNG_PARAMETERS_KEY, to_pil, to_tensor
 from .models.text import CLIPTextTransformer
 from .models.tokenizers import Tokenizer
 from .models.unet import UNet, UNetConfig
+from .models.vae import AutoencoderKL
 from .sampling import check_guidance_scale, get_sampler, sample
 
 DEFAULT_MODEL = "shapes"
@@ -91,32 +97,55 @@ class Pipeline:
     """A diffusion model with what it needs to turn prompts into images.
 
     `text_encoder` and `tokenizer` are None for an unconditional model, which accepts only
-    the empty prompt. `inference` holds the model's own defaults (sampler, steps, cfg,
-    guidance_rescale), which override `INFERENCE_DEFAULTS`.
+    the empty prompt; `vae` is None for a pixel-space model. `image_size` is the side of
+    the images made (not of the latents). `inference` holds the model's own defaults
+    (sampler, steps, cfg, guidance_rescale), which override `INFERENCE_DEFAULTS`. `clip`
+    clips x̂₀ to [-1, 1] while sampling; it defaults to on for pixels, off for latents.
     """
 
     def __init__(self, unet: UNet, diffusion: Diffusion, image_size: int,
                  text_encoder: CLIPTextTransformer | None = None, tokenizer: Tokenizer | None = None,
-                 inference: dict | None = None, name: str = "", clip: bool = True):
+                 inference: dict | None = None, name: str = "", clip: bool | None = None,
+                 vae: AutoencoderKL | None = None):
         if (text_encoder is None) != (tokenizer is None):
             raise ValueError("a text encoder needs a tokenizer, and a tokenizer a text encoder")
         self.unet, self.diffusion, self.image_size = unet, diffusion, image_size
-        self.text_encoder, self.tokenizer = text_encoder, tokenizer
+        self.text_encoder, self.tokenizer, self.vae = text_encoder, tokenizer, vae
         self.defaults = {**INFERENCE_DEFAULTS, **(inference or {})}
-        self.name, self.clip = name, clip
+        self.name, self.clip = name, vae is None if clip is None else clip
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto") -> "Pipeline":
         folder = resolve_model(name_or_path)
         config = read_config(folder)
+        require_diffusion_model(config, folder)
         components = load_components(folder, resolve_device(device), config)
         return cls(components["unet"], diffusion_from_config(config), config["image_size"],
                    components["text_encoder"] if "text_encoder" in components else None,
-                   tokenizer_from_config(folder, config), config.get("inference"), str(name_or_path))
+                   tokenizer_from_config(folder, config), config.get("inference"), str(name_or_path),
+                   vae=components["vae"] if "vae" in components else None)
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    @property
+    def downsample_factor(self) -> int:
+        """How much smaller than the image the U-Net's input is on each side (1 for pixels)."""
+        return self.vae.config.downsample_factor if self.vae is not None else 1
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """What the U-Net denoises for images x in [-1, 1]: x itself, or the scaled
+        posterior mean μ(x) · scaling_factor of a latent model."""
+        if self.vae is None:
+            return x
+        return self.vae.encode(x).mean * self.vae.config.scaling_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from what the U-Net samples (the inverse of `encode_images`)."""
+        if self.vae is None:
+            return z
+        return self.vae.decode(z / self.vae.config.scaling_factor).clamp(-1, 1)
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The U-Net's condition for each prompt, {"context": τ_θ(y) [B, L, D]} (and "pooled"
@@ -141,22 +170,28 @@ class Pipeline:
         return text_condition(self.text_encoder, ids, self.unet.config)
 
     def edit_inputs(self, image: Image.Image | None, mask: Image.Image | None, batch: int) -> dict:
-        """`init` [B, C, H, W] in [-1, 1] and `mask` [B, 1, H, W] in {0, 1}, as `sample` takes them."""
+        """`init` [B, C, h, w] (the image as the U-Net sees it) and `mask` [B, 1, h, w] in
+        {0, 1}, as `sample` takes them, and the image and mask in pixels for `paste_known`.
+
+        A latent cell is regenerated if any pixel it covers is masked (max-pooling the mask),
+        so that the whole masked region is redrawn."""
         if image is None:
             if mask is not None:
                 raise UserError("a mask needs the image it masks: give --image too")
             return {}
-        factor = self.unet.config.downsample_factor
+        factor = self.unet.config.downsample_factor * self.downsample_factor
         if image.width % factor or image.height % factor:
             raise UserError(f"the image is {image.width}×{image.height}; this model needs sides divisible by "
                             f"{factor}: resize or crop it")
-        edit = {"init": to_tensor(image)[None].expand(batch, -1, -1, -1).to(self.device)}
+        pixels = to_tensor(image.convert("RGB"))[None].to(self.device)
+        edit = {"init": self.encode_images(pixels).expand(batch, -1, -1, -1), "pixels": pixels}
         if mask is not None:
             if mask.size != image.size:
                 raise UserError(f"the mask is {mask.width}×{mask.height} and the image {image.width}×{image.height}: "
                                 "they must be the same size")
-            m = (to_tensor(mask.convert("L").convert("RGB"))[:1] > 0).float()
-            edit["mask"] = m[None].expand(batch, -1, -1, -1).to(self.device)
+            m = (to_tensor(mask.convert("L").convert("RGB"))[:1] > 0).float()[None].to(self.device)
+            edit["pixel_mask"] = m
+            edit["mask"] = F.max_pool2d(m, self.downsample_factor).expand(batch, -1, -1, -1)
         return edit
 
     def settings(self, **overrides) -> dict:
@@ -179,8 +214,9 @@ class Pipeline:
         Editing: with an `image`, generation starts from it noised to the level `strength`
         selects (default 0.8; 1 ignores the image, 0 returns it). With a `mask` as well
         (white = regenerate, black = keep; default strength 1) only the white region is
-        redrawn. Images keep their own size, which must be divisible by the U-Net's
-        downsampling factor.
+        redrawn; a latent model's output is the input outside the mask, pixel for pixel
+        (the decoder would otherwise blur the kept region by its round-trip error). Images
+        keep their own size, which must be divisible by the model's downsampling factor.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images)]
@@ -196,15 +232,20 @@ class Pipeline:
         if cond and settings["cfg"] != 1:
             uncond = self.encode_prompts([negative_prompt or ""] * len(prompts))
         edit = self.edit_inputs(image, mask, len(prompts))
+        pixels, pixel_mask = edit.pop("pixels", None), edit.pop("pixel_mask", None)
         if strength is None:
             strength = 1.0 if mask is not None else 0.8
         if edit:
             settings["strength"] = strength
-        size = edit["init"].shape[-2:] if edit else (self.image_size, self.image_size)
-        shape = (len(prompts), self.unet.config.in_channels, *size)
-        x = sample(self.unet, self.diffusion, shape, settings["sampler"], settings["steps"], eta, generators,
+        size = pixels.shape[-2:] if edit else (self.image_size, self.image_size)
+        latent_size = [side // self.downsample_factor for side in size]
+        shape = (len(prompts), self.unet.config.in_channels, *latent_size)
+        z = sample(self.unet, self.diffusion, shape, settings["sampler"], settings["steps"], eta, generators,
                    progress=progress, clip=self.clip, device=self.device, guidance_scale=settings["cfg"],
                    uncond=uncond, guidance_rescale=settings["guidance_rescale"], strength=strength, **edit, **cond)
+        x = self.decode(z)
+        if pixel_mask is not None and self.vae is not None:
+            x = torch.lerp(pixels, x, pixel_mask)
         images = []
         for text, image_seed, pixels in zip(prompts, seeds, x):
             pil = to_pil(pixels)
