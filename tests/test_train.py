@@ -28,7 +28,7 @@ def config(**changes):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    train(UNET, config(), out)
+    train(UNET, config(keep_every=100), out)
     return out
 
 
@@ -40,6 +40,11 @@ def test_loss_falls_and_the_run_folder_is_complete(trained):
     for name in ("config.json", "unet.safetensors", "loss.png", "samples/step_000200.png",
                  "training/optimizer.safetensors", "training/state.json"):
         assert (trained / name).is_file(), name
+    early, final = load_model(trained / "snapshots" / "step_000100")[0], load_model(trained)[0]
+    assert read_config(trained / "snapshots" / "step_000100")["step"] == 100
+    assert not torch.equal(early.state_dict()["conv_in.weight"], final.state_dict()["conv_in.weight"])
+    final_snapshot = load_model(trained / "snapshots" / "step_000200")[0].state_dict()
+    assert all(torch.equal(v, final_snapshot[k]) for k, v in final.state_dict().items())
 
 
 def test_trained_model_beats_the_untrained_one_on_held_out_nll(trained):

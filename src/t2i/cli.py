@@ -43,6 +43,8 @@ def add_train(sub) -> None:
     p.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (e.g. 5)")
     p.add_argument("--save-every", type=_positive(int), default=t.save_every)
     p.add_argument("--sample-every", type=_positive(int), default=t.sample_every)
+    p.add_argument("--keep-every", type=_positive(int), default=None,
+                   help="also keep the model of every this many steps in snapshots/ (to evaluate it later)")
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
     p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
@@ -99,7 +101,7 @@ def run_train(args) -> None:
         ema_decay=args.ema_decay, schedule=args.schedule, num_timesteps=args.timesteps,
         prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
         sample_every=args.sample_every, seed=args.seed, num_workers=args.workers, device=args.device,
-        p_uncond=args.p_uncond, vae=args.vae,
+        p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every,
     )
     text = None
     if args.text:
@@ -192,6 +194,9 @@ def run_sample(args) -> None:
     model, diffusion, config = load_model(args.model, device)
     if "text_encoder" in config:
         raise UserError(f"{str(args.model)!r} is a text-to-image model: use `t2i generate PROMPT --model {args.model}`")
+    if "vae" in config:
+        raise UserError(f"{str(args.model)!r} is a latent model: use `t2i generate '' --model {args.model}`, "
+                        "which decodes its samples")
     size, channels = config["image_size"], model.config.in_channels
     images = []
     for start in range(0, args.num, args.batch_size):

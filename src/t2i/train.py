@@ -1,7 +1,8 @@
 """Training a diffusion model: one readable loop (Algorithm 1) with EMA, checkpoints and resume.
 
 The run folder (see `t2i.runs`) holds the model that inference uses, the training state
-that `--resume` reads, `loss.csv`, and `samples/step_NNNNNN.png`.
+that `--resume` reads, `loss.csv`, `samples/step_NNNNNN.png`, and with `keep_every` the
+model of earlier steps in `snapshots/step_NNNNNN/` (to evaluate how a metric grows).
 
 Given a `TextEncoderConfig`, the run is text-to-image: the dataset's captions make a word
 tokenizer, a text encoder τ_θ is trained jointly with the U-Net (as in Rombach et al.
@@ -27,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import (build_components, diffusion_from_config, load_state, load_vae, load_weights, model_config,
-                          read_config, weights_path)
+                          read_config, save_model, weights_path)
 from .data import captions_of, load_dataset
 from .data.latents import LatentDataset, sample_latents
 from .errors import UserError
@@ -53,6 +54,7 @@ class TrainConfig(RunConfig):
     min_snr_gamma: float | None = None
     p_uncond: float = 0.1
     vae: str | None = None  # an autoencoder's folder: train on its latents
+    keep_every: int | None = None  # also keep the EMA model of every such step, in snapshots/step_NNNNNN
 
 
 @torch.no_grad()
@@ -200,6 +202,9 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                                 run_config)
                 saved_step = step
                 log.write("training loss")
+            if config.keep_every and step % config.keep_every == 0:
+                save_model(out / "snapshots" / f"step_{step:06d}", {**ema, **frozen},
+                           {**run_config, "step": step, "seconds": round(seconds, 2)})
             if step % config.sample_every == 0 or step == config.max_steps:
                 sampling_started = time.perf_counter()
                 save_sample_grid(out / "samples" / f"step_{step:06d}.png", ema_pipe, prompts, config, step)
