@@ -82,6 +82,8 @@ def test_config_round_trips_and_rejects_bad_values():
         TextEncoderConfig(activation="relu")
     with pytest.raises(UserError, match="divisible"):
         TextEncoderConfig(width=100, heads=3)
+    with pytest.raises(UserError, match="unknown pooling 'max'"):
+        TextEncoderConfig(pooling="max")
 
 
 def test_sd_v1_text_encoder_is_clip_vit_l14_size():
@@ -113,3 +115,21 @@ def test_padding_mask_covers_each_prompt_through_its_end_token():
     ids = torch.tensor([[1, 5, 2, 0, 0, 0], [1, 5, 6, 7, 2, 0]])
     assert encoder.padding_mask(ids).tolist() == [[True, True, True, False, False, False],
                                                   [True, True, True, True, True, False]]
+
+
+def test_mean_pooling_averages_each_prompt_through_its_end_token():
+    config = TextEncoderConfig(vocab_size=10, max_length=6, width=8, layers=1, heads=2, intermediate_size=16,
+                               eos_token_id=2, pooling="mean")
+    encoder = CLIPTextTransformer(config)
+    ids = torch.tensor([[1, 5, 2, 0, 0, 0], [1, 5, 6, 7, 2, 0]])
+    states = torch.randn(2, 6, 8)
+    pooled = encoder.pool(states, ids)
+    torch.testing.assert_close(pooled[0], states[0, :3].mean(0))
+    torch.testing.assert_close(pooled[1], states[1, :5].mean(0))
+
+
+def test_token_init_std_sets_the_spread_of_the_token_table():
+    torch.manual_seed(0)
+    for std in (0.02, 1.0):
+        table = CLIPTextTransformer(TextEncoderConfig(token_init_std=std)).token_embedding.weight
+        assert table.std().item() == pytest.approx(std, rel=0.01)

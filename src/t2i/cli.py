@@ -68,6 +68,10 @@ def add_train(sub) -> None:
     text.add_argument("--p-uncond", type=float, default=t.p_uncond,
                       help="probability of dropping a caption, for classifier-free guidance")
     text.add_argument("--text-width", type=_positive(int), default=128)
+    text.add_argument("--text-pooling", choices=("eos", "mean"), default="mean",
+                      help="the pooled text embedding: the end token's state (CLIP) or the mean of the tokens'")
+    text.add_argument("--text-init-std", type=_positive(float), default=1.0,
+                      help="initial spread of the token embeddings (CLIP's is 0.02)")
     text.add_argument("--text-layers", type=_positive(int), default=4)
     text.add_argument("--text-heads", type=_positive(int), default=4)
     text.add_argument("--text-length", type=_positive(int), default=32, help="most tokens a caption can have")
@@ -106,7 +110,8 @@ def run_train(args) -> None:
     text = None
     if args.text:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
-                                 heads=args.text_heads, intermediate_size=4 * args.text_width)
+                                 heads=args.text_heads, intermediate_size=4 * args.text_width,
+                                 pooling=args.text_pooling, token_init_std=args.text_init_std)
     out = train(unet, config, args.out, resume=args.resume, text_config=text)
     print(f"model saved in {out}")
 

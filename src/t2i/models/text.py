@@ -25,6 +25,7 @@ from .config import ModelConfig
 from .layers import Attention
 
 ACTIVATIONS = ("quick_gelu", "gelu")
+POOLINGS = ("eos", "mean")
 CLIP_VOCAB_SIZE = 49408  # CLIP BPE: 256 bytes, their 256 word-final </w> forms, 48,894 merges, 2 specials
 CLIP_EOS_TOKEN_ID = 49407  # <|endoftext|>, the highest id of CLIP's vocabulary
 
@@ -53,10 +54,14 @@ class TextEncoderConfig(ModelConfig):
     activation: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
     eos_token_id: int | None = CLIP_EOS_TOKEN_ID
+    pooling: str = "eos"
+    token_init_std: float = 0.02
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
             raise UserError(f"unknown activation {self.activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
+        if self.pooling not in POOLINGS:
+            raise UserError(f"unknown pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}")
         if self.width % self.heads:
             raise UserError(f"text encoder width {self.width} is not divisible by its {self.heads} heads")
         if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
@@ -110,13 +115,13 @@ class CLIPTextTransformer(nn.Module):
     def _init_weights(self):
         """CLIP's initialisation (its released `model.py`): N(0, s²) weights, zero biases.
 
-        s is 0.02 for tokens, 0.01 for positions, width^-1/2 for Q, K, V, (2·width)^-1/2
+        s is 0.02 for tokens (`token_init_std`), 0.01 for positions, width^-1/2 for Q, K, V, (2·width)^-1/2
         for fc1, and width^-1/2·(2·layers)^-1/2 for the two projections that end a residual
         branch, so the residual stream's variance does not grow with depth.
         """
         c = self.config
         branch_end_std = c.width**-0.5 * (2 * c.layers) ** -0.5
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.token_embedding.weight, std=c.token_init_std)
         nn.init.normal_(self.position_embedding, std=0.01)
         for block in self.blocks:
             attention = block.attention
@@ -147,7 +152,11 @@ class CLIPTextTransformer(nn.Module):
         return is_eos.int().argmax(dim=-1)
 
     def pool(self, last_hidden_state: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """The pooled output [B, width]: each row's hidden state at its end-of-text token."""
+        """The pooled output [B, width]: each row's hidden state at its end-of-text token, or
+        with `pooling="mean"` the mean of its states up to and including that token."""
+        if self.config.pooling == "mean":
+            mask = self.padding_mask(input_ids).to(last_hidden_state.dtype)[..., None]
+            return (last_hidden_state * mask).sum(1) / mask.sum(1)
         positions = self.end_positions(input_ids)
         return last_hidden_state[torch.arange(len(positions), device=positions.device), positions]
 
