@@ -3,7 +3,8 @@
 The pipeline is loaded once (loading time is reported apart), warmed up with one call, and
 then `--repeats` calls of `pipe(prompt, seed=i)` are timed; the median and the spread are
 reported for each batch size. The FLOPs of one guided denoising step are counted with
-`torch.utils.flop_counter.FlopCounterMode`, giving the GFLOP/s achieved, set against the
+`torch.utils.flop_counter.FlopCounterMode`, giving the GFLOP/s achieved (U-Net steps only,
+over the time of the whole call: text encoder and decoder add time but are not counted), set against the
 GFLOP/s of a 2048×2048 fp32 `torch.mm` on the same machine (a practical peak).
 
 Run:  python benchmarks/generate_time.py [--model shapes] [--repeats 10] [--batch 1 4]
@@ -34,8 +35,9 @@ def matmul_gflops() -> float:
 
 
 def step_flops(pipe: Pipeline, batch: int) -> int:
-    """FLOPs of one network call of a guided step: the batch doubled (conditional + unconditional)."""
-    size = pipe.image_size
+    """FLOPs of one U-Net call of a guided step: the batch doubled (conditional + unconditional),
+    at the U-Net's input size (the latent's, for a latent model)."""
+    size = pipe.image_size // pipe.downsample_factor
     x = torch.randn(2 * batch, pipe.unet.config.in_channels, size, size)
     t = torch.full((2 * batch,), 500)
     cond = pipe.encode_prompts([""] * (2 * batch))

@@ -28,7 +28,7 @@ TEXT = TextEncoderConfig(max_length=16, width=32, layers=1, heads=2, intermediat
 
 
 def vae_config(folder, **changes):
-    base = dict(data=str(folder), image_size=16, batch_size=16, max_steps=60, lr=3e-3, warmup_steps=5,
+    base = dict(data=str(folder), image_size=16, batch_size=16, max_steps=60, lr=1e-3, warmup_steps=5,
                 save_every=30, sample_every=60, num_samples=4, ema_decay=0.9, device="cpu")
     return VAETrainConfig(**{**base, **changes})
 
