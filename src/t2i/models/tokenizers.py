@@ -309,9 +309,10 @@ class CLIPTokenizer(Tokenizer):
     @classmethod
     def from_folder(cls, folder: str | Path, pad_token: str | None = None,
                     max_length: int | None = None) -> "CLIPTokenizer":
-        """From a diffusers-style tokenizer folder: vocab.json, merges.txt and, when
-        present, the pad token and `model_max_length` of its tokenizer_config.json and
-        special_tokens_map.json. Arguments given here take precedence."""
+        """From a diffusers-style tokenizer folder: vocab.json and merges.txt, or the
+        tokenizer.json that transformers 5 writes instead, and, when present, the pad token
+        and `model_max_length` of its tokenizer_config.json and special_tokens_map.json.
+        Arguments given here take precedence."""
         folder = Path(folder)
         settings = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the later one wins, as in transformers
@@ -322,6 +323,13 @@ class CLIPTokenizer(Tokenizer):
             pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token
         if max_length is None and settings.get("model_max_length", VERY_LONG) < VERY_LONG:
             max_length = int(settings["model_max_length"])
+        if not (folder / "vocab.json").is_file() and (folder / "tokenizer.json").is_file():
+            model = read_json(folder / "tokenizer.json").get("model", {})
+            if model.get("type") != "BPE":
+                raise UserError(f"{str(folder / 'tokenizer.json')!r} is not a BPE tokenizer's: is it CLIP's?")
+            merges = [pair.split(" ") if isinstance(pair, str) else pair for pair in model["merges"]]
+            return cls(model["vocab"], parse_merges((" ".join(pair) for pair in merges), folder / "tokenizer.json"),
+                       pad_token, max_length)
         return cls.from_files(folder / "vocab.json", folder / "merges.txt", pad_token, max_length)
 
     @classmethod
