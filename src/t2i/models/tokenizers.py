@@ -227,8 +227,10 @@ class CLIPTokenizer(Tokenizer):
     joiner inside emoji are kept and CJK ideographs are not split one by one (as the
     fast tokenizer; the slow one without `ftfy` drops the first and splits the second),
     and lower-casing is Python's, which writes a word-final Σ as ς (as the slow
-    tokenizer; the fast one writes σ). Not done: `ftfy`'s repair of mis-decoded text and
-    OpenAI's HTML unescaping (transformers does neither).
+    tokenizer; the fast one writes σ), and a marker typed in capitals, "<|ENDOFTEXT|>", is
+    the marker (the fast tokenizer splits it into pieces after lower-casing). Not done:
+    `ftfy`'s repair of mis-decoded text and OpenAI's HTML unescaping (transformers does
+    neither).
     """
 
     type = "clip_bpe"
@@ -268,11 +270,12 @@ class CLIPTokenizer(Tokenizer):
 
     def text_to_ids(self, text: str) -> list[int]:
         ids = []
-        for i, part in enumerate(self.markers.split(text)):
+        # lower-cased before the markers are found, so "<|ENDOFTEXT|>" is one too, as in OpenAI's CLIP
+        for i, part in enumerate(self.markers.split(unicodedata.normalize("NFC", text).lower())):
             if i % 2:  # a literal marker, kept by the split's capturing group
                 ids.append(self.vocab[part])
                 continue
-            for word in split_words(unicodedata.normalize("NFC", part).lower()):
+            for word in split_words(part):
                 symbols = self.bpe("".join(self.byte_symbols[byte] for byte in word.encode("utf-8")))
                 ids.extend(self.vocab.get(symbol, self.eos_id) for symbol in symbols)
         return ids
