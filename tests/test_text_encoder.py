@@ -5,7 +5,7 @@ import torch
 
 from t2i.errors import UserError
 from t2i.models.text import (CLIPTextTransformer, TextEncoderConfig, config_from_transformers,
-                             from_transformers_state_dict)
+                             from_transformers_state_dict, transformers_names)
 
 TINY = dict(vocab_size=1000, max_length=16, width=64, layers=2, heads=4, intermediate_size=128, eos_token_id=999)
 
@@ -95,18 +95,20 @@ def test_sd_v1_text_encoder_is_clip_vit_l14_size():
 
 
 def test_converter_names_every_parameter_and_refuses_other_weights():
-    with torch.device("meta"):
-        ours = CLIPTextTransformer(TextEncoderConfig(**TINY)).state_dict()
-    theirs = {"text_model.embeddings.position_ids": torch.arange(16)[None]}
-    for i in range(2):
-        for hf_name, name in [("self_attn.q_proj", "attention.to_q"), ("self_attn.out_proj", "attention.to_out"),
-                              ("layer_norm2", "norm2"), ("mlp.fc1", "fc1")]:
-            theirs[f"text_model.encoder.layers.{i}.{hf_name}.bias"] = ours[f"blocks.{i}.{name}.bias"]
-    converted = from_transformers_state_dict(theirs)
-    assert set(converted) == {f"blocks.{i}.{name}.bias" for i in range(2)
-                              for name in ("attention.to_q", "attention.to_out", "norm2", "fc1")}
+    config = TextEncoderConfig(**TINY)
+    ours = CLIPTextTransformer(config).state_dict()
+    names = transformers_names(config)
+    assert set(names) == set(ours) and len(set(names.values())) == len(names)
+    assert names["blocks.1.attention.to_out.weight"] == "text_model.encoder.layers.1.self_attn.out_proj.weight"
+    theirs = {names[key]: value for key, value in ours.items()}
+    theirs["text_model.embeddings.position_ids"] = torch.arange(16)[None]  # older files carry it
+    converted = from_transformers_state_dict(theirs, config)
+    assert converted.keys() == ours.keys() and all(torch.equal(converted[k], ours[k]) for k in ours)
+    del theirs[names["blocks.0.fc1.bias"]]
+    with pytest.raises(UserError, match="missing or misshapen .*layers.0.mlp.fc1.bias"):
+        from_transformers_state_dict(theirs, config)
     with pytest.raises(UserError, match="vision_model"):
-        from_transformers_state_dict({"vision_model.encoder.layers.0.self_attn.q_proj.weight": torch.zeros(1)})
+        from_transformers_state_dict({**theirs, "vision_model.encoder.layers.0.fc1.weight": torch.zeros(1)}, config)
 
 
 def test_padding_mask_covers_each_prompt_through_its_end_token():

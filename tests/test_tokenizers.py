@@ -208,3 +208,70 @@ def test_load_tokenizer_errors(tmp_path):
     (tmp_path / "merges.txt").write_text("#version: 0.2\n")
     with pytest.raises(UserError, match=re.escape("no <|startoftext|>")):
         CLIPTokenizer.from_folder(tmp_path)
+
+
+def varied_prompts(count: int, seed: int = 0) -> list[str]:
+    """`count` prompts as people write them: words, weights, punctuation, numbers, other
+    scripts and emoji, odd spacing, and some far past 77 tokens."""
+    rng = random.Random(seed)
+    words = ("a photo of an astronaut riding horse on the moon cat dog portrait landscape painting by greg rutkowski "
+             "highly detailed 8k unreal engine octane render trending artstation masterpiece best quality "
+             "cinematic lighting don't it's we're they'll I'm you'd I've Ultra-Detailed HDR RAW photo").split()
+    extras = ["café", "naïve", "Straße", "東京", "日本の風景", "москва", "ελληνικά", "🐱", "🚀🌕", "👍🏽", "❤️", "½",
+              "３ｄ", "Ⅻ", "٣٤", "(masterpiece:1.2)", "[[blue]]", "{red|green}", "--ar 16:9", "#art", "@user",
+              "1920x1080", "3.14159", "1e-3", "$100", "50%", "a/b", "x_y", "…", "—", "“quoted”", "'single'",
+              "<|endoftext|>", "\u00a0", "\t", "\n", "  "]
+    prompts = []
+    for i in range(count):
+        n = rng.choice((1, 3, 8, 15, 30)) if i % 10 else rng.randrange(60, 120)  # every tenth too long
+        parts = [rng.choice(extras) if rng.random() < 0.25 else rng.choice(words) for _ in range(n)]
+        seps = [rng.choice((" ", " ", ", ", ". ", "! ", "? ", "; ", "-", "  ")) for _ in parts]
+        text = "".join(p + s for p, s in zip(parts, seps)).strip()
+        # markers stay lower-case: transformers' fast tokenizer splits "<|ENDOFTEXT|>" into pieces, we follow
+        # OpenAI's CLIP, which reads it as the marker (test_capital_markers_are_markers)
+        prompts.append(text.upper().replace("<|ENDOFTEXT|>", "<|endoftext|>") if i % 17 == 0 else text)
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def shipped_reference(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("clip_shipped")
+    CLIPTokenizer.shipped().save(folder)
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def test_shipped_vocabulary_matches_transformers_on_520_prompts(shipped_reference):
+    ours = CLIPTokenizer.shipped()
+    assert ours.vocab_size == 49408 and ours.max_length == 77
+    assert ours.encode("a photo of a cat") == [49406, 320, 1125, 539, 320, 2368, 49407]  # SD v1's ids
+    prompts = varied_prompts(520)
+    assert sum(len(ours.encode(p)) > 77 for p in prompts) >= 50
+    expected = shipped_reference(prompts, padding="max_length", max_length=77, truncation=True,
+                                 return_tensors="pt")["input_ids"]
+    got = ours(prompts, truncate=True)
+    mismatched = [p for p, a, b in zip(prompts, got, expected) if not torch.equal(a, b)]
+    assert not mismatched, mismatched[:3]
+
+
+def test_over_long_prompt_is_cut_with_a_warning():
+    from t2i.models.text import CLIPTextTransformer, TextEncoderConfig
+    from t2i.models.unet import UNet, UNetConfig
+    from t2i.diffusion import Diffusion
+    from t2i.pipeline import Pipeline
+
+    tokenizer = CLIPTokenizer.shipped()
+    encoder = CLIPTextTransformer(TextEncoderConfig(width=16, layers=1, heads=1, intermediate_size=32))
+    unet = UNet(UNetConfig(in_channels=4, out_channels=4, model_channels=16, channel_mult=(1,), attention_levels=(0,),
+                           context_dim=16))
+    pipe = Pipeline(unet, Diffusion.from_schedule("scaled_linear"), 8, encoder, tokenizer)
+    prompt = " ".join(["a beautiful landscape"] * 40)
+    with pytest.warns(UserWarning, match="the prompt is 122 tokens and the text encoder reads 77: it was cut to"):
+        context = pipe.encode_prompt(prompt)
+    assert context.shape == (1, 77, 16)
+
+
+def test_capital_markers_are_markers():
+    ours = CLIPTokenizer.shipped()
+    ids = ours.encode("a <|ENDOFTEXT|> b")
+    assert ids == ours.encode("a <|endoftext|> b") and ids[:3] == [49406, 320, 49407] and len(ids) == 5

@@ -258,7 +258,10 @@ def add_generate(sub) -> None:
                                    f"(else {', '.join(f'{k} {v}' for k, v in INFERENCE_DEFAULTS.items())}).")
     p.add_argument("prompt", nargs="*", help="what to draw (several: one grid row each); none for an "
                    "unconditional sample")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name or a model folder")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder, or a Stable "
+                   "Diffusion v1 checkpoint (.safetensors/.ckpt file or diffusers folder)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="compute in this dtype (default: float32 for SD checkpoints, as stored for ours)")
     p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
     p.add_argument("--cfg", type=float, nargs="+", default=None,
                    help="guidance scale s (1 = no guidance); several: one grid row each")
@@ -302,7 +305,9 @@ def run_generate(args) -> None:
     from .images import make_grid, save_png
     from .pipeline import Pipeline
 
-    pipe = Pipeline.load(args.model, args.device)
+    import torch
+
+    pipe = Pipeline.load(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
     image, mask = open_image(args.image), open_image(args.mask, "L")
     if args.strength and len(args.strength) > 1 and image is None:
         raise UserError("several --strength values need an --image to edit")
@@ -462,13 +467,36 @@ def run_eval_prompts(args) -> None:
         print(f"wrote {args.json}")
 
 
+def add_convert(sub) -> None:
+    from .convert.stable_diffusion import FORMATS
+
+    p = sub.add_parser("convert", help="convert a Stable Diffusion v1 checkpoint (single file, diffusers folder)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("src", type=Path, help="an SD v1 .safetensors/.ckpt file, a diffusers folder or a t2i folder")
+    p.add_argument("dst", type=Path, help="the folder to write (a .safetensors file for --to original)")
+    p.add_argument("--to", choices=FORMATS, default="t2i", help="t2i: our model folder; diffusers; original: "
+                   "one file in SD's own names")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="cast the weights; default: as stored")
+    p.set_defaults(run=run_convert)
+
+
+def run_convert(args) -> None:
+    import torch
+
+    from .convert.stable_diffusion import convert
+
+    out = convert(args.src, args.dst, args.to, getattr(torch, args.dtype) if args.dtype else None)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="t2i", description="Text-to-image diffusion, from the DDPM maths up.")
     parser.add_argument("--version", action="version", version=f"t2i {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export):
+    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export, add_convert):
         add(sub)
     return parser
 

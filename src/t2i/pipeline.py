@@ -11,6 +11,12 @@ same whatever the batch it was made in, and any one of them can be made again al
 
 A latent model (one with a `vae`) samples z · scaling_factor and decodes it; editing
 encodes the input image first. Pixel and latent models are called the same way.
+
+A Stable Diffusion v1 checkpoint (an original single file or a diffusers folder) loads
+the same way, `Pipeline.load("v1-5-pruned-emaonly.safetensors")`, into our own networks
+(`t2i.convert.stable_diffusion`); its parts are `pipe.tokenizer`, `pipe.text_encoder`,
+`pipe.unet`, `pipe.vae`, and an inpainting U-Net (9 input channels) is fed the mask and
+the masked image's latents beside the noisy latents, as it was trained.
 """
 
 from __future__ import annotations
@@ -106,28 +112,55 @@ class Pipeline:
     def __init__(self, unet: UNet, diffusion: Diffusion, image_size: int,
                  text_encoder: CLIPTextTransformer | None = None, tokenizer: Tokenizer | None = None,
                  inference: dict | None = None, name: str = "", clip: bool | None = None,
-                 vae: AutoencoderKL | None = None):
+                 vae: AutoencoderKL | None = None, timestep_convention: dict | None = None):
+        """`timestep_convention` holds a model's `steps_offset` and `set_alpha_to_one` (see
+        `sampling.sample`): SD v1's samplers start their grids at 1 and end at ᾱ_0."""
         if (text_encoder is None) != (tokenizer is None):
             raise ValueError("a text encoder needs a tokenizer, and a tokenizer a text encoder")
         self.unet, self.diffusion, self.image_size = unet, diffusion, image_size
         self.text_encoder, self.tokenizer, self.vae = text_encoder, tokenizer, vae
         self.defaults = {**INFERENCE_DEFAULTS, **(inference or {})}
         self.name, self.clip = name, vae is None if clip is None else clip
+        self.timestep_convention = dict(timestep_convention or {})
 
     @classmethod
-    def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto") -> "Pipeline":
+    def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto",
+             dtype: torch.dtype | None = None) -> "Pipeline":
+        """A shipped model by name, one of our model folders, or a Stable Diffusion v1
+        checkpoint (single file or diffusers folder; its weights cast to `dtype`, float32
+        by default)."""
+        from .convert.stable_diffusion import is_foreign, load_stable_diffusion
+
         folder = resolve_model(name_or_path)
-        config = read_config(folder)
-        require_diffusion_model(config, folder)
-        components = load_components(folder, resolve_device(device), config)
+        if is_foreign(folder):
+            components, config, tokenizer = load_stable_diffusion(folder, dtype or torch.float32)
+            components = {name: network.to(resolve_device(device)) for name, network in components.items()}
+        else:
+            config = read_config(folder)
+            require_diffusion_model(config, folder)
+            components = load_components(folder, resolve_device(device), config)
+            tokenizer = tokenizer_from_config(folder, config)
+            if dtype is not None:
+                components = components.to(dtype)
+        convention = {key: config["diffusion"][key] for key in ("steps_offset", "set_alpha_to_one")
+                      if key in config["diffusion"]}
         return cls(components["unet"], diffusion_from_config(config), config["image_size"],
                    components["text_encoder"] if "text_encoder" in components else None,
-                   tokenizer_from_config(folder, config), config.get("inference"), str(name_or_path),
-                   vae=components["vae"] if "vae" in components else None)
+                   tokenizer, config.get("inference"), str(name_or_path),
+                   vae=components["vae"] if "vae" in components else None, timestep_convention=convention)
 
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of what is sampled: the autoencoder's latents, or the U-Net's input for pixels."""
+        return self.vae.config.latent_channels if self.vae is not None else self.unet.config.in_channels
 
     @property
     def downsample_factor(self) -> int:
@@ -139,13 +172,15 @@ class Pipeline:
         posterior mean μ(x) · scaling_factor of a latent model."""
         if self.vae is None:
             return x
-        return self.vae.encode(x).mean * self.vae.config.scaling_factor
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(x.to(dtype)).mean.float() * self.vae.config.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from what the U-Net samples (the inverse of `encode_images`)."""
         if self.vae is None:
             return z
-        return self.vae.decode(z / self.vae.config.scaling_factor).clamp(-1, 1)
+        dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode((z / self.vae.config.scaling_factor).to(dtype)).float().clamp(-1, 1)
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The U-Net's condition for each prompt, {"context": τ_θ(y) [B, L, D]} (and "pooled"
@@ -168,6 +203,39 @@ class Pipeline:
                               stacklevel=3)
         ids = self.tokenizer(list(prompts), length, truncate=True).to(self.device)
         return text_condition(self.text_encoder, ids, self.unet.config)
+
+    def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """The context τ_θ(y) [B, L, D] the U-Net cross-attends to, for each prompt (as diffusers' `encode_prompt`)."""
+        if self.text_encoder is None:
+            raise UserError(f"model {self.name!r} is unconditional: it has no text encoder")
+        return self.encode_prompts([prompts] if isinstance(prompts, str) else list(prompts))["context"]
+
+    def denoiser(self, concat: torch.Tensor | None = None):
+        """The U-Net as the samplers call it, `model(x_t, t, **cond)` in float32: inputs cast
+        to the U-Net's dtype, and `concat` [B, C', h, w] (an inpainting U-Net's mask and
+        masked-image latents) appended to x_t's channels, repeated for a guided 2B batch."""
+        dtype = self.dtype
+
+        def model(x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+            if concat is not None:
+                x = torch.cat([x, concat.repeat(x.shape[0] // concat.shape[0], 1, 1, 1)], dim=1)
+            cond = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+            return self.unet(x.to(dtype), t, **cond).float()
+
+        return model
+
+    def inpainting_inputs(self, edit: dict, batch: int, size) -> torch.Tensor:
+        """What an inpainting U-Net (in_channels = 2 · latents + 1) reads beside x_t: the mask
+        at latent resolution (nearest, 1 = redraw) and the latents of the image with the
+        masked region blanked (SD's inpainting training); without a mask, all is redrawn."""
+        pixels, pixel_mask = edit.get("pixels"), edit.get("pixel_mask")
+        h, w = (side // self.downsample_factor for side in size)
+        if pixel_mask is None:
+            pixel_mask = torch.ones(1, 1, *size, device=self.device)
+            pixels = torch.zeros(1, 3, *size, device=self.device)
+        masked = self.encode_images(pixels * (pixel_mask < 0.5))
+        mask = F.interpolate(pixel_mask, size=(h, w))
+        return torch.cat([mask, masked], dim=1).expand(batch, -1, -1, -1)
 
     def edit_inputs(self, image: Image.Image | None, mask: Image.Image | None, batch: int) -> dict:
         """`init` [B, C, h, w] (the image as the U-Net sees it) and `mask` [B, 1, h, w] in
@@ -203,9 +271,13 @@ class Pipeline:
                  steps: int | None = None, sampler: str | None = None, cfg: float | None = None,
                  seed: int | Sequence[int] | None = None, num_images: int = 1, guidance_rescale: float | None = None,
                  eta: float | None = None, progress: bool = True, image: Image.Image | None = None,
-                 strength: float | None = None, mask: Image.Image | None = None) -> list[Image.Image]:
+                 strength: float | None = None, mask: Image.Image | None = None, latents: torch.Tensor | None = None,
+                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
         """`num_images` images of each prompt, as PIL images; each carries its generation
-        parameters in `image.info["t2i"]` (what `save_png` writes into the file).
+        parameters in `image.info["t2i"]` (what `save_png` writes into the file). With
+        `output_type="tensor"` the images are returned as one float tensor [B, 3, H, W] in
+        [-1, 1] instead. `latents` [B, C, h, w] replaces the starting noise x_T drawn from
+        the seeds (when editing: the noise that q(x_t | x_0) adds to the image).
 
         `cfg` is the guidance scale s (1 turns guidance off); `negative_prompt` replaces
         the empty prompt as the unconditional branch. Image i is drawn with seed `seed + i`;
@@ -237,15 +309,31 @@ class Pipeline:
             strength = 1.0 if mask is not None else 0.8
         if edit:
             settings["strength"] = strength
-        size = pixels.shape[-2:] if edit else (self.image_size, self.image_size)
+        size = tuple(pixels.shape[-2:]) if edit else (self.image_size, self.image_size)
+        if latents is not None and not edit:  # given latents set the size, as in diffusers
+            size = tuple(side * self.downsample_factor for side in latents.shape[-2:])
         latent_size = [side // self.downsample_factor for side in size]
-        shape = (len(prompts), self.unet.config.in_channels, *latent_size)
-        z = sample(self.unet, self.diffusion, shape, settings["sampler"], settings["steps"], eta, generators,
-                   progress=progress, clip=self.clip, device=self.device, guidance_scale=settings["cfg"],
-                   uncond=uncond, guidance_rescale=settings["guidance_rescale"], strength=strength, **edit, **cond)
+        shape = (len(prompts), self.latent_channels, *latent_size)
+        if output_type not in ("pil", "tensor"):
+            raise UserError(f"output_type must be 'pil' or 'tensor', not {output_type!r}")
+        if latents is not None and tuple(latents.shape) != shape:
+            raise UserError(f"latents of shape {tuple(latents.shape)} given where {shape} are sampled")
+        concat = None
+        if self.vae is not None and self.unet.config.in_channels == 2 * self.latent_channels + 1:
+            concat = self.inpainting_inputs({"pixels": pixels, "pixel_mask": pixel_mask}, len(prompts), size)
+            edit.pop("mask", None)  # the U-Net sees the mask itself; nothing is replaced
+            if image is None or strength >= 1:
+                edit.pop("init", None)
+        x_T = None if latents is None else latents.to(self.device, torch.float32)
+        z = sample(self.denoiser(concat), self.diffusion, shape, settings["sampler"], settings["steps"], eta,
+                   generators, progress=progress, clip=self.clip, device=self.device, guidance_scale=settings["cfg"],
+                   uncond=uncond, guidance_rescale=settings["guidance_rescale"], strength=strength, x_T=x_T,
+                   **self.timestep_convention, **edit, **cond)
         x = self.decode(z)
         if pixel_mask is not None and self.vae is not None:
             x = torch.lerp(pixels, x, pixel_mask)
+        if output_type == "tensor":
+            return x
         images = []
         for text, image_seed, pixels in zip(prompts, seeds, x):
             pil = to_pil(pixels)

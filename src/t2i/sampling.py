@@ -164,19 +164,22 @@ def sample_ddpm(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps:
 @torch.no_grad()
 def sample_ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
                 generator: Generators = None, progress: bool = True, project: Project | None = None,
-                eta: float = 0.0) -> torch.Tensor:
+                eta: float = 0.0, set_alpha_to_one: bool = True) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), deterministic at η = 0:
 
         x_prev = sqrt(ᾱ_prev) x̂_0 + sqrt(1 - ᾱ_prev - σ²) ε_θ + σ z,
         σ = η sqrt((1-ᾱ_prev)/(1-ᾱ_t)) sqrt(1 - ᾱ_t/ᾱ_prev).
 
-    At η = 1 on the full grid this is DDPM with σ² = β̃ (eq. 16).
+    At η = 1 on the full grid this is DDPM with σ² = β̃ (eq. 16). The last step lands on
+    x_0 (ᾱ_prev = 1), or with `set_alpha_to_one=False` on ᾱ_prev = ᾱ at t = 0, as Stable
+    Diffusion's own DDIM sampler and its diffusers scheduler config have it.
     """
     if eta < 0:
         raise UserError(f"eta must be >= 0, got {eta}")
     batch = torch.ones(x.shape[0], dtype=torch.long)
     for _, t, t_prev in _steps(timesteps, progress, "ddim"):
-        abar_t, abar_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
+        abar_t = _alpha_bar(diffusion, t)
+        abar_prev = _alpha_bar(diffusion, t_prev if set_alpha_to_one else max(t_prev, 0))
         eps = eps_fn(x, batch * t)
         pred_x0 = diffusion.predict_x0(x, batch * t, eps)
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
@@ -213,11 +216,13 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
            clip: bool = False, x_T: torch.Tensor | None = None, device=None,
            guidance_scale: float = 1.0, uncond: dict[str, torch.Tensor] | None = None,
            guidance_rescale: float = 0.0, init: torch.Tensor | None = None, strength: float = 1.0,
-           mask: torch.Tensor | None = None, **cond) -> torch.Tensor:
+           mask: torch.Tensor | None = None, steps_offset: int = 0, set_alpha_to_one: bool | None = None,
+           **cond) -> torch.Tensor:
     """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` with the named sampler.
 
     `steps` defaults to all T timesteps for "ddpm" and 50 for "ddim"; `eta` (DDIM) and
     `variance` (DDPM: "beta" or "beta_tilde") are passed only to samplers that take them.
+    `steps_offset` shifts a "leading" grid (SD: 1); `set_alpha_to_one` (DDIM) see `sample_ddim`.
     `clip` clips every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels. With
     `uncond` (the condition of the empty or negative prompt) the model is guided at
     `guidance_scale` (`classifier_free_guidance`); scale 1 skips the unconditional branch.
@@ -232,8 +237,10 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
     unknown = set(options) - set(sampler_options(sampler))
     if unknown:
         raise UserError(f"sampler {sampler!r} takes no option {', '.join(sorted(unknown))}")
+    if set_alpha_to_one is not None and "set_alpha_to_one" in sampler_options(sampler):
+        options["set_alpha_to_one"] = set_alpha_to_one  # a model's convention: ignored by samplers without it
     steps = steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps)
-    timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing)
+    timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing, steps_offset)
     x = randn(shape, generator, device) if x_T is None else x_T
     project = None
     if init is not None:

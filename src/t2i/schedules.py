@@ -56,12 +56,14 @@ def get_betas(name: str, num_steps: int = 1000) -> torch.Tensor:
 SPACINGS = ("leading", "trailing", "linspace")
 
 
-def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading") -> torch.Tensor:
+def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading", offset: int = 0) -> torch.Tensor:
     """`steps` timesteps out of [0, num_train_steps - 1], in descending (sampling) order.
 
     The three spacings of Lin et al. 2023 (table 2), as diffusers names them:
     "leading" (DDIM's and Stable Diffusion's: 0, k, 2k, ...), "trailing" (ends exactly at
     T-1, so sampling starts from pure noise) and "linspace" (both ends included).
+    `offset` shifts a "leading" grid up (Stable Diffusion's samplers use 1: 1, k+1, ...),
+    capped at T-1.
     """
     if spacing not in SPACINGS:
         raise UserError(f"unknown timestep spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
@@ -70,7 +72,7 @@ def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading") ->
             f"steps must be between 1 and the model's {num_train_steps} training timesteps, got {steps}"
         )
     if spacing == "leading":
-        grid = torch.arange(steps) * (num_train_steps // steps)
+        grid = (torch.arange(steps) * (num_train_steps // steps) + offset).clamp(max=num_train_steps - 1)
     elif spacing == "trailing":
         grid = torch.arange(num_train_steps, 0, -num_train_steps / steps).round().long() - 1
     else:

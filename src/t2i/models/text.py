@@ -7,8 +7,8 @@ blocks of causal self-attention and an MLP, a final LayerNorm. Stable Diffusion 
 conditions on the last hidden state of CLIP ViT-L/14's text tower; the pooled feature
 (the hidden state at the end-of-text token) is CLIP's text embedding, kept for later use.
 
-Parameter names are ours; `from_transformers_state_dict` maps transformers'
-`CLIPTextModel` names onto them.
+Parameter names are ours; `transformers_names` gives transformers' `CLIPTextModel`
+names for them, which diffusers folders and SD's original files use too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import UserError
 from .config import ModelConfig
 from .layers import Attention
+from .naming import module_names, replace_all, to_ours
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 POOLINGS = ("eos", "mean")
@@ -166,40 +167,68 @@ class CLIPTextTransformer(nn.Module):
         return positions[None, :] <= self.end_positions(input_ids)[:, None]
 
 
-# transformers' CLIPTextModel names -> ours, applied in turn to each key.
-_TRANSFORMERS_NAMES = (
-    (r"^text_model\.", ""),
-    (r"^embeddings\.token_embedding\.", "token_embedding."),
-    (r"^embeddings\.position_embedding\.weight$", "position_embedding"),
-    (r"^encoder\.layers\.", "blocks."),
-    (r"\.self_attn\.([qkv])_proj\.", r".attention.to_\1."),
-    (r"\.self_attn\.out_proj\.", ".attention.to_out."),
-    (r"\.layer_norm([12])\.", r".norm\1."),
-    (r"\.mlp\.(fc[12])\.", r".\1."),
-    (r"^final_layer_norm\.", "final_norm."),
-)
-_OUR_NAMES = re.compile(r"token_embedding\.weight|position_embedding|final_norm\.(weight|bias)"
-                        r"|blocks\.\d+\.(norm[12]|attention\.to_(q|k|v|out)|fc[12])\.(weight|bias)")
+# Inside a block, transformers' names where they differ from ours.
+_TRANSFORMERS_BLOCK_NAMES = ((".attention.to_out.", ".self_attn.out_proj."), (".attention.to_q.", ".self_attn.q_proj."),
+                             (".attention.to_k.", ".self_attn.k_proj."), (".attention.to_v.", ".self_attn.v_proj."),
+                             (".norm1.", ".layer_norm1."), (".norm2.", ".layer_norm2."), (".fc1.", ".mlp.fc1."),
+                             (".fc2.", ".mlp.fc2."))
+_TRANSFORMERS_LAYER = re.compile(r"(?:text_model\.)?encoder\.layers\.(\d+)\.")
 
 
-def from_transformers_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict of transformers' `CLIPTextModel` (keys `text_model.…`) in our names.
+def transformers_names(config: TextEncoderConfig) -> dict[str, str]:
+    """{our key: transformers' `CLIPTextModel` key} for every weight of `CLIPTextTransformer(config)`."""
+    prefixes = {"token_embedding": "text_model.embeddings.token_embedding",
+                "position_embedding": "text_model.embeddings.position_embedding.weight",
+                "final_norm": "text_model.final_layer_norm",
+                **{f"blocks.{i}": f"text_model.encoder.layers.{i}" for i in range(config.layers)}}
+
+    def inner(block: nn.Module | None, rest: str) -> str:
+        return replace_all(rest, _TRANSFORMERS_BLOCK_NAMES) if isinstance(block, TransformerBlock) else rest
+
+    with torch.device("meta"):
+        model = CLIPTextTransformer(config)
+    return module_names(model, prefixes, inner)
+
+
+def config_from_weights(state_dict: dict[str, torch.Tensor], heads: int | None = None,
+                        activation: str = "quick_gelu") -> TextEncoderConfig:
+    """The config of a CLIP text transformer read off its weights in transformers' names.
+
+    Widths, depth, vocabulary and length are in the shapes; the number of heads is not
+    (Q, K and V are square whatever it is), so it is CLIP's rule, heads of width 64,
+    unless given, and the activation is CLIP's quick GELU unless given. The end-of-text
+    token is found as the highest id, as OpenAI's CLIP does.
+    """
+    def get(name: str) -> torch.Tensor:
+        for key in (f"text_model.{name}", name):
+            if key in state_dict:
+                return state_dict[key]
+        raise UserError(f"not a CLIP text transformer's weights: there is no {name}")
+
+    vocab_size, width = get("embeddings.token_embedding.weight").shape
+    layers = {int(m.group(1)) for key in state_dict if (m := _TRANSFORMERS_LAYER.match(key))}
+    return TextEncoderConfig(vocab_size=vocab_size, max_length=get("embeddings.position_embedding.weight").shape[0],
+                             width=width, layers=len(layers), heads=heads or max(1, width // 64),
+                             intermediate_size=get("encoder.layers.0.mlp.fc1.weight").shape[0],
+                             activation=activation, eos_token_id=None)
+
+
+def from_transformers_state_dict(state_dict: dict[str, torch.Tensor],
+                                 config: TextEncoderConfig | None = None) -> dict[str, torch.Tensor]:
+    """A state dict of transformers' `CLIPTextModel` (keys `text_model.…`, or without that
+    prefix as older files have them) in our names.
 
     The `position_ids` buffer that older checkpoints carry is dropped; keys of anything
-    other than the text transformer (vision tower, projections) are an error.
+    other than the text transformer (vision tower, projections) are an error, as are
+    shapes that do not fit `config` (by default, the config the shapes imply).
     """
-    names = {}
-    for key in state_dict:
-        if key.endswith("embeddings.position_ids"):
-            continue
-        name = key
-        for pattern, replacement in _TRANSFORMERS_NAMES:
-            name = re.sub(pattern, replacement, name)
-        names[key] = name
-    unknown = [key for key, name in names.items() if not _OUR_NAMES.fullmatch(name)]
-    if unknown:
-        raise UserError(f"not a CLIP text transformer's weights: unexpected keys {unknown[:5]}")
-    return {name: state_dict[key] for key, name in names.items()}
+    state_dict = {key if key.startswith("text_model.") else f"text_model.{key}": value
+                  for key, value in state_dict.items() if not key.endswith("embeddings.position_ids")}
+    config = config or config_from_weights(state_dict)
+    with torch.device("meta"):
+        expected = CLIPTextTransformer(config).state_dict()
+    return to_ours(state_dict, transformers_names(config), expected,
+                   "not a CLIP text transformer's weights, or not of this config")
 
 
 # transformers' CLIPTextConfig fields -> ours.

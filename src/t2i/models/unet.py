@@ -20,6 +20,7 @@ from ..errors import UserError
 from .config import ModelConfig
 from .layers import (ConvNeXtBlock, Downsample, ResBlock, SelfAttentionBlock, SpatialTransformer, Upsample,
                      group_norm, timestep_embedding, zero_init)
+from .naming import module_names, replace_all, to_ours, to_theirs
 
 BLOCK_TYPES = ("resnet", "convnext")
 
@@ -226,66 +227,102 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-# Module names inside a block that differ between diffusers and us (diffusers wraps
-# to_out and the feed-forward in Sequentials, and calls the 1×1 skip conv_shortcut).
-_DIFFUSERS_INNER_NAMES = {".to_out.0.": ".to_out.", ".ff.net.0.proj.": ".ff.proj.", ".ff.net.2.": ".ff.out.",
-                          ".conv_shortcut.": ".skip."}
+FOREIGN_FORMATS = ("diffusers", "original")  # diffusers' UNet2DConditionModel; CompVis' openaimodel.py (SD's own files)
+# Inside a block, the names that differ from ours: both wrap to_out and the feed-forward in
+# Sequentials; the original code numbers a ResBlock's layers and calls a Downsample's conv `op`.
+_TRANSFORMER_NAMES = ((".to_out.", ".to_out.0."), (".ff.proj.", ".ff.net.0.proj."), (".ff.out.", ".ff.net.2."))
+_RESBLOCK_NAMES = {
+    "diffusers": ((".skip.", ".conv_shortcut."),),
+    "original": ((".norm1.", ".in_layers.0."), (".conv1.", ".in_layers.2."), (".time_emb_proj.", ".emb_layers.1."),
+                 (".norm2.", ".out_layers.0."), (".conv2.", ".out_layers.3."), (".skip.", ".skip_connection.")),
+}
 
 
-def _diffusers_block_names(c: UNetConfig) -> dict[str, str]:
-    """diffusers' `UNet2DConditionModel` module prefix -> ours, walking the levels as `UNet` does."""
+def _diffusers_prefixes(c: UNetConfig) -> dict[str, str]:
+    """Our block prefixes -> diffusers' `UNet2DConditionModel` ones, walking the levels as `UNet` does."""
     levels = len(c.channel_mult)
-    names = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "conv_in", "conv_norm_out": "norm_out", "conv_out": "conv_out",
-             "mid_block.resnets.0": "middle.0", "mid_block.attentions.0": "middle.1",
-             "mid_block.resnets.1": f"middle.{2 if c.mid_attention else 1}"}
+    names = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
+             "conv_in": "conv_in", "norm_out": "conv_norm_out", "conv_out": "conv_out",
+             "middle.0": "mid_block.resnets.0", f"middle.{1 + c.mid_attention}": "mid_block.resnets.1"}
+    if c.mid_attention:
+        names["middle.1"] = "mid_block.attentions.0"
     step = 0
     for level in range(levels):
         for j in range(c.num_res_blocks):
-            names[f"down_blocks.{level}.resnets.{j}"] = f"down.{step}.0"
-            names[f"down_blocks.{level}.attentions.{j}"] = f"down.{step}.1"
+            names[f"down.{step}.0"] = f"down_blocks.{level}.resnets.{j}"
+            if level in c.attention_levels:
+                names[f"down.{step}.1"] = f"down_blocks.{level}.attentions.{j}"
             step += 1
         if level < levels - 1:
-            names[f"down_blocks.{level}.downsamplers.0"] = f"down.{step}.0"
+            names[f"down.{step}.0"] = f"down_blocks.{level}.downsamplers.0"
             step += 1
     step = 0
     for i, level in enumerate(reversed(range(levels))):
+        attention = level in c.attention_levels
         for j in range(c.num_res_blocks + 1):
-            names[f"up_blocks.{i}.resnets.{j}"] = f"up.{step}.0"
-            names[f"up_blocks.{i}.attentions.{j}"] = f"up.{step}.1"
+            names[f"up.{step}.0"] = f"up_blocks.{i}.resnets.{j}"
+            if attention:
+                names[f"up.{step}.1"] = f"up_blocks.{i}.attentions.{j}"
             step += 1
-        names[f"up_blocks.{i}.upsamplers.0"] = f"up.{step - 1}.{2 if level in c.attention_levels else 1}"
+        if level > 0:
+            names[f"up.{step - 1}.{1 + attention}"] = f"up_blocks.{i}.upsamplers.0"
     return names
 
 
-def from_diffusers_state_dict(state_dict: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
-    """A diffusers `UNet2DConditionModel` state dict (SD v1/v2 layout) as one for `UNet(config)`.
+def _original_prefixes(model: UNet) -> dict[str, str]:
+    """Our block prefixes -> the original ones: our down, middle and up steps are its
+    input_blocks (after conv_in, its input_blocks.0), middle_block and output_blocks."""
+    names = {"time_embed.0": "time_embed.0", "time_embed.2": "time_embed.2", "conv_in": "input_blocks.0.0",
+             "norm_out": "out.0", "conv_out": "out.2"}
+    for ours, theirs, offset in (("down", "input_blocks", 1), ("up", "output_blocks", 0)):
+        for i, step in enumerate(getattr(model, ours)):
+            names.update({f"{ours}.{i}.{j}": f"{theirs}.{i + offset}.{j}" for j in range(len(step))})
+    names.update({f"middle.{j}": f"middle_block.{j}" for j in range(len(model.middle))})
+    return names
+
+
+def foreign_names(config: UNetConfig, fmt: str) -> dict[str, str]:
+    """{our key: the key in `fmt`} for every weight of `UNet(config)` (the keys of the
+    original files lack their `model.diffusion_model.` prefix)."""
+    c = config
+    if c.block_type != "resnet" or c.pooled_dim or c.coord_channels or c.scale_shift_norm or c.mask_context_padding:
+        raise UserError("only a U-Net of Stable Diffusion's layout has diffusers or original names: ResBlocks, "
+                        "no pooled text embedding, coordinate channels, scale-shift norm or padding mask")
+
+    def inner(block: nn.Module | None, rest: str) -> str:
+        if isinstance(block, ResBlock):
+            return replace_all(rest, _RESBLOCK_NAMES[fmt])
+        if isinstance(block, SpatialTransformer):
+            return replace_all(rest, _TRANSFORMER_NAMES)
+        if isinstance(block, Downsample) and fmt == "original":
+            return rest.replace(".conv.", ".op.")
+        return rest
+
+    with torch.device("meta"):
+        model = UNet(config)
+    prefixes = _diffusers_prefixes(config) if fmt == "diffusers" else _original_prefixes(model)
+    return module_names(model, prefixes, inner)
+
+
+def from_foreign_state_dict(state_dict: dict[str, torch.Tensor], config: UNetConfig,
+                            fmt: str = "diffusers") -> dict[str, torch.Tensor]:
+    """A U-Net state dict in `fmt`'s names (diffusers' `UNet2DConditionModel`, SD v1/v2
+    layout, or the original files' without their prefix) as one for `UNet(config)`.
 
     Weights are renamed, never changed, except SD 2's linear proj_in/proj_out, which are
     stored as the equal 1×1 convs. Raises UserError unless every weight of `UNet(config)`
     is filled with the right shape and nothing is left over.
     """
-    if config.block_type != "resnet":
-        raise UserError("diffusers U-Nets are built of ResBlocks: use block_type='resnet'")
-    blocks = _diffusers_block_names(config)
     with torch.device("meta"):
         expected = UNet(config).state_dict()
-    converted, unused = {}, []
-    for key, value in state_dict.items():
-        prefix = next((p for p in blocks if key.startswith(p + ".")), None)
-        if prefix is None:
-            unused.append(key)
-            continue
-        name = "." + key[len(prefix) + 1:]
-        for theirs, ours in _DIFFUSERS_INNER_NAMES.items():
-            name = name.replace(theirs, ours)
-        name = blocks[prefix] + name
-        if name in expected and value.ndim == 2 and expected[name].ndim == 4:
-            value = value[:, :, None, None]  # a linear projection as a 1×1 conv
-        converted[name] = value
-    wrong = sorted(k for k in expected if k not in converted or converted[k].shape != expected[k].shape)
-    unused += sorted(set(converted) - set(expected))
-    if wrong or unused:
-        raise UserError(f"the diffusers weights do not fit this UNetConfig: missing or misshapen {wrong[:5]}, "
-                        f"unused {unused[:5]} ({len(wrong)} and {len(unused)} in all)")
-    return converted
+    return to_ours(state_dict, foreign_names(config, fmt), expected, f"the {fmt} weights do not fit this UNetConfig")
+
+
+def to_foreign_state_dict(state_dict: dict[str, torch.Tensor], config: UNetConfig, fmt: str) -> dict[str, torch.Tensor]:
+    """Our U-Net's state dict in `fmt`'s names (the inverse of `from_foreign_state_dict`)."""
+    return to_theirs(state_dict, foreign_names(config, fmt))
+
+
+def from_diffusers_state_dict(state_dict: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+    """A diffusers `UNet2DConditionModel` state dict as one for `UNet(config)` (see `from_foreign_state_dict`)."""
+    return from_foreign_state_dict(state_dict, config, "diffusers")

@@ -1,0 +1,152 @@
+"""What a checkpoint is, read off its keys and shapes: no YAML, no network.
+
+`identify_original(keys)` names the family of a single-file checkpoint and refuses all
+but Stable Diffusion v1 with one line that says what the file is. The `*_config` functions
+give our configs for SD v1's three networks from their weights in the original names
+(or, for a diffusers folder, from its config.json files).
+
+What the shapes cannot say is taken from SD v1: the number of attention heads (8 in
+the U-Net, width/64 in CLIP; Q, K and V are square whatever it is), GroupNorms of 32
+groups, and the latent scaling factor 0.18215.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Collection
+
+from ..errors import UserError
+from ..models.text import TextEncoderConfig, config_from_transformers
+from ..models.unet import UNetConfig
+from ..models.vae import VAEConfig
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.transformer."
+SD_V1_HEADS = 8
+OTHER_CONTEXTS = {1024: "a Stable Diffusion 2.x", 2048: "an SDXL", 1280: "an SDXL refiner"}
+SD_V1_SCALING_FACTOR = 0.18215
+NORM_GROUPS = 32
+Shape = Callable[[str], tuple[int, ...]]
+
+# Keys that give another family away, most specific first.
+_FAMILIES = (
+    ("conditioner.embedders.", "an SDXL checkpoint (two text encoders under conditioner.embedders)"),
+    ("cond_stage_model.model.", "a Stable Diffusion 2.x checkpoint (OpenCLIP ViT-H text encoder)"),
+    (UNET_PREFIX + "joint_blocks.", "a Stable Diffusion 3 checkpoint (MMDiT)"),
+    (UNET_PREFIX + "double_blocks.", "a FLUX checkpoint"),
+    (UNET_PREFIX + "label_emb.", "an SDXL or upscaler U-Net (it embeds a class or size vector)"),
+    ("lora_", "a LoRA, not a whole model"),
+)
+
+
+def identify_original(keys: Collection[str], shape: Shape) -> None:
+    """Raise UserError unless the keys are those of a whole SD v1 checkpoint."""
+    for prefix, family in _FAMILIES:
+        if any(key.startswith(prefix) for key in keys):
+            raise UserError(f"this is {family}; t2i loads Stable Diffusion v1.x checkpoints only")
+    if UNET_PREFIX + "input_blocks.0.0.weight" not in keys:
+        if any(key.startswith(("encoder.", "decoder.")) for key in keys):
+            raise UserError("this is an autoencoder (VAE) alone, not a Stable Diffusion checkpoint")
+        if any(key.startswith(("text_model.", "transformer.")) for key in keys):
+            raise UserError("this is a text encoder alone, not a Stable Diffusion checkpoint")
+        raise UserError("this is not a Stable Diffusion checkpoint: it has no U-Net (model.diffusion_model.*)")
+    context = next((shape(key)[1] for key in keys if key.startswith(UNET_PREFIX) and key.endswith("attn2.to_k.weight")),
+                   None)
+    if context in OTHER_CONTEXTS:
+        raise UserError(f"this is {OTHER_CONTEXTS[context]} U-Net (context width {context}); t2i loads SD v1.x only")
+    if context is None:
+        raise UserError("this U-Net has no cross-attention: not a text-to-image Stable Diffusion checkpoint")
+    channels = shape(UNET_PREFIX + "input_blocks.0.0.weight")[1]
+    if channels not in (4, 9):
+        kind = {8: "an InstructPix2Pix", 7: "an x4 upscaler"}.get(channels, f"a {channels}-channel")
+        raise UserError(f"this is {kind} U-Net; t2i loads SD v1 text-to-image (4 input channels) and "
+                        "inpainting (9) U-Nets")
+    for prefix, what in ((VAE_PREFIX, "autoencoder (VAE)"), (TEXT_PREFIX, "text encoder")):
+        if not any(key.startswith(prefix) for key in keys):
+            raise UserError(f"the checkpoint has no {what} ({prefix}*): it holds the U-Net only; "
+                            "use a complete SD v1 file or a diffusers folder")
+
+
+def _indices(keys: Collection[str], pattern: str) -> list[int]:
+    """The distinct numbers that `pattern`'s one group matches at the start of keys, sorted."""
+    regex = re.compile(pattern)
+    return sorted({int(m.group(1)) for key in keys if (m := regex.match(key))})
+
+
+def unet_config(keys: Collection[str], shape: Shape) -> UNetConfig:
+    """An SD v1 U-Net's config from its weights in the original names (no prefix).
+
+    input_blocks.0 is conv_in; then each level has `num_res_blocks` steps and, but the
+    last, one Downsample step (`.0.op`): that fixes the levels and the blocks per level.
+    """
+    steps = _indices(keys, r"input_blocks\.(\d+)\.")[1:]
+    downsamples = [i for i in steps if "input_blocks.%d.0.op.weight" % i in keys]
+    levels = len(downsamples) + 1
+    num_res_blocks = (len(steps) - len(downsamples)) // levels
+    model_channels, in_channels = shape("input_blocks.0.0.weight")[:2]
+    channel_mult, attention_levels = [], []
+    for level in range(levels):
+        first = 1 + level * (num_res_blocks + 1)
+        channel_mult.append(shape(f"input_blocks.{first}.0.out_layers.3.weight")[0] // model_channels)
+        if f"input_blocks.{first}.1.proj_in.weight" in keys:
+            attention_levels.append(level)
+    depth = len(_indices(keys, r"middle_block\.1\.transformer_blocks\.(\d+)\.")) or len(
+        _indices(keys, r"input_blocks\.1\.1\.transformer_blocks\.(\d+)\."))
+    context = next(shape(key)[1] for key in keys if key.endswith("attn2.to_k.weight"))
+    return UNetConfig(in_channels=in_channels, out_channels=shape("out.2.weight")[0], model_channels=model_channels,
+                      channel_mult=tuple(channel_mult), num_res_blocks=num_res_blocks,
+                      attention_levels=tuple(attention_levels), mid_attention="middle_block.1.proj_in.weight" in keys,
+                      num_heads=SD_V1_HEADS, context_dim=context, transformer_depth=max(depth, 1),
+                      norm_groups=NORM_GROUPS)
+
+
+def vae_config(keys: Collection[str], shape: Shape) -> VAEConfig:
+    """An SD autoencoder's config from its weights in the original names (no prefix)."""
+    levels = _indices(keys, r"encoder\.down\.(\d+)\.")
+    blocks = _indices(keys, r"encoder\.down\.0\.block\.(\d+)\.")
+    return VAEConfig(in_channels=shape("encoder.conv_in.weight")[1], out_channels=shape("decoder.conv_out.weight")[0],
+                     latent_channels=shape("post_quant_conv.weight")[0],
+                     block_channels=tuple(shape(f"encoder.down.{i}.block.0.conv2.weight")[0] for i in levels),
+                     num_res_blocks=len(blocks), norm_groups=NORM_GROUPS,
+                     mid_attention="encoder.mid.attn_1.q.weight" in keys, scaling_factor=SD_V1_SCALING_FACTOR)
+
+
+def unet_config_from_diffusers(values: dict) -> UNetConfig:
+    """Our config for a diffusers `UNet2DConditionModel` config.json of SD v1's layout."""
+    unsupported = [key for key in ("class_embed_type", "addition_embed_type", "encoder_hid_dim", "time_cond_proj_dim")
+                   if values.get(key) is not None]
+    if unsupported or values.get("resnet_time_scale_shift", "default") != "default":
+        raise UserError(f"this diffusers U-Net has {', '.join(unsupported) or 'scale-shift norms'}: "
+                        "not Stable Diffusion v1's layout")
+    if values.get("cross_attention_dim") == 1024:
+        raise UserError("this is a Stable Diffusion 2.x U-Net (context width 1024); t2i loads SD v1.x only")
+    widths = list(values["block_out_channels"])
+    mid = values.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    heads = values.get("num_attention_heads") or values.get("attention_head_dim", SD_V1_HEADS)
+    depth = values.get("transformer_layers_per_block", 1)
+    if not isinstance(heads, int) or not isinstance(depth, int):
+        raise UserError("this diffusers U-Net varies its heads or depth by level: not Stable Diffusion v1's layout")
+    return UNetConfig(in_channels=values["in_channels"], out_channels=values["out_channels"], model_channels=widths[0],
+                      channel_mult=tuple(w // widths[0] for w in widths), num_res_blocks=values["layers_per_block"],
+                      attention_levels=tuple(i for i, kind in enumerate(values["down_block_types"])
+                                             if kind.startswith("CrossAttn")),
+                      mid_attention=mid == "UNetMidBlock2DCrossAttn",
+                      num_heads=heads, context_dim=values["cross_attention_dim"], transformer_depth=depth,
+                      norm_groups=values.get("norm_num_groups", NORM_GROUPS))
+
+
+def vae_config_from_diffusers(values: dict) -> VAEConfig:
+    """Our config for a diffusers `AutoencoderKL` config.json."""
+    return VAEConfig(in_channels=values["in_channels"], out_channels=values["out_channels"],
+                     latent_channels=values["latent_channels"], block_channels=tuple(values["block_out_channels"]),
+                     num_res_blocks=values["layers_per_block"], norm_groups=values.get("norm_num_groups", NORM_GROUPS),
+                     mid_attention=values.get("mid_block_add_attention", True),
+                     scaling_factor=values.get("scaling_factor", SD_V1_SCALING_FACTOR))
+
+
+def text_config_from_diffusers(values: dict) -> TextEncoderConfig:
+    """Our config for the transformers `CLIPTextConfig` config.json of a diffusers folder."""
+    if values.get("model_type", "clip_text_model") != "clip_text_model":
+        raise UserError(f"the text encoder is a {values.get('model_type')!r}, not CLIP's text transformer")
+    return config_from_transformers(values)

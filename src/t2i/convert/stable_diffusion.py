@@ -1,0 +1,293 @@
+"""Stable Diffusion v1 checkpoints in, and out: the original single file and diffusers folders.
+
+`load_stable_diffusion(path)` reads either format into our `UNet`, `AutoencoderKL` and
+`CLIPTextTransformer`, with the configs inferred from the weights (single file) or read
+from the folder's config.json files, and returns them with the config.json of one of our
+model folders, so that the rest of t2i sees an SD model as any other model. No network:
+the tokenizer is the folder's `tokenizer/` or the CLIP vocabulary that ships with t2i.
+
+Each network is built on the meta device and its weights assigned one by one as they
+are read and cast, so loading holds the weights once (see benchmarks/load_memory.py).
+
+`save_diffusers` and `save_original` write our networks back in those formats.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import save_file
+
+from .. import __version__
+from ..checkpoints import (CONFIG_NAME, folder_config, load_components, read_config, save_model,
+                           tokenizer_from_config, write_json)
+from ..errors import UserError
+from ..models import text, unet, vae
+from ..models.naming import to_ours
+from ..models.tokenizers import CLIPTokenizer
+from . import infer
+from .tensors import PICKLES, SAFETENSORS, Renamed, Weights, open_weights, under
+
+# SD v1's noise schedule and its samplers' conventions, as its scheduler_config.json gives them.
+SD_V1_DIFFUSION = {"schedule": "scaled_linear", "num_timesteps": 1000, "prediction_type": "epsilon",
+                   "steps_offset": 1, "set_alpha_to_one": False}
+SD_V1_INFERENCE = {"sampler": "ddim", "steps": 50, "cfg": 7.5}
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
+                     "pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors")
+NETWORKS = {"unet": unet.UNet, "vae": vae.AutoencoderKL, "text_encoder": text.CLIPTextTransformer}
+
+
+def is_foreign(path: str | Path) -> bool:
+    """Whether `path` is an SD single file or a diffusers folder rather than one of our folders."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix in SAFETENSORS + PICKLES
+    return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
+
+
+def build(name: str, config, weights: Mapping[str, torch.Tensor], names: Mapping[str, str],
+          dtype: torch.dtype | None, mismatch: str) -> torch.nn.Module:
+    """Network `name` of `config` with its weights read from `weights` (their names; `names`
+    maps ours to theirs), each cast to `dtype` as it is read. Eval mode, no gradients."""
+    with torch.device("meta"):
+        network = NETWORKS[name](config)
+    expected = network.state_dict()
+    to_ours({key: torch.empty(weights.shape(key), device="meta") for key in weights}, names, expected, mismatch)
+    state = {ours: weights.get_as(theirs, dtype).reshape(expected[ours].shape) for ours, theirs in names.items()}
+    network.load_state_dict(state, assign=True)
+    return network.eval().requires_grad_(False)
+
+
+def model_folder_config(configs: dict, tokenizer: CLIPTokenizer, diffusion: dict, image_size: int) -> dict:
+    """The config.json of one of our model folders for an SD model."""
+    return folder_config(**{name: c.to_dict() for name, c in configs.items()}, tokenizer=tokenizer.to_dict(),
+                         diffusion=diffusion, image_size=image_size, inference=dict(SD_V1_INFERENCE))
+
+
+def transformers_view(weights: Weights | Renamed) -> Renamed:
+    """A CLIP text transformer's weights under transformers' `text_model.` names, whether
+    or not the file has that prefix (old SD files and transformers 5 have not), without
+    the `position_ids` buffer some carry."""
+    return Renamed(weights, {key if key.startswith("text_model.") else f"text_model.{key}": key
+                             for key in weights if not key.endswith("position_ids")})
+
+
+def load_original(path: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CLIPTokenizer]:
+    """(networks, our folder config, tokenizer) from an SD v1 single file; the architecture is read off
+    the keys and shapes. EMA copies (`model_ema.*`) are ignored, as diffusers does."""
+    weights = open_weights(path)
+    infer.identify_original(weights.keys(), weights.shape)
+    parts = {"unet": under(weights, infer.UNET_PREFIX), "vae": under(weights, infer.VAE_PREFIX),
+             "text_encoder": under(weights, infer.TEXT_PREFIX)}
+    parts["text_encoder"] = transformers_view(parts["text_encoder"])
+    configs = {"unet": infer.unet_config(parts["unet"].keys(), parts["unet"].shape),
+               "vae": infer.vae_config(parts["vae"].keys(), parts["vae"].shape),
+               "text_encoder": text.config_from_weights({k: torch.empty(parts["text_encoder"].shape(k), device="meta")
+                                                         for k in parts["text_encoder"]})}
+    names = {"unet": unet.foreign_names(configs["unet"], "original"),
+             "vae": vae.foreign_names(configs["vae"], "original"),
+             "text_encoder": text.transformers_names(configs["text_encoder"])}
+    networks = {name: build(name, configs[name], parts[name], names[name], dtype,
+                            f"{str(path)!r}: the {name} weights do not fit the architecture their shapes suggest")
+                for name in NETWORKS}
+    tokenizer = CLIPTokenizer.shipped()
+    size = 64 * configs["vae"].downsample_factor  # SD v1 was trained on 64×64 latents
+    return networks, model_folder_config(configs, tokenizer, dict(SD_V1_DIFFUSION), size), tokenizer
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} is missing: the diffusers folder is incomplete")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
+
+
+def diffusers_weights(folder: Path) -> Weights:
+    for name in DIFFUSERS_WEIGHTS:
+        if (folder / name).is_file():
+            return open_weights(folder / name)
+    raise UserError(f"{str(folder)!r} has no weights ({', '.join(DIFFUSERS_WEIGHTS[:2])}, ...)")
+
+
+def diffusion_from_scheduler(folder: Path) -> dict:
+    """Our diffusion config for a diffusers scheduler_config.json (SD v1's when there is none)."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return dict(SD_V1_DIFFUSION)
+    values = read_json(path)
+    schedule = (values.get("beta_schedule"), values.get("beta_start"), values.get("beta_end"))
+    if schedule != ("scaled_linear", 0.00085, 0.012):
+        raise UserError(f"{str(path)!r}: the β schedule {schedule} is not SD v1's (scaled_linear, 0.00085, 0.012)")
+    prediction = {"epsilon": "epsilon", "v_prediction": "v"}.get(values.get("prediction_type", "epsilon"))
+    if prediction is None:
+        raise UserError(f"{str(path)!r}: unsupported prediction type {values['prediction_type']!r}")
+    return {"schedule": "scaled_linear", "num_timesteps": values.get("num_train_timesteps", 1000),
+            "prediction_type": prediction, "steps_offset": values.get("steps_offset", 0),
+            "set_alpha_to_one": values.get("set_alpha_to_one", True)}
+
+
+def load_diffusers(folder: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CLIPTokenizer]:
+    """(networks, our folder config, tokenizer) from a diffusers folder: unet/, vae/, text_encoder/,
+    and tokenizer/ and scheduler/ when present."""
+    configs = {"unet": infer.unet_config_from_diffusers(read_json(folder / "unet" / CONFIG_NAME)),
+               "vae": infer.vae_config_from_diffusers(read_json(folder / "vae" / CONFIG_NAME)),
+               "text_encoder": infer.text_config_from_diffusers(read_json(folder / "text_encoder" / CONFIG_NAME))}
+    names = {"unet": unet.foreign_names(configs["unet"], "diffusers"),
+             "vae": vae.foreign_names(configs["vae"], "diffusers"),
+             "text_encoder": text.transformers_names(configs["text_encoder"])}
+    networks = {}
+    for name in NETWORKS:
+        weights = diffusers_weights(folder / name)
+        if name == "text_encoder":
+            weights = transformers_view(weights)
+        networks[name] = build(name, configs[name], weights, names[name], dtype,
+                               f"{str(folder / name)!r}: the weights do not fit its config.json")
+    tokenizer = (CLIPTokenizer.from_folder(folder / "tokenizer") if (folder / "tokenizer").is_dir()
+                 else CLIPTokenizer.shipped())
+    unet_values = read_json(folder / "unet" / CONFIG_NAME)
+    size = unet_values.get("sample_size", 64) * configs["vae"].downsample_factor
+    return networks, model_folder_config(configs, tokenizer, diffusion_from_scheduler(folder), size), tokenizer
+
+
+def load_stable_diffusion(path: str | Path, dtype: torch.dtype | None = None
+                          ) -> tuple[dict[str, torch.nn.Module], dict, CLIPTokenizer]:
+    """({"unet", "vae", "text_encoder"} networks, the config.json of our folder format, the
+    tokenizer) from an SD v1 single file or a diffusers folder. `dtype` casts the floating
+    point weights (None keeps them as stored)."""
+    path = Path(path)
+    if path.is_file():
+        return load_original(path, dtype)
+    if not is_foreign(path):
+        raise UserError(f"{str(path)!r} is neither an SD single file (.safetensors, .ckpt) nor a diffusers folder")
+    return load_diffusers(path, dtype)
+
+
+# -- writing ----------------------------------------------------------------------------------
+def state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
+
+
+def save_original(networks: Mapping[str, torch.nn.Module], path: str | Path) -> Path:
+    """One .safetensors file in SD's original names (model.diffusion_model.*, first_stage_model.*,
+    cond_stage_model.transformer.*), as CompVis' and most other tools read it."""
+    tensors = {}
+    for name, prefix in (("unet", infer.UNET_PREFIX), ("vae", infer.VAE_PREFIX), ("text_encoder", infer.TEXT_PREFIX)):
+        network = networks[name]
+        if name == "unet":
+            theirs = unet.to_foreign_state_dict(state(network), network.config, "original")
+        elif name == "vae":
+            theirs = vae.to_foreign_state_dict(state(network), network.config, "original")
+        else:
+            names = text.transformers_names(network.config)
+            theirs = {names[k]: v for k, v in state(network).items()}
+        tensors.update({prefix + k: v for k, v in theirs.items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+def unet_diffusers_config(c: unet.UNetConfig, sample_size: int) -> dict:
+    levels = range(len(c.channel_mult))
+    return {"_class_name": "UNet2DConditionModel", "sample_size": sample_size, "in_channels": c.in_channels,
+            "out_channels": c.out_channels, "block_out_channels": [m * c.model_channels for m in c.channel_mult],
+            "layers_per_block": c.num_res_blocks, "cross_attention_dim": c.context_dim,
+            "attention_head_dim": c.num_heads, "transformer_layers_per_block": c.transformer_depth,
+            "norm_num_groups": c.norm_groups,
+            "mid_block_type": "UNetMidBlock2DCrossAttn" if c.mid_attention else "UNetMidBlock2D",
+            "down_block_types": ["CrossAttnDownBlock2D" if i in c.attention_levels else "DownBlock2D" for i in levels],
+            "up_block_types": ["CrossAttnUpBlock2D" if i in c.attention_levels else "UpBlock2D"
+                               for i in reversed(levels)]}
+
+
+def vae_diffusers_config(c: vae.VAEConfig, sample_size: int) -> dict:
+    n = len(c.block_channels)
+    return {"_class_name": "AutoencoderKL", "sample_size": sample_size, "in_channels": c.in_channels,
+            "out_channels": c.out_channels, "latent_channels": c.latent_channels,
+            "block_out_channels": list(c.block_channels), "layers_per_block": c.num_res_blocks,
+            "norm_num_groups": c.norm_groups, "scaling_factor": c.scaling_factor,
+            "mid_block_add_attention": c.mid_attention,
+            "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n}
+
+
+def text_transformers_config(c: text.TextEncoderConfig) -> dict:
+    return {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": c.vocab_size,
+            "max_position_embeddings": c.max_length, "hidden_size": c.width, "num_hidden_layers": c.layers,
+            "num_attention_heads": c.heads, "intermediate_size": c.intermediate_size, "hidden_act": c.activation,
+            "layer_norm_eps": c.layer_norm_eps, "projection_dim": c.width, "bos_token_id": 0, "pad_token_id": 1,
+            "eos_token_id": 2 if c.eos_token_id is None else c.eos_token_id}  # 2: transformers' "the highest id"
+
+
+def save_diffusers(networks: Mapping[str, torch.nn.Module], tokenizer: CLIPTokenizer, diffusion: dict,
+                   image_size: int, folder: str | Path) -> Path:
+    """A diffusers folder that `StableDiffusionPipeline.from_pretrained(folder)` opens offline."""
+    folder = Path(folder)
+    unet_net, vae_net, text_net = networks["unet"], networks["vae"], networks["text_encoder"]
+    latent_size = image_size // vae_net.config.downsample_factor
+    parts = {
+        "unet": (unet_diffusers_config(unet_net.config, latent_size), "diffusion_pytorch_model.safetensors",
+                 unet.to_foreign_state_dict(state(unet_net), unet_net.config, "diffusers")),
+        "vae": (vae_diffusers_config(vae_net.config, image_size), "diffusion_pytorch_model.safetensors",
+                vae.to_foreign_state_dict(state(vae_net), vae_net.config, "diffusers")),
+        "text_encoder": (text_transformers_config(text_net.config), "model.safetensors",
+                         {text.transformers_names(text_net.config)[k]: v for k, v in state(text_net).items()}),
+    }
+    for name, (config, weights_name, tensors) in parts.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        write_json(folder / name / CONFIG_NAME, {**config, "_diffusers_version": "0.30.0"})
+        save_file(tensors, str(folder / name / weights_name), metadata={"format": "pt"})
+    tokenizer.save(folder / "tokenizer")
+    write_json(folder / "tokenizer" / "tokenizer_config.json",
+               {"model_max_length": text_net.config.max_length, "pad_token": tokenizer.pad_token,
+                "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+                "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"})
+    (folder / "scheduler").mkdir(exist_ok=True)
+    write_json(folder / "scheduler" / "scheduler_config.json",
+               {"_class_name": "DDIMScheduler", "beta_schedule": diffusion["schedule"], "beta_start": 0.00085,
+                "beta_end": 0.012, "num_train_timesteps": diffusion["num_timesteps"], "clip_sample": False,
+                "prediction_type": {"epsilon": "epsilon", "v": "v_prediction"}[diffusion["prediction_type"]],
+                "steps_offset": diffusion.get("steps_offset", 0),
+                "set_alpha_to_one": diffusion.get("set_alpha_to_one", True)})
+    write_json(folder / "model_index.json",
+               {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30.0", "_t2i_version": __version__,
+                "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+                "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+                "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+                "feature_extractor": [None, None], "requires_safety_checker": False})
+    return folder
+
+
+FORMATS = ("t2i", "diffusers", "original")
+
+
+def convert(src: str | Path, dst: str | Path, to: str = "t2i", dtype: torch.dtype | None = None) -> Path:
+    """Write the SD model at `src` (a single file, a diffusers folder or one of our folders)
+    to `dst` as one of our model folders ("t2i"), a diffusers folder, or an original
+    single .safetensors file; `dtype` casts the weights (None: as stored)."""
+    if to not in FORMATS:
+        raise UserError(f"unknown format {to!r}; choose one of: {', '.join(FORMATS)}")
+    if is_foreign(src):
+        networks, config, tokenizer = load_stable_diffusion(src, dtype)
+    else:
+        config = read_config(src)
+        if not all(name in config for name in NETWORKS):
+            raise UserError(f"{str(src)!r} is not a latent text-to-image model (U-Net, VAE and text encoder)")
+        networks, tokenizer = dict(load_components(src, config=config)), tokenizer_from_config(src, config)
+        if not isinstance(tokenizer, CLIPTokenizer):
+            raise UserError(f"{str(src)!r} uses a word tokenizer: only CLIP-tokenized models convert to SD formats")
+        networks = {name: network.to(dtype) if dtype is not None else network for name, network in networks.items()}
+    dst = Path(dst)
+    if to == "original":
+        if dst.suffix != ".safetensors":
+            raise UserError(f"the original format is one .safetensors file: name it so, not {str(dst)!r}")
+        return save_original(networks, dst)
+    if to == "diffusers":
+        return save_diffusers(networks, tokenizer, config["diffusion"], config["image_size"], dst)
+    tokenizer.save(dst)
+    save_model(dst, networks, config)
+    return dst

@@ -1,0 +1,146 @@
+"""Foreign weight files, read one tensor at a time.
+
+`open_weights(path)` gives a `Weights`: the keys and shapes of a `.safetensors` file, or
+of a pickled `.ckpt`/`.bin` opened with `torch.load(weights_only=True)`, whose unpickler
+builds tensors, dicts and numbers only and refuses anything else before running it. A
+tensor is read when asked for and cast then, so a network built from the file holds
+each weight once, in the dtype asked for, and never the whole file beside it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..errors import UserError
+
+SAFETENSORS = (".safetensors",)
+PICKLES = (".ckpt", ".bin", ".pt", ".pth")
+
+
+class Weights(Mapping[str, torch.Tensor]):
+    """A read-only mapping key -> tensor over one file; `shape(key)` without reading the tensor."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def get_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+        """The tensor `key`, floating point cast to `dtype` (None: as stored)."""
+        value = self[key]
+        return value.to(dtype) if dtype is not None and value.is_floating_point() else value
+
+
+class SafetensorsWeights(Weights):
+    def __init__(self, path: Path):
+        super().__init__(path)
+        try:
+            self.file = safe_open(str(path), "pt")
+            self.keys_ = list(self.file.keys())
+            self.key_set = set(self.keys_)
+        except (SafetensorError, OSError) as error:
+            raise UserError(f"{str(path)!r} is not a readable safetensors file (truncated or damaged?): "
+                            f"{str(error).splitlines()[0]}") from None
+
+    def __contains__(self, key) -> bool:
+        return key in self.key_set
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self.key_set:
+            raise KeyError(key)
+        try:
+            return self.file.get_tensor(key)
+        except (SafetensorError, OSError) as error:
+            raise UserError(f"{str(self.path)!r}: cannot read {key} ({error}): is the file truncated?") from None
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.file.get_slice(key).get_shape())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+
+class PickledWeights(Weights):
+    """A torch.save file. Zip files (torch ≥ 1.6) are memory-mapped, so tensors are paged
+    in when read; SD's checkpoints keep their weights under "state_dict"."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except pickle.UnpicklingError as error:
+            raise UserError(f"{str(path)!r} holds pickled objects other than tensors, which may run code: "
+                            "refused without running it (only plain state dicts load); "
+                            f"{str(error).splitlines()[-1].strip()[:160]}") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as error:
+            raise UserError(f"{str(path)!r} is not a readable checkpoint (truncated or damaged?): "
+                            f"{str(error).splitlines()[0][:160]}") from None
+        if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+            loaded = loaded["state_dict"]
+        if not isinstance(loaded, dict):
+            raise UserError(f"{str(path)!r} holds a {type(loaded).__name__}, not a dict of weights")
+        self.tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def open_weights(path: str | Path) -> Weights:
+    """The weights of a `.safetensors`, `.ckpt`, `.bin`, `.pt` or `.pth` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} does not exist")
+    if path.suffix in SAFETENSORS:
+        return SafetensorsWeights(path)
+    if path.suffix in PICKLES:
+        return PickledWeights(path)
+    raise UserError(f"{str(path)!r}: unknown weights format; give a .safetensors or a .ckpt file")
+
+
+class Renamed(Mapping[str, torch.Tensor]):
+    """A view of `weights` under new names: {new name: key in `weights`}."""
+
+    def __init__(self, weights: Weights, names: Mapping[str, str]):
+        self.weights, self.names = weights, names
+
+    def __contains__(self, key) -> bool:
+        return key in self.names
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.weights[self.names[key]]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self.weights.shape(self.names[key])
+
+    def get_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+        return self.weights.get_as(self.names[key], dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def under(weights: Weights | Renamed, prefix: str) -> Renamed:
+    """The weights whose keys start with `prefix`, named without it."""
+    return Renamed(weights, {key[len(prefix):]: key for key in weights if key.startswith(prefix)})
