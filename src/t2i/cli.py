@@ -467,6 +467,32 @@ def run_eval_prompts(args) -> None:
         print(f"wrote {args.json}")
 
 
+def add_data(sub) -> None:
+    from .data.emoji import IMAGE_SIZE, SOURCES, TEST_FRACTION
+
+    p = sub.add_parser("data", help="build a dataset")
+    which = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    emoji = which.add_parser("emoji", help="captioned emoji images from the Twemoji and Noto npm packages",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    emoji.add_argument("--out", required=True, type=Path, help="the dataset folder to write (new or empty)")
+    emoji.add_argument("--tarball", type=Path, nargs="+", default=None,
+                       help="read these npm tarballs instead of fetching "
+                            + " and ".join(f"{s.package}@{s.version}" for s in SOURCES) + " with npm pack")
+    emoji.add_argument("--download-dir", type=Path, default=None,
+                       help="where npm pack puts the tarballs (default: ~/.cache/t2i/npm)")
+    emoji.add_argument("--size", type=_positive(int), default=IMAGE_SIZE, help="image side in pixels")
+    emoji.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
+                       help="share of (style, emoji) pairs held out")
+    emoji.set_defaults(run=run_data_emoji)
+
+
+def run_data_emoji(args) -> None:
+    from .data.emoji import build_emoji_dataset
+
+    counts = build_emoji_dataset(args.out, args.tarball, args.size, args.test_fraction, args.download_dir)
+    print(f"wrote {args.out}: {counts['train']} training and {counts['test']} held-out images")
+
+
 def add_convert(sub) -> None:
     from .convert.stable_diffusion import FORMATS
 
@@ -496,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description="Text-to-image diffusion, from the DDPM maths up.")
     parser.add_argument("--version", action="version", version=f"t2i {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export, add_convert):
+    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export, add_convert,
+                add_data):
         add(sub)
     return parser
 

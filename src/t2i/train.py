@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from .checkpoints import (build_components, diffusion_from_config, load_state, load_vae, load_weights, model_config,
                           read_config, save_model, weights_path)
 from .data import captions_of, load_dataset
+from .data.folder import choose_caption
 from .data.latents import LatentDataset, sample_latents
 from .errors import UserError
 from .images import make_grid, save_png
@@ -175,6 +177,8 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                 x0 = sample_latents(x0, vae.config.scaling_factor, generator)
             cond = {}
             if captioned:
+                picker = random.Random(step_seed(config.seed, step))  # one of an image's captions
+                captions = [choose_caption(c, picker) for c in captions]
                 dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
                 ids = tokenizer(["" if drop else c for c, drop in zip(captions, dropped)], truncate=True)
                 cond = text_condition(model["text_encoder"], ids.to(device), unet_config)
