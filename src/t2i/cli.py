@@ -421,6 +421,42 @@ def add_eval(sub) -> None:
     prompts.add_argument("--device", default="auto")
     prompts.add_argument("--json", type=Path, default=None, help="also write the results here")
     prompts.set_defaults(run=run_eval_prompts)
+    add_eval_fid(which)
+
+
+def add_eval_fid(which) -> None:
+    fid = which.add_parser("fid", help="FID, KID and text alignment of generated images on a held-out split",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fid.add_argument("--model", required=True, help="a model folder or a shipped model's name")
+    fid.add_argument("--data", required=True, type=Path,
+                     help="a folder with train/ and test/ metadata.jsonl (e.g. from `t2i data emoji`)")
+    fid.add_argument("--num-images", type=_positive(int), default=None,
+                     help="generate for the first N held-out captions (default: all of them)")
+    fid.add_argument("--no-floor", dest="floor", action="store_false",
+                     help="skip scoring N training images against the held-out split")
+    fid.add_argument("--kid-subsets", type=_positive(int), default=100)
+    fid.add_argument("--cfg", type=float, default=None)
+    fid.add_argument("--steps", type=_positive(int), default=None)
+    fid.add_argument("--sampler", default=None)
+    fid.add_argument("--batch-size", type=_positive(int), default=32)
+    fid.add_argument("--seed", type=int, default=0)
+    fid.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "t2i" / "fid",
+                     help="where the dataset's Inception features are kept")
+    fid.add_argument("--device", default="auto")
+    fid.set_defaults(run=run_eval_fid)
+
+
+def run_eval_fid(args) -> None:
+    from .evaluate import sample_quality
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, args.device)
+    if pipe.text_encoder is None:
+        raise UserError(f"{args.model} is unconditional: `t2i eval fid` generates from the held-out captions")
+    rows = sample_quality(pipe, str(args.data), args.num_images, args.batch_size, args.seed, args.floor, args.cache,
+                          args.kid_subsets, cfg=args.cfg, steps=args.steps, sampler=args.sampler)
+    for row in rows:
+        print(row)
 
 
 def run_eval_nll(args) -> None:
