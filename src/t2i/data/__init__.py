@@ -22,7 +22,10 @@ def load_dataset(source: str, image_size: int, split: str = "train",
 
 
 def captions_of(dataset) -> list[str]:
-    """Every caption of a captioned dataset, read without loading its images."""
+    """Every caption of a captioned dataset (all of an image's, if it has several), read
+    without loading its images."""
+    if hasattr(dataset, "captions"):
+        return [c for i in range(len(dataset)) for c in dataset.captions(i)]
     return [dataset.caption(i) for i in range(len(dataset))]
 
 

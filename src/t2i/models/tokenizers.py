@@ -437,16 +437,21 @@ class WordTokenizer(Tokenizer):
         return cls.from_dict(config)
 
 
-TOKENIZERS: dict[str, type[Tokenizer]] = {cls.type: cls for cls in (CLIPTokenizer, WordTokenizer)}
+def tokenizer_types() -> dict[str, type[Tokenizer]]:
+    """Every tokenizer class by its config `type` (WordPiece's module builds on this one, so it is imported here)."""
+    from .wordpiece import WordPieceTokenizer
+
+    return {cls.type: cls for cls in (CLIPTokenizer, WordTokenizer, WordPieceTokenizer)}
 
 
 def load_tokenizer(config: dict, folder: str | Path | None = None) -> Tokenizer:
     """The tokenizer a model's config records: `{"type": "clip_bpe", ...}` reads its files
-    from `folder`; `{"type": "word", "vocab": [...]}` carries its vocabulary."""
-    kind = config.get("type")
-    if kind not in TOKENIZERS:
-        raise UserError(f"unknown tokenizer type {kind!r}; choose one of: {', '.join(TOKENIZERS)}")
-    return TOKENIZERS[kind].from_config(config, None if folder is None else Path(folder))
+    from `folder`; `{"type": "word", "vocab": [...]}` carries its vocabulary;
+    `{"type": "wordpiece", "pretrained": name}` reads a pretrained encoder's."""
+    kind, types = config.get("type"), tokenizer_types()
+    if kind not in types:
+        raise UserError(f"unknown tokenizer type {kind!r}; choose one of: {', '.join(types)}")
+    return types[kind].from_config(config, None if folder is None else Path(folder))
 
 
 def parse_merges(lines: Iterable[str], source: str | Path) -> list[tuple[str, str]]:

@@ -1,0 +1,1 @@
+"""Sample-quality metrics: Inception features, FID, KID, and text alignment by nearest neighbour."""

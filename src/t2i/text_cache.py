@@ -1,0 +1,58 @@
+"""The condition of a frozen text encoder, computed once per distinct caption.
+
+A frozen encoder gives every caption the same τ(y) at every step, so a training run
+encodes each caption the first time it is drawn and keeps the result: the real tokens'
+states (float16, unpadded: [L_i, D]) and the pooled embedding. A batch is then padded
+to its longest caption, with the padding masked out of cross-attention; since BERT's own
+attention masks padding, the states do not depend on how far a caption is padded.
+Memory: 2·D bytes a token, about 12 kB for a 16-token caption at D = 384.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .models.tokenizers import Tokenizer
+from .models.unet import UNetConfig
+
+
+class TextConditionCache:
+    """`cache(captions)` -> the U-Net's condition {"context", "context_mask"[, "pooled"]}, float32."""
+
+    def __init__(self, encoder: torch.nn.Module, tokenizer: Tokenizer, unet: UNetConfig, max_length: int,
+                 dtype: torch.dtype = torch.float16):
+        self.encoder, self.tokenizer, self.unet = encoder, tokenizer, unet
+        self.max_length, self.dtype = max_length, dtype
+        self.states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @torch.no_grad()
+    def encode_missing(self, captions: Sequence[str]) -> None:
+        missing = list(dict.fromkeys(c for c in captions if c not in self.states))
+        if not missing:
+            return
+        device = next(self.encoder.parameters()).device
+        ids = self.tokenizer(missing, self.max_length, truncate=True).to(device)
+        hidden = self.encoder(ids)
+        pooled = self.encoder.pool(hidden, ids)
+        lengths = self.encoder.padding_mask(ids).sum(1).tolist()
+        for caption, states, vector, length in zip(missing, hidden, pooled, lengths):
+            self.states[caption] = (states[:length].to("cpu", self.dtype).clone(), vector.to("cpu", self.dtype))
+
+    def __call__(self, captions: Sequence[str], device="cpu") -> dict[str, torch.Tensor]:
+        self.encode_missing(captions)
+        rows = [self.states[c] for c in captions]
+        longest = max(len(states) for states, _ in rows)
+        context = torch.zeros(len(rows), longest, rows[0][0].shape[-1])
+        mask = torch.zeros(len(rows), longest, dtype=torch.bool)
+        for i, (states, _) in enumerate(rows):
+            context[i, :len(states)] = states.float()
+            mask[i, :len(states)] = True
+        cond = {"context": context.to(device), "context_mask": mask.to(device)}
+        if self.unet.pooled_dim is not None:
+            cond["pooled"] = torch.stack([vector.float() for _, vector in rows]).to(device)
+        return cond

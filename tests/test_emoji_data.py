@@ -1,0 +1,168 @@
+"""The emoji dataset: built from fake npm tarballs with emoji-datasource's structure, read
+back by our loader; bad tarballs, no npm and empty output end in one line."""
+
+import io
+import json
+import random
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i.cli import main
+from t2i.data import captions_of, load_dataset
+from t2i.data.emoji import SOURCES, build_emoji_dataset, cache_dir, emoji_captions, skin_tone_text
+from t2i.data.folder import CAPTION_SEPARATOR, caption_choices, choose_caption
+
+NAMES = ["red apple", "rose", "shark", "fire", "star", "rocket", "dog face", "cat face", "sun", "moon",
+         "tree", "house", "heart", "car", "bird", "fish", "snowman", "crown", "bell", "key"]
+
+
+def rgba_png(colour: tuple[int, int, int]) -> bytes:
+    """A 64×64 disc of `colour` on a transparent background."""
+    y, x = np.mgrid[:64, :64]
+    pixels = np.zeros((64, 64, 4), np.uint8)
+    inside = (x - 32) ** 2 + (y - 32) ** 2 < 24**2
+    pixels[inside] = (*colour, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGBA").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def fake_tarball(path, package: str, image_set: str, count: int = len(NAMES), images: bool = True):
+    """An npm tarball laid out as emoji-datasource's: package/package.json, emoji.json, LICENSE,
+    img/<set>/64/<code>.png; emoji 0 has five skin tones."""
+    rng = np.random.default_rng(len(package))
+    emoji, files = [], {}
+    for i in range(count):
+        code = f"1F{600 + i:03X}"
+        entry = {"name": NAMES[i].upper(), "unified": code, "image": f"{code.lower()}.png",
+                 "short_names": [NAMES[i].replace(" ", "_")], "category": "Things", "subcategory": "thing-small",
+                 f"has_img_{image_set}": True}
+        if i == 0:
+            entry["skin_variations"] = {tone: {"unified": f"{code}-{tone}", "image": f"{code}-{tone}.png".lower()}
+                                        for tone in ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")}
+        emoji.append(entry)
+        for image in [entry["image"], *[v["image"] for v in entry.get("skin_variations", {}).values()]]:
+            files[f"package/img/{image_set}/64/{image}"] = rgba_png(tuple(int(c) for c in rng.integers(0, 200, 3)))
+    files["package/package.json"] = json.dumps({"name": package, "version": "0.0.1"}).encode()
+    files["package/emoji.json"] = json.dumps(emoji).encode()
+    files["package/LICENSE"] = b"The MIT License (MIT)\nCopyright (c) 2013 Cal Henderson\n"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            if images or not name.endswith(".png"):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tarballs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("npm")
+    return [fake_tarball(folder / f"{s.package}-16.0.0.tgz", s.package, s.image_set) for s in SOURCES]
+
+
+@pytest.fixture(scope="module")
+def emoji_folder(tarballs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("emoji") / "data"
+    counts = build_emoji_dataset(out, tarballs, test_fraction=0.3, progress=False)
+    assert counts["train"] + counts["test"] == 2 * (len(NAMES) + 5)
+    return out
+
+
+def test_the_dataset_has_diffusers_layout_split_by_emoji_and_notices(emoji_folder):
+    rows = {split: [json.loads(line) for line in (emoji_folder / split / "metadata.jsonl").read_text().splitlines()]
+            for split in ("train", "test")}
+    assert rows["test"] and rows["train"]
+    for split, split_rows in rows.items():
+        for row in split_rows:
+            assert (emoji_folder / split / row["file_name"]).is_file()
+            assert isinstance(row["text"], list) and row["text"][0].endswith(f"{row['style']} style")
+    # all skin tones of one emoji in one style are on one side of the split
+    sides = {}
+    for split, split_rows in rows.items():
+        for row in split_rows:
+            sides.setdefault((row["style"], row["emoji"]), set()).add(split)
+    assert all(len(s) == 1 for s in sides.values())
+    licences = sorted(p.name for p in (emoji_folder / "licenses").iterdir())
+    assert licences == ["Apache-2.0.txt", "CC-BY-4.0.txt", "emoji-datasource-MIT.txt"]
+    assert "Apache License" in (emoji_folder / "licenses" / "Apache-2.0.txt").read_text()
+    readme = (emoji_folder / "README.md").read_text()
+    assert "Twemoji" in readme and "Noto" in readme and "emoji-datasource-twitter@0.0.1" in readme
+
+
+def test_images_are_composited_on_white(emoji_folder):
+    image = Image.open(next((emoji_folder / "train").glob("*.png")))
+    assert image.mode == "RGB" and image.size == (64, 64)
+    pixels = np.asarray(image)
+    assert (pixels[0, 0] == 255).all() and not (pixels[32, 32] == 255).all()
+
+
+def test_captions_name_the_emoji_its_skin_tone_and_style():
+    entry = {"name": "FATHER CHRISTMAS", "short_names": ["santa"], "category": "People & Body",
+             "subcategory": "person-fantasy"}
+    captions = emoji_captions(entry, "noto", "1F3FD")
+    assert captions[0] == "father christmas, medium skin tone, noto style"
+    assert "father christmas, medium skin tone" in captions and "santa, medium skin tone" in captions
+    assert any("person fantasy" in c and "people & body" in c for c in captions)
+    assert len(captions) == len(set(captions)) >= 5
+    assert skin_tone_text("1F3FB-1F3FF") == "light skin tone and dark skin tone"
+
+
+def test_our_loader_reads_the_split_and_picks_a_caption_per_step(emoji_folder):
+    train = load_dataset(str(emoji_folder), 32, "train", captioned=True)
+    test = load_dataset(str(emoji_folder), 32, "test", captioned=True)
+    everything = load_dataset(str(emoji_folder), 32, "all", captioned=True)
+    assert len(train) + len(test) == len(everything) and set(train.files).isdisjoint(test.files)
+    image, text = train[0]
+    assert image.shape == (3, 32, 32) and text.count(CAPTION_SEPARATOR) >= 4
+    assert train.caption(0) == caption_choices(text)[0] and train.record(0)["style"] in ("twemoji", "noto")
+    picks = {choose_caption(text, random.Random(seed)) for seed in range(50)}
+    assert picks == set(caption_choices(text))
+    assert choose_caption(text, random.Random(3)) == choose_caption(text, random.Random(3))
+    assert len(captions_of(train)) > len(train)  # every phrasing reaches the tokenizer
+
+
+def test_t2i_train_runs_on_the_emoji_folder(emoji_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(emoji_folder), "--text", "--out", str(out), "--max-steps", "3",
+                 "--channels", "8", "--channel-mult", "1", "2", "--num-res-blocks", "1", "--attention-levels", "1",
+                 "--image-size", "16", "--batch-size", "4", "--timesteps", "20", "--text-width", "16",
+                 "--text-layers", "1", "--sample-every", "3", "--device", "cpu"]) == 0
+    assert (out / "unet.safetensors").is_file()
+    vocab = json.loads((out / "config.json").read_text())["tokenizer"]["vocab"]
+    assert {"twemoji", "noto", "drawing", "emoji"} <= set(vocab)
+
+
+def one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("t2i: error:") and match in err, err
+
+
+def test_bad_sources_get_one_line(tarballs, tmp_path, capsys, monkeypatch):
+    one_line_error(capsys, ["data", "emoji", "--out", str(tmp_path / "a"), "--tarball", str(tmp_path / "no.tgz")],
+                   "does not exist")
+    corrupt = tmp_path / "corrupt.tgz"
+    data = tarballs[0].read_bytes()
+    corrupt.write_bytes(data[:len(data) // 2])
+    one_line_error(capsys, ["data", "emoji", "--out", str(tmp_path / "b"), "--tarball", str(corrupt)],
+                   "not a readable npm tarball")
+    empty = fake_tarball(tmp_path / "empty.tgz", SOURCES[0].package, SOURCES[0].image_set, images=False)
+    one_line_error(capsys, ["data", "emoji", "--out", str(tmp_path / "c"), "--tarball", str(empty)],
+                   "holds no twitter images")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    one_line_error(capsys, ["data", "emoji", "--out", str(tmp_path / "d"), "--download-dir", str(tmp_path / "dl")],
+                   "npm is not installed")
+
+
+@pytest.mark.skipif(not all((cache_dir() / f"{s.package}-{s.version}.tgz").is_file() for s in SOURCES),
+                    reason="the real npm tarballs are not in ~/.cache/t2i/npm (t2i data emoji puts them there)")
+def test_the_real_packages(tmp_path):
+    counts = build_emoji_dataset(tmp_path / "emoji", progress=False)
+    assert counts == {"train": 6844, "test": 728}
+    data = load_dataset(str(tmp_path / "emoji"), 64, "test", captioned=True)
+    assert isinstance(data[0][0], torch.Tensor)
