@@ -13,7 +13,7 @@ from t2i.evaluate import nll_on_dataset
 from t2i.models.text import TextEncoderConfig
 from t2i.models.unet import UNet, UNetConfig
 from t2i.pipeline import Pipeline
-from t2i.train import TrainConfig, train
+from t2i.train import LossProbe, TrainConfig, train
 
 UNET = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8)
 TEXT = TextEncoderConfig(max_length=16, width=32, layers=1, heads=2, intermediate_size=64)
@@ -28,7 +28,7 @@ def config(**changes):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    train(UNET, config(keep_every=100), out)
+    train(UNET, config(keep_every=100, probe_every=100, probe_examples=32), out)
     return out
 
 
@@ -45,6 +45,20 @@ def test_loss_falls_and_the_run_folder_is_complete(trained):
     assert not torch.equal(early.state_dict()["conv_in.weight"], final.state_dict()["conv_in.weight"])
     final_snapshot = load_model(trained / "snapshots" / "step_000200")[0].state_dict()
     assert all(torch.equal(v, final_snapshot[k]) for k, v in final.state_dict().items())
+
+
+def test_the_loss_log_probes_fixed_training_and_held_out_examples(trained):
+    with (trained / "loss.csv").open() as f:
+        probed = [row for row in csv.DictReader(f) if row["held_out_fixed"]]
+    assert [int(row["step"]) for row in probed] == [100, 200]
+    _, diffusion, _ = load_model(trained)
+    held_out = load_dataset("shapes", 16, "test")
+    probe, again = (LossProbe(held_out, 32, diffusion, seed=1) for _ in range(2))
+    untrained = UNet(UNET).eval()
+    before = probe(diffusion, untrained, None, batch_size=16, device="cpu")
+    assert again(diffusion, untrained, None, batch_size=16, device="cpu") == before  # fixed t, noise and examples
+    for name in ("train_fixed", "held_out_fixed"):
+        assert float(probed[-1][name]) < 0.5 * before, name
 
 
 def test_trained_model_beats_the_untrained_one_on_held_out_nll(trained):

@@ -45,6 +45,8 @@ def add_train(sub) -> None:
     p.add_argument("--sample-every", type=_positive(int), default=t.sample_every)
     p.add_argument("--keep-every", type=_positive(int), default=None,
                    help="also keep the model of every this many steps in snapshots/ (to evaluate it later)")
+    p.add_argument("--probe-every", type=int, default=t.probe_every,
+                   help="log the loss of fixed training and held-out examples every this many steps (0: never)")
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
     p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
@@ -112,7 +114,7 @@ def run_train(args) -> None:
         ema_decay=args.ema_decay, schedule=args.schedule, num_timesteps=args.timesteps,
         prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
         sample_every=args.sample_every, seed=args.seed, num_workers=args.workers, device=args.device,
-        p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every,
+        p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every, probe_every=args.probe_every,
     )
     text = None
     if args.text_encoder == "minilm":

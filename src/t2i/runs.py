@@ -175,7 +175,11 @@ class LossLog:
             self.rows = [r for r in self.rows if up_to_step is None or r["step"] <= up_to_step]
 
     def append(self, step: int, seconds: float, values: dict[str, float]) -> None:
-        self.rows.append({"step": step, "seconds": round(seconds, 2), **values})
+        """Values of a step already logged join its row."""
+        if self.rows and self.rows[-1]["step"] == step:
+            self.rows[-1].update(values)
+        else:
+            self.rows.append({"step": step, "seconds": round(seconds, 2), **values})
 
     def write(self, title: str) -> None:
         with self.path.open("w", newline="") as f:

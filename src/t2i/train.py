@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from .checkpoints import (build_components, diffusion_from_config, load_state, load_vae, load_weights, model_config,
                           read_config, save_model, text_encoder_config, weights_path)
 from .data import captions_of, load_dataset
-from .data.folder import choose_caption
+from .data.folder import caption_choices, choose_caption
 from .data.latents import LatentDataset, sample_latents
+from .diffusion import Diffusion
 from .errors import UserError
 from .images import make_grid, save_png
 from .models.bert import BertConfig
@@ -65,6 +66,8 @@ class TrainConfig(RunConfig):
     p_uncond: float = 0.1
     vae: str | None = None  # an autoencoder's folder: train on its latents
     keep_every: int | None = None  # also keep the EMA model of every such step, in snapshots/step_NNNNNN
+    probe_every: int = 250  # the loss of fixed training and held-out examples, every such step (0: never)
+    probe_examples: int = 256
 
 
 @torch.no_grad()
@@ -97,11 +100,62 @@ def make_tokenizer(dataset, text_config: TextEncoderConfig) -> Tokenizer:
     return tokenizer
 
 
-def latent_dataset(dataset, vae: AutoencoderKL, out: Path, config: TrainConfig, device) -> LatentDataset:
-    """The training set's posteriors under `vae`, from the run's cache (encoded on first use)."""
-    description = {"data": str(config.data), "image_size": config.image_size, "split": "train", "size": len(dataset),
+def latent_dataset(dataset, vae: AutoencoderKL, out: Path, config: TrainConfig, device,
+                   split: str = "train") -> LatentDataset:
+    """A split's posteriors under `vae`, from the run's cache (encoded on first use)."""
+    description = {"data": str(config.data), "image_size": config.image_size, "split": split, "size": len(dataset),
                    "captioned": isinstance(dataset[0], tuple)}
     return LatentDataset.cached(dataset, vae, out / "cache", description, device)
+
+
+class LossProbe:
+    """L_simple of fixed examples at fixed timesteps and noise, with each image's first
+    (canonical) caption and none dropped: for the same weights it is the same number, so a
+    probe of training examples and one of held-out examples, taken at the same steps, are
+    the two curves whose gap shows overfitting (the running training loss is too noisy for it).
+    """
+
+    def __init__(self, dataset, count: int, diffusion: Diffusion, seed: int, scaling_factor: float | None = None):
+        generator = torch.Generator().manual_seed(seed)
+        indices = torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().long().unique().tolist()
+        items = [dataset[i] for i in indices]
+        captioned = isinstance(items[0], tuple)
+        self.x0 = torch.stack([item[0] if captioned else item for item in items])
+        if scaling_factor is not None:  # latent moments → one fixed posterior sample each
+            self.x0 = sample_latents(self.x0, scaling_factor, generator)
+        self.captions = [caption_choices(item[1])[0] for item in items] if captioned else None
+        self.t = diffusion.sample_timesteps(len(self.x0), generator)
+        self.noise = torch.randn(self.x0.shape, generator=generator)
+
+    @torch.no_grad()
+    def __call__(self, diffusion: Diffusion, unet: torch.nn.Module, condition, batch_size: int, device,
+                 min_snr_gamma: float | None = None) -> float:
+        """The mean loss; `condition(captions)` gives the U-Net's keyword arguments."""
+        total = 0.0
+        for start in range(0, len(self.x0), batch_size):
+            part = slice(start, start + batch_size)
+            cond = condition(self.captions[part]) if self.captions is not None else {}
+            loss = diffusion.training_loss(unet, self.x0[part].to(device), self.t[part].to(device),
+                                           self.noise[part].to(device), min_snr_gamma=min_snr_gamma, **cond)
+            total += loss.sum().item()
+        return total / len(self.x0)
+
+
+def loss_probes(dataset, vae: AutoencoderKL | None, diffusion: Diffusion, out: Path, config: TrainConfig,
+                captioned: bool, device) -> dict[str, LossProbe]:
+    """{"train_fixed", "held_out_fixed"}: loss probes of the training set (`dataset`, latents
+    already for a latent run) and of the held-out split, when the data has one."""
+    scaling_factor = vae.config.scaling_factor if vae is not None else None
+    probes = {"train_fixed": LossProbe(dataset, config.probe_examples, diffusion, config.seed, scaling_factor)}
+    try:
+        held_out = load_dataset(config.data, config.image_size, "test", captioned=captioned)
+    except UserError as error:
+        warnings.warn(f"no held-out loss: {error}", stacklevel=2)
+        return probes
+    if vae is not None:
+        held_out = latent_dataset(held_out, vae, out, config, device, split="test")
+    probes["held_out_fixed"] = LossProbe(held_out, config.probe_examples, diffusion, config.seed + 1, scaling_factor)
+    return probes
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
@@ -163,6 +217,14 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
         text_encoder = load_frozen_encoder(text_config, device)
         text_cache = TextConditionCache(text_encoder, tokenizer, unet_config, text_config.max_length)
     ema_pipe = Pipeline(ema["unet"], diffusion, config.image_size, text_encoder, tokenizer, name=str(out), vae=vae)
+
+    def condition(captions: list[str]) -> dict[str, torch.Tensor]:
+        """The U-Net's keyword arguments for a batch of captions, from the encoder being trained (or the cache)."""
+        if text_cache is not None:
+            return text_cache(captions, device)
+        return text_condition(model["text_encoder"], tokenizer(captions, truncate=True).to(device), unet_config)
+
+    probes = loss_probes(dataset, vae, diffusion, out, config, captioned, device) if config.probe_every else {}
     prompts = sample_prompts(config, captioned)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     optimizers = {"optimizer": optimizer}
@@ -175,7 +237,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples").mkdir(exist_ok=True)
     start = state["step"]
-    log = LossLog(out, ("loss",), start)
+    log = LossLog(out, ("loss", *probes), start)
     if already_done(out, start, config.max_steps):
         return out
 
@@ -198,11 +260,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                 captions = [choose_caption(c, picker) for c in captions]
                 dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
                 captions = ["" if drop else c for c, drop in zip(captions, dropped)]
-                if text_cache is not None:
-                    cond = text_cache(captions, device)
-                else:
-                    ids = tokenizer(captions, truncate=True)
-                    cond = text_condition(model["text_encoder"], ids.to(device), unet_config)
+                cond = condition(captions)
             loss = diffusion.training_loss(model["unet"], x0, generator=generator, min_snr_gamma=config.min_snr_gamma,
                                            **cond).mean()
             if not torch.isfinite(loss):
@@ -222,6 +280,13 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                 lr = warmup_lr(step, config.lr, config.warmup_steps)
                 bar.set_postfix(loss=f"{log.rows[-1]['loss']:.4f}", lr=f"{lr:.2e}")
                 window = []
+            if probes and step % config.probe_every == 0:
+                probing_started = time.perf_counter()
+                model.eval()
+                log.append(step, seconds, {name: probe(diffusion, model["unet"], condition, config.batch_size, device,
+                                                       config.min_snr_gamma) for name, probe in probes.items()})
+                model.train()
+                clock += time.perf_counter() - probing_started  # probing is not training time
             if step % config.save_every == 0 or step == config.max_steps or stop.requested:
                 save_checkpoint(out, {"step": step, "seconds": seconds}, model, {**ema, **frozen}, optimizers,
                                 run_config)
