@@ -88,7 +88,8 @@ def test_adversarial_training_runs_and_resumes_with_its_discriminator(tmp_path, 
 
 
 def test_latents_are_encoded_once_and_cached(latent_run, vae_run, colour_folder, monkeypatch):
-    (cached,) = (latent_run / "cache").iterdir()
+    cached = list((latent_run / "cache").iterdir())
+    assert len(cached) == 2  # the training split, and the held-out one the loss probe reads
     vae = load_vae(vae_run)
     config = TrainConfig.from_dict(read_config(latent_run)["train"])
     dataset = load_dataset(config.data, 16, "train", captioned=True)
@@ -99,7 +100,7 @@ def test_latents_are_encoded_once_and_cached(latent_run, vae_run, colour_folder,
         mean = vae.encode(dataset[3][0][None]).mean[0]
     torch.testing.assert_close(latents[3][0][:VAE.latent_channels], mean)
     other = AutoencoderKL(VAEConfig(**{**VAE.to_dict(), "latent_channels": 2}))
-    assert cached.name.startswith("latents-") and cache_key(other, {}) != cache_key(vae, {})
+    assert all(c.name.startswith("latents-") for c in cached) and cache_key(other, {}) != cache_key(vae, {})
 
 
 def test_latent_model_folder_holds_all_parts_and_generates(latent_run, vae_run):
