@@ -77,6 +77,8 @@ def test_model_defaults_apply_and_calls_override_them(pipe):
     assert image.info["t2i"]["steps"] == 5 and image.info["t2i"]["cfg"] == 3.0
     image = pipe("a green triangle", seed=0, steps=3, cfg=2.0, sampler="ddpm", progress=False)[0]
     assert (image.info["t2i"]["steps"], image.info["t2i"]["cfg"], image.info["t2i"]["sampler"]) == (3, 2.0, "ddpm")
+    image = pipe("a green triangle", seed=0, sampler="dpmpp_2m", progress=False)[0]
+    assert image.info["t2i"]["steps"] == 20  # another sampler than the model's: its own usual steps
 
 
 def test_empty_prompt_is_unconditional_and_long_or_unknown_prompts_warn(pipe):

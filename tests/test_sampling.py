@@ -5,7 +5,7 @@ import torch
 
 from t2i.diffusion import Diffusion
 from t2i.errors import UserError
-from t2i.sampling import SAMPLERS, sample, sample_ddim, sample_ddpm
+from t2i.sampling import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m
 from t2i.schedules import timestep_grid
 
 MU, S = 0.5, 0.3
@@ -26,6 +26,7 @@ def draw(oracle, diffusion, sampler, steps=None, n=10_000, seed=0, **options):
     ("ddpm", 1000, {"variance": "beta"}),
     ("ddpm", 1000, {"variance": "beta_tilde"}),
     ("ddim", 250, {"eta": 0.0}),
+    ("dpmpp_2m", 20, {}),
 ])
 def test_sampler_recovers_gaussian_data(oracle, diffusion, sampler, steps, options):
     x = draw(oracle, diffusion, sampler, steps, **options)
@@ -40,6 +41,26 @@ def test_ddim_50_steps_discretization_error(oracle, diffusion):
     std_250 = draw(oracle, diffusion, "ddim", 250).std().item()
     assert 0.88 * S < std_50 < 0.97 * S
     assert abs(std_250 - S) < abs(std_50 - S) / 3
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "cosine"])
+def test_dpmpp_2m_at_20_steps_beats_ddim_at_50(oracle, schedule):
+    """The point of a second-order solver: fewer network calls for a smaller discretization error."""
+    diffusion = Diffusion.from_schedule(schedule, 1000)
+    dpm = draw(oracle, diffusion, "dpmpp_2m", 20).std().item()
+    ddim = draw(oracle, diffusion, "ddim", 50).std().item()
+    assert abs(dpm - S) < 0.04 * S and abs(dpm - S) < abs(ddim - S), (dpm, ddim)
+
+
+def test_dpmpp_2m_first_order_is_ddim(oracle, diffusion):
+    """With the previous x̂_0 equal to the current one the 2M correction vanishes: on a two-step
+    grid (the second step is the final jump to x̂_0) DPM-Solver++(2M) and DDIM agree."""
+    grid = timestep_grid(1000, 2, "linspace")
+    model = oracle(diffusion, MU, S)
+    x = torch.randn(100, 2, generator=torch.Generator().manual_seed(3))
+    eps_fn = lambda x_t, t: model(x_t, t)  # noqa: E731
+    torch.testing.assert_close(sample_dpmpp_2m(eps_fn, diffusion, x, grid, progress=False),
+                               sample_ddim(eps_fn, diffusion, x, grid, progress=False))
 
 
 def test_ddim_with_eta_one_on_the_full_grid_is_ddpm(oracle, diffusion):
@@ -72,7 +93,7 @@ def test_samplers_take_the_grid_they_are_given(oracle, diffusion):
         return model(x, t)
 
     grid = timestep_grid(1000, 10, "trailing")
-    for fn in (sample_ddpm, sample_ddim):
+    for fn in (sample_ddpm, sample_ddim, sample_dpmpp_2m):
         calls.clear()
         fn(eps_fn, diffusion, torch.randn(4, 2), grid, progress=False)
         assert calls == grid.tolist()

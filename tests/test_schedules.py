@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from t2i.errors import UserError
-from t2i.schedules import SCHEDULES, get_betas, timestep_grid
+from t2i.schedules import SCHEDULES, get_betas, half_log_snr, timestep_grid
 
 
 def test_linear_matches_ddpm_paper():
@@ -62,3 +62,28 @@ def test_full_grid_is_every_timestep_descending():
 def test_more_steps_than_timesteps_is_a_user_error():
     with pytest.raises(UserError, match="between 1 and the model's 1000"):
         timestep_grid(1000, 1001)
+
+
+@pytest.mark.parametrize("name", ["linear", "scaled_linear"])
+def test_logsnr_grid_steps_evenly_in_half_log_snr(name):
+    alphas_cumprod = torch.cumprod(1 - get_betas(name, 1000), 0)
+    grid = timestep_grid(1000, 20, "logsnr", alphas_cumprod=alphas_cumprod)
+    assert grid.tolist() == sorted(set(grid.tolist()), reverse=True) and grid[0] == 999 and grid[-1] == 0
+    assert len(grid) == 20
+    steps = half_log_snr(alphas_cumprod[grid]).diff()  # λ grows as t falls
+    target = (half_log_snr(alphas_cumprod[0]) - half_log_snr(alphas_cumprod[-1])) / 19
+    assert (steps > 0).all() and (steps / target - 1).abs().max() < 0.25  # even, up to integer timesteps
+    leading = half_log_snr(alphas_cumprod[timestep_grid(1000, 20)]).diff()
+    assert leading.max() / leading.min() > 5 * steps.max() / steps.min()  # what it is for
+
+
+@pytest.mark.parametrize("name, T, steps", [("cosine", 1000, 20), ("linear", 200, 20), ("linear", 30, 30)])
+def test_logsnr_grid_has_as_many_distinct_timesteps_as_asked(name, T, steps):
+    alphas_cumprod = torch.cumprod(1 - get_betas(name, T), 0)
+    grid = timestep_grid(T, steps, "logsnr", alphas_cumprod=alphas_cumprod).tolist()
+    assert grid == sorted(set(grid), reverse=True) and len(grid) == steps and grid[0] == T - 1 and grid[-1] == 0
+
+
+def test_logsnr_grid_needs_the_schedule():
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        timestep_grid(1000, 20, "logsnr")

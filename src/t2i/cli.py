@@ -186,7 +186,8 @@ def add_sample(sub) -> None:
     p.add_argument("--steps", type=_positive(int), default=None, help="default: T for ddpm, 50 for ddim")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM σ_t²: β_t or β̃_t (default β̃_t)")
-    p.add_argument("--spacing", choices=SPACINGS, default="leading", help="timestep spacing for fewer steps")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="timestep spacing for fewer steps (default: logsnr for dpmpp_2m, leading for the others)")
     p.add_argument("--no-clip", dest="clip", action="store_false",
                    help="do not clip the predicted x_0 to [-1, 1] at each step")
     p.add_argument("--num", type=_positive(int), default=16, help="number of images")

@@ -40,7 +40,7 @@ from .models.text import CLIPTextTransformer
 from .models.tokenizers import Tokenizer
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL
-from .sampling import check_guidance_scale, get_sampler, sample
+from .sampling import DEFAULT_STEPS, check_guidance_scale, get_sampler, sample
 
 DEFAULT_MODEL = "shapes"
 # What generation uses when neither the call nor the model's config ("inference") says otherwise.
@@ -263,8 +263,12 @@ class Pipeline:
         return edit
 
     def settings(self, **overrides) -> dict:
-        """The settings a call will use: its own arguments, else the model's, else the global defaults."""
-        return {key: self.defaults[key] if value is None else value for key, value in overrides.items()}
+        """The settings a call will use: its own arguments, else the model's, else the global defaults.
+        A call that names another sampler than the model's, and no steps, gets that sampler's usual steps."""
+        chosen = {key: self.defaults[key] if value is None else value for key, value in overrides.items()}
+        if overrides.get("steps") is None and overrides.get("sampler") not in (None, self.defaults["sampler"]):
+            chosen["steps"] = DEFAULT_STEPS.get(chosen["sampler"], chosen["steps"])
+        return chosen
 
     @torch.no_grad()
     def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | None = None,

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .diffusion import VARIANCES, Diffusion, Model
 from .errors import UserError
-from .schedules import timestep_grid
+from .schedules import half_log_snr, timestep_grid
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Project = Callable[[torch.Tensor, int], torch.Tensor]  # (x after a step, the step's t_prev) -> x
@@ -191,11 +191,49 @@ def sample_ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps:
     return x
 
 
+@torch.no_grad()
+def sample_dpmpp_2m(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
+                    generator: Generators = None, progress: bool = True,
+                    project: Project | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): the diffusion ODE solved
+    exactly in its linear part, in λ = log(α_t/σ_t) with α_t = sqrt(ᾱ_t), σ_t = sqrt(1-ᾱ_t),
+    and to second order in the data prediction x̂_0 by reusing the previous step's:
+
+        x_prev = (σ_prev/σ_t) x_t − α_prev (e^{−h} − 1) D,   h = λ_prev − λ_t,
+        D = (1 + 1/2r) x̂_0(t) − (1/2r) x̂_0(t_last),   r = h_last / h   (D = x̂_0 at the first step).
+
+    The last step, onto x_0 itself (σ = 0, λ = ∞), returns its x̂_0. Deterministic, like DDIM
+    at η = 0, which is its first-order special case; about 20 steps reach what DDIM needs 50 for.
+    """
+    batch = torch.ones(x.shape[0], dtype=torch.long)
+    x0_last, h_last = None, None
+    for _, t, t_prev in _steps(timesteps, progress, "dpmpp_2m"):
+        abar_t, abar_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
+        x0 = diffusion.predict_x0(x, batch * t, eps_fn(x, batch * t))
+        if t_prev < 0:
+            x = x0
+        else:
+            lam_t, lam_prev = half_log_snr(torch.tensor([abar_t, abar_prev], dtype=torch.float64)).tolist()
+            h = lam_prev - lam_t
+            d = x0
+            if x0_last is not None:
+                r = h_last / h
+                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_last
+            ratio = math.sqrt((1 - abar_prev) / (1 - abar_t))
+            x = ratio * x - math.sqrt(abar_prev) * math.expm1(-h) * d
+            x0_last, h_last = x0, h
+        if project is not None:
+            x = project(x, t_prev)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
+    "dpmpp_2m": sample_dpmpp_2m,
 }
-DEFAULT_STEPS = {"ddim": 50}  # samplers not listed run every training timestep by default
+DEFAULT_STEPS = {"ddim": 50, "dpmpp_2m": 20}  # samplers not listed run every training timestep by default
+DEFAULT_SPACING = {"dpmpp_2m": "logsnr"}  # the others: "leading"
 
 
 def sampler_options(name: str) -> tuple[str, ...]:
@@ -212,7 +250,7 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
 
 def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: str = "ddpm",
            steps: int | None = None, eta: float | None = None, generator: Generators = None,
-           progress: bool = True, *, variance: str | None = None, spacing: str = "leading",
+           progress: bool = True, *, variance: str | None = None, spacing: str | None = None,
            clip: bool = False, x_T: torch.Tensor | None = None, device=None,
            guidance_scale: float = 1.0, uncond: dict[str, torch.Tensor] | None = None,
            guidance_rescale: float = 0.0, init: torch.Tensor | None = None, strength: float = 1.0,
@@ -220,7 +258,7 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
            **cond) -> torch.Tensor:
     """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` with the named sampler.
 
-    `steps` defaults to all T timesteps for "ddpm" and 50 for "ddim"; `eta` (DDIM) and
+    `steps` defaults to all T timesteps for "ddpm", 50 for "ddim" and 20 for "dpmpp_2m"; `eta` (DDIM) and
     `variance` (DDPM: "beta" or "beta_tilde") are passed only to samplers that take them.
     `steps_offset` shifts a "leading" grid (SD: 1); `set_alpha_to_one` (DDIM) see `sample_ddim`.
     `clip` clips every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels. With
@@ -240,7 +278,8 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
     if set_alpha_to_one is not None and "set_alpha_to_one" in sampler_options(sampler):
         options["set_alpha_to_one"] = set_alpha_to_one  # a model's convention: ignored by samplers without it
     steps = steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps)
-    timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing, steps_offset)
+    spacing = spacing or DEFAULT_SPACING.get(sampler, "leading")
+    timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing, steps_offset, diffusion.alphas_cumprod)
     x = randn(shape, generator, device) if x_T is None else x_T
     project = None
     if init is not None:

@@ -53,17 +53,27 @@ def get_betas(name: str, num_steps: int = 1000) -> torch.Tensor:
     return SCHEDULES[name](num_steps)
 
 
-SPACINGS = ("leading", "trailing", "linspace")
+SPACINGS = ("leading", "trailing", "linspace", "logsnr")
 
 
-def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading", offset: int = 0) -> torch.Tensor:
+def half_log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """λ_t = log(α_t / σ_t) = ½ log(ᾱ_t / (1 - ᾱ_t)), decreasing in t (DPM-Solver's time variable)."""
+    return 0.5 * (alphas_cumprod.log() - torch.log1p(-alphas_cumprod))
+
+
+def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading", offset: int = 0,
+                  alphas_cumprod: torch.Tensor | None = None) -> torch.Tensor:
     """`steps` timesteps out of [0, num_train_steps - 1], in descending (sampling) order.
 
     The three spacings of Lin et al. 2023 (table 2), as diffusers names them:
     "leading" (DDIM's and Stable Diffusion's: 0, k, 2k, ...), "trailing" (ends exactly at
     T-1, so sampling starts from pure noise) and "linspace" (both ends included).
     `offset` shifts a "leading" grid up (Stable Diffusion's samplers use 1: 1, k+1, ...),
-    capped at T-1.
+    capped at T-1. "logsnr" spaces the grid evenly in λ = ½ log SNR from T-1 to 0 (the
+    schedule's `alphas_cumprod` needed), as DPM-Solver does (Lu et al. 2022, §3.3): a
+    multistep solver extrapolates in λ, and the even-in-t grids put one long step in λ at
+    the low-noise end. Each target gets its nearest timestep, moved up to the next free one
+    where two targets would share it (fine grids, short schedules).
     """
     if spacing not in SPACINGS:
         raise UserError(f"unknown timestep spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
@@ -73,6 +83,17 @@ def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading", of
         )
     if spacing == "leading":
         grid = (torch.arange(steps) * (num_train_steps // steps) + offset).clamp(max=num_train_steps - 1)
+    elif spacing == "logsnr":
+        if alphas_cumprod is None:
+            raise ValueError("the logsnr spacing needs the schedule's alphas_cumprod")
+        lam = half_log_snr(alphas_cumprod.double())
+        targets = torch.linspace(float(lam[-1]), float(lam[0]), steps, dtype=torch.float64)
+        nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1).flip(0).tolist()  # ascending in t
+        for i in range(1, steps):  # where two targets share a timestep, move up to the next free one
+            nearest[i] = max(nearest[i], nearest[i - 1] + 1)
+        for i in range(steps - 1, -1, -1):  # ... and keep the top within T-1
+            nearest[i] = min(nearest[i], num_train_steps - steps + i)
+        grid = torch.tensor(nearest)
     elif spacing == "trailing":
         grid = torch.arange(num_train_steps, 0, -num_train_steps / steps).round().long() - 1
     else:
