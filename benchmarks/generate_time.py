@@ -7,7 +7,7 @@ reported for each batch size. The FLOPs of one guided denoising step are counted
 over the time of the whole call: text encoder and decoder add time but are not counted), set against the
 GFLOP/s of a 2048×2048 fp32 `torch.mm` on the same machine (a practical peak).
 
-Run:  python benchmarks/generate_time.py [--model shapes] [--repeats 10] [--batch 1 4]
+Run:  python benchmarks/generate_time.py [--model shapes] [--sampler S --steps K] [--repeats 10] [--batch 1 4]
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--prompt", default="a large red circle on the left")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--sampler", default=None, help="default: the model's")
+    parser.add_argument("--steps", type=int, default=None, help="default: the model's (or the sampler's)")
     args = parser.parse_args()
 
     print("command:", shlex.join([sys.executable, *sys.argv]))
@@ -60,22 +62,23 @@ def main() -> None:
     start = time.perf_counter()
     pipe = Pipeline.load(args.model, "cpu")
     print(f"load {args.model!r}: {time.perf_counter() - start:.3f} s")
-    defaults = pipe.defaults
-    print(f"defaults: sampler {defaults['sampler']}, {defaults['steps']} steps, cfg {defaults['cfg']}, "
+    settings = pipe.settings(sampler=args.sampler, steps=args.steps, cfg=None)
+    print(f"settings: sampler {settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg']}, "
           f"{pipe.image_size}×{pipe.image_size}")
     peak = matmul_gflops()
     print(f"peak (2048² fp32 mm): {peak:.1f} GFLOP/s")
     print("| images per call | median s/call | min–max | s/image | GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|")
     for batch in args.batch:
-        pipe(args.prompt, num_images=batch, seed=0, progress=False)  # warm-up
+        options = {"sampler": settings["sampler"], "steps": settings["steps"], "progress": False}
+        pipe(args.prompt, num_images=batch, seed=0, **options)  # warm-up
         times = []
         for i in range(args.repeats):
             start = time.perf_counter()
-            pipe(args.prompt, num_images=batch, seed=i, progress=False)
+            pipe(args.prompt, num_images=batch, seed=i, **options)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        calls = defaults["steps"]  # one batched (guided) network call per step
+        calls = settings["steps"]  # one batched (guided) network call per step
         gflops = step_flops(pipe, batch) * calls / median / 1e9
         print(f"| {batch} | {median:.3f} | {min(times):.3f}–{max(times):.3f} | {median / batch:.3f} | "
               f"{gflops:.1f} | {gflops / peak:.0%} |")
