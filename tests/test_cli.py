@@ -32,6 +32,7 @@ def test_train_then_sample_writes_a_grid_with_its_parameters(model_dir, tmp_path
         assert image.size == (2 * 18 + 2, 2 * 18 + 2)
     params = read_parameters(out)
     assert params["sampler"] == "ddim" and params["seed"] == 3 and params["steps"] == 5
+    assert params["spacing"] == "leading"  # the spacing that ran, not the missing option
 
 
 def test_noise_shows_the_forward_process(tmp_path, capsys):

