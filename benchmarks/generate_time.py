@@ -7,7 +7,12 @@ reported for each batch size. The FLOPs of one guided denoising step are counted
 over the time of the whole call: text encoder and decoder add time but are not counted), set against the
 GFLOP/s of a 2048×2048 fp32 `torch.mm` on the same machine (a practical peak).
 
-Run:  python benchmarks/generate_time.py [--model shapes] [--sampler S --steps K] [--repeats 10] [--batch 1 4]
+With `--command N`, it also times the whole `t2i generate PROMPT` command N times, as a
+user types it: a new process that imports torch, loads the model, generates one image and
+writes the PNG (median and spread of the wall time).
+
+Run:  python benchmarks/generate_time.py [--model emoji] [--prompt "red apple"] [--sampler S --steps K]
+          [--repeats 10] [--batch 1 4] [--command 5]
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ from __future__ import annotations
 import argparse
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from t2i.pipeline import Pipeline
+from t2i.pipeline import DEFAULT_MODEL, Pipeline
 
 
 def matmul_gflops() -> float:
@@ -49,12 +57,14 @@ def step_flops(pipe: Pipeline, batch: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="shapes")
-    parser.add_argument("--prompt", default="a large red circle on the left")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--prompt", default="red apple")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--sampler", default=None, help="default: the model's")
     parser.add_argument("--steps", type=int, default=None, help="default: the model's (or the sampler's)")
+    parser.add_argument("--command", type=int, default=0, metavar="N",
+                        help="also time the whole `t2i generate` command N times")
     args = parser.parse_args()
 
     print("command:", shlex.join([sys.executable, *sys.argv]))
@@ -82,6 +92,23 @@ def main() -> None:
         gflops = step_flops(pipe, batch) * calls / median / 1e9
         print(f"| {batch} | {median:.3f} | {min(times):.3f}–{max(times):.3f} | {median / batch:.3f} | "
               f"{gflops:.1f} | {gflops / peak:.0%} |")
+    if args.command:
+        time_command(args)
+
+
+def time_command(args) -> None:
+    """Wall time of `t2i generate` in a new process, from start to the PNG written."""
+    options = [f"--{name}={value}" for name, value in (("sampler", args.sampler), ("steps", args.steps)) if value]
+    times = []
+    with tempfile.TemporaryDirectory() as work:
+        for i in range(args.command):
+            command = [sys.executable, "-m", "t2i.cli", "generate", args.prompt, "--model", args.model,
+                       "--seed", str(i), "--out", str(Path(work) / f"{i}.png"), *options]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+    print(f"whole command ({shlex.join(command[3:])}): median {statistics.median(times):.2f} s, "
+          f"{min(times):.2f}–{max(times):.2f} s over {len(times)} runs")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Regenerates the README's pictures of the shipped shapes model (docs/images/shapes_*.png).
-# Run from the repository root with t2i installed:  bash docs/make_figures.sh
+# Run from the repository root with t2i installed:  bash docs/make_shapes_figures.sh
 set -euo pipefail
 out=docs/images
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-t2i generate "a large red circle on the left" "a small blue square on the right" \
+t2i generate --model shapes "a large red circle on the left" "a small blue square on the right" \
     "a large yellow triangle at the top" "a small green circle at the bottom" \
     "a large purple square in the centre" "a large orange triangle on the right" \
     --num 6 --seed 0 --zoom 4 --out "$work/prompts.png"
-t2i generate "a large orange circle at the top" --cfg 1 3 --num 8 --seed 0 --zoom 4 --out "$work/guidance.png"
+t2i generate --model shapes "a large orange circle at the top" --cfg 1 3 --num 8 --seed 0 --zoom 4 --out "$work/guidance.png"
 
 python - "$work" <<'PY'
 import sys
@@ -26,9 +26,9 @@ mask.save(f"{work}/mask.png")
 for name, picture in (("input", image), ("mask_right", mask)):
     picture.resize((128, 128), Image.NEAREST).save(f"docs/images/shapes_edit_{name}.png")
 PY
-t2i generate "a large red circle on the left" --image "$work/input.png" --strength 0 0.25 0.5 0.75 1 \
+t2i generate --model shapes "a large red circle on the left" --image "$work/input.png" --strength 0 0.25 0.5 0.75 1 \
     --num 4 --seed 0 --zoom 4 --out "$work/strengths.png"
-t2i generate "a large red circle on the right" --image "$work/input.png" --mask "$work/mask.png" \
+t2i generate --model shapes "a large red circle on the right" --image "$work/input.png" --mask "$work/mask.png" \
     --num 4 --seed 0 --zoom 4 --out "$work/inpaint.png"
 
 for name in prompts guidance strengths inpaint; do cp "$work/$name.png" "$out/shapes_$name.png"; done
