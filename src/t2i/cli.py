@@ -32,7 +32,8 @@ def add_train(sub) -> None:
     p.add_argument("--image-size", type=_positive(int), default=t.image_size)
     p.add_argument("--batch-size", type=_positive(int), default=t.batch_size)
     p.add_argument("--max-steps", type=_positive(int), default=t.max_steps)
-    p.add_argument("--lr", type=_positive(float), default=t.lr)
+    p.add_argument("--lr", type=_positive(float), default=None,
+                   help=f"learning rate after warm-up (default {t.lr}; with --resume, the run's own unless given)")
     p.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
     p.add_argument("--weight-decay", type=float, default=t.weight_decay)
     p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm; 0 turns clipping off")
@@ -109,7 +110,8 @@ def run_train(args) -> None:
         raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "
                         f"for a U-Net with {len(unet.channel_mult)} levels")
     config = TrainConfig(
-        data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+        data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps,
+        lr=TrainConfig.lr if args.lr is None else args.lr,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         ema_decay=args.ema_decay, schedule=args.schedule, num_timesteps=args.timesteps,
         prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
@@ -123,7 +125,8 @@ def run_train(args) -> None:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
                                  heads=args.text_heads, intermediate_size=4 * args.text_width,
                                  pooling=args.text_pooling, token_init_std=args.text_init_std)
-    out = train(unet, config, args.out, resume=args.resume, text_config=text)
+    changes = ("max_steps",) if args.lr is None else ("max_steps", "lr")
+    out = train(unet, config, args.out, resume=args.resume, text_config=text, changes=changes)
     print(f"model saved in {out}")
 
 

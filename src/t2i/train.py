@@ -158,10 +158,17 @@ def loss_probes(dataset, vae: AutoencoderKL | None, diffusion: Diffusion, out: P
     return probes
 
 
+RESUME_CHANGES = ("max_steps", "lr")  # what a resumed run may take from the command that resumes it
+
+
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
-          text_config: TextEncoderConfig | BertConfig | None = None) -> Path:
+          text_config: TextEncoderConfig | BertConfig | None = None, changes: tuple[str, ...] = ("max_steps",)) -> Path:
     """Train ε_θ on L_simple (Algorithm 1), text-conditioned if `text_config` is given, in the
     latent space of `config.vae` if that is set, and write the run folder `out_dir`.
+
+    A resumed run keeps the settings it was started with, but for the fields of `config` named
+    in `changes` (some of `RESUME_CHANGES`): a longer run, or a new learning rate after a
+    divergence or a plateau.
 
     For a text run the U-Net's `context_dim` is set to the encoder's width, and so is its
     `pooled_dim` if that is set at all (any value turns the pooled embedding on). For a
@@ -172,7 +179,10 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
     if resume:
         saved = read_config(out)
         unet_config = UNetConfig.from_dict(saved["unet"])
-        config = TrainConfig.from_dict({**saved["train"], "max_steps": config.max_steps})
+        if set(changes) - set(RESUME_CHANGES):
+            raise UserError(f"a resumed run keeps its {', '.join(sorted(set(changes) - set(RESUME_CHANGES)))}; "
+                            f"it may change only {', '.join(RESUME_CHANGES)}")
+        config = TrainConfig.from_dict({**saved["train"], **{name: getattr(config, name) for name in changes}})
         if "text_encoder" in saved:
             text_config = text_encoder_config(saved["text_encoder"])
             tokenizer = load_tokenizer(saved["tokenizer"], out)
