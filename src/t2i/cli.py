@@ -42,6 +42,9 @@ def add_train(sub) -> None:
     p.add_argument("--timesteps", type=_positive(int), default=t.num_timesteps, help="T, the number of diffusion steps")
     p.add_argument("--prediction", default=t.prediction_type, help="what the network predicts: epsilon or v")
     p.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (e.g. 5)")
+    p.add_argument("--balance-by", default=None, metavar="FIELD",
+                   help="draw every value of this metadata.jsonl field equally often (e.g. emoji: one emoji's "
+                        "skin tones share one emoji's draws)")
     p.add_argument("--save-every", type=_positive(int), default=t.save_every)
     p.add_argument("--sample-every", type=_positive(int), default=t.sample_every)
     p.add_argument("--keep-every", type=_positive(int), default=None,
@@ -117,6 +120,7 @@ def run_train(args) -> None:
         prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
         sample_every=args.sample_every, seed=args.seed, num_workers=args.workers, device=args.device,
         p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every, probe_every=args.probe_every,
+        balance_by=args.balance_by,
     )
     text = None
     if args.text_encoder == "minilm":
@@ -125,7 +129,8 @@ def run_train(args) -> None:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
                                  heads=args.text_heads, intermediate_size=4 * args.text_width,
                                  pooling=args.text_pooling, token_init_std=args.text_init_std)
-    changes = ("max_steps",) if args.lr is None else ("max_steps", "lr")
+    changes = ("max_steps", *(["lr"] if args.lr is not None else []),
+               *(["balance_by"] if args.balance_by is not None else []))
     out = train(unet, config, args.out, resume=args.resume, text_config=text, changes=changes)
     print(f"model saved in {out}")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import random
 import time
 import warnings
@@ -49,9 +50,8 @@ from .models.unet import UNetConfig
 from .models.vae import AutoencoderKL
 from .pipeline import Pipeline, resolve_device, text_condition
 from .text_cache import TextConditionCache
-from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, load_training_state,
-                   optimize, save_checkpoint, step_loader, step_seed, update_ema,
-                   warmup_lr)
+from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, group_weights,
+                   load_training_state, optimize, save_checkpoint, step_loader, step_seed, update_ema, warmup_lr)
 
 
 @dataclass
@@ -64,6 +64,7 @@ class TrainConfig(RunConfig):
     prediction_type: str = "epsilon"
     min_snr_gamma: float | None = None
     p_uncond: float = 0.1
+    balance_by: str | None = None  # a field of the data's metadata.jsonl: its every value drawn equally often
     vae: str | None = None  # an autoencoder's folder: train on its latents
     keep_every: int | None = None  # also keep the EMA model of every such step, in snapshots/step_NNNNNN
     probe_every: int = 250  # the loss of fixed training and held-out examples, every such step (0: never)
@@ -98,6 +99,15 @@ def make_tokenizer(dataset, text_config: TextEncoderConfig) -> Tokenizer:
         warnings.warn(f"the longest caption is {longest} tokens and the text encoder reads "
                       f"{text_config.max_length}: longer captions are cut (raise --text-length)", stacklevel=2)
     return tokenizer
+
+
+def balance_weights(dataset, field: str) -> torch.Tensor:
+    """Sampling weights under which every value of an image's metadata `field` (e.g. the emoji,
+    whatever its skin tones) is drawn equally often."""
+    records = [dataset.record(i) for i in range(len(dataset))] if hasattr(dataset, "record") else []
+    if not records or any(field not in record for record in records):
+        raise UserError(f"--balance-by {field}: every image's row of metadata.jsonl must have a {field!r} field")
+    return group_weights([json.dumps(record[field], sort_keys=True) for record in records])
 
 
 def latent_dataset(dataset, vae: AutoencoderKL, out: Path, config: TrainConfig, device,
@@ -158,7 +168,7 @@ def loss_probes(dataset, vae: AutoencoderKL | None, diffusion: Diffusion, out: P
     return probes
 
 
-RESUME_CHANGES = ("max_steps", "lr")  # what a resumed run may take from the command that resumes it
+RESUME_CHANGES = ("max_steps", "lr", "balance_by")  # what a resumed run may take from the command resuming it
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
@@ -195,6 +205,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
     device = resolve_device(config.device)
     vae = load_vae(out if resume else config.vae, device) if config.vae else None
     dataset = load_dataset(config.data, config.image_size, "train", captioned=captioned)
+    weights = balance_weights(dataset, config.balance_by) if config.balance_by else None
     if frozen_text and tokenizer is None:
         tokenizer = WordPieceTokenizer.pretrained_tokenizer(text_config.pretrained, text_config.max_length)
         unet_config = dataclasses.replace(unet_config, context_dim=text_config.width, mask_context_padding=True,
@@ -251,7 +262,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
     if already_done(out, start, config.max_steps):
         return out
 
-    loader = step_loader(dataset, config, start, device)
+    loader = step_loader(dataset, config, start, device, weights)
     model.train()
     step, window, saved_step = start, [], start
     clock = time.perf_counter() - state["seconds"]
