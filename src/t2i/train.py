@@ -177,8 +177,8 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
     latent space of `config.vae` if that is set, and write the run folder `out_dir`.
 
     A resumed run keeps the settings it was started with, but for the fields of `config` named
-    in `changes` (some of `RESUME_CHANGES`): a longer run, or a new learning rate after a
-    divergence or a plateau.
+    in `changes` (some of `RESUME_CHANGES`): a longer run, a new learning rate after a
+    divergence or a plateau, or batches balanced over a metadata field.
 
     For a text run the U-Net's `context_dim` is set to the encoder's width, and so is its
     `pooled_dim` if that is set at all (any value turns the pooled embedding on). For a
