@@ -33,7 +33,7 @@ def add_train(sub) -> None:
     p.add_argument("--batch-size", type=_positive(int), default=t.batch_size)
     p.add_argument("--max-steps", type=_positive(int), default=t.max_steps)
     p.add_argument("--lr", type=_positive(float), default=None,
-                   help=f"learning rate after warm-up (default {t.lr}; with --resume, the run's own unless given)")
+                   help=f"learning rate after warm-up; if not given, {t.lr} for a new run, the run's own with --resume")
     p.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
     p.add_argument("--weight-decay", type=float, default=t.weight_decay)
     p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm; 0 turns clipping off")
