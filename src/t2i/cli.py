@@ -129,8 +129,7 @@ def run_train(args) -> None:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
                                  heads=args.text_heads, intermediate_size=4 * args.text_width,
                                  pooling=args.text_pooling, token_init_std=args.text_init_std)
-    changes = ("max_steps", *(["lr"] if args.lr is not None else []),
-               *(["balance_by"] if args.balance_by is not None else []))
+    changes = ("max_steps", *(name for name in ("lr", "balance_by") if getattr(args, name) is not None))
     out = train(unet, config, args.out, resume=args.resume, text_config=text, changes=changes)
     print(f"model saved in {out}")
 
