@@ -16,7 +16,7 @@ class GaussianOracle:
         self.diffusion, self.mu, self.s = diffusion, mu, s
 
     def __call__(self, x_t, t):
-        abar = self.diffusion.at(self.diffusion.alphas_cumprod, t, x_t)
+        abar = self.diffusion.scales_at(t, x_t)[0] ** 2  # t may be fractional (the σ samplers)
         return (1 - abar).sqrt() * (x_t - abar.sqrt() * self.mu) / (abar * self.s**2 + 1 - abar)
 
 

@@ -5,7 +5,7 @@ import torch
 
 from t2i.diffusion import Diffusion
 from t2i.errors import UserError
-from t2i.sampling import SAMPLERS, sample, strength_timesteps
+from t2i.sampling import SAMPLERS, make_grid, network_calls, sample, strength_grid
 
 
 @pytest.fixture
@@ -29,12 +29,15 @@ def run(setup, sampler="ddim", seed=0, **options):
 
 
 def test_strength_picks_the_tail_of_the_grid():
-    grid = torch.arange(19, -1, -1)
-    assert len(strength_timesteps(grid, 0.0)) == 0 and torch.equal(strength_timesteps(grid, 1.0), grid)
-    assert strength_timesteps(grid, 0.5).tolist() == list(range(9, -1, -1))
+    grid = make_grid(Diffusion.from_schedule("linear", 20), 20, "leading")
+    whole = strength_grid(grid, 1.0)
+    assert len(strength_grid(grid, 0.0)) == 0
+    assert torch.equal(whole.timesteps, grid.timesteps) and torch.equal(whole.sigmas, grid.sigmas)
+    half = strength_grid(grid, 0.5)
+    assert half.timesteps.tolist() == list(range(9, -1, -1)) and torch.equal(half.sigmas, grid.sigmas[10:])
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(UserError, match="strength must be between 0 and 1"):
-            strength_timesteps(grid, bad)
+            strength_grid(grid, bad)
 
 
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
@@ -51,7 +54,7 @@ def test_distance_to_the_input_grows_with_strength(setup, sampler):
     for strength in (0.2, 0.4, 0.7, 1.0):
         calls.clear()
         out = run(setup, sampler, init=init, strength=strength)
-        assert len(calls) == int(20 * strength)
+        assert len(calls) == network_calls(sampler, int(20 * strength))
         distances.append((out - init).abs().mean().item())
     assert distances == sorted(distances) and distances[0] > 0, distances
 

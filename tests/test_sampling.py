@@ -5,8 +5,9 @@ import torch
 
 from t2i.diffusion import Diffusion
 from t2i.errors import UserError
-from t2i.sampling import SAMPLERS, sample, sample_ddim, sample_ddpm, sample_dpmpp_2m
-from t2i.schedules import timestep_grid
+from t2i.samplers.ancestral import sample_ddim
+from t2i.samplers.dpm_solver import sample_dpmpp_2m
+from t2i.sampling import SAMPLERS, make_grid, network_calls, sample
 
 MU, S = 0.5, 0.3
 
@@ -27,11 +28,57 @@ def draw(oracle, diffusion, sampler, steps=None, n=10_000, seed=0, **options):
     ("ddpm", 1000, {"variance": "beta_tilde"}),
     ("ddim", 250, {"eta": 0.0}),
     ("dpmpp_2m", 20, {}),
+    ("dpmpp_2m_sde", 50, {}),
+    ("euler", 250, {}),
+    ("euler_ancestral", 250, {}),
+    ("heun", 50, {}),
+    ("lms", 50, {}),
 ])
 def test_sampler_recovers_gaussian_data(oracle, diffusion, sampler, steps, options):
     x = draw(oracle, diffusion, sampler, steps, **options)
     assert abs(x.mean().item() - MU) < 0.03 * MU
     assert abs(x.std().item() - S) < 0.03 * S
+
+
+@pytest.mark.parametrize("sampler,steps,tolerance", [("pc", 250, 0.05), ("langevin", 100, 0.08)])
+def test_score_samplers_recover_gaussian_data(oracle, diffusion, sampler, steps, tolerance):
+    """The score view (SPEC §2): Langevin dynamics on s_θ = −ε_θ / sqrt(1−ᾱ). The corrector's
+    step follows ‖z‖/‖s‖, a ratio that concentrates only in many dimensions, so 64 here.
+    Annealed Langevin lags behind the falling noise: its std ends a few percent high."""
+    model = oracle(diffusion, MU, S)
+    x = sample(model, diffusion, (1000, 64), sampler, steps, generator=torch.Generator().manual_seed(0),
+               progress=False)
+    assert abs(x.mean().item() - MU) < 0.03 * MU
+    assert abs(x.std().item() - S) < tolerance * S
+
+
+def test_the_corrector_corrects(oracle, diffusion):
+    """A coarse ancestral predictor alone is far off (DDPM at 25 steps: std −35%); Langevin
+    corrector steps at each level pull the samples back toward p_t."""
+    model = oracle(diffusion, MU, S)
+    errors = {}
+    for corrector_steps in (0, 2):
+        x = sample(model, diffusion, (1000, 64), "pc", 25, generator=torch.Generator().manual_seed(0),
+                   progress=False, options={"corrector_steps": corrector_steps})
+        errors[corrector_steps] = abs(x.std().item() - S)
+    assert errors[2] < errors[0] / 2, errors
+
+
+def test_langevin_chain_at_one_level_reaches_that_level(oracle, diffusion):
+    """Langevin dynamics at a single noise level σ samples p_σ = N(μ, s² + σ²) (in x_0 + σε form)
+    from any start: run long at one level from a far-off start, the chain forgets it."""
+    from t2i.samplers.base import Grid
+    from t2i.samplers.langevin import sample_langevin
+
+    model = oracle(diffusion, MU, S)
+    sigma = float(diffusion.sigmas[400])
+    grid = Grid(torch.tensor([400.0], dtype=torch.float64), torch.tensor([sigma, sigma], dtype=torch.float64))
+    start = torch.full((2000, 8), 5.0)
+    x = sample_langevin(lambda x_t, t: diffusion.model_eps(model, x_t, t), diffusion, start, grid, progress=False,
+                        generator=torch.Generator().manual_seed(0), langevin_steps=200, step_size=0.1)
+    x = x * (1 + sigma**2) ** 0.5  # back to x_0 + σε
+    assert abs(x.mean().item() - MU) < 0.05
+    assert abs(x.var().item() / (S**2 + sigma**2) - 1) < 0.06
 
 
 def test_ddim_50_steps_discretization_error(oracle, diffusion):
@@ -53,14 +100,67 @@ def test_dpmpp_2m_at_20_steps_beats_ddim_at_50(oracle, schedule):
 
 
 def test_dpmpp_2m_first_order_is_ddim(oracle, diffusion):
-    """With the previous x̂_0 equal to the current one the 2M correction vanishes: on a two-step
-    grid (the second step is the final jump to x̂_0) DPM-Solver++(2M) and DDIM agree."""
-    grid = timestep_grid(1000, 2, "linspace")
+    """With the previous x̂_0 equal to the current one the 2M correction vanishes: on a grid
+    that takes only first-order steps (the first, and the last onto x̂_0) DPM-Solver++(2M)
+    and DDIM agree."""
+    grid = make_grid(diffusion, 2, "linspace")
     model = oracle(diffusion, MU, S)
     x = torch.randn(100, 2, generator=torch.Generator().manual_seed(3))
     eps_fn = lambda x_t, t: model(x_t, t)  # noqa: E731
     torch.testing.assert_close(sample_dpmpp_2m(eps_fn, diffusion, x, grid, progress=False),
                                sample_ddim(eps_fn, diffusion, x, grid, progress=False))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "ddim"])
+def test_euler_is_ddim_written_in_sigma(oracle, diffusion, sampler):
+    """Karras et al. §3: Euler's method on dx/dσ = (x − D)/σ is DDIM at η = 0, step for step."""
+    model = oracle(diffusion, MU, S)
+    runs = [sample(model, diffusion, (100, 2), name, 10, spacing="trailing", progress=False,
+                   generator=torch.Generator().manual_seed(0)) for name in ("euler", "ddim")]
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_orders_of_convergence(oracle, diffusion):
+    """Doubling the steps divides the error of a p-th order solver by about 2^p: Euler is first
+    order, Heun second, LMS (order 4) and DPM-Solver++(2M) higher than first; measured against a
+    400-step Heun solution from the same x_T, on a Karras grid."""
+    model = oracle(diffusion, MU, S)
+    x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
+    reference = sample(model, diffusion, x_T.shape, "heun", 400, x_T=x_T, progress=False)
+
+    def error(name, steps):
+        out = sample(model, diffusion, x_T.shape, name, steps, spacing="karras", x_T=x_T, progress=False)
+        return (out - reference).abs().mean().item()
+
+    ratios = {name: error(name, steps) / error(name, 2 * steps)
+              for name, steps in (("euler", 30), ("heun", 15), ("lms", 15), ("dpmpp_2m", 15))}
+    assert 1.7 < ratios["euler"] < 2.3 and 3.4 < ratios["heun"] < 6, ratios
+    assert ratios["lms"] > 4 and ratios["dpmpp_2m"] > 3, ratios
+    # and per network call the higher orders win: Heun's 59 calls against Euler's 60
+    assert error("heun", 30) < error("euler", 60) / 2
+
+
+def test_karras_grid_spaces_sigma_and_keeps_it_exact(diffusion):
+    grid = make_grid(diffusion, 10, "karras")
+    sigmas = grid.sigmas[:-1]
+    assert sigmas[0].item() == pytest.approx(float(diffusion.sigmas[-1]))
+    assert sigmas[-1].item() == pytest.approx(float(diffusion.sigmas[0]))
+    assert grid.sigmas[-1] == 0
+    ramp = torch.linspace(float(sigmas[0] ** (1 / 7)), float(sigmas[-1] ** (1 / 7)), 10, dtype=torch.float64)
+    torch.testing.assert_close(sigmas ** (1 / 7), ramp)
+    # the network is asked at each σ's own (fractional) timestep, or at the nearest integer one
+    torch.testing.assert_close(diffusion.sigma_at(grid.timesteps), sigmas)
+    quantized = make_grid(diffusion, 10, "karras", quantize=True)
+    assert torch.equal(quantized.timesteps, grid.timesteps.round()) and torch.equal(quantized.sigmas, grid.sigmas)
+
+
+def test_sigma_and_timestep_are_inverse(diffusion):
+    t = torch.tensor([0.0, 0.3, 17.5, 500.0, 998.9, 999.0], dtype=torch.float64)
+    torch.testing.assert_close(diffusion.t_at(diffusion.sigma_at(t)), t)
+    integers = torch.arange(1000)
+    torch.testing.assert_close(diffusion.sigma_at(integers), diffusion.sigmas)
+    abar = 1 / (1 + diffusion.sigmas**2)
+    torch.testing.assert_close(abar, diffusion.alphas_cumprod)
 
 
 def test_ddim_with_eta_one_on_the_full_grid_is_ddpm(oracle, diffusion):
@@ -84,19 +184,19 @@ def test_same_seed_same_sample_whatever_the_batch(oracle, diffusion):
     assert torch.allclose(batch[1], alone[0], atol=1e-6)
 
 
-def test_samplers_take_the_grid_they_are_given(oracle, diffusion):
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_samplers_take_the_grid_they_are_given(oracle, diffusion, sampler):
     calls = []
     model = oracle(diffusion, MU, S)
 
     def eps_fn(x, t):
-        calls.append(int(t[0]))
+        calls.append(float(t[0]))
         return model(x, t)
 
-    grid = timestep_grid(1000, 10, "trailing")
-    for fn in (sample_ddpm, sample_ddim, sample_dpmpp_2m):
-        calls.clear()
-        fn(eps_fn, diffusion, torch.randn(4, 2), grid, progress=False)
-        assert calls == grid.tolist()
+    grid = make_grid(diffusion, 10, "trailing")
+    SAMPLERS[sampler](eps_fn, diffusion, torch.randn(4, 2), grid, progress=False)
+    assert sorted(set(calls), reverse=True) == grid.timesteps.tolist()
+    assert len(calls) == network_calls(sampler, 10)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
@@ -119,7 +219,8 @@ def test_clipping_changes_nothing_when_x0_is_in_range(oracle, diffusion):
 
 
 def test_registry_and_bad_input(oracle, diffusion):
-    assert set(SAMPLERS) >= {"ddpm", "ddim"}
+    assert set(SAMPLERS) >= {"ddpm", "ddim", "euler", "euler_ancestral", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde",
+                             "langevin", "pc"}
     model = oracle(diffusion, MU, S)
     with pytest.raises(UserError, match="unknown sampler 'euler_x'.*ddpm"):
         sample(model, diffusion, (2, 2), "euler_x")

@@ -194,7 +194,7 @@ def add_sample(sub) -> None:
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM σ_t²: β_t or β̃_t (default β̃_t)")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="timestep spacing for fewer steps (default: logsnr for dpmpp_2m, leading for the others)")
+                   help="the sampler's grid (default: its own, `t2i.sampling.DEFAULT_SPACING`)")
     p.add_argument("--no-clip", dest="clip", action="store_false",
                    help="do not clip the predicted x_0 to [-1, 1] at each step")
     p.add_argument("--num", type=_positive(int), default=16, help="number of images")
@@ -270,10 +270,13 @@ def run_noise(args) -> None:
 
 def add_generate(sub) -> None:
     from .pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS
+    from .sampling import SAMPLERS
+    from .schedules import SPACINGS
 
+    defaults = ', '.join(f'{k} {v}' for k, v in INFERENCE_DEFAULTS.items() if v is not None)
     p = sub.add_parser("generate", help="generate images from a prompt",
                        description="Generate images from a prompt. Settings left out take the model's defaults "
-                                   f"(else {', '.join(f'{k} {v}' for k, v in INFERENCE_DEFAULTS.items())}).")
+                                   f"(else {defaults}).")
     p.add_argument("prompt", nargs="*", help="what to draw (several: one grid row each); none for an "
                    "unconditional sample")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder, or a Stable "
@@ -285,8 +288,10 @@ def add_generate(sub) -> None:
                    help="guidance scale s (1 = no guidance); several: one grid row each")
     p.add_argument("--rescale", type=float, default=None, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
     p.add_argument("--steps", type=_positive(int), default=None)
-    p.add_argument("--sampler", default=None, help="ddim or ddpm")
-    p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--sampler", default=None, help=f"one of: {', '.join(SAMPLERS)}")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="the sampler's grid; karras: σ spaced as Karras et al. (default: the sampler's own)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM and Euler-ancestral noise (0 = deterministic)")
     p.add_argument("--seed", type=int, default=None, help="image i uses seed + i; default: random")
     p.add_argument("--num", type=_positive(int), default=1, help="number of images")
     p.add_argument("--image", type=Path, default=None, help="edit this image (img2img) instead of starting from noise")
@@ -333,7 +338,7 @@ def run_generate(args) -> None:
         args.seed = secrets.randbelow(2**31)
     variants = list(itertools.product(args.prompt or [""], args.cfg or [None], args.strength or [None]))
     rows = [pipe(prompt, args.negative, args.steps, args.sampler, cfg, args.seed, args.num, args.rescale, args.eta,
-                 image=image, strength=strength, mask=mask) for prompt, cfg, strength in variants]
+                 image=image, strength=strength, mask=mask, spacing=args.spacing) for prompt, cfg, strength in variants]
     images = [im for row in rows for im in row]
     if len(images) == 1:
         save_png(zoom(images[0], args.zoom), args.out, images[0].info["t2i"])
@@ -360,6 +365,8 @@ def zoom(image, factor: int):
 
 
 def add_export(sub) -> None:
+    from .schedules import SPACINGS
+
     p = sub.add_parser("export", help="copy a trained model for shipping: fp16 weights, generation defaults",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="a model folder written by `t2i train`")
@@ -368,6 +375,7 @@ def add_export(sub) -> None:
     p.add_argument("--cfg", type=float, default=None, help="the model's default guidance scale")
     p.add_argument("--steps", type=_positive(int), default=None, help="the model's default number of steps")
     p.add_argument("--sampler", default=None, help="the model's default sampler")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="the model's default grid spacing")
     p.set_defaults(run=run_export)
 
 
@@ -377,8 +385,8 @@ def run_export(args) -> None:
     from .checkpoints import export_model
     from .sampling import check_guidance_scale, get_sampler
 
-    inference = {k: v for k, v in (("cfg", args.cfg), ("steps", args.steps), ("sampler", args.sampler))
-                 if v is not None}
+    inference = {k: v for k, v in (("cfg", args.cfg), ("steps", args.steps), ("sampler", args.sampler),
+                                   ("spacing", args.spacing)) if v is not None}
     if args.cfg is not None:
         check_guidance_scale(args.cfg)
     if args.sampler is not None:

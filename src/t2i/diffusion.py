@@ -98,6 +98,9 @@ class Diffusion:
         # μ̃_t = coef_x0 x_0 + coef_xt x_t  (DDPM eq. 7)
         self.posterior_coef_x0 = betas * self.alphas_cumprod_prev.sqrt() / (1 - self.alphas_cumprod)
         self.posterior_coef_xt = (1 - self.alphas_cumprod_prev) * self.alphas.sqrt() / (1 - self.alphas_cumprod)
+        # σ_t = sqrt((1 - ᾱ_t) / ᾱ_t): the noise level of x_t / sqrt(ᾱ_t) = x_0 + σ_t ε, the variance-exploding
+        # form the σ samplers integrate in (Karras et al. 2022, "EDM", §2 and appendix C.1).
+        self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
 
     @classmethod
     def from_schedule(cls, name: str, num_steps: int = 1000, prediction_type: str = "epsilon") -> "Diffusion":
@@ -108,13 +111,50 @@ class Diffusion:
     # -- indexing -------------------------------------------------------------------
     def at(self, values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """values[t] cast to x's dtype and device, shaped [B, 1, 1, ...] to broadcast over x."""
-        t = torch.as_tensor(t).long().cpu()
+        t = torch.as_tensor(t).cpu()
+        if t.is_floating_point():
+            if not bool((t == t.round()).all()):
+                raise ValueError("this quantity is defined at integer timesteps only")
+            t = t.long()
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if bool((t < 0).any()) or bool((t >= self.num_timesteps).any()):
             raise IndexError(f"timesteps must lie in [0, {self.num_timesteps - 1}]")
         out = values[t].to(device=x.device, dtype=x.dtype)
         return out.reshape(-1, *([1] * (x.ndim - 1)))
+
+    def sigma_at(self, t: torch.Tensor) -> torch.Tensor:
+        """σ(t) at integer or fractional timesteps, float64: exact at integers, log σ linear between them."""
+        t = torch.as_tensor(t, dtype=torch.float64).cpu().clamp(0, self.num_timesteps - 1)
+        low = t.floor().long().clamp(max=max(self.num_timesteps - 2, 0))
+        high = (low + 1).clamp(max=self.num_timesteps - 1)
+        log_sigmas = self.sigmas.log()
+        return torch.lerp(log_sigmas[low], log_sigmas[high], t - low).exp()
+
+    def t_at(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The fractional timestep of noise level σ, float64: `sigma_at`'s inverse, clamped to [0, T-1]."""
+        log_sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().clamp(min=1e-10).log()
+        log_sigmas = self.sigmas.log()
+        low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, max(self.num_timesteps - 2, 0))
+        high = (low + 1).clamp(max=self.num_timesteps - 1)
+        span = (log_sigmas[high] - log_sigmas[low]).clamp(min=1e-30)
+        return (low + ((log_sigma - log_sigmas[low]) / span).clamp(0, 1)).clamp(0, self.num_timesteps - 1)
+
+    def scales_at(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(ᾱ_t), sqrt(1 - ᾱ_t)) at integer or fractional `t` [B], shaped and cast to broadcast over x.
+
+        Between integers ᾱ = 1 / (1 + σ(t)²) with `sigma_at`'s interpolation, which is how the σ
+        samplers ask the network about noise levels that fall between its training timesteps.
+        """
+        t = torch.as_tensor(t).cpu()
+        if not t.is_floating_point() or bool((t == t.round()).all()):
+            return self.at(self.sqrt_alphas_cumprod, t, x), self.at(self.sqrt_one_minus_alphas_cumprod, t, x)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        sigma2 = self.sigma_at(t) ** 2
+        shape = (-1, *([1] * (x.ndim - 1)))
+        return tuple((v.to(device=x.device, dtype=x.dtype).reshape(shape))
+                     for v in ((1 / (1 + sigma2)).sqrt(), (sigma2 / (1 + sigma2)).sqrt()))
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t), float64 [B]."""
@@ -138,13 +178,13 @@ class Diffusion:
 
     # -- parameterisations -------------------------------------------------------------
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t), eq. 4 solved for x_0."""
-        signal, sigma = self.at(self.sqrt_alphas_cumprod, t, x_t), self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        """x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t), eq. 4 solved for x_0 (t may be fractional)."""
+        signal, sigma = self.scales_at(t, x_t)
         return (x_t - sigma * eps) / signal
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """ε = (x_t - sqrt(ᾱ_t) x_0) / sqrt(1 - ᾱ_t), eq. 4 solved for ε."""
-        signal, sigma = self.at(self.sqrt_alphas_cumprod, t, x_t), self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        """ε = (x_t - sqrt(ᾱ_t) x_0) / sqrt(1 - ᾱ_t), eq. 4 solved for ε (t may be fractional)."""
+        signal, sigma = self.scales_at(t, x_t)
         return (x_t - signal * x0) / sigma
 
     def get_v(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -156,19 +196,21 @@ class Diffusion:
         return self.at(self.sqrt_alphas_cumprod, t, x_t) * x_t - self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
 
     def predict_eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """ε = sqrt(1 - ᾱ_t) x_t + sqrt(ᾱ_t) v."""
-        return self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + self.at(self.sqrt_alphas_cumprod, t, x_t) * v
+        """ε = sqrt(1 - ᾱ_t) x_t + sqrt(ᾱ_t) v (t may be fractional)."""
+        signal, sigma = self.scales_at(t, x_t)
+        return sigma * x_t + signal * v
 
     def model_eps(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         """ε_θ(x_t, t), whatever the network was trained to output."""
-        out = model(x_t, t, **cond)
+        t = torch.as_tensor(t)
+        out = model(x_t, t.to(x_t.device, torch.float32 if t.is_floating_point() else t.dtype), **cond)
         if self.prediction_type == "v":
             return self.predict_eps_from_v(x_t, t, out)
         return out
 
     def score(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """∇ log q(x_t) ≈ s_θ(x_t, t) = -ε_θ(x_t, t) / sqrt(1 - ᾱ_t)  (seed 002, the score view)."""
-        return -eps / self.at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return -eps / self.scales_at(t, x_t)[1]
 
     # -- training ------------------------------------------------------------------------
     def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

@@ -40,11 +40,11 @@ from .models.text import CLIPTextTransformer
 from .models.tokenizers import Tokenizer
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL
-from .sampling import DEFAULT_STEPS, check_guidance_scale, get_sampler, sample
+from .sampling import DEFAULT_STEPS, check_guidance_scale, get_sampler, sample, spacing_for
 
 DEFAULT_MODEL = "shapes"
 # What generation uses when neither the call nor the model's config ("inference") says otherwise.
-INFERENCE_DEFAULTS = {"sampler": "ddim", "steps": 50, "cfg": 5.0, "guidance_rescale": 0.0}
+INFERENCE_DEFAULTS = {"sampler": "ddim", "steps": 50, "spacing": None, "cfg": 5.0, "guidance_rescale": 0.0}
 
 
 def shipped_models() -> dict[str, Path]:
@@ -105,7 +105,7 @@ class Pipeline:
     `text_encoder` and `tokenizer` are None for an unconditional model, which accepts only
     the empty prompt; `vae` is None for a pixel-space model. `image_size` is the side of
     the images made (not of the latents). `inference` holds the model's own defaults
-    (sampler, steps, cfg, guidance_rescale), which override `INFERENCE_DEFAULTS`. `clip`
+    (sampler, steps, spacing, cfg, guidance_rescale), which override `INFERENCE_DEFAULTS`. `clip`
     clips x̂₀ to [-1, 1] while sampling; it defaults to on for pixels, off for latents.
     """
 
@@ -264,10 +264,16 @@ class Pipeline:
 
     def settings(self, **overrides) -> dict:
         """The settings a call will use: its own arguments, else the model's, else the global defaults.
-        A call that names another sampler than the model's, and no steps, gets that sampler's usual steps."""
+        A call that names another sampler than the model's gets that sampler's usual steps and
+        spacing where it names none. The spacing returned is the one that runs (`spacing_for`)."""
         chosen = {key: self.defaults[key] if value is None else value for key, value in overrides.items()}
-        if overrides.get("steps") is None and overrides.get("sampler") not in (None, self.defaults["sampler"]):
-            chosen["steps"] = DEFAULT_STEPS.get(chosen["sampler"], chosen["steps"])
+        if overrides.get("sampler") not in (None, self.defaults["sampler"]):
+            if overrides.get("steps") is None:
+                chosen["steps"] = DEFAULT_STEPS.get(chosen["sampler"], chosen["steps"])
+            if overrides.get("spacing") is None:
+                chosen["spacing"] = None
+        if "spacing" in chosen:
+            chosen["spacing"] = spacing_for(chosen["sampler"], chosen["spacing"])
         return chosen
 
     @torch.no_grad()
@@ -276,7 +282,7 @@ class Pipeline:
                  seed: int | Sequence[int] | None = None, num_images: int = 1, guidance_rescale: float | None = None,
                  eta: float | None = None, progress: bool = True, image: Image.Image | None = None,
                  strength: float | None = None, mask: Image.Image | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+                 output_type: str = "pil", spacing: str | None = None) -> list[Image.Image] | torch.Tensor:
         """`num_images` images of each prompt, as PIL images; each carries its generation
         parameters in `image.info["t2i"]` (what `save_png` writes into the file). With
         `output_type="tensor"` the images are returned as one float tensor [B, 3, H, W] in
@@ -285,7 +291,9 @@ class Pipeline:
 
         `cfg` is the guidance scale s (1 turns guidance off); `negative_prompt` replaces
         the empty prompt as the unconditional branch. Image i is drawn with seed `seed + i`;
-        `seed` may also list one seed per image, or be None for a random one.
+        `seed` may also list one seed per image, or be None for a random one. `sampler` is
+        any of `sampling.SAMPLERS`, on its own grid `spacing` unless one is named ("karras": σ
+        spaced as Karras et al. do, the "Karras" of other tools' sampler names).
 
         Editing: with an `image`, generation starts from it noised to the level `strength`
         selects (default 0.8; 1 ignores the image, 0 returns it). With a `mask` as well
@@ -296,7 +304,8 @@ class Pipeline:
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images)]
-        settings = self.settings(sampler=sampler, steps=steps, cfg=cfg, guidance_rescale=guidance_rescale)
+        settings = self.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,
+                                 guidance_rescale=guidance_rescale)
         get_sampler(settings["sampler"])
         check_guidance_scale(settings["cfg"])
         if num_images < 1:
@@ -330,9 +339,9 @@ class Pipeline:
                 edit.pop("init", None)
         x_T = None if latents is None else latents.to(self.device, torch.float32)
         z = sample(self.denoiser(concat), self.diffusion, shape, settings["sampler"], settings["steps"], eta,
-                   generators, progress=progress, clip=self.clip, device=self.device, guidance_scale=settings["cfg"],
-                   uncond=uncond, guidance_rescale=settings["guidance_rescale"], strength=strength, x_T=x_T,
-                   **self.timestep_convention, **edit, **cond)
+                   generators, progress=progress, spacing=settings["spacing"], clip=self.clip, device=self.device,
+                   guidance_scale=settings["cfg"], uncond=uncond, guidance_rescale=settings["guidance_rescale"],
+                   strength=strength, x_T=x_T, **self.timestep_convention, **edit, **cond)
         x = self.decode(z)
         if pixel_mask is not None and self.vae is not None:
             x = torch.lerp(pixels, x, pixel_mask)

@@ -1,11 +1,10 @@
-"""Samplers: plain functions that walk a descending timestep grid from x_T to x_0.
+"""Sampling: one entry point, `sample()`, over a registry of samplers.
 
-Each sampler has the signature `sampler(eps_fn, diffusion, x, timesteps, *, generator,
-progress, **options)` where `eps_fn(x_t, t) -> ε` is the (possibly guided) noise
-predictor and `timesteps` is the grid, computed once outside (k-diffusion's habit).
-`SAMPLERS` maps the names the CLI accepts to these functions; `sample()` is the one
-entry point that builds the grid, the starting noise and the ε-predictor, guided or not
-(`classifier_free_guidance`).
+Each sampler is a plain function `sampler(eps_fn, diffusion, x, grid, *, generator, progress,
+project, **options)` in `t2i.samplers`: `eps_fn(x_t, t) -> ε` is the (possibly guided) noise
+predictor and `grid` the steps, computed once outside (k-diffusion's habit). `SAMPLERS` maps
+the names the CLI accepts to them; `sample()` builds the grid, the starting noise and the
+ε-predictor, guided or not (`classifier_free_guidance`), and the editing hooks.
 """
 
 from __future__ import annotations
@@ -15,41 +14,16 @@ import math
 from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
-from .diffusion import VARIANCES, Diffusion, Model
+from .diffusion import Diffusion, Model
 from .errors import UserError
-from .schedules import half_log_snr, timestep_grid
+from .samplers.ancestral import sample_ddim, sample_ddpm
+from .samplers.base import EpsFn, Generators, Grid, Project, make_grid, noised, randn
+from .samplers.dpm_solver import sample_dpmpp_2m, sample_dpmpp_2m_sde
+from .samplers.karras import sample_euler, sample_euler_ancestral, sample_heun, sample_lms
+from .samplers.langevin import sample_langevin, sample_pc
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Project = Callable[[torch.Tensor, int], torch.Tensor]  # (x after a step, the step's t_prev) -> x
-Generators = torch.Generator | Sequence[torch.Generator] | None
-
-
-def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise of `shape`, drawn on the CPU so that seeds agree across devices.
-
-    With a list of generators, sample i is drawn from generator i alone, so an image
-    depends on its own seed and not on the batch it was generated in.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        noise = torch.randn(tuple(shape), generator=generator, dtype=dtype)
-    else:
-        if len(generator) != shape[0]:
-            raise UserError(f"got {len(generator)} generators for a batch of {shape[0]}")
-        noise = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in generator])
-    return noise.to(device)
-
-
-def _steps(timesteps: torch.Tensor, progress: bool, name: str):
-    """(i, t, t_prev) along the grid, t_prev = -1 after the last step (x_0 itself, ᾱ = 1)."""
-    ts = timesteps.tolist()
-    for i, t in enumerate(tqdm(ts, desc=name, disable=not progress, leave=False)):
-        yield i, t, ts[i + 1] if i + 1 < len(ts) else -1
-
-
-def _alpha_bar(diffusion: Diffusion, t: int) -> float:
-    return 1.0 if t < 0 else float(diffusion.alphas_cumprod[t])
+__all__ = ["SAMPLERS", "Grid", "make_grid", "randn", "sample", "get_sampler", "network_calls"]
 
 
 def check_guidance_scale(scale: float) -> None:
@@ -89,15 +63,15 @@ def classifier_free_guidance(model: Model, scale: float, cond: dict[str, torch.T
     return guided
 
 
-def strength_timesteps(timesteps: torch.Tensor, strength: float) -> torch.Tensor:
-    """The tail of a grid that image-to-image runs: its last ⌊strength · steps⌋ timesteps
+def strength_grid(grid: Grid, strength: float) -> Grid:
+    """The tail of a grid that image-to-image runs: its last ⌊strength · steps⌋ steps
     (as diffusers counts them), so strength 0 runs none and 1 runs them all."""
     if not 0 <= strength <= 1:
         raise UserError(f"strength must be between 0 and 1, got {strength}")
-    return timesteps[len(timesteps) - int(len(timesteps) * strength):]
+    return grid.tail(int(len(grid) * strength))
 
 
-def keep_known(diffusion: Diffusion, x0: torch.Tensor, mask: torch.Tensor, generator: Generators) -> Project:
+def keep_known(x0: torch.Tensor, mask: torch.Tensor, generator: Generators) -> Project:
     """Inpainting by replacement (RePaint, Lugmayr et al. 2022, eq. 8): after every step,
 
         x_{t-1} ← m ⊙ x_{t-1} + (1 − m) ⊙ x_{t-1}^known,   x_{t-1}^known ~ q(x_{t-1} | x_0),
@@ -106,12 +80,8 @@ def keep_known(diffusion: Diffusion, x0: torch.Tensor, mask: torch.Tensor, gener
     model fills m = 1 in agreement with it. `mask` broadcasts against x.
     """
 
-    def project(x: torch.Tensor, t_prev: int) -> torch.Tensor:
-        if t_prev < 0:
-            known = x0
-        else:
-            t = torch.full((x.shape[0],), t_prev, dtype=torch.long, device=x.device)
-            known = diffusion.q_sample(x0, t, randn(x.shape, generator, x.device, x.dtype))
+    def project(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        known = x0 if sigma == 0 else noised(x0, randn(x.shape, generator, x.device, x.dtype), sigma)
         return mask * x + (1 - mask) * known
 
     return project
@@ -132,108 +102,39 @@ def clip_denoised(eps_fn: EpsFn, diffusion: Diffusion) -> EpsFn:
     return clipped
 
 
-@torch.no_grad()
-def sample_ddpm(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
-                generator: Generators = None, progress: bool = True, project: Project | None = None,
-                variance: str = "beta_tilde") -> torch.Tensor:
-    """Ancestral sampling, DDPM Algorithm 2:
-
-        x_{t-1} = 1/sqrt(α_t) (x_t - β_t/sqrt(1-ᾱ_t) ε_θ(x_t, t)) + σ_t z,   z = 0 at the last step,
-
-    with σ_t² = β_t ("beta") or β̃_t = (1-ᾱ_{t-1})/(1-ᾱ_t) β_t ("beta_tilde"). On a grid
-    coarser than every timestep, α_t is that of the respaced chain, ᾱ_t / ᾱ_prev
-    (Nichol & Dhariwal 2021, §4), so the full grid gives the paper's algorithm exactly.
-    """
-    if variance not in VARIANCES:
-        raise UserError(f"unknown variance {variance!r}; choose one of: {', '.join(VARIANCES)}")
-    batch = torch.ones(x.shape[0], dtype=torch.long)
-    for _, t, t_prev in _steps(timesteps, progress, "ddpm"):
-        abar_t, abar_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
-        alpha_t = abar_t / abar_prev
-        beta_t = 1.0 - alpha_t
-        eps = eps_fn(x, batch * t)
-        x = (x - beta_t / math.sqrt(1.0 - abar_t) * eps) / math.sqrt(alpha_t)
-        if t_prev >= 0:
-            sigma2 = beta_t if variance == "beta" else beta_t * (1.0 - abar_prev) / (1.0 - abar_t)
-            x = x + math.sqrt(sigma2) * randn(x.shape, generator, x.device, x.dtype)
-        if project is not None:
-            x = project(x, t_prev)
-    return x
-
-
-@torch.no_grad()
-def sample_ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
-                generator: Generators = None, progress: bool = True, project: Project | None = None,
-                eta: float = 0.0, set_alpha_to_one: bool = True) -> torch.Tensor:
-    """DDIM (Song et al. 2021, eq. 12), deterministic at η = 0:
-
-        x_prev = sqrt(ᾱ_prev) x̂_0 + sqrt(1 - ᾱ_prev - σ²) ε_θ + σ z,
-        σ = η sqrt((1-ᾱ_prev)/(1-ᾱ_t)) sqrt(1 - ᾱ_t/ᾱ_prev).
-
-    At η = 1 on the full grid this is DDPM with σ² = β̃ (eq. 16). The last step lands on
-    x_0 (ᾱ_prev = 1), or with `set_alpha_to_one=False` on ᾱ_prev = ᾱ at t = 0, as Stable
-    Diffusion's own DDIM sampler and its diffusers scheduler config have it.
-    """
-    if eta < 0:
-        raise UserError(f"eta must be >= 0, got {eta}")
-    batch = torch.ones(x.shape[0], dtype=torch.long)
-    for _, t, t_prev in _steps(timesteps, progress, "ddim"):
-        abar_t = _alpha_bar(diffusion, t)
-        abar_prev = _alpha_bar(diffusion, t_prev if set_alpha_to_one else max(t_prev, 0))
-        eps = eps_fn(x, batch * t)
-        pred_x0 = diffusion.predict_x0(x, batch * t, eps)
-        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
-        x = math.sqrt(abar_prev) * pred_x0 + math.sqrt(max(1 - abar_prev - sigma**2, 0.0)) * eps
-        if sigma > 0:
-            x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
-        if project is not None:
-            x = project(x, t_prev)
-    return x
-
-
-@torch.no_grad()
-def sample_dpmpp_2m(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, timesteps: torch.Tensor, *,
-                    generator: Generators = None, progress: bool = True,
-                    project: Project | None = None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): the diffusion ODE solved
-    exactly in its linear part, in λ = log(α_t/σ_t) with α_t = sqrt(ᾱ_t), σ_t = sqrt(1-ᾱ_t),
-    and to second order in the data prediction x̂_0 by reusing the previous step's:
-
-        x_prev = (σ_prev/σ_t) x_t − α_prev (e^{−h} − 1) D,   h = λ_prev − λ_t,
-        D = (1 + 1/2r) x̂_0(t) − (1/2r) x̂_0(t_last),   r = h_last / h   (D = x̂_0 at the first step).
-
-    The last step, onto x_0 itself (σ = 0, λ = ∞), returns its x̂_0. Deterministic, like DDIM
-    at η = 0, which is its first-order special case; about 20 steps reach what DDIM needs 50 for.
-    """
-    batch = torch.ones(x.shape[0], dtype=torch.long)
-    x0_last, h_last = None, None
-    for _, t, t_prev in _steps(timesteps, progress, "dpmpp_2m"):
-        abar_t, abar_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
-        x0 = diffusion.predict_x0(x, batch * t, eps_fn(x, batch * t))
-        if t_prev < 0:
-            x = x0
-        else:
-            lam_t, lam_prev = half_log_snr(torch.tensor([abar_t, abar_prev], dtype=torch.float64)).tolist()
-            h = lam_prev - lam_t
-            d = x0
-            if x0_last is not None:
-                r = h_last / h
-                d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_last
-            ratio = math.sqrt((1 - abar_prev) / (1 - abar_t))
-            x = ratio * x - math.sqrt(abar_prev) * math.expm1(-h) * d
-            x0_last, h_last = x0, h
-        if project is not None:
-            x = project(x, t_prev)
-    return x
-
-
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "heun": sample_heun,
+    "lms": sample_lms,
     "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "langevin": sample_langevin,
+    "pc": sample_pc,
 }
-DEFAULT_STEPS = {"ddim": 50, "dpmpp_2m": 20}  # samplers not listed run every training timestep by default
-DEFAULT_SPACING = {"dpmpp_2m": "logsnr"}  # the others: "leading"
+# samplers not listed run every training timestep by default
+DEFAULT_STEPS = {"ddim": 50, "euler": 30, "euler_ancestral": 30, "heun": 15, "lms": 30, "dpmpp_2m": 20,
+                 "dpmpp_2m_sde": 25, "langevin": 100, "pc": 250}
+DEFAULT_SPACING = {"dpmpp_2m": "logsnr", "dpmpp_2m_sde": "logsnr", "euler": "karras", "euler_ancestral": "karras",
+                   "heun": "karras", "lms": "karras", "langevin": "logsnr"}  # the others: "leading"
+# Samplers of the discrete chain ask the network at integer timesteps even on a Karras grid
+# (σ kept exact), as diffusers' DDIM and DPM-Solver do; the σ samplers at fractional ones.
+DISCRETE_TIME = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "pc")
+
+
+def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
+    """How many times `sampler` evaluates the network (×2 with guidance) on a grid of `steps`."""
+    defaults = {name: p.default for name, p in inspect.signature(get_sampler(sampler)).parameters.items()}
+    options = {**defaults, **(options or {})}
+    if sampler == "heun":
+        return 2 * steps - 1
+    if sampler == "langevin":
+        return steps * options["langevin_steps"] + 1
+    if sampler == "pc":
+        return steps * (1 + options["corrector_steps"])
+    return steps
 
 
 def spacing_for(sampler: str, spacing: str | None = None) -> str:
@@ -243,7 +144,7 @@ def spacing_for(sampler: str, spacing: str | None = None) -> str:
 
 def sampler_options(name: str) -> tuple[str, ...]:
     """The keyword options a registered sampler accepts beyond the common ones."""
-    common = {"eps_fn", "diffusion", "x", "timesteps", "generator", "progress", "project"}
+    common = {"eps_fn", "diffusion", "x", "grid", "generator", "progress", "project"}
     return tuple(p for p in inspect.signature(get_sampler(name)).parameters if p not in common)
 
 
@@ -260,12 +161,14 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
            guidance_scale: float = 1.0, uncond: dict[str, torch.Tensor] | None = None,
            guidance_rescale: float = 0.0, init: torch.Tensor | None = None, strength: float = 1.0,
            mask: torch.Tensor | None = None, steps_offset: int = 0, set_alpha_to_one: bool | None = None,
-           **cond) -> torch.Tensor:
+           options: dict | None = None, **cond) -> torch.Tensor:
     """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` with the named sampler.
 
-    `steps` defaults to all T timesteps for "ddpm", 50 for "ddim" and 20 for "dpmpp_2m"; `eta` (DDIM) and
-    `variance` (DDPM: "beta" or "beta_tilde") are passed only to samplers that take them.
-    `steps_offset` shifts a "leading" grid (SD: 1); `set_alpha_to_one` (DDIM) see `sample_ddim`.
+    `steps` defaults to the sampler's `DEFAULT_STEPS` (all T timesteps for "ddpm") on its
+    `DEFAULT_SPACING` (`spacing` may name another, "karras" among them). `eta` (DDIM, Euler
+    ancestral), `variance` (DDPM: "beta" or "beta_tilde") and the sampler's own `options`
+    (`sampler_options`) go to samplers that take them. `steps_offset` shifts a "leading"
+    grid (SD: 1); `set_alpha_to_one=False` makes DDIM land on ᾱ_0 instead of x_0, as SD's does.
     `clip` clips every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels. With
     `uncond` (the condition of the empty or negative prompt) the model is guided at
     `guidance_scale` (`classifier_free_guidance`); scale 1 skips the unconditional branch.
@@ -276,26 +179,24 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
     the rest of `init` at every step (`keep_known`).
     """
     fn = get_sampler(sampler)
-    options = {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
+    options = {**{k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}, **(options or {})}
     unknown = set(options) - set(sampler_options(sampler))
     if unknown:
         raise UserError(f"sampler {sampler!r} takes no option {', '.join(sorted(unknown))}")
-    if set_alpha_to_one is not None and "set_alpha_to_one" in sampler_options(sampler):
-        options["set_alpha_to_one"] = set_alpha_to_one  # a model's convention: ignored by samplers without it
-    steps = steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps)
-    spacing = spacing_for(sampler, spacing)
-    timesteps = timestep_grid(diffusion.num_timesteps, steps, spacing, steps_offset, diffusion.alphas_cumprod)
+    grid = make_grid(diffusion, steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps),
+                     spacing_for(sampler, spacing), steps_offset,
+                     land_on_sigma_min=set_alpha_to_one is False and sampler == "ddim",
+                     quantize=sampler in DISCRETE_TIME)
     x = randn(shape, generator, device) if x_T is None else x_T
     project = None
     if init is not None:
-        timesteps = strength_timesteps(timesteps, strength)
-        if len(timesteps) == 0:
+        grid = strength_grid(grid, strength)
+        if len(grid) == 0:
             return init.clone()
         if strength < 1:
-            start = torch.full((shape[0],), int(timesteps[0]), dtype=torch.long, device=x.device)
-            x = diffusion.q_sample(init, start, x)
+            x = noised(init, x, float(grid.sigmas[0]))
         if mask is not None:
-            project = keep_known(diffusion, init, mask, generator)
+            project = keep_known(init, mask, generator)
     elif mask is not None:
         raise UserError("a mask needs the image it masks (init)")
     if uncond is not None:
@@ -304,8 +205,8 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: st
             model, cond = guided, {}
 
     def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return diffusion.model_eps(model, x_t, t.to(x_t.device), **cond)
+        return diffusion.model_eps(model, x_t, t, **cond)
 
     if clip:
         eps_fn = clip_denoised(eps_fn, diffusion)
-    return fn(eps_fn, diffusion, x, timesteps, generator=generator, progress=progress, project=project, **options)
+    return fn(eps_fn, diffusion, x, grid, generator=generator, progress=progress, project=project, **options)

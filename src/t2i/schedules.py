@@ -53,7 +53,16 @@ def get_betas(name: str, num_steps: int = 1000) -> torch.Tensor:
     return SCHEDULES[name](num_steps)
 
 
-SPACINGS = ("leading", "trailing", "linspace", "logsnr")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace", "logsnr")
+SPACINGS = (*TIMESTEP_SPACINGS, "karras")  # karras spaces σ, not t: see `karras_sigmas`
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: σ_i = (σ_max^{1/ρ} + i/(N-1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, i = 0..N-1,
+    descending, float64. ρ = 7 shortens the steps near σ_min, where the ODE's curvature
+    errors show most in the image (their §3, "discretization")."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
 def half_log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -75,7 +84,7 @@ def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading", of
     the low-noise end. Each target gets its nearest timestep, moved up to the next free one
     where two targets would share it (fine grids, short schedules).
     """
-    if spacing not in SPACINGS:
+    if spacing not in TIMESTEP_SPACINGS:
         raise UserError(f"unknown timestep spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
     if not 1 <= steps <= num_train_steps:
         raise UserError(
