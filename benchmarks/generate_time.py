@@ -27,19 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
+from t2i.bench import count_flops, matmul_peak_gflops
 from t2i.pipeline import DEFAULT_MODEL, Pipeline
-
-
-def matmul_gflops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best / 1e9
 
 
 def step_flops(pipe: Pipeline, batch: int) -> int:
@@ -49,10 +38,8 @@ def step_flops(pipe: Pipeline, batch: int) -> int:
     x = torch.randn(2 * batch, pipe.unet.config.in_channels, size, size)
     t = torch.full((2 * batch,), 500)
     cond = pipe.encode_prompts([""] * (2 * batch))
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        pipe.unet(x, t, **cond)
-    return counter.get_total_flops()
+    with torch.no_grad():
+        return count_flops(lambda: pipe.unet(x, t, **cond))
 
 
 def main() -> None:
@@ -75,7 +62,7 @@ def main() -> None:
     settings = pipe.settings(sampler=args.sampler, steps=args.steps, cfg=None)
     print(f"settings: sampler {settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg']}, "
           f"{pipe.image_size}×{pipe.image_size}")
-    peak = matmul_gflops()
+    peak = matmul_peak_gflops()
     print(f"peak (2048² fp32 mm): {peak:.1f} GFLOP/s")
     print("| images per call | median s/call | min–max | s/image | GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|")

@@ -22,19 +22,9 @@ import time
 import diffusers
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from t2i.bench import count_flops, matmul_peak_gflops
 from t2i.models.unet import UNet, UNetConfig
-
-aten = torch.ops.aten
-# On CPU, F.scaled_dot_product_attention dispatches to ops that FlopCounterMode has no formula
-# for, so the attention matmuls would count as zero; they take the same arguments as the
-# flash-attention ops (query, key, value first; grad_out first in backward), so we reuse theirs.
-CPU_SDPA_FLOPS = {  # FlopCounterMode passes the arguments' shapes
-    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda g, q, k, v, *_, **__: sdpa_backward_flop_count(g, q, k, v),
-}
 
 
 def parse_args() -> argparse.Namespace:
@@ -84,21 +74,9 @@ def train_step(model, opt, x, t, target) -> None:
 
 
 def step_flops(model, x, t, target) -> int:
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
-        F.mse_loss(predict(model, x, t), target).backward()
+    flops = count_flops(lambda: F.mse_loss(predict(model, x, t), target).backward())
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return flops
 
 
 def main() -> None:

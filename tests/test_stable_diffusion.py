@@ -124,26 +124,12 @@ def test_original_single_file_round_trips_and_matches_diffusers(reference, singl
 def test_sd_v1_full_size_unet_matches_diffusers():
     """SD v1's U-Net at its real size (859.5M parameters), one forward on an 8×8 latent.
     Our network shares the reference's tensors (meta construction + assign), so memory holds one copy."""
-    from t2i.convert.stable_diffusion import build
-    from t2i.models.unet import UNetConfig, foreign_names
+    from t2i.bench import ours_from, random_sd_v1_unet
 
-    with torch.device("meta"):
-        theirs = diffusers.UNet2DConditionModel(cross_attention_dim=768)
-    theirs = theirs.to_empty(device="cpu").eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in theirs.named_parameters():
-            if p.ndim == 1:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator) if "norm" in name else
-                        0.02 * torch.randn(p.shape, generator=generator))
-            else:
-                p.normal_(0, p[0].numel() ** -0.5, generator=generator)
-    state = theirs.state_dict()
-    view = type("View", (dict,), {"shape": lambda self, k: tuple(self[k].shape),
-                                  "get_as": lambda self, k, dtype: self[k]})(state)
-    config = UNetConfig.sd_v1()
-    ours = build("unet", config, view, foreign_names(config, "diffusers"), None, "mismatch")
+    theirs = random_sd_v1_unet()
+    ours = ours_from(theirs)
     assert ours.conv_in.weight.data_ptr() == theirs.conv_in.weight.data_ptr()  # no second copy
+    generator = torch.Generator().manual_seed(1)
     x, t = torch.randn(1, 4, 8, 8, generator=generator), torch.tensor([500])
     context = torch.randn(1, 77, 768, generator=generator)
     with torch.no_grad():

@@ -578,6 +578,47 @@ def run_convert(args) -> None:
     print(f"wrote {out}")
 
 
+def add_bench(sub) -> None:
+    from .pipeline import DEFAULT_MODEL
+
+    p = sub.add_parser("bench", help="time generation part by part, on the CPU and on a GPU if there is one",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder or an SD v1 "
+                   "checkpoint")
+    p.add_argument("--prompt", default="a red circle")
+    p.add_argument("--batch", type=_positive(int), default=1, help="images per call")
+    p.add_argument("--repeats", type=_positive(int), default=5, help="timed calls of each part (median)")
+    p.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when there is a GPU")
+    p.add_argument("--channels-last", action="store_true", help="NHWC feature maps (Pipeline.optimize)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (minutes on the first call)")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args) -> None:
+    import torch
+
+    from .bench import pipeline_figures
+    from .pipeline import Pipeline
+
+    devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"t2i bench: model {args.model!r}, prompt {args.prompt!r}, batch {args.batch}, median of "
+          f"{args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    whole = {}
+    for device in devices:
+        pipe = Pipeline.load(args.model, device).optimize(args.channels_last, args.compile)
+        settings = pipe.settings(sampler=None, steps=None, cfg=None)
+        rows = pipeline_figures(pipe, args.prompt, args.batch, args.repeats)
+        print(f"\n{device}: {settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg']}, "
+              f"{pipe.image_size}×{pipe.image_size}; matmul peak {rows[0]['peak']:.0f} GFLOP/s")
+        print("| part | seconds | GFLOP | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|")
+        for row in rows:
+            print(f"| {row['part']} | {row['seconds']:.4f} | {row['gflop']:.2f} | {row['gflops']:.1f} | "
+                  f"{row['of_peak']:.0%} |")
+        whole[device] = rows[-1]["seconds"]
+    for device in devices[1:]:
+        print(f"\n{device} is {whole['cpu'] / whole[device]:.1f}× as fast as the CPU for the whole call")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -585,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"t2i {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export, add_convert,
-                add_data):
+                add_data, add_bench):
         add(sub)
     return parser
 

@@ -1,0 +1,139 @@
+"""Measuring speed honestly: FLOPs, a practical peak, interleaved medians, and `t2i bench`.
+
+Every figure is a median over repeats after a warm-up; FLOPs come from
+`torch.utils.flop_counter.FlopCounterMode`, to which the CPU's fused-attention ops are added
+(it has no formula for them, and would count attention as free); the peak is what a large
+fp32 matrix product reaches on the same device in the same run, since a shared machine's
+speed drifts by 2× over a day and only ratios measured together mean anything.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+from .sampling import network_calls
+
+aten = torch.ops.aten
+# On CPU, F.scaled_dot_product_attention runs as ops that take the flash-attention ops' arguments
+# (query, key, value first; grad_out first in backward), so their formulas apply.
+CPU_SDPA_FLOPS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *_, **__: sdpa_backward_flop_count(g, q, k, v),
+}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """The floating-point operations of one call of `fn` (a multiply-add counts 2)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> float:
+    """Seconds one call of `fn` takes, the device's queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                        device: torch.device | str = "cpu") -> dict[str, list[float]]:
+    """Every function's times over `repeats` rounds, one call of each per round in an order that
+    alternates between rounds, after `warmup` calls each: a drift in the machine's speed then
+    reaches all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(reversed(fns))):
+            times[name].append(timed(fns[name], device))
+    return times
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(device: torch.device | str = "cpu", n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an n×n fp32 matrix product on `device`, best of `repeats`: a practical peak."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    torch.mm(a, b)
+    return 2 * n**3 / min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats)) / 1e9
+
+
+def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> list[dict]:
+    """The time of each part of generating `batch` images of `prompt` at `pipe`'s defaults: the text
+    encoder (prompt and empty prompt), one guided U-Net call (batch 2B), the decoder, and
+    the whole call; each with its FLOPs, GFLOP/s and the fraction of this device's matmul peak."""
+    device = pipe.device
+    settings = pipe.settings(sampler=None, steps=None, cfg=None)
+    side = pipe.image_size // pipe.downsample_factor
+    prompts = [prompt] * batch + [""] * batch
+    with torch.no_grad():
+        cond = pipe.encode_prompts(prompts) if pipe.text_encoder is not None else {}
+        x = torch.randn(2 * batch, pipe.unet.config.in_channels, side, side, device=device, dtype=pipe.dtype)
+        t = torch.full((2 * batch,), 500, device=device)
+        z = torch.randn(batch, pipe.latent_channels, side, side, device=device)
+        parts = {"U-Net, one guided step": lambda: pipe.unet(x, t, **cond)}
+        if pipe.text_encoder is not None:
+            parts["text encoder"] = lambda: pipe.encode_prompts(prompts)
+        if pipe.vae is not None:
+            parts["decoder"] = lambda: pipe.decode(z)
+        flops = {name: count_flops(fn) for name, fn in parts.items()}
+        parts["whole call"] = lambda: pipe(prompt, num_images=batch, seed=0, progress=False)
+        calls = network_calls(settings["sampler"], settings["steps"])
+        flops["whole call"] = flops["U-Net, one guided step"] * calls + sum(
+            flops[name] for name in ("text encoder", "decoder") if name in flops)
+        times = interleaved_medians(parts, repeats, device=device)
+    peak = matmul_peak_gflops(device)
+    rows = []
+    for name, ts in times.items():
+        seconds = median(ts)
+        rows.append({"part": name, "seconds": seconds, "gflop": flops[name] / 1e9,
+                     "gflops": flops[name] / 1e9 / seconds, "of_peak": flops[name] / 1e9 / seconds / peak,
+                     "peak": peak})
+    return rows
+
+
+def random_sd_v1_unet(seed: int = 0) -> torch.nn.Module:
+    """diffusers' SD v1 U-Net (859.5M parameters) with random weights of std 1/sqrt(fan-in), norms
+    near 1 and small biases: outputs of a trained network's scale, for timing and comparisons."""
+    import diffusers
+
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel(cross_attention_dim=768)
+    unet = unet.to_empty(device="cpu").eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if p.ndim == 1:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=generator) if "norm" in name else
+                        0.02 * torch.randn(p.shape, generator=generator))
+            else:
+                p.normal_(0, p[0].numel() ** -0.5, generator=generator)
+    return unet
+
+
+def ours_from(theirs: torch.nn.Module) -> torch.nn.Module:
+    """Our SD v1 U-Net built on the tensors of diffusers' `theirs` (no copy)."""
+    from .convert.stable_diffusion import build
+    from .models.unet import UNetConfig, foreign_names
+
+    view = type("View", (dict,), {"shape": lambda self, k: tuple(self[k].shape),
+                                  "get_as": lambda self, k, dtype: self[k]})(theirs.state_dict())
+    config = UNetConfig.sd_v1()
+    return build("unet", config, view, foreign_names(config, "diffusers"), None, "mismatch").eval()
