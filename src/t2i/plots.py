@@ -44,22 +44,22 @@ def _fmt(v: float) -> str:
 class Axes:
     """A plotting area mapping data coordinates to pixels, with ticks, labels and a title."""
 
-    def __init__(self, xlim, ylim, title="", xlabel="", ylabel="", size=(640, 400), log_y=False):
+    def __init__(self, xlim, ylim, title="", xlabel="", ylabel="", size=(640, 400), log_y=False, log_x=False):
         self.image = Image.new("RGB", size, "white")
         self.draw = ImageDraw.Draw(self.image)
-        self.log_y = log_y
+        self.log_y, self.log_x = log_y, log_x
         self.left, self.top, self.right, self.bottom = 70, 30, size[0] - 20, size[1] - 50
-        self.xlim = xlim
+        self.xlim = tuple(math.log10(v) for v in xlim) if log_x else xlim
         self.ylim = tuple(math.log10(v) for v in ylim) if log_y else ylim
         small = font()
         self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline="black")
         self.draw.text((size[0] / 2, 8), title, fill="black", font=font(14), anchor="mt")
         self.draw.text(((self.left + self.right) / 2, size[1] - 8), xlabel, fill="black", font=small, anchor="mb")
         self.draw.text((self.left, self.top - 4), ylabel, fill="black", font=small, anchor="lb")
-        for x in _ticks(*xlim):
+        for x in (_log_ticks if log_x else _ticks)(*self.xlim):
             px = self.px(x, self.ylim[0])[0]
             self.draw.line([px, self.bottom, px, self.bottom + 4], fill="black")
-            self.draw.text((px, self.bottom + 6), _fmt(x), fill="black", font=small, anchor="mt")
+            self.draw.text((px, self.bottom + 6), _fmt(10**x if log_x else x), fill="black", font=small, anchor="mt")
         for y in (_log_ticks if log_y else _ticks)(*self.ylim):
             py = self._py(y)
             self.draw.line([self.left - 4, py, self.left, py], fill="black")
@@ -74,7 +74,7 @@ class Axes:
         return (self.left + (x - x0) / ((x1 - x0) or 1.0) * (self.right - self.left), self._py(y))
 
     def data_px(self, x: float, y: float) -> tuple[float, float]:
-        return self.px(x, math.log10(max(y, 1e-12)) if self.log_y else y)
+        return self.px(math.log10(max(x, 1e-12)) if self.log_x else x, math.log10(max(y, 1e-12)) if self.log_y else y)
 
     def line(self, xs: Sequence[float], ys: Sequence[float], colour=_COLOURS[0], width=2, label=None, index=0):
         points = [self.data_px(x, y) for x, y in zip(xs, ys)]
@@ -95,13 +95,13 @@ class Axes:
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title="", xlabel="", ylabel="",
-              log_y=False) -> Image.Image:
+              log_y=False, log_x=False) -> Image.Image:
     """One line per named series of (xs, ys)."""
-    xs = [x for x_values, _ in series.values() for x in x_values]
+    xs = [x for x_values, _ in series.values() for x in x_values if not log_x or x > 0]
     ys = [y for _, y_values in series.values() for y in y_values if not log_y or y > 0]
     if not xs or not ys:
-        xs, ys = [0.0, 1.0], [1.0, 2.0]
-    axes = Axes((min(xs), max(xs)), (min(ys), max(ys)), title, xlabel, ylabel, log_y=log_y)
+        xs, ys = [1.0, 2.0], [1.0, 2.0]
+    axes = Axes((min(xs), max(xs)), (min(ys), max(ys)), title, xlabel, ylabel, log_y=log_y, log_x=log_x)
     for i, (name, (x_values, y_values)) in enumerate(series.items()):
         axes.line(x_values, y_values, _COLOURS[i % len(_COLOURS)], label=name, index=i)
     return axes.image
