@@ -300,6 +300,8 @@ def add_generate(sub) -> None:
                         "side by side after the input")
     p.add_argument("--mask", type=Path, default=None, help="inpaint: redraw the white region of --image")
     p.add_argument("--zoom", type=_positive(int), default=1, help="enlarge the saved images N× (nearest pixel)")
+    p.add_argument("--vae-tile", type=_positive(int), default=None, metavar="N",
+                   help="decode in overlapping tiles of N latents a side: bounded memory for large images")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("image.png"),
                    help="the image; for several, a grid, and each image as NAME-i.png")
@@ -331,6 +333,7 @@ def run_generate(args) -> None:
     import torch
 
     pipe = Pipeline.load(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    pipe.optimize(vae_tile=args.vae_tile)
     image, mask = open_image(args.image), open_image(args.mask, "L")
     if args.strength and len(args.strength) > 1 and image is None:
         raise UserError("several --strength values need an --image to edit")

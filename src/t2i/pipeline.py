@@ -122,6 +122,7 @@ class Pipeline:
         self.defaults = {**INFERENCE_DEFAULTS, **(inference or {})}
         self.name, self.clip = name, vae is None if clip is None else clip
         self.timestep_convention = dict(timestep_convention or {})
+        self.vae_tile: int | None = None  # see `optimize`
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto",
@@ -149,14 +150,17 @@ class Pipeline:
                    tokenizer, config.get("inference"), str(name_or_path),
                    vae=components["vae"] if "vae" in components else None, timestep_convention=convention)
 
-    def optimize(self, channels_last: bool = False, compile: bool = False) -> "Pipeline":
+    def optimize(self, channels_last: bool = False, compile: bool = False, vae_tile: int | None = None) -> "Pipeline":
         """Faster inference, same outputs (fp32 differences ~1e-5, `benchmarks/sd_unet_speed.py`):
         `channels_last` stores the U-Net's and decoder's feature maps position-major (NHWC),
         the layout oneDNN's convolutions run in without reordering, and which turns the
         transformers' map ↔ token reshapes into views; `compile` hands the U-Net to
         `torch.compile` (inductor, with its weights frozen as constants so that convolutions
         are prepacked and elementwise ops fused), which pays minutes of compiling on the first
-        call of every new shape. Both off by default; returns self."""
+        call of every new shape. Both off by default. `vae_tile` decodes latents larger than
+        that many positions a side in overlapping tiles (`AutoencoderKL.decode_tiled`), which
+        bounds the decoder's memory for large images. Returns self."""
+        self.vae_tile = vae_tile
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
             if self.vae is not None:
@@ -196,7 +200,9 @@ class Pipeline:
         if self.vae is None:
             return z
         dtype = next(self.vae.parameters()).dtype
-        return self.vae.decode((z / self.vae.config.scaling_factor).to(dtype)).float().clamp(-1, 1)
+        z = (z / self.vae.config.scaling_factor).to(dtype)
+        x = self.vae.decode_tiled(z, self.vae_tile) if self.vae_tile else self.vae.decode(z)
+        return x.float().clamp(-1, 1)
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The U-Net's condition for each prompt, {"context": τ_θ(y) [B, L, D]} (and "pooled"

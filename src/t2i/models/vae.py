@@ -178,11 +178,60 @@ class AutoencoderKL(nn.Module):
         """D(z): the image of an (unscaled) latent."""
         return self.decoder(self.post_quant_conv(z))
 
+    def decode_tiled(self, z: torch.Tensor, tile: int = 64, overlap: int | None = None) -> torch.Tensor:
+        """D(z) in overlapping tiles of `tile`² latents (overlap: a quarter tile unless given),
+        blended by weights that ramp linearly across each overlap: the decoder's memory is then
+        that of one tile, whatever the image size. Not exactly `decode`: a tile's GroupNorms
+        take their statistics over the tile, its convolutions see zero padding at the cut, and
+        a mid-block attention sees the tile alone, so the larger the tiles and overlaps the
+        closer the image (tests/test_vae.py). A latent no larger than a tile is decoded whole."""
+        overlap = tile // 4 if overlap is None else overlap
+        if not 0 <= overlap < tile:
+            raise UserError(f"the tile overlap must be at least 0 and less than the tile ({tile}), got {overlap}")
+        height, width = z.shape[-2:]
+        if height <= tile and width <= tile:
+            return self.decode(z)
+        factor = self.config.downsample_factor
+        out = norm = None
+        for y in _tile_starts(height, tile, overlap):
+            for x in _tile_starts(width, tile, overlap):
+                part = self.decode(z[..., y:y + tile, x:x + tile])
+                weight = (_ramp(part.shape[-2], overlap * factor, y > 0, y + tile < height)[:, None]
+                          * _ramp(part.shape[-1], overlap * factor, x > 0, x + tile < width)[None, :]).to(part)
+                if out is None:
+                    out = part.new_zeros(*part.shape[:2], height * factor, width * factor)
+                    norm = part.new_zeros(height * factor, width * factor)
+                rows = slice(y * factor, y * factor + part.shape[-2])
+                cols = slice(x * factor, x * factor + part.shape[-1])
+                out[..., rows, cols] += weight * part
+                norm[rows, cols] += weight
+        return out / norm
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, DiagonalGaussian]:
         """(D(z), q(z | x)) with z drawn from the posterior."""
         posterior = self.encode(x)
         return self.decode(posterior.sample(generator)), posterior
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins along one axis: every tile - overlap, the last moved back to end at the edge."""
+    starts = list(range(0, max(size - tile, 0) + 1, tile - overlap))
+    if starts[-1] + tile < size:
+        starts.append(size - tile)
+    return starts
+
+
+def _ramp(length: int, overlap: int, rise: bool, fall: bool) -> torch.Tensor:
+    """Blending weights along one tile axis: rising over the first `overlap` pixels where a tile
+    comes before, falling over the last where one comes after, 1 between; never 0."""
+    weight = torch.ones(length)
+    ramp = (torch.arange(overlap) + 0.5) / overlap
+    if rise and overlap:
+        weight[:overlap] = ramp
+    if fall and overlap:
+        weight[-overlap:] = ramp.flip(0)
+    return weight
 
 
 FOREIGN_FORMATS = ("diffusers", "original")  # diffusers' AutoencoderKL; CompVis' (SD's own files)
