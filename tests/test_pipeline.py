@@ -16,6 +16,7 @@ from t2i.models.text import TextEncoderConfig
 from t2i.models.tokenizers import WordTokenizer
 from t2i.models.unet import UNetConfig
 from t2i.pipeline import Pipeline
+from t2i.sampling import spacing_for
 
 CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a green triangle"]
 
@@ -202,3 +203,15 @@ def test_generate_writes_a_grid_row_per_prompt_and_cfg(model_dir, tmp_path):
     assert params["cfg"] == [1, 4, 1, 4]
     last = read_parameters(tmp_path / "rows-11.png")
     assert (last["prompt"], last["cfg"], last["seed"]) == ("a blue square", 4, 4)
+
+
+def test_settings_come_from_the_call_then_the_model_then_the_defaults(pipe):
+    model_sampler = pipe.defaults["sampler"]
+    assert pipe.settings(sampler=None, steps=None, spacing=None) == {
+        "sampler": model_sampler, "steps": pipe.defaults["steps"], "spacing": spacing_for(model_sampler)}
+    # another sampler brings its own steps and grid, unless the call names them
+    assert pipe.settings(sampler="euler", steps=None, spacing=None) == {"sampler": "euler", "steps": 30,
+                                                                         "spacing": "karras"}
+    assert pipe.settings(sampler="euler", spacing=None) == {"sampler": "euler", "spacing": "karras"}
+    assert pipe.settings(sampler="dpmpp_2m", steps=7, spacing="leading") == {"sampler": "dpmpp_2m", "steps": 7,
+                                                                             "spacing": "leading"}

@@ -289,13 +289,14 @@ class Pipeline:
         A call that names another sampler than the model's gets that sampler's usual steps and
         spacing where it names none. The spacing returned is the one that runs (`spacing_for`)."""
         chosen = {key: self.defaults[key] if value is None else value for key, value in overrides.items()}
-        if overrides.get("sampler") not in (None, self.defaults["sampler"]):
-            if overrides.get("steps") is None:
-                chosen["steps"] = DEFAULT_STEPS.get(chosen["sampler"], chosen["steps"])
-            if overrides.get("spacing") is None:
+        sampler = overrides.get("sampler") or self.defaults["sampler"]
+        if sampler != self.defaults["sampler"]:
+            if "steps" in overrides and overrides["steps"] is None:
+                chosen["steps"] = DEFAULT_STEPS.get(sampler, chosen["steps"])
+            if "spacing" in overrides and overrides["spacing"] is None:
                 chosen["spacing"] = None
         if "spacing" in chosen:
-            chosen["spacing"] = spacing_for(chosen["sampler"], chosen["spacing"])
+            chosen["spacing"] = spacing_for(sampler, chosen["spacing"])
         return chosen
 
     @torch.no_grad()
