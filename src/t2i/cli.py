@@ -605,7 +605,8 @@ def run_bench(args) -> None:
 
     devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"t2i bench: model {args.model!r}, prompt {args.prompt!r}, batch {args.batch}, median of "
-          f"{args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+          f"{args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU kernels "
+          f"{torch.backends.cpu.get_cpu_capability()}")
     whole = {}
     for device in devices:
         pipe = Pipeline.load(args.model, device).optimize(args.channels_last, args.compile)
