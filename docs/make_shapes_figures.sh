@@ -11,6 +11,9 @@ t2i generate --model shapes "a large red circle on the left" "a small blue squar
     "a large purple square in the centre" "a large orange triangle on the right" \
     --num 6 --seed 0 --zoom 4 --out "$work/prompts.png"
 t2i generate --model shapes "a large orange circle at the top" --cfg 1 3 --num 8 --seed 0 --zoom 4 --out "$work/guidance.png"
+# The samplers at 10 steps each, from the same seeds (Heun: 19 network calls, the others 10).
+t2i generate --model shapes "a large orange circle at the top" --sampler ddim euler euler_ancestral heun lms \
+    dpmpp_2m dpmpp_2m_sde --steps 10 --num 6 --seed 0 --zoom 4 --out "$work/samplers.png"
 
 python - "$work" <<'PY'
 import sys
@@ -31,4 +34,4 @@ t2i generate --model shapes "a large red circle on the left" --image "$work/inpu
 t2i generate --model shapes "a large red circle on the right" --image "$work/input.png" --mask "$work/mask.png" \
     --num 4 --seed 0 --zoom 4 --out "$work/inpaint.png"
 
-for name in prompts guidance strengths inpaint; do cp "$work/$name.png" "$out/shapes_$name.png"; done
+for name in prompts guidance samplers strengths inpaint; do cp "$work/$name.png" "$out/shapes_$name.png"; done

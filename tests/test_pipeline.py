@@ -205,6 +205,22 @@ def test_generate_writes_a_grid_row_per_prompt_and_cfg(model_dir, tmp_path):
     assert (last["prompt"], last["cfg"], last["seed"]) == ("a blue square", 4, 4)
 
 
+def test_generate_writes_a_grid_row_per_sampler(model_dir, tmp_path):
+    """A sampler comparison from one seed, as other tools' X/Y plots: each row its own sampler, grid and steps."""
+    out = tmp_path / "samplers.png"
+    assert main(["generate", "a red circle", "--sampler", "ddim", "euler", "dpmpp_2m", "--steps", "6", "--seed", "5",
+                 "--model", str(model_dir), "--out", str(out), "--device", "cpu"]) == 0
+    params = read_parameters(out)
+    assert params["sampler"] == ["ddim", "euler", "dpmpp_2m"]
+    rows = [read_parameters(tmp_path / f"samplers-{i}.png") for i in range(3)]
+    assert [(r["sampler"], r["spacing"], r["steps"], r["seed"]) for r in rows] == [
+        ("ddim", "leading", 6, 5), ("euler", "karras", 6, 5), ("dpmpp_2m", "logsnr", 6, 5)]
+    with Image.open(tmp_path / "samplers-0.png") as a, Image.open(tmp_path / "samplers-1.png") as b:
+        assert a.tobytes() != b.tobytes()
+    assert main(["generate", "a red circle", "--sampler", "ddim", "heun_x", "--model", str(model_dir),
+                 "--out", str(tmp_path / "x.png")]) == 2  # every name checked before any runs
+
+
 def test_settings_come_from_the_call_then_the_model_then_the_defaults(pipe):
     model_sampler = pipe.defaults["sampler"]
     assert pipe.settings(sampler=None, steps=None, spacing=None) == {

@@ -288,7 +288,8 @@ def add_generate(sub) -> None:
                    help="guidance scale s (1 = no guidance); several: one grid row each")
     p.add_argument("--rescale", type=float, default=None, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
     p.add_argument("--steps", type=_positive(int), default=None)
-    p.add_argument("--sampler", default=None, help=f"one of: {', '.join(SAMPLERS)}")
+    p.add_argument("--sampler", nargs="+", default=None,
+                   help=f"one of: {', '.join(SAMPLERS)}; several: one grid row each")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="the sampler's grid; karras: σ spaced as Karras et al. (default: the sampler's own)")
     p.add_argument("--eta", type=float, default=None, help="DDIM and Euler-ancestral noise (0 = deterministic)")
@@ -329,6 +330,7 @@ def run_generate(args) -> None:
 
     from .images import make_grid, save_png
     from .pipeline import Pipeline
+    from .sampling import get_sampler
 
     import torch
 
@@ -339,9 +341,13 @@ def run_generate(args) -> None:
         raise UserError("several --strength values need an --image to edit")
     if args.seed is None:  # drawn once, so that every combination starts from the same noise
         args.seed = secrets.randbelow(2**31)
-    variants = list(itertools.product(args.prompt or [""], args.cfg or [None], args.strength or [None]))
-    rows = [pipe(prompt, args.negative, args.steps, args.sampler, cfg, args.seed, args.num, args.rescale, args.eta,
-                 image=image, strength=strength, mask=mask, spacing=args.spacing) for prompt, cfg, strength in variants]
+    for sampler in args.sampler or []:
+        get_sampler(sampler)  # every name checked before the first is run
+    variants = list(itertools.product(args.prompt or [""], args.sampler or [None], args.cfg or [None],
+                                      args.strength or [None]))
+    rows = [pipe(prompt, args.negative, args.steps, sampler, cfg, args.seed, args.num, args.rescale, args.eta,
+                 image=image, strength=strength, mask=mask, spacing=args.spacing)
+            for prompt, sampler, cfg, strength in variants]
     images = [im for row in rows for im in row]
     if len(images) == 1:
         save_png(zoom(images[0], args.zoom), args.out, images[0].info["t2i"])
@@ -353,8 +359,9 @@ def run_generate(args) -> None:
         rows = [images]
     lead = [image] if image is not None else []
     tiles = [zoom(im, args.zoom) for row in rows for im in lead + row]
-    varying = {"prompt": [v[0] for v in variants], "cfg": [im.info["t2i"]["cfg"] for im in images[::args.num]],
-               "strength": [v[2] for v in variants]}
+    firsts = [im.info["t2i"] for im in images[::args.num]]
+    varying = {"prompt": [v[0] for v in variants], "sampler": [f["sampler"] for f in firsts],
+               "cfg": [f["cfg"] for f in firsts], "strength": [v[3] for v in variants]}
     save_png(make_grid(tiles, ncols=len(lead) + len(rows[0])), args.out,
              {**images[0].info["t2i"], **varying, "num": args.num})
     print(f"wrote {args.out} and {args.out.stem}-0..{len(images) - 1}{args.out.suffix} "
