@@ -601,6 +601,8 @@ def add_bench(sub) -> None:
     p.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when there is a GPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC feature maps (Pipeline.optimize)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (minutes on the first call)")
+    p.add_argument("--threads", type=_positive(int), nargs="+", default=None,
+                   help="CPU thread counts to time (default: torch's own, one per core)")
     p.set_defaults(run=run_bench)
 
 
@@ -611,23 +613,28 @@ def run_bench(args) -> None:
     from .pipeline import Pipeline
 
     devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    runs = [(device, threads) for device in devices
+            for threads in (args.threads or [torch.get_num_threads()] if device == "cpu" else [None])]
     print(f"t2i bench: model {args.model!r}, prompt {args.prompt!r}, batch {args.batch}, median of "
-          f"{args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU kernels "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+          f"{args.repeats}; torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}")
     whole = {}
-    for device in devices:
+    for device, threads in runs:
+        if threads:
+            torch.set_num_threads(threads)
         pipe = Pipeline.load(args.model, device).optimize(args.channels_last, args.compile)
         settings = pipe.settings(sampler=None, steps=None, cfg=None)
         rows = pipeline_figures(pipe, args.prompt, args.batch, args.repeats)
-        print(f"\n{device}: {settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg']}, "
+        name = f"{device}, {threads} thread{'s' * (threads > 1)}" if threads else device
+        print(f"\n{name}: {settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg']}, "
               f"{pipe.image_size}×{pipe.image_size}; matmul peak {rows[0]['peak']:.0f} GFLOP/s")
         print("| part | seconds | GFLOP | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|")
         for row in rows:
             print(f"| {row['part']} | {row['seconds']:.4f} | {row['gflop']:.2f} | {row['gflops']:.1f} | "
                   f"{row['of_peak']:.0%} |")
-        whole[device] = rows[-1]["seconds"]
-    for device in devices[1:]:
-        print(f"\n{device} is {whole['cpu'] / whole[device]:.1f}× as fast as the CPU for the whole call")
+        whole[name] = rows[-1]["seconds"]
+    first = next(iter(whole))
+    for name in list(whole)[1:]:
+        print(f"\n{name}: the whole call {whole[first] / whole[name]:.2f}× as fast as on {first}")
 
 
 def build_parser() -> argparse.ArgumentParser:
