@@ -101,6 +101,7 @@ class Diffusion:
         # σ_t = sqrt((1 - ᾱ_t) / ᾱ_t): the noise level of x_t / sqrt(ᾱ_t) = x_0 + σ_t ε, the variance-exploding
         # form the σ samplers integrate in (Karras et al. 2022, "EDM", §2 and appendix C.1).
         self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        self.log_sigmas = self.sigmas.log()  # what σ(t) and t(σ) interpolate, once a step for the σ samplers
 
     @classmethod
     def from_schedule(cls, name: str, num_steps: int = 1000, prediction_type: str = "epsilon") -> "Diffusion":
@@ -128,13 +129,12 @@ class Diffusion:
         t = torch.as_tensor(t, dtype=torch.float64).cpu().clamp(0, self.num_timesteps - 1)
         low = t.floor().long().clamp(max=max(self.num_timesteps - 2, 0))
         high = (low + 1).clamp(max=self.num_timesteps - 1)
-        log_sigmas = self.sigmas.log()
-        return torch.lerp(log_sigmas[low], log_sigmas[high], t - low).exp()
+        return torch.lerp(self.log_sigmas[low], self.log_sigmas[high], t - low).exp()
 
     def t_at(self, sigma: torch.Tensor) -> torch.Tensor:
         """The fractional timestep of noise level σ, float64: `sigma_at`'s inverse, clamped to [0, T-1]."""
         log_sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().clamp(min=1e-10).log()
-        log_sigmas = self.sigmas.log()
+        log_sigmas = self.log_sigmas
         low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, max(self.num_timesteps - 2, 0))
         high = (low + 1).clamp(max=self.num_timesteps - 1)
         span = (log_sigmas[high] - log_sigmas[low]).clamp(min=1e-30)
