@@ -6,7 +6,7 @@ hold the same random weights (ours is built on diffusers' tensors, no copy). Var
 plain (NCHW), channels_last, and channels_last + torch.compile (inductor, frozen weights;
 compiled once before timing, its compile time reported); diffusers plain and channels_last.
 Each variant's output is compared with diffusers' plain output (max abs difference), its
-FLOPs counted (`t2i.bench.count_flops`), and the calls interleaved (`t2i.bench.interleaved_medians`).
+FLOPs counted (`t2i.bench.count_flops`), and the calls interleaved (`t2i.bench.interleaved_times`).
 
 Run:  python benchmarks/sd_unet_speed.py [--size 512] [--repeats 3] [--no-compile]
 """
@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import copy
 import shlex
+import statistics
 import sys
 import time
 
 import diffusers
 import torch
 
-from t2i.bench import count_flops, interleaved_medians, matmul_peak_gflops, median, random_sd_v1_unet, ours_from
+from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops, random_sd_v1_unet, ours_from
 
 
 def main() -> None:
@@ -60,7 +61,7 @@ def main() -> None:
             compile_seconds = time.perf_counter() - start
             variants["t2i, channels_last + compile"] = lambda: compiled(x_cl, t, context)
         differences = {name: (fn() - reference).abs().max().item() for name, fn in variants.items()}
-        times = interleaved_medians(variants, args.repeats, warmup=0)
+        times = interleaved_times(variants, args.repeats, warmup=0)
     peak = matmul_peak_gflops()
 
     print(f"Command: `{shlex.join(['python', 'benchmarks/sd_unet_speed.py', *sys.argv[1:]])}`")
@@ -69,11 +70,11 @@ def main() -> None:
           f"+ context [2, 77, 768], {flops / 1e9:.0f} GFLOP per call; fp32 matmul peak ~{peak:.0f} GFLOP/s "
           f"(2048² torch.mm); median of {args.repeats} interleaved calls"
           + (f"; compiling took {compile_seconds:.0f} s" if compile_seconds else "") + "\n")
-    base = median(times["diffusers"])
+    base = statistics.median(times["diffusers"])
     print("| network | median s/call | × diffusers' time | GFLOP/s | of peak | max abs diff to diffusers |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, ts in times.items():
-        seconds = median(ts)
+        seconds = statistics.median(ts)
         print(f"| {name} | {seconds:.2f} | {seconds / base:.3f} | {flops / 1e9 / seconds:.1f} | "
               f"{flops / 1e9 / seconds / peak:.0%} | {differences[name]:.1e} |")
 

@@ -5,7 +5,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from t2i.bench import count_flops, interleaved_medians
+from t2i.bench import count_flops, interleaved_times
 from t2i.cli import main
 from t2i.pipeline import Pipeline
 
@@ -16,9 +16,9 @@ def test_attention_flops_are_counted_on_the_cpu():
     assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 2 * (2 * 2 * 4 * 64 * 32 * 16)
 
 
-def test_interleaved_medians_time_every_function_alike():
+def test_interleaved_times_time_every_function_alike():
     calls = []
-    times = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4, warmup=1)
+    times = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=4, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]  # warm-ups, then alternating order
     assert all(len(ts) == 4 and min(ts) >= 0 for ts in times.values())
 

@@ -49,7 +49,7 @@ def timed(fn: Callable[[], object], device: torch.device | str = "cpu") -> float
     return time.perf_counter() - start
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                         device: torch.device | str = "cpu") -> dict[str, list[float]]:
     """Every function's times over `repeats` rounds, one call of each per round in an order that
     alternates between rounds, after `warmup` calls each: a drift in the machine's speed then
@@ -62,10 +62,6 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warm
         for name in (list(fns) if r % 2 == 0 else list(reversed(fns))):
             times[name].append(timed(fns[name], device))
     return times
-
-
-def median(times: list[float]) -> float:
-    return statistics.median(times)
 
 
 def matmul_peak_gflops(device: torch.device | str = "cpu", n: int = 2048, repeats: int = 5) -> float:
@@ -98,11 +94,11 @@ def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> list[dict]:
         calls = network_calls(settings["sampler"], settings["steps"])
         flops["whole call"] = flops["U-Net, one guided step"] * calls + sum(
             flops[name] for name in ("text encoder", "decoder") if name in flops)
-        times = interleaved_medians(parts, repeats, device=device)
+        times = interleaved_times(parts, repeats, device=device)
     peak = matmul_peak_gflops(device)
     rows = []
     for name, ts in times.items():
-        seconds = median(ts)
+        seconds = statistics.median(ts)
         rows.append({"part": name, "seconds": seconds, "gflop": flops[name] / 1e9,
                      "gflops": flops[name] / 1e9 / seconds, "of_peak": flops[name] / 1e9 / seconds / peak,
                      "peak": peak})

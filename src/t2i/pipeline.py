@@ -151,15 +151,15 @@ class Pipeline:
                    vae=components["vae"] if "vae" in components else None, timestep_convention=convention)
 
     def optimize(self, channels_last: bool = False, compile: bool = False, vae_tile: int | None = None) -> "Pipeline":
-        """Faster inference, same outputs (fp32 differences ~1e-5, `benchmarks/sd_unet_speed.py`):
-        `channels_last` stores the U-Net's and decoder's feature maps position-major (NHWC),
-        the layout oneDNN's convolutions run in without reordering, and which turns the
-        transformers' map ↔ token reshapes into views; `compile` hands the U-Net to
-        `torch.compile` (inductor, with its weights frozen as constants so that convolutions
-        are prepacked and elementwise ops fused), which pays minutes of compiling on the first
-        call of every new shape. Both off by default. `vae_tile` decodes latents larger than
-        that many positions a side in overlapping tiles (`AutoencoderKL.decode_tiled`), which
-        bounds the decoder's memory for large images. Returns self."""
+        """Inference options that keep the outputs (fp32 differences ~1e-5) and change speed or memory.
+        `channels_last` stores the U-Net's and decoder's feature maps position-major (NHWC);
+        `compile` hands the U-Net to `torch.compile` (inductor, weights frozen as constants),
+        which pays minutes of compiling on the first call of every new shape. Measured on this
+        project's AVX2 CPU (docs/benchmarks.md): neither sped up SD v1's U-Net (channels_last
+        was 5% slower), while compile ran the small shipped model ~1.5× faster; so both are off
+        unless asked. `vae_tile` decodes latents larger than that many positions a side in
+        overlapping tiles (`AutoencoderKL.decode_tiled`), which bounds the decoder's memory for
+        large images (not bit-equal to a whole decode). Returns self."""
         self.vae_tile = vae_tile
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
