@@ -3,8 +3,10 @@
 One guided denoising step of SD v1 at 512×512 is one U-Net call on a batch of 2 latents
 [2, 4, 64, 64] (conditional and unconditional) with a [2, 77, 768] text context. Both networks
 hold the same random weights (ours is built on diffusers' tensors, no copy). Variants of ours:
-plain (NCHW), channels_last, and channels_last + torch.compile (inductor, frozen weights;
-compiled once before timing, its compile time reported); diffusers plain and channels_last.
+plain (NCHW), Winograd F(4×4, 3×3) 3×3 convolutions (`t2i.models.winograd`), channels_last, and
+channels_last + torch.compile (inductor, frozen weights; compiled once before timing, its compile
+time reported); diffusers plain and channels_last. GFLOP/s count the direct convolution's FLOPs
+for every variant (Winograd's are "effective": it does fewer multiplications for the same output).
 Each variant's output is compared with diffusers' plain output (max abs difference), its
 FLOPs counted (`t2i.bench.count_flops`), and the calls interleaved (`t2i.bench.interleaved_times`).
 
@@ -24,6 +26,7 @@ import diffusers
 import torch
 
 from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops, random_sd_v1_unet, ours_from
+from t2i.models.winograd import WinogradConv2d, use_winograd
 
 
 def main() -> None:
@@ -40,6 +43,8 @@ def main() -> None:
     x = torch.randn(2, 4, side, side, generator=generator)
     t = torch.tensor([500, 500])
     context = torch.randn(2, 77, 768, generator=generator)
+    ours_winograd = ours_from(theirs)
+    replaced = use_winograd(ours_winograd)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     # channels_last copies: .to() gives the 4-d weights new NHWC tensors, the plain networks keep theirs
     ours_cl = ours_from(theirs).to(memory_format=torch.channels_last)
@@ -51,6 +56,8 @@ def main() -> None:
     with torch.no_grad():
         flops = count_flops(variants["t2i"])
         reference = variants["diffusers"]()
+        variants["t2i, winograd"] = lambda: ours_winograd(x, t, context)
+        filters = sum(m.filters().numel() for m in ours_winograd.modules() if isinstance(m, WinogradConv2d))
         variants["t2i, channels_last"] = lambda: ours_cl(x_cl, t, context)
         variants["diffusers, channels_last"] = lambda: theirs_cl(x_cl, t, encoder_hidden_states=context).sample
         compile_seconds = None
@@ -69,7 +76,8 @@ def main() -> None:
           f"SD v1 U-Net ({sum(q.numel() for q in ours.parameters()):,} parameters), input [2, 4, {side}, {side}] "
           f"+ context [2, 77, 768], {flops / 1e9:.0f} GFLOP per call; fp32 matmul peak ~{peak:.0f} GFLOP/s "
           f"(2048² torch.mm); median of {args.repeats} interleaved calls"
-          + (f"; compiling took {compile_seconds:.0f} s" if compile_seconds else "") + "\n")
+          + (f"; compiling took {compile_seconds:.0f} s" if compile_seconds else "")
+          + f"; Winograd: {replaced} convolutions, transformed filters {filters * 4 / 2**30:.1f} GiB\n")
     base = statistics.median(times["diffusers"])
     print("| network | median s/call | × diffusers' time | GFLOP/s | of peak | max abs diff to diffusers |")
     print("|---|---:|---:|---:|---:|---:|")

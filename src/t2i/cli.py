@@ -303,6 +303,8 @@ def add_generate(sub) -> None:
     p.add_argument("--zoom", type=_positive(int), default=1, help="enlarge the saved images N× (nearest pixel)")
     p.add_argument("--vae-tile", type=_positive(int), default=None, metavar="N",
                    help="decode in overlapping tiles of N latents a side: bounded memory for large images")
+    p.add_argument("--winograd", action="store_true",
+                   help="3×3 convolutions by Winograd's F(4×4, 3×3): faster on the CPU for large models")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("image.png"),
                    help="the image; for several, a grid, and each image as NAME-i.png")
@@ -335,7 +337,7 @@ def run_generate(args) -> None:
     import torch
 
     pipe = Pipeline.load(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
-    pipe.optimize(vae_tile=args.vae_tile)
+    pipe.optimize(vae_tile=args.vae_tile, winograd=args.winograd)
     image, mask = open_image(args.image), open_image(args.mask, "L")
     if args.strength and len(args.strength) > 1 and image is None:
         raise UserError("several --strength values need an --image to edit")
@@ -601,6 +603,7 @@ def add_bench(sub) -> None:
     p.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when there is a GPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC feature maps (Pipeline.optimize)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (minutes on the first call)")
+    p.add_argument("--winograd", action="store_true", help="Winograd F(4×4, 3×3) convolutions (Pipeline.optimize)")
     p.add_argument("--threads", type=_positive(int), nargs="+", default=None,
                    help="CPU thread counts to time (default: torch's own, one per core)")
     p.set_defaults(run=run_bench)
@@ -621,7 +624,7 @@ def run_bench(args) -> None:
     for device, threads in runs:
         if threads:
             torch.set_num_threads(threads)
-        pipe = Pipeline.load(args.model, device).optimize(args.channels_last, args.compile)
+        pipe = Pipeline.load(args.model, device).optimize(args.channels_last, args.compile, winograd=args.winograd)
         settings = pipe.settings(sampler=None, steps=None, cfg=None)
         rows = pipeline_figures(pipe, args.prompt, args.batch, args.repeats)
         name = f"{device}, {threads} thread{'s' * (threads > 1)}" if threads else device

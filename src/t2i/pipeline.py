@@ -40,6 +40,7 @@ from .models.text import CLIPTextTransformer
 from .models.tokenizers import Tokenizer
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL
+from .models.winograd import use_winograd
 from .sampling import DEFAULT_STEPS, check_guidance_scale, get_sampler, sample, spacing_for
 
 DEFAULT_MODEL = "shapes"
@@ -150,17 +151,25 @@ class Pipeline:
                    tokenizer, config.get("inference"), str(name_or_path),
                    vae=components["vae"] if "vae" in components else None, timestep_convention=convention)
 
-    def optimize(self, channels_last: bool = False, compile: bool = False, vae_tile: int | None = None) -> "Pipeline":
+    def optimize(self, channels_last: bool = False, compile: bool = False, vae_tile: int | None = None,
+                 winograd: bool = False) -> "Pipeline":
         """Inference options that keep the outputs (fp32 differences ~1e-5) and change speed or memory.
+        `winograd` computes the U-Net's and decoder's 3×3 convolutions of ≥ 64 channels by
+        Winograd's F(4×4, 3×3) (`t2i.models.winograd`: 4× fewer multiplications, and transformed
+        filters that take 4× the memory of those convolutions' weights); on the CPU, in float32.
         `channels_last` stores the U-Net's and decoder's feature maps position-major (NHWC);
         `compile` hands the U-Net to `torch.compile` (inductor, weights frozen as constants),
         which pays minutes of compiling on the first call of every new shape. Measured on this
-        project's AVX2 CPU (docs/benchmarks.md): neither sped up SD v1's U-Net (channels_last
-        was 5% slower), while compile ran the small shipped model ~1.5× faster; so both are off
-        unless asked. `vae_tile` decodes latents larger than that many positions a side in
-        overlapping tiles (`AutoencoderKL.decode_tiled`), which bounds the decoder's memory for
-        large images (not bit-equal to a whole decode). Returns self."""
+        project's AVX2 CPU (docs/benchmarks.md): neither of these two sped up SD v1's U-Net
+        (channels_last was 5% slower), while compile ran the small shipped model ~1.5× faster;
+        so both are off unless asked. `vae_tile` decodes latents larger than that many positions
+        a side in overlapping tiles (`AutoencoderKL.decode_tiled`), which bounds the decoder's
+        memory for large images (not bit-equal to a whole decode). Returns self."""
         self.vae_tile = vae_tile
+        if winograd:
+            use_winograd(self.unet)
+            if self.vae is not None:
+                use_winograd(self.vae)
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
             if self.vae is not None:
