@@ -72,3 +72,17 @@ def test_pipeline_with_winograd_gives_the_same_images():
     assert any(isinstance(m, WinogradConv2d) for m in fast.unet.modules())
     kwargs = dict(seed=3, num_images=2, steps=10, progress=False, output_type="tensor")
     torch.testing.assert_close(fast("a red circle", **kwargs), plain("a red circle", **kwargs), atol=1e-4, rtol=0)
+
+
+def test_generate_with_winograd_writes_the_same_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from t2i.cli import main
+
+    paths = [tmp_path / "direct.png", tmp_path / "winograd.png"]
+    for path, extra in zip(paths, ([], ["--winograd"])):
+        assert main(["generate", "a red circle", "--model", "shapes", "--seed", "1", "--steps", "10",
+                     "--out", str(path), *extra]) == 0
+    direct, winograd = (np.asarray(Image.open(p), dtype=np.int16) for p in paths)
+    assert np.abs(direct - winograd).max() <= 1  # 8-bit rounding of outputs within ~1e-5

@@ -54,6 +54,7 @@ A_T = torch.tensor([[1, 1, 1, 1, 1, 0],
                     [0, 1, 1, 4, 4, 0],
                     [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
 TILE = 4  # outputs per tile side (m); inputs per tile side α = m + 3 − 1 = 6
+PARALLEL_MIN_VALUES = 1 << 18  # feature maps smaller than this are transformed on one thread
 
 
 def transform_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -68,8 +69,11 @@ def conv3x3(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor | None, fused: 
     or the PyTorch ones (False); None: the C ones where they load and x is a CPU float32 tensor."""
     N, C, H, W = x.shape
     th, tw = -(-H // TILE), -(-W // TILE)
+    fusable = x.device.type == "cpu" and x.dtype == torch.float32
     if fused is None:
-        fused = x.device.type == "cpu" and x.dtype == torch.float32 and _kernels() is not None
+        fused = fusable and _kernels() is not None
+    elif fused and not fusable:
+        raise ValueError(f"the fused Winograd transforms take float32 CPU tensors, not {x.dtype} on {x.device}")
     transforms = (_fused_input, _fused_output) if fused else (_input_ops, _output_ops)
     V = transforms[0](x.contiguous(), th, tw)  # [36, N·T, C_in]
     M = torch.bmm(V, U)  # [36, N·T, C_out]
@@ -96,27 +100,32 @@ def _output_ops(M: torch.Tensor, bias: torch.Tensor | None, N: int, H: int, W: i
 def _fused_input(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     N, C, H, W = x.shape
     V = torch.empty(36, N * th * tw, C)
-    _run(_kernels().input_transform, N * th, x.data_ptr(), V.data_ptr(), N, C, H, W, th, tw)
+    _run(_kernels().input_transform, N * th, x.numel(), x.data_ptr(), V.data_ptr(), N, C, H, W, th, tw)
     return V
 
 
 def _fused_output(M: torch.Tensor, bias: torch.Tensor | None, N: int, H: int, W: int, th: int, tw: int) -> torch.Tensor:
     C = M.shape[2]
     y = torch.empty(N, C, H, W)
-    bias_ptr = None if bias is None else bias.contiguous().data_ptr()
-    _run(_kernels().output_transform, N * th, M.data_ptr(), bias_ptr, y.data_ptr(), N, C, H, W, th, tw)
+    bias = None if bias is None else bias.contiguous()  # held until the kernel has run
+    bias_ptr = None if bias is None else bias.data_ptr()
+    _run(_kernels().output_transform, N * th, y.numel(), M.data_ptr(), bias_ptr, y.data_ptr(), N, C, H, W, th, tw)
     return y
 
 
-def _run(kernel, units: int, *args) -> None:
-    """Run kernel(*args, start, end) over [0, units) in as many parts as PyTorch has threads
-    (ctypes releases the GIL, so the parts run in parallel)."""
+def _run(kernel, units: int, values: int, *args) -> None:
+    """Run kernel(*args, start, end) over [0, units), split in as many parts as PyTorch has
+    threads when the feature map (`values` numbers) is large enough to pay for the hand-off
+    (ctypes releases the GIL, so the parts run in parallel); this thread runs the last part."""
     parts = max(1, min(torch.get_num_threads(), units))
-    bounds = [(units * i // parts, units * (i + 1) // parts) for i in range(parts)]
-    if parts == 1:
+    if parts == 1 or values < PARALLEL_MIN_VALUES:
         kernel(*args, 0, units)
         return
-    list(_pool(parts).map(lambda b: kernel(*args, *b), bounds))
+    bounds = [(units * i // parts, units * (i + 1) // parts) for i in range(parts)]
+    others = [_pool(parts - 1).submit(kernel, *args, *b) for b in bounds[:-1]]
+    kernel(*args, *bounds[-1])
+    for job in others:
+        job.result()
 
 
 @cache
