@@ -144,17 +144,13 @@ def _kernels() -> ctypes.CDLL | None:
     for flags in (["-O3", "-march=native"], ["-O3"]):
         key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *flags, platform.machine()]).encode())
         library = Path.home() / ".cache" / "t2i" / "kernels" / f"winograd-{key.hexdigest()[:16]}.so"
-        if not library.exists():
-            library.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-                built = Path(tmp) / library.name
-                done = subprocess.run([compiler, *flags, "-shared", "-fPIC", str(source), "-o", str(built)],
-                                      capture_output=True, text=True)
-                if done.returncode != 0:
-                    log.info("compiling %s with %s failed: %s", source.name, flags, done.stderr.strip()[-500:])
-                    continue
-                os.replace(built, library)  # atomic: a concurrent process sees all of it or none
-        lib = ctypes.CDLL(str(library))
+        try:
+            if not library.exists():
+                _compile(compiler, flags, source, library)
+            lib = ctypes.CDLL(str(library))
+        except (OSError, subprocess.CalledProcessError) as e:
+            log.info("building %s with %s failed: %s", source.name, flags, getattr(e, "stderr", None) or e)
+            continue
         lib.input_transform.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 8
         lib.output_transform.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 8
         for fn in (lib.input_transform, lib.output_transform):
@@ -162,6 +158,15 @@ def _kernels() -> ctypes.CDLL | None:
         return lib
     log.info("could not compile %s: Winograd transforms run as PyTorch operations", source.name)
     return None
+
+
+def _compile(compiler: str, flags: list[str], source: Path, library: Path) -> None:
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        built = Path(tmp) / library.name
+        subprocess.run([compiler, *flags, "-shared", "-fPIC", str(source), "-o", str(built)], check=True,
+                       capture_output=True, text=True)
+        os.replace(built, library)  # atomic: a concurrent process sees all of it or none
 
 
 class WinogradConv2d(nn.Module):
