@@ -3,9 +3,15 @@
 The held-out split's first N captions are drawn with seeds 0..N-1 by every (sampler, steps)
 and by DDPM on all 1000 timesteps (the reference); FID is measured against the reference's
 Inception features, and a second DDPM-1000 set (seeds N..2N-1) against the first gives the
-floor that N images allow. Alignment: is a generated image's nearest training image (in
-Inception features) of the prompted emoji (top-1 / top-5)? The plot is FID against network
-calls (Heun calls twice a step, PC and Langevin more), the table every row with its seconds.
+floor that N images allow. Every set is also scored against the held-out images themselves
+(FID to data), so the default sampler's FID can be set against DDPM-1000's. Alignment: is a
+generated image's nearest training image (in Inception features) of the prompted emoji
+(top-1 / top-5)? The plot is FID to the reference against network calls (Heun calls twice a
+step, PC more), the table every row with its seconds.
+
+Each set's features are kept in `--work` (under a hash of the model's files) as soon as it is
+done, so a stopped run resumes where it stopped: the whole benchmark at N = 128 is hours of a
+2-core CPU (DDPM-1000 alone is 2 × 128 × 1000 image-steps).
 
 Run:  python benchmarks/quality_per_step.py --model emoji --data data/emoji [--num-images 128]
           [--samplers ddim euler ...] [--steps 5 10 20 50 100] [--out docs/images/quality_per_step.png]
@@ -14,6 +20,7 @@ Run:  python benchmarks/quality_per_step.py --model emoji --data data/emoji [--n
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -21,6 +28,8 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from t2i.data.folder import ImageFolder
@@ -29,7 +38,7 @@ from t2i.images import save_png
 from t2i.metrics.alignment import alignment
 from t2i.metrics.fid import fid
 from t2i.metrics.inception import InceptionFeatures
-from t2i.pipeline import DEFAULT_MODEL, Pipeline
+from t2i.pipeline import DEFAULT_MODEL, Pipeline, resolve_model
 from t2i.plots import line_plot
 from t2i.sampling import SAMPLERS, network_calls
 
@@ -46,6 +55,27 @@ def features_of(pipe, extractor, prompts, seeds, batch_size, **options) -> tuple
     return torch.cat(chunks), seconds
 
 
+def kept_features(work: Path, key: str, compute) -> tuple[torch.Tensor, float]:
+    """`compute()`'s (features, seconds), kept in `work/key.safetensors` once computed."""
+    path = work / f"{key}.safetensors"
+    if path.is_file():
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("features"), float(f.metadata()["seconds"])
+    features, seconds = compute()
+    work.mkdir(parents=True, exist_ok=True)
+    save_file({"features": features.contiguous()}, str(path), metadata={"seconds": repr(seconds)})
+    return features, seconds
+
+
+def model_digest(model: str) -> str:
+    """A short hash of a model folder's files (names, sizes, times): kept sets belong to one model."""
+    digest = hashlib.sha256()
+    for path in sorted(resolve_model(model).iterdir()):
+        stat = path.stat()
+        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -57,6 +87,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "t2i" / "fid")
     p.add_argument("--out", type=Path, default=Path("docs/images/quality_per_step.png"))
+    p.add_argument("--work", type=Path, default=Path.home() / ".cache" / "t2i" / "quality_per_step",
+                   help="where each finished set's features are kept, so that a stopped run resumes")
     args = p.parse_args()
     unknown = set(args.samplers) - set(SAMPLERS)
     if unknown:
@@ -69,36 +101,40 @@ def main() -> None:
     prompts, labels = [test.caption(i) for i in range(n)], [test.record(i).get("emoji") for i in range(n)]
     extractor = InceptionFeatures("cpu")
     train_features = cached_features(extractor, train, args.cache, True, "inception: training")
+    test_features = cached_features(extractor, test, args.cache, True, "inception: held-out")
     train_labels = [train.record(i).get("emoji") for i in range(len(train))]
     cfg = pipe.settings(cfg=None)["cfg"]
+    work = args.work / f"{Path(str(args.model)).name}-{model_digest(args.model)}"
     print(f"Command: `{shlex.join(['python', 'benchmarks/quality_per_step.py', *sys.argv[1:]])}`")
     print(f"model {args.model!r}, cfg {cfg}, N = {n} held-out captions, seeds 0..{n - 1}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; sets kept in {work}")
 
-    reference, ref_seconds = features_of(pipe, extractor, prompts, list(range(n)), args.batch_size,
-                                         sampler="ddpm", steps=1000)
-    second, _ = features_of(pipe, extractor, prompts, list(range(n, 2 * n)), args.batch_size, sampler="ddpm",
-                            steps=1000)
-    rows = [{"sampler": "ddpm", "steps": 1000, "calls": 1000, "seconds": ref_seconds, "fid": fid(second, reference),
-             "alignment": alignment(reference, labels, train_features, train_labels)}]
-    for sampler in args.samplers:
-        for steps in tqdm(args.steps, desc=sampler):
-            features, seconds = features_of(pipe, extractor, prompts, list(range(n)), args.batch_size,
-                                            sampler=sampler, steps=steps)
-            rows.append({"sampler": sampler, "steps": steps, "calls": network_calls(sampler, steps),
-                         "seconds": seconds, "fid": fid(features, reference),
-                         "alignment": alignment(features, labels, train_features, train_labels)})
+    sets = [("ddpm", 1000, 0), ("ddpm", 1000, n)] + [(s, k, 0) for s in args.samplers for k in args.steps]
+    features = {}
+    for sampler, steps, first in tqdm(sets, desc="sets"):
+        seeds = list(range(first, first + n))
+        features[sampler, steps, first] = kept_features(
+            work, f"{sampler}-{steps}-seeds{first}-{first + n - 1}",
+            lambda: features_of(pipe, extractor, prompts, seeds, args.batch_size, sampler=sampler, steps=steps))
+    reference = features["ddpm", 1000, 0][0]
+    rows = []
+    for (sampler, steps, first), (generated, seconds) in features.items():
+        rows.append({"sampler": sampler, "steps": steps, "seeds": f"{first}..{first + n - 1}",
+                     "calls": network_calls(sampler, steps), "seconds": seconds,
+                     "fid": None if (sampler, steps, first) == ("ddpm", 1000, 0) else fid(generated, reference),
+                     "fid_data": fid(generated, test_features),
+                     "alignment": alignment(generated, labels, train_features, train_labels)})
 
-    print("\n| sampler | spacing | steps | network calls | seconds (N images) | FID to DDPM-1000 | top-1 | top-5 |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"\n| sampler | spacing | steps | seeds | network calls | seconds ({n} images) | FID to DDPM-1000 | "
+          f"FID to held-out ({len(test)}) | top-1 | top-5 |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         spacing = pipe.settings(sampler=row["sampler"], spacing=None)["spacing"]
-        a = row["alignment"]
-        print(f"| {row['sampler']} | {spacing} | {row['steps']} | {row['calls']} | {row['seconds']:.1f} | "
-              f"{row['fid']:.2f} | {a.top1:.1%} | {a.top5:.1%} |")
-    print(f"\nThe first row is a second DDPM-1000 set (seeds {n}..{2 * n - 1}) against the reference: the FID floor "
-          f"at N = {n}.")
-    floor = rows[0]["fid"]
+        a, to_reference = row["alignment"], "reference" if row["fid"] is None else f"{row['fid']:.2f}"
+        print(f"| {row['sampler']} | {spacing} | {row['steps']} | {row['seeds']} | {row['calls']} | "
+              f"{row['seconds']:.1f} | {to_reference} | {row['fid_data']:.2f} | {a.top1:.1%} | {a.top5:.1%} |")
+    print(f"\nThe second row, a second DDPM-1000 set against the first (the reference), is the FID floor at N = {n}.")
+    floor = rows[1]["fid"]
     series = {s: ([r["calls"] for r in rows if r["sampler"] == s], [r["fid"] for r in rows if r["sampler"] == s])
               for s in args.samplers}
     series["DDPM-1000 floor"] = ([min(args.steps), 1000], [floor, floor])
