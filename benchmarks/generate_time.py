@@ -11,7 +11,7 @@ With `--command N`, it also times the whole `t2i generate PROMPT` command N time
 user types it: a new process that imports torch, loads the model, generates one image and
 writes the PNG (median and spread of the wall time).
 
-Run:  python benchmarks/generate_time.py [--model shapes] [--prompt "..."] [--sampler S --steps K]
+Run:  python benchmarks/generate_time.py [--model emoji] [--prompt "..."] [--sampler S --steps K]
           [--repeats 10] [--batch 1 4] [--command 5]
 """
 
@@ -45,7 +45,7 @@ def step_flops(pipe: Pipeline, batch: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--prompt", default="a large red circle on the left")
+    parser.add_argument("--prompt", default="red apple")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--sampler", default=None, help="default: the model's")

