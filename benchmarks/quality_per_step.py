@@ -48,7 +48,7 @@ def features_of(pipe, extractor, prompts, seeds, batch_size, **options) -> tuple
     chunks, seconds = [], 0.0
     for start in range(0, len(prompts), batch_size):
         begin = time.perf_counter()
-        images = pipe(prompts[start:start + batch_size], seed=seeds[start:start + batch_size], progress=False,
+        images = pipe(prompts[start:start + batch_size], seed=seeds[start:start + batch_size], progress=True,
                       output_type="tensor", **options)
         seconds += time.perf_counter() - begin
         chunks.append(extractor(images).double().cpu())
