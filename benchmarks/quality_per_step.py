@@ -9,7 +9,7 @@ generated image's nearest training image (in Inception features) of the prompted
 (top-1 / top-5)? The plot is FID to the reference against network calls (Heun calls twice a
 step, PC more), the table every row with its seconds.
 
-Each set's features are kept in `--work` (under a hash of the model's files) as soon as it is
+Each set's features are kept in `--work` (under a digest of the model's files) as soon as it is
 done, so a stopped run resumes where it stopped: the whole benchmark at N = 128 is hours of a
 2-core CPU (DDPM-1000 alone is 2 × 128 × 1000 image-steps).
 
@@ -20,7 +20,6 @@ Run:  python benchmarks/quality_per_step.py --model emoji --data data/emoji [--n
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -33,7 +32,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from t2i.data.folder import ImageFolder
-from t2i.evaluate import cached_features
+from t2i.evaluate import cached_features, files_digest
 from t2i.images import save_png
 from t2i.metrics.alignment import alignment
 from t2i.metrics.fid import fid
@@ -67,15 +66,6 @@ def kept_features(work: Path, key: str, compute) -> tuple[torch.Tensor, float]:
     return features, seconds
 
 
-def model_digest(model: str) -> str:
-    """A short hash of a model folder's files (names, sizes, times): kept sets belong to one model."""
-    digest = hashlib.sha256()
-    for path in sorted(resolve_model(model).iterdir()):
-        stat = path.stat()
-        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:12]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -104,7 +94,8 @@ def main() -> None:
     test_features = cached_features(extractor, test, args.cache, True, "inception: held-out")
     train_labels = [train.record(i).get("emoji") for i in range(len(train))]
     cfg = pipe.settings(cfg=None)["cfg"]
-    work = args.work / f"{Path(str(args.model)).name}-{model_digest(args.model)}"
+    # kept sets belong to one model: its files' digest names their folder
+    work = args.work / f"{Path(str(args.model)).name}-{files_digest(sorted(resolve_model(args.model).iterdir()))}"
     print(f"Command: `{shlex.join(['python', 'benchmarks/quality_per_step.py', *sys.argv[1:]])}`")
     print(f"model {args.model!r}, cfg {cfg}, N = {n} held-out captions, seeds 0..{n - 1}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; sets kept in {work}")

