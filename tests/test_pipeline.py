@@ -180,6 +180,27 @@ def test_bad_editing_input_is_an_error(pipe, options, match):
         pipe("a red circle", seed=0, progress=False, **options)
 
 
+def test_width_and_height_set_the_size_and_bad_sides_are_refused(pipe, model_dir, tmp_path, capsys):
+    wide = pipe("a red circle", seed=0, width=24, height=16, progress=False)[0]
+    assert wide.size == (24, 16) and wide.info["t2i"]["size"] == [16, 24]
+    assert pipe("a red circle", seed=0, progress=False)[0].size == (16, 16)  # the size it was trained at
+    for size, match in [({"width": 17}, r"17×16; this model needs sides divisible by 2: choose sides that are "
+                                         r"\((16|18)×16, say\)"),
+                        ({"height": 0}, "16×0"),
+                        ({"image": Image.new("RGB", (16, 16)), "width": 24}, "keeps its size, 16×16")]:
+        with pytest.raises(UserError, match=match):
+            pipe("a red circle", seed=0, progress=False, **size)
+    out = tmp_path / "wide.png"
+    assert main(["generate", "a red circle", "--width", "32", "--height", "16", "--seed", "0", "--model",
+                 str(model_dir), "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.size == (32, 16)
+    capsys.readouterr()
+    assert main(["generate", "a red circle", "--width", "15", "--model", str(model_dir), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "divisible by 2" in error[0]
+
+
 def test_generate_writes_the_strength_grid(model_dir, tmp_path):
     source = tmp_path / "in.png"
     Image.new("RGB", (16, 16), (200, 30, 30)).save(source)

@@ -306,6 +306,10 @@ def add_generate(sub) -> None:
     p.add_argument("--eta", type=float, default=None, help="DDIM and Euler-ancestral noise (0 = deterministic)")
     p.add_argument("--seed", type=int, default=None, help="image i uses seed + i; default: random")
     p.add_argument("--num", type=_positive(int), default=1, help="number of images")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width in pixels (default: the size the model was trained at)")
+    p.add_argument("--height", type=int, default=None,
+                   help="image height in pixels (default: the size the model was trained at)")
     p.add_argument("--image", type=Path, default=None, help="edit this image (img2img) instead of starting from noise")
     p.add_argument("--strength", type=float, nargs="+", default=None,
                    help="how far to noise --image, 0..1 (default 0.8; 1 with --mask); several: one image each, "
@@ -359,7 +363,8 @@ def run_generate(args) -> None:
     variants = list(itertools.product(args.prompt or [""], args.sampler or [None], args.cfg or [None],
                                       args.strength or [None]))
     rows = [pipe(prompt, args.negative, args.steps, sampler, cfg, args.seed, args.num, args.rescale, args.eta,
-                 image=image, strength=strength, mask=mask, spacing=args.spacing)
+                 image=image, strength=strength, mask=mask, spacing=args.spacing, width=args.width,
+                 height=args.height)
             for prompt, sampler, cfg, strength in variants]
     images = [im for row in rows for im in row]
     if len(images) == 1:

@@ -269,6 +269,15 @@ class Pipeline:
         mask = F.interpolate(pixel_mask, size=(h, w))
         return torch.cat([mask, masked], dim=1).expand(batch, -1, -1, -1)
 
+    def check_size(self, width: int, height: int, what: str, fix: str) -> None:
+        """Refuse sides that the autoencoder and the U-Net's levels cannot halve down evenly,
+        naming the nearest sides that they can."""
+        factor = self.unet.config.downsample_factor * self.downsample_factor
+        if width < 1 or height < 1 or width % factor or height % factor:
+            near = [max(factor, round(side / factor) * factor) for side in (width, height)]
+            raise UserError(f"{what} is {width}×{height}; this model needs sides divisible by {factor}: "
+                            f"{fix} ({near[0]}×{near[1]}, say)")
+
     def edit_inputs(self, image: Image.Image | None, mask: Image.Image | None, batch: int) -> dict:
         """`init` [B, C, h, w] (the image as the U-Net sees it) and `mask` [B, 1, h, w] in
         {0, 1}, as `sample` takes them, and the image and mask in pixels for `paste_known`.
@@ -279,10 +288,7 @@ class Pipeline:
             if mask is not None:
                 raise UserError("a mask needs the image it masks: give --image too")
             return {}
-        factor = self.unet.config.downsample_factor * self.downsample_factor
-        if image.width % factor or image.height % factor:
-            raise UserError(f"the image is {image.width}×{image.height}; this model needs sides divisible by "
-                            f"{factor}: resize or crop it")
+        self.check_size(image.width, image.height, "the image", "resize or crop it")
         pixels = to_tensor(image.convert("RGB"))[None].to(self.device)
         edit = {"init": self.encode_images(pixels).expand(batch, -1, -1, -1), "pixels": pixels}
         if mask is not None:
@@ -315,12 +321,14 @@ class Pipeline:
                  seed: int | Sequence[int] | None = None, num_images: int = 1, guidance_rescale: float | None = None,
                  eta: float | None = None, progress: bool = True, image: Image.Image | None = None,
                  strength: float | None = None, mask: Image.Image | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", spacing: str | None = None) -> list[Image.Image] | torch.Tensor:
+                 output_type: str = "pil", spacing: str | None = None, width: int | None = None,
+                 height: int | None = None) -> list[Image.Image] | torch.Tensor:
         """`num_images` images of each prompt, as PIL images; each carries its generation
         parameters in `image.info["t2i"]` (what `save_png` writes into the file). With
         `output_type="tensor"` the images are returned as one float tensor [B, 3, H, W] in
         [-1, 1] instead. `latents` [B, C, h, w] replaces the starting noise x_T drawn from
-        the seeds (when editing: the noise that q(x_t | x_0) adds to the image).
+        the seeds (when editing: the noise that q(x_t | x_0) adds to the image). `width` and
+        `height` default to the size the model was trained at (`image_size`).
 
         `cfg` is the guidance scale s (1 turns guidance off); `negative_prompt` replaces
         the empty prompt as the unconditional branch. Image i is drawn with seed `seed + i`;
@@ -355,9 +363,15 @@ class Pipeline:
             strength = 1.0 if mask is not None else 0.8
         if edit:
             settings["strength"] = strength
-        size = tuple(pixels.shape[-2:]) if edit else (self.image_size, self.image_size)
-        if latents is not None and not edit:  # given latents set the size, as in diffusers
+        if edit:
+            size = tuple(pixels.shape[-2:])
+            if (size[0] if height is None else height, size[1] if width is None else width) != size:
+                raise UserError(f"an edited image keeps its size, {size[1]}×{size[0]}: leave out width and height")
+        elif latents is not None and width is None and height is None:  # given latents set the size, as in diffusers
             size = tuple(side * self.downsample_factor for side in latents.shape[-2:])
+        else:
+            size = (self.image_size if height is None else height, self.image_size if width is None else width)
+            self.check_size(size[1], size[0], "the size asked for", "choose sides that are")
         latent_size = [side // self.downsample_factor for side in size]
         shape = (len(prompts), self.latent_channels, *latent_size)
         if output_type not in ("pil", "tensor"):
