@@ -184,7 +184,7 @@ def test_width_and_height_set_the_size_and_bad_sides_are_refused(pipe, model_dir
     wide = pipe("a red circle", seed=0, width=24, height=16, progress=False)[0]
     assert wide.size == (24, 16) and wide.info["t2i"]["size"] == [16, 24]
     assert pipe("a red circle", seed=0, progress=False)[0].size == (16, 16)  # the size it was trained at
-    for size, match in [({"width": 17}, r"17×16; this model needs sides divisible by 2: choose sides that are "
+    for size, match in [({"width": 17}, r"17×16; this model needs sides divisible by 2: choose such sides "
                                          r"\((16|18)×16, say\)"),
                         ({"height": 0}, "16×0"),
                         ({"image": Image.new("RGB", (16, 16)), "width": 24}, "keeps its size, 16×16")]:

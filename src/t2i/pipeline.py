@@ -371,7 +371,7 @@ class Pipeline:
             size = tuple(side * self.downsample_factor for side in latents.shape[-2:])
         else:
             size = (self.image_size if height is None else height, self.image_size if width is None else width)
-            self.check_size(size[1], size[0], "the size asked for", "choose sides that are")
+            self.check_size(size[1], size[0], "the size asked for", "choose such sides")
         latent_size = [side // self.downsample_factor for side in size]
         shape = (len(prompts), self.latent_channels, *latent_size)
         if output_type not in ("pil", "tensor"):
