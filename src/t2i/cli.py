@@ -291,7 +291,7 @@ def add_generate(sub) -> None:
     p.add_argument("prompt", nargs="*", help="what to draw (several: one grid row each); none for an "
                    "unconditional sample")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder, or a Stable "
-                   "Diffusion v1 checkpoint (.safetensors/.ckpt file or diffusers folder)")
+                   f"Diffusion v1 checkpoint (.safetensors/.ckpt file or diffusers folder); default: {DEFAULT_MODEL}")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                    help="compute in this dtype (default: float32 for SD checkpoints, as stored for ours)")
     p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
@@ -614,7 +614,7 @@ def add_bench(sub) -> None:
                        formatter_class=DefaultsFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder or an SD v1 "
                    "checkpoint")
-    p.add_argument("--prompt", default="a red circle")
+    p.add_argument("--prompt", default="red apple")
     p.add_argument("--batch", type=_positive(int), default=1, help="images per call")
     p.add_argument("--repeats", type=_positive(int), default=5, help="timed calls of each part (median)")
     p.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when there is a GPU")
