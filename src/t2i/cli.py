@@ -614,7 +614,7 @@ def add_bench(sub) -> None:
                        formatter_class=DefaultsFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder or an SD v1 "
                    "checkpoint")
-    p.add_argument("--prompt", default="red apple")
+    p.add_argument("--prompt", default="red apple", help="the prompt generated")
     p.add_argument("--batch", type=_positive(int), default=1, help="images per call")
     p.add_argument("--repeats", type=_positive(int), default=5, help="timed calls of each part (median)")
     p.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when there is a GPU")
