@@ -9,9 +9,9 @@ generated image's nearest training image (in Inception features) of the prompted
 (top-1 / top-5)? The plot is FID to the reference against network calls (Heun calls twice a
 step, PC more), the table every row with its seconds.
 
-Each set's features are kept in `--work` (under a digest of the model's files) as soon as it is
-done, so a stopped run resumes where it stopped: the whole benchmark at N = 128 is hours of a
-2-core CPU (DDPM-1000 alone is 2 × 128 × 1000 image-steps).
+Each chunk of `--batch-size` images has its features kept in `--work` (under a digest of the
+model's files) as soon as it is done, so a stopped run resumes where it stopped: the whole
+benchmark at N = 128 is hours of a 2-core CPU (DDPM-1000 alone is 2 × 128 × 1000 image-steps).
 
 Run:  python benchmarks/quality_per_step.py --model emoji --data data/emoji [--num-images 128]
           [--samplers ddim euler ...] [--steps 5 10 20 50 100] [--out docs/images/quality_per_step.png]
@@ -42,28 +42,40 @@ from t2i.plots import line_plot
 from t2i.sampling import SAMPLERS, network_calls
 
 
-def features_of(pipe, extractor, prompts, seeds, batch_size, **options) -> tuple[torch.Tensor, float]:
-    """Inception features of the images of `prompts` (seed per image), and the seconds generating took."""
-    chunks, seconds = [], 0.0
-    for start in range(0, len(prompts), batch_size):
-        begin = time.perf_counter()
-        images = pipe(prompts[start:start + batch_size], seed=seeds[start:start + batch_size], progress=True,
-                      output_type="tensor", **options)
-        seconds += time.perf_counter() - begin
-        chunks.append(extractor(images).double().cpu())
-    return torch.cat(chunks), seconds
+def chunk_features(pipe, extractor, prompts, seeds, **options) -> tuple[torch.Tensor, float]:
+    """Inception features of the images of `prompts` (a seed each), drawn in one call, and its seconds."""
+    begin = time.perf_counter()
+    images = pipe(prompts, seed=seeds, progress=True, output_type="tensor", **options)
+    seconds = time.perf_counter() - begin
+    return extractor(images).double().cpu(), seconds
 
 
-def kept_features(work: Path, key: str, compute) -> tuple[torch.Tensor, float]:
-    """`compute()`'s (features, seconds), kept in `work/key.safetensors` once computed."""
-    path = work / f"{key}.safetensors"
+def kept(path: Path, compute) -> tuple[torch.Tensor, float]:
+    """`compute()`'s (features, seconds), kept in the file `path` once computed."""
     if path.is_file():
         with safe_open(str(path), "pt") as f:
             return f.get_tensor("features"), float(f.metadata()["seconds"])
     features, seconds = compute()
-    work.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"features": features.contiguous()}, str(path), metadata={"seconds": repr(seconds)})
     return features, seconds
+
+
+def set_features(pipe, extractor, prompts, seeds, batch_size, work: Path, name: str,
+                 **options) -> tuple[torch.Tensor, float]:
+    """A set's features and seconds, each chunk of `batch_size` images kept in `work` as it is done
+    (named by sampler, steps and seeds), so that a stopped run loses one chunk at most."""
+    def path(first: int, last: int) -> Path:
+        return work / f"{name}-seeds{first}-{last}.safetensors"
+
+    whole = path(seeds[0], seeds[-1])  # kept whole by an earlier version of this script
+    if whole.is_file() and len(seeds) > batch_size:
+        return kept(whole, None)
+    parts = [kept(path(seeds[i], seeds[min(i + batch_size, len(seeds)) - 1]),
+                  lambda i=i: chunk_features(pipe, extractor, prompts[i:i + batch_size], seeds[i:i + batch_size],
+                                             **options))
+             for i in range(0, len(seeds), batch_size)]
+    return torch.cat([features for features, _ in parts]), sum(seconds for _, seconds in parts)
 
 
 def main() -> None:
@@ -94,8 +106,9 @@ def main() -> None:
     test_features = cached_features(extractor, test, args.cache, True, "inception: held-out")
     train_labels = [train.record(i).get("emoji") for i in range(len(train))]
     cfg = pipe.settings(cfg=None)["cfg"]
-    # kept sets belong to one model: its files' digest names their folder
-    work = args.work / f"{Path(str(args.model)).name}-{files_digest(sorted(resolve_model(args.model).iterdir()))}"
+    # kept sets belong to one model: the digest of its weights and config names their folder
+    model_files = sorted(f for f in resolve_model(args.model).iterdir() if f.suffix in (".safetensors", ".json"))
+    work = args.work / f"{Path(str(args.model)).name}-{files_digest(model_files)}"
     print(f"Command: `{shlex.join(['python', 'benchmarks/quality_per_step.py', *sys.argv[1:]])}`")
     print(f"model {args.model!r}, cfg {cfg}, N = {n} held-out captions, seeds 0..{n - 1}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; sets kept in {work}")
@@ -103,10 +116,9 @@ def main() -> None:
     sets = [("ddpm", 1000, 0), ("ddpm", 1000, n)] + [(s, k, 0) for s in args.samplers for k in args.steps]
     features = {}
     for sampler, steps, first in tqdm(sets, desc="sets"):
-        seeds = list(range(first, first + n))
-        features[sampler, steps, first] = kept_features(
-            work, f"{sampler}-{steps}-seeds{first}-{first + n - 1}",
-            lambda: features_of(pipe, extractor, prompts, seeds, args.batch_size, sampler=sampler, steps=steps))
+        features[sampler, steps, first] = set_features(pipe, extractor, prompts, list(range(first, first + n)),
+                                                       args.batch_size, work, f"{sampler}-{steps}", sampler=sampler,
+                                                       steps=steps)
     reference = features["ddpm", 1000, 0][0]
     rows = []
     for (sampler, steps, first), (generated, seconds) in features.items():
