@@ -68,8 +68,8 @@ def set_features(pipe, extractor, prompts, seeds, batch_size, work: Path, name: 
     def path(first: int, last: int) -> Path:
         return work / f"{name}-seeds{first}-{last}.safetensors"
 
-    whole = path(seeds[0], seeds[-1])  # kept whole by an earlier version of this script
-    if whole.is_file() and len(seeds) > batch_size:
+    whole = path(seeds[0], seeds[-1])  # a one-chunk set, or one an earlier version kept whole
+    if whole.is_file():
         return kept(whole, None)
     parts = [kept(path(seeds[i], seeds[min(i + batch_size, len(seeds)) - 1]),
                   lambda i=i: chunk_features(pipe, extractor, prompts[i:i + batch_size], seeds[i:i + batch_size],
