@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UserError
 from .config import ModelConfig
-from .layers import Attention
+from .layers import Attention, uninitialised_embedding
 from .naming import module_names, replace_all, to_ours
 
 
@@ -75,13 +75,6 @@ class BertLayer(nn.Module):
         return self.norm2(x + self.fc2(F.gelu(self.fc1(x))))  # BERT's GELU is the exact (erf) one
 
 
-def loaded_embedding(num_embeddings: int, dim: int) -> nn.Embedding:
-    """An embedding table left uninitialised: this encoder is only ever loaded from pretrained
-    weights. (A random init would also be slow to skip: `normal_` on the meta device, where
-    the weights' names and shapes are read, imports torch._dynamo, ~2.5 s.)"""
-    return nn.Embedding(num_embeddings, dim, _weight=torch.empty(num_embeddings, dim))
-
-
 class BertEncoder(nn.Module):
     """τ(y): token ids [B, L] -> last hidden state [B, L, width]; the ids after each row's
     [SEP] (`pad_token_id`) are padding, masked out of attention.
@@ -93,9 +86,9 @@ class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = c = config
-        self.token_embedding = loaded_embedding(c.vocab_size, c.width)
-        self.position_embedding = loaded_embedding(c.max_positions, c.width)
-        self.token_type_embedding = loaded_embedding(c.type_vocab_size, c.width)
+        self.token_embedding = uninitialised_embedding(c.vocab_size, c.width)
+        self.position_embedding = uninitialised_embedding(c.max_positions, c.width)
+        self.token_type_embedding = uninitialised_embedding(c.type_vocab_size, c.width)
         self.embedding_norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
         self.layers = nn.ModuleList(BertLayer(c) for _ in range(c.layers))
 

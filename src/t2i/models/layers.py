@@ -33,6 +33,13 @@ def group_norm(channels: int, groups: int = 32, eps: float = 1e-5) -> nn.GroupNo
     return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
 
 
+def uninitialised_embedding(num_embeddings: int, dim: int) -> nn.Embedding:
+    """An embedding table whose values are left to its owner (loaded weights, or its own init).
+    nn.Embedding's default N(0, 1) init would be wasted, and on the meta device, where models are
+    built to be loaded, the first `normal_` costs ~1.5–2.5 s of lazy imports."""
+    return nn.Embedding(num_embeddings, dim, _weight=torch.empty(num_embeddings, dim))
+
+
 def zero_init(module: nn.Module) -> nn.Module:
     """Zero a layer's parameters so that the residual branch it ends starts as the identity."""
     for p in module.parameters():

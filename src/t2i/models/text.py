@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import UserError
 from .config import ModelConfig
-from .layers import Attention
+from .layers import Attention, uninitialised_embedding
 from .naming import module_names, replace_all, to_ours
 
 ACTIVATIONS = ("quick_gelu", "gelu")
@@ -107,11 +107,11 @@ class CLIPTextTransformer(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
         self.config = c = config
-        self.token_embedding = nn.Embedding(c.vocab_size, c.width, _weight=torch.empty(c.vocab_size, c.width))
+        self.token_embedding = uninitialised_embedding(c.vocab_size, c.width)  # set by _init_weights
         self.position_embedding = nn.Parameter(torch.empty(c.max_length, c.width))
         self.blocks = nn.ModuleList(TransformerBlock(c) for _ in range(c.layers))
         self.final_norm = nn.LayerNorm(c.width, eps=c.layer_norm_eps)
-        if not self.position_embedding.is_meta:  # built to be loaded: the first normal_ on meta costs ~1.5 s
+        if not self.position_embedding.is_meta:  # on meta it is built to be loaded: nothing to initialise
             self._init_weights()
 
     def _init_weights(self):
