@@ -7,7 +7,9 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14)]
+# ten colours that stay apart from one another (the order of the first four is the plots' since the start)
+_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def font(size: int = 12):
@@ -39,6 +41,22 @@ def _fmt(v: float) -> str:
     if float(v).is_integer() and abs(v) < 1e7:
         return str(int(v))
     return f"{v:.3g}"
+
+
+def _clip_y(p: tuple[float, float], q: tuple[float, float], top: float, bottom: float):
+    """The part of the segment p-q with top <= y <= bottom (pixel coordinates), or None."""
+    (x0, y0), (x1, y1) = p, q
+    if max(y0, y1) < top or min(y0, y1) > bottom:
+        return None
+
+    def at(y: float) -> tuple[float, float]:
+        return (x0 + (x1 - x0) * (y - y0) / (y1 - y0), y)
+
+    if y0 < top or y0 > bottom:
+        p = at(min(max(y0, top), bottom))
+    if y1 < top or y1 > bottom:
+        q = at(min(max(y1, top), bottom))
+    return [p, q]
 
 
 class Axes:
@@ -76,10 +94,18 @@ class Axes:
     def data_px(self, x: float, y: float) -> tuple[float, float]:
         return self.px(math.log10(max(x, 1e-12)) if self.log_x else x, math.log10(max(y, 1e-12)) if self.log_y else y)
 
-    def line(self, xs: Sequence[float], ys: Sequence[float], colour=_COLOURS[0], width=2, label=None, index=0):
+    def line(self, xs: Sequence[float], ys: Sequence[float], colour=_COLOURS[0], width=2, label=None, index=0,
+             markers=False):
+        """A polyline through the points, cut at the top and bottom of the plotting area."""
         points = [self.data_px(x, y) for x, y in zip(xs, ys)]
-        if len(points) > 1:
-            self.draw.line(points, fill=colour, width=width)
+        for p, q in zip(points, points[1:]):
+            segment = _clip_y(p, q, self.top, self.bottom)
+            if segment:
+                self.draw.line(segment, fill=colour, width=width)
+        if markers:
+            for x, y in points:
+                if self.top <= y <= self.bottom:
+                    self.draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
         if label:
             self.legend(label, colour, index)
 
@@ -95,15 +121,17 @@ class Axes:
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title="", xlabel="", ylabel="",
-              log_y=False, log_x=False) -> Image.Image:
-    """One line per named series of (xs, ys)."""
+              log_y=False, log_x=False, y_max: float | None = None, markers=False) -> Image.Image:
+    """One line per named series of (xs, ys); `y_max` cuts off what lies above it, `markers` dots each point."""
     xs = [x for x_values, _ in series.values() for x in x_values if not log_x or x > 0]
-    ys = [y for _, y_values in series.values() for y in y_values if not log_y or y > 0]
+    ys = [y for _, y_values in series.values() for y in y_values if (not log_y or y > 0)]
+    if y_max is not None:
+        ys = [y for y in ys if y <= y_max] + [y_max]
     if not xs or not ys:
         xs, ys = [1.0, 2.0], [1.0, 2.0]
     axes = Axes((min(xs), max(xs)), (min(ys), max(ys)), title, xlabel, ylabel, log_y=log_y, log_x=log_x)
     for i, (name, (x_values, y_values)) in enumerate(series.items()):
-        axes.line(x_values, y_values, _COLOURS[i % len(_COLOURS)], label=name, index=i)
+        axes.line(x_values, y_values, _COLOURS[i % len(_COLOURS)], label=name, index=i, markers=markers)
     return axes.image
 
 
