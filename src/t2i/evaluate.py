@@ -237,7 +237,7 @@ def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: i
     """
     from .data.folder import ImageFolder
     from .metrics.alignment import alignment
-    from .metrics.fid import fid
+    from .metrics.fid import FIDReference
     from .metrics.inception import InceptionFeatures
     from .metrics.kid import kid
 
@@ -259,9 +259,11 @@ def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: i
         generated.append(extractor(images).double().cpu())
     generated = torch.cat(generated)
 
+    fid_to_test = FIDReference(test_features)
+
     def row(name: str, features: torch.Tensor, query_labels: list[str]) -> SampleQualityRow:
         aligned = alignment(features, query_labels, train_features, train_labels) if labelled else None
-        return SampleQualityRow(name, len(features), fid(features, test_features),
+        return SampleQualityRow(name, len(features), fid_to_test(features),
                                 kid(features, test_features, kid_subsets, seed=seed), aligned)
 
     rows = [row("model", generated, labels[:n])]

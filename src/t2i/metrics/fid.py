@@ -32,15 +32,35 @@ def sqrt_psd(matrix: torch.Tensor) -> torch.Tensor:
     return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
 
 
-def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
-    """||μ_1 - μ_2||² + tr Σ_1 + tr Σ_2 - 2 tr (Σ_1 Σ_2)^{1/2} (float64)."""
-    mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
-    root1 = sqrt_psd(sigma1)
+def _distance(mu1, sigma1, root1, mu2, sigma2) -> float:
+    """The Fréchet distance with Σ_1^{1/2} = `root1` given (float64)."""
     middle = root1 @ sigma2 @ root1
     trace_sqrt = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
     return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * trace_sqrt)
 
 
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """||μ_1 - μ_2||² + tr Σ_1 + tr Σ_2 - 2 tr (Σ_1 Σ_2)^{1/2} (float64)."""
+    mu1, sigma1, mu2, sigma2 = (t.double() for t in (mu1, sigma1, mu2, sigma2))
+    return _distance(mu1, sigma1, sqrt_psd(sigma1), mu2, sigma2)
+
+
+class FIDReference:
+    """A fixed set of features to score many sets against: its μ, Σ and Σ^{1/2} computed once.
+
+    Each score then costs one symmetric eigenvalue problem instead of two full ones (the
+    trace term is symmetric in the two sets, so either side may be the one whose root is kept).
+    """
+
+    def __init__(self, features: torch.Tensor):
+        self.mu, self.sigma = feature_statistics(features)
+        self.root = sqrt_psd(self.sigma)
+
+    def __call__(self, features: torch.Tensor) -> float:
+        """FID between `features` [N, D] and the reference."""
+        return _distance(self.mu, self.sigma, self.root, *feature_statistics(features))
+
+
 def fid(features1: torch.Tensor, features2: torch.Tensor) -> float:
     """FID between two sets of features [N_1, D], [N_2, D]."""
-    return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
+    return FIDReference(features1)(features2)
