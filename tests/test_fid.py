@@ -75,10 +75,10 @@ def test_fid_of_a_set_against_itself_is_zero():
 def test_a_kept_reference_scores_as_the_two_sided_formula_either_way_round():
     g = torch.Generator().manual_seed(1)
     a, b = torch.randn(40, 6, generator=g), torch.randn(30, 6, generator=g) * 1.5 + 0.3
-    both_ways = frechet_distance(*feature_statistics(b), *feature_statistics(a))
+    two_sided = frechet_distance(*feature_statistics(b), *feature_statistics(a))
     reference = FIDReference(a)
-    assert reference(b) == pytest.approx(both_ways, rel=1e-9)
-    assert FIDReference(b)(a) == pytest.approx(both_ways, rel=1e-9)
+    assert reference(b) == pytest.approx(two_sided, rel=1e-9)
+    assert FIDReference(b)(a) == pytest.approx(two_sided, rel=1e-9)
     assert reference(b) > 0.1
 
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-# ten colours that stay apart from one another (the order of the first four is the plots' since the start)
+# ten colours that stay apart from one another; the first four in the order earlier figures used
 _COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
             (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
@@ -124,7 +124,7 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], title=
               log_y=False, log_x=False, y_max: float | None = None, markers=False) -> Image.Image:
     """One line per named series of (xs, ys); `y_max` cuts off what lies above it, `markers` dots each point."""
     xs = [x for x_values, _ in series.values() for x in x_values if not log_x or x > 0]
-    ys = [y for _, y_values in series.values() for y in y_values if (not log_y or y > 0)]
+    ys = [y for _, y_values in series.values() for y in y_values if not log_y or y > 0]
     if y_max is not None:
         ys = [y for y in ys if y <= y_max] + [y_max]
     if not xs or not ys:
