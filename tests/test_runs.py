@@ -13,7 +13,7 @@ from t2i.data import load_dataset
 from t2i.errors import UserError
 from t2i.models.text import TextEncoderConfig
 from t2i.models.unet import UNetConfig
-from t2i.runs import StepBatchSampler, group_weights
+from t2i.runs import RunConfig, StepBatchSampler, group_weights, scheduled_lr
 from t2i.train import TrainConfig, balance_weights, train
 
 
@@ -24,6 +24,18 @@ def test_group_weights_give_every_label_the_same_total():
     for label, weight in zip(labels, weights.tolist()):
         totals[label] += weight
     assert all(abs(total - 1) < 1e-12 for total in totals.values())
+
+
+def test_the_learning_rate_warms_up_holds_and_cools_to_zero_at_the_last_step():
+    config = RunConfig(lr=1e-3, warmup_steps=10, max_steps=100, cooldown_steps=20)
+    lrs = [scheduled_lr(step, config) for step in range(config.max_steps)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(lr == pytest.approx(1e-3) for lr in lrs[9:80])
+    assert lrs[90] == pytest.approx(0.5e-3) and lrs[99] == pytest.approx(0.05e-3)
+    assert all(later < earlier for earlier, later in zip(lrs[80:], lrs[81:]))
+    assert scheduled_lr(100, config) == 0.0  # a step past the end does not train
+    no_cooldown = RunConfig(lr=1e-3, warmup_steps=10, max_steps=100)
+    assert scheduled_lr(99, no_cooldown) == pytest.approx(1e-3)
 
 
 @pytest.mark.parametrize("balanced", [False, True])

@@ -80,12 +80,14 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_takes_a_new_learning_rate_only_when_asked(tmp_path):
+def test_resume_takes_a_new_learning_rate_or_cooldown_only_when_asked(tmp_path):
     train(UNET, config(max_steps=2, save_every=2, sample_every=100, lr=1e-3), tmp_path)
     train(UNET, config(max_steps=3, lr=5e-4), tmp_path, resume=True)  # lr not among the changes: kept
     assert read_config(tmp_path)["train"]["lr"] == 1e-3
     train(UNET, config(max_steps=4, lr=5e-4), tmp_path, resume=True, changes=("max_steps", "lr"))
     assert read_config(tmp_path)["train"]["lr"] == 5e-4 and read_config(tmp_path)["step"] == 4
+    train(UNET, config(max_steps=6, cooldown_steps=2), tmp_path, resume=True, changes=("max_steps", "cooldown_steps"))
+    assert read_config(tmp_path)["train"]["cooldown_steps"] == 2 and read_config(tmp_path)["train"]["lr"] == 5e-4
     with pytest.raises(UserError, match="keeps its batch_size"):
         train(UNET, config(max_steps=5), tmp_path, resume=True, changes=("max_steps", "batch_size"))
 

@@ -29,6 +29,13 @@ def _positive(kind):
     return parse
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def add_train(sub) -> None:
     from .models.unet import BLOCK_TYPES, UNetConfig
     from .train import TrainConfig
@@ -45,7 +52,10 @@ def add_train(sub) -> None:
     p.add_argument("--max-steps", type=_positive(int), default=t.max_steps)
     p.add_argument("--lr", type=_positive(float), default=None,
                    help=f"learning rate after warm-up; if not given, {t.lr} for a new run, the run's own with --resume")
-    p.add_argument("--warmup-steps", type=int, default=t.warmup_steps)
+    p.add_argument("--warmup-steps", type=_non_negative, default=t.warmup_steps)
+    p.add_argument("--cooldown-steps", type=_non_negative, default=None,
+                   help="the learning rate falls linearly to zero over the run's last this many steps; if not "
+                        f"given, {t.cooldown_steps} for a new run, the run's own with --resume")
     p.add_argument("--weight-decay", type=float, default=t.weight_decay)
     p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm; 0 turns clipping off")
     p.add_argument("--ema-decay", type=float, default=t.ema_decay)
@@ -126,6 +136,7 @@ def run_train(args) -> None:
     config = TrainConfig(
         data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps,
         lr=TrainConfig.lr if args.lr is None else args.lr,
+        cooldown_steps=TrainConfig.cooldown_steps if args.cooldown_steps is None else args.cooldown_steps,
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         ema_decay=args.ema_decay, schedule=args.schedule, num_timesteps=args.timesteps,
         prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
@@ -140,7 +151,8 @@ def run_train(args) -> None:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
                                  heads=args.text_heads, intermediate_size=4 * args.text_width,
                                  pooling=args.text_pooling, token_init_std=args.text_init_std)
-    changes = ("max_steps", *(name for name in ("lr", "balance_by") if getattr(args, name) is not None))
+    changes = ("max_steps", *(name for name in ("lr", "cooldown_steps", "balance_by")
+                              if getattr(args, name) is not None))
     out = train(unet, config, args.out, resume=args.resume, text_config=text, changes=changes)
     print(f"model saved in {out}")
 

@@ -39,6 +39,7 @@ class RunConfig:
     max_steps: int = 10_000
     lr: float = 5e-4
     warmup_steps: int = 200
+    cooldown_steps: int = 0  # the last steps, over which the learning rate falls linearly to zero
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     save_every: int = 1000
@@ -114,9 +115,14 @@ def already_done(out: Path, start: int, max_steps: int) -> bool:
     return start >= max_steps
 
 
-def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to `lr`, then constant."""
-    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+def scheduled_lr(step: int, config: RunConfig) -> float:
+    """Warm-up, stable, decay: linear warm-up to `config.lr`, constant, then a linear fall to zero
+    over the last `config.cooldown_steps` of `config.max_steps` (Hägele et al. 2024: a cooldown at
+    the end matches a cosine schedule without fixing the run's length from its first step, so a run
+    can be lengthened on resuming and cooled when its budget ends)."""
+    warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    cooldown = min(1.0, (config.max_steps - step) / config.cooldown_steps) if config.cooldown_steps else 1.0
+    return config.lr * warmup * max(0.0, cooldown)
 
 
 def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, lr: float, grad_clip: float) -> None:

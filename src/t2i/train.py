@@ -51,7 +51,7 @@ from .models.vae import AutoencoderKL
 from .pipeline import Pipeline, resolve_device, text_condition
 from .text_cache import TextConditionCache
 from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, group_weights,
-                   load_training_state, optimize, save_checkpoint, step_loader, step_seed, update_ema, warmup_lr)
+                   load_training_state, optimize, save_checkpoint, step_loader, step_seed, update_ema, scheduled_lr)
 
 
 @dataclass
@@ -168,7 +168,8 @@ def loss_probes(dataset, vae: AutoencoderKL | None, diffusion: Diffusion, out: P
     return probes
 
 
-RESUME_CHANGES = ("max_steps", "lr", "balance_by")  # what a resumed run may take from the command resuming it
+# what a resumed run may take from the command resuming it
+RESUME_CHANGES = ("max_steps", "lr", "cooldown_steps", "balance_by")
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
@@ -289,7 +290,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                     f"the loss became {loss.item()} at step {step}; the last checkpoint (step {saved_step}) is "
                     f"intact: resume from it with a lower --lr (now {config.lr})"
                 )
-            optimize(optimizer, loss, model.parameters(), warmup_lr(step, config.lr, config.warmup_steps),
+            optimize(optimizer, loss, model.parameters(), scheduled_lr(step, config),
                      config.grad_clip)
             update_ema(ema, model, ema_decay_at(step, config.ema_decay))
             step += 1
@@ -298,7 +299,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
             seconds = time.perf_counter() - clock
             if step % config.log_every == 0 or step == config.max_steps:
                 log.append(step, seconds, {"loss": sum(window) / len(window)})
-                lr = warmup_lr(step, config.lr, config.warmup_steps)
+                lr = scheduled_lr(step, config)
                 bar.set_postfix(loss=f"{log.rows[-1]['loss']:.4f}", lr=f"{lr:.2e}")
                 window = []
             if probes and step % config.probe_every == 0:

@@ -34,7 +34,7 @@ from .models.vae import AutoencoderKL, VAEConfig
 from .pipeline import resolve_device
 from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, load_training_state,
                    optimize, save_checkpoint, step_loader, step_seed, update_ema,
-                   warmup_lr)
+                   scheduled_lr)
 
 RECONSTRUCTION_LOSSES = ("l1", "mse")
 SCALE_IMAGES = 1024  # training images whose latents measure the scaling factor
@@ -145,7 +145,7 @@ def train_vae(vae_config: VAEConfig, config: VAETrainConfig, out_dir: str | Path
         for x in loader:
             x = x.to(device, non_blocking=True)
             generator = torch.Generator().manual_seed(step_seed(config.seed, step))
-            lr = warmup_lr(step, config.lr, config.warmup_steps)
+            lr = scheduled_lr(step, config)
             x_hat, posterior = vae(x, generator)
             losses = {"reconstruction": reconstruction_error(x, x_hat, config.reconstruction),
                       "kl": posterior.kl().mean() / pixels}
