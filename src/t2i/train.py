@@ -51,7 +51,7 @@ from .models.vae import AutoencoderKL
 from .pipeline import Pipeline, resolve_device, text_condition
 from .text_cache import TextConditionCache
 from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, group_weights,
-                   load_training_state, optimize, save_checkpoint, step_loader, step_seed, update_ema, scheduled_lr)
+                   load_training_state, optimize, save_checkpoint, scheduled_lr, step_loader, step_seed, update_ema)
 
 
 @dataclass
@@ -290,8 +290,7 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                     f"the loss became {loss.item()} at step {step}; the last checkpoint (step {saved_step}) is "
                     f"intact: resume from it with a lower --lr (now {config.lr})"
                 )
-            optimize(optimizer, loss, model.parameters(), scheduled_lr(step, config),
-                     config.grad_clip)
+            optimize(optimizer, loss, model.parameters(), scheduled_lr(step, config), config.grad_clip)
             update_ema(ema, model, ema_decay_at(step, config.ema_decay))
             step += 1
             window.append(loss.item())
