@@ -33,8 +33,7 @@ from .models.discriminator import (DiscriminatorConfig, PatchDiscriminator, gene
 from .models.vae import AutoencoderKL, VAEConfig
 from .pipeline import resolve_device
 from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, load_training_state,
-                   optimize, save_checkpoint, step_loader, step_seed, update_ema,
-                   scheduled_lr)
+                   optimize, save_checkpoint, scheduled_lr, step_loader, step_seed, update_ema)
 
 RECONSTRUCTION_LOSSES = ("l1", "mse")
 SCALE_IMAGES = 1024  # training images whose latents measure the scaling factor
