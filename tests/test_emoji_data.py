@@ -13,6 +13,7 @@ from PIL import Image
 
 from t2i.cli import main
 from t2i.data import captions_of, load_dataset
+from t2i.data.colours import WORDS, colour_words, pixel_words
 from t2i.data.emoji import SOURCES, build_emoji_dataset, cache_dir, emoji_captions, skin_tone_text
 from t2i.data.folder import CAPTION_SEPARATOR, caption_choices, choose_caption
 
@@ -110,6 +111,45 @@ def test_captions_name_the_emoji_its_skin_tone_and_style():
     assert any("person fantasy" in c and "people & body" in c for c in captions)
     assert len(captions) == len(set(captions)) >= 5
     assert skin_tone_text("1F3FB-1F3FF") == "light skin tone and dark skin tone"
+
+
+def test_pixels_get_basic_colour_words():
+    rgb = np.array([[221, 46, 68], [244, 144, 12], [255, 204, 77], [120, 177, 89], [85, 172, 238], [170, 142, 214],
+                    [244, 171, 186], [139, 69, 19], [193, 105, 79], [20, 20, 20], [250, 250, 250], [150, 150, 150]])
+    assert list(pixel_words(rgb)) == ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "brown",
+                                      "black", "white", "grey"]
+
+
+def test_colour_words_name_the_largest_shares_of_the_opaque_pixels():
+    pixels = np.zeros((10, 10, 4), np.uint8)  # transparent pixels do not count, whatever their colour
+    pixels[:6, :, :] = (30, 90, 220, 255)  # 60% blue
+    pixels[6:9, :, :] = (255, 255, 255, 255)  # 30% white
+    pixels[9, :5, :] = (220, 30, 30, 255)  # 5% red: under the 20% share
+    picture = Image.fromarray(pixels, "RGBA")
+    assert colour_words(picture) == ["blue", "white"]
+    assert colour_words(picture, share=0.5) == ["blue"]
+    assert colour_words(Image.new("RGBA", (4, 4))) == []
+
+
+def test_coloured_captions_say_the_colours_unless_the_name_does():
+    turtle = {"name": "TURTLE", "short_names": ["turtle"]}
+    captions = emoji_captions(turtle, "twemoji", colours=["blue", "white"])
+    assert captions[0] == "turtle, twemoji style"
+    assert captions[-2:] == ["a blue and white turtle", "a drawing of a blue and white turtle"]
+    assert "an orange turtle" in emoji_captions(turtle, "noto", colours=["orange"])
+    apple = emoji_captions({"name": "RED APPLE", "short_names": ["apple"]}, "noto", colours=["red"])
+    assert not any("red red" in c for c in apple) and apple == emoji_captions({"name": "RED APPLE",
+                                                                              "short_names": ["apple"]}, "noto")
+
+
+def test_the_dataset_captions_carry_each_image_s_colour(emoji_folder):
+    rows = [json.loads(line) for line in (emoji_folder / "train" / "metadata.jsonl").read_text().splitlines()]
+    for row in rows:  # each fake emoji is a disc of one colour on a transparent background
+        disc = pixel_words(np.asarray(Image.open(emoji_folder / "train" / row["file_name"]))[32:33, 32])[0]
+        if set(row["name"].split()) & set(WORDS):
+            assert not row["text"][-1].startswith("a drawing of a")
+        else:
+            assert row["text"][-1] == f"a drawing of {'an' if disc[0] in 'aeiou' else 'a'} {disc} {row['name']}"
 
 
 def test_our_loader_reads_the_split_and_picks_a_caption_per_step(emoji_folder):

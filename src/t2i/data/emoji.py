@@ -39,6 +39,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..errors import UserError
+from .colours import WORDS, colour_phrase, colour_words
 from .folder import in_test_split
 
 
@@ -70,7 +71,7 @@ SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F
               "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
 TEST_FRACTION = 0.1
 IMAGE_SIZE = 64
-FORMAT = 1  # of the captions and layout; recorded in dataset.json
+FORMAT = 2  # of the captions and layout; recorded in dataset.json (2: colour captions)
 
 
 def source_by_package(name: str) -> EmojiSource:
@@ -170,12 +171,14 @@ def skin_tone_text(key: str | None) -> str:
     return " and ".join(t for t in tones if t)
 
 
-def emoji_captions(entry: dict, style: str, skin_tone: str | None = None) -> list[str]:
+def emoji_captions(entry: dict, style: str, skin_tone: str | None = None, colours: list[str] = ()) -> list[str]:
     """Several phrasings of one emoji image, the canonical one first (it names the style).
 
     Built from emoji.json's name, short names, category and subcategory and the skin tone:
     some captions name the style and some do not, so that a prompt without a style draws
-    either one.
+    either one. `colours`, the image's main colour words (`colours.colour_words`), add two
+    phrasings that say what colour it is, as prompts do ("a blue and white bird"), unless
+    the name already says a colour ("red apple").
     """
     name = " ".join(entry["name"].lower().split())
     tone = skin_tone_text(skin_tone)
@@ -185,6 +188,10 @@ def emoji_captions(entry: dict, style: str, skin_tone: str | None = None) -> lis
     where = ", ".join(readable(p) for p in (entry.get("subcategory"), entry.get("category")) if p)
     captions = [f"{subject}, {kind}", subject, f"an emoji of {subject}", f"a drawing of {subject} in {kind}",
                 f"{short}{', ' + tone if tone else ''}", f"{subject}, {where} emoji, {kind}" if where else ""]
+    if colours and not set(name.replace(":", " ").split()) & set(WORDS):
+        coloured = f"{colour_phrase(list(colours))} {name}"
+        coloured = f"{'an' if coloured[0] in 'aeiou' else 'a'} {coloured}"
+        captions += [coloured, f"a drawing of {coloured}"]
     return [c for c in dict.fromkeys(captions) if c]
 
 
@@ -195,10 +202,13 @@ def emoji_images(entry: dict):
         yield variation["image"], key, variation["unified"]
 
 
-def on_white(data: bytes, size: int) -> Image.Image:
-    """An RGBA PNG composited on white, as RGB of `size`×`size` (Lanczos if it must be resized)."""
+def read_rgba(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGBA")
+        return image.convert("RGBA")
+
+
+def on_white(image: Image.Image, size: int) -> Image.Image:
+    """An RGBA image composited on white, as RGB of `size`×`size` (Lanczos if it must be resized)."""
     white = Image.new("RGBA", image.size, (255, 255, 255, 255))
     image = Image.alpha_composite(white, image).convert("RGB")
     return image if image.size == (size, size) else image.resize((size, size), Image.LANCZOS)
@@ -266,11 +276,12 @@ def build_emoji_dataset(out: str | Path, tarballs: list[str | Path] | None = Non
         split = "test" if in_test_split(f"{style}/{entry['unified']}", test_fraction) else "train"
         file_name = f"{style}_{image}"
         try:
-            on_white(package.images[image], size).save(out / split / file_name)
+            rgba = read_rgba(package.images[image])
+            on_white(rgba, size).save(out / split / file_name)
         except (UnidentifiedImageError, OSError) as error:
             raise UserError(f"{package.source.package}: image {image} is damaged ({error}): "
                             "download the package again") from None
-        rows[split].append({"file_name": file_name, "text": emoji_captions(entry, style, tone),
+        rows[split].append({"file_name": file_name, "text": emoji_captions(entry, style, tone, colour_words(rgba)),
                             "emoji": entry["unified"], "unified": unified, "name": entry["name"].lower(),
                             "style": style, "skin_tone": skin_tone_text(tone) or None,
                             "category": entry.get("category"), "subcategory": entry.get("subcategory")})
