@@ -9,11 +9,13 @@ value; the words of the largest shares are returned, the largest first.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image
 
-# Hue (degrees) where each chromatic word ends, going round from red.
 WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "grey")
+# Hue (degrees) where each chromatic word ends, going round from red.
 HUES = ((15, "red"), (40, "orange"), (68, "yellow"), (165, "green"), (255, "blue"), (290, "purple"),
         (340, "pink"), (360, "red"))
 
@@ -50,6 +52,6 @@ def colour_words(image: Image.Image, share: float = 0.2, most: int = 2) -> list[
     return [str(names[i]) for i in order[:most] if counts[i] >= share * len(opaque)]
 
 
-def colour_phrase(words: list[str]) -> str:
+def colour_phrase(words: Sequence[str]) -> str:
     """["blue", "white"] -> "blue and white"; [] -> ""."""
     return " and ".join(words)

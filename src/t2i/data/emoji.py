@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tarfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -171,7 +172,7 @@ def skin_tone_text(key: str | None) -> str:
     return " and ".join(t for t in tones if t)
 
 
-def emoji_captions(entry: dict, style: str, skin_tone: str | None = None, colours: list[str] = ()) -> list[str]:
+def emoji_captions(entry: dict, style: str, skin_tone: str | None = None, colours: Sequence[str] = ()) -> list[str]:
     """Several phrasings of one emoji image, the canonical one first (it names the style).
 
     Built from emoji.json's name, short names, category and subcategory and the skin tone:
@@ -189,7 +190,7 @@ def emoji_captions(entry: dict, style: str, skin_tone: str | None = None, colour
     captions = [f"{subject}, {kind}", subject, f"an emoji of {subject}", f"a drawing of {subject} in {kind}",
                 f"{short}{', ' + tone if tone else ''}", f"{subject}, {where} emoji, {kind}" if where else ""]
     if colours and not set(name.replace(":", " ").split()) & set(WORDS):
-        coloured = f"{colour_phrase(list(colours))} {name}"
+        coloured = f"{colour_phrase(colours)} {name}"
         coloured = f"{'an' if coloured[0] in 'aeiou' else 'a'} {coloured}"
         captions += [coloured, f"a drawing of {coloured}"]
     return [c for c in dict.fromkeys(captions) if c]
