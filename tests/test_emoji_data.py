@@ -13,7 +13,7 @@ from PIL import Image
 
 from t2i.cli import main
 from t2i.data import captions_of, load_dataset
-from t2i.data.colours import WORDS, colour_words, pixel_words
+from t2i.data.colours import colour_words, pixel_words, says_a_colour
 from t2i.data.emoji import SOURCES, build_emoji_dataset, cache_dir, emoji_captions, skin_tone_text
 from t2i.data.folder import CAPTION_SEPARATOR, caption_choices, choose_caption
 
@@ -137,6 +137,7 @@ def test_coloured_captions_say_the_colours_unless_the_name_does():
     assert captions[0] == "turtle, twemoji style"
     assert captions[-2:] == ["a blue and white turtle", "a drawing of a blue and white turtle"]
     assert "an orange turtle" in emoji_captions(turtle, "noto", colours=["orange"])
+    assert says_a_colour("flag: white") and says_a_colour("Red apple") and not says_a_colour("redwood")
     apple = emoji_captions({"name": "RED APPLE", "short_names": ["apple"]}, "noto", colours=["red"])
     assert not any("red red" in c for c in apple) and apple == emoji_captions({"name": "RED APPLE",
                                                                               "short_names": ["apple"]}, "noto")
@@ -146,7 +147,7 @@ def test_the_dataset_captions_carry_each_image_s_colour(emoji_folder):
     rows = [json.loads(line) for line in (emoji_folder / "train" / "metadata.jsonl").read_text().splitlines()]
     for row in rows:  # each fake emoji is a disc of one colour on a transparent background
         disc = pixel_words(np.asarray(Image.open(emoji_folder / "train" / row["file_name"]))[32:33, 32])[0]
-        if set(row["name"].split()) & set(WORDS):
+        if says_a_colour(row["name"]):
             assert not row["text"][-1].startswith("a drawing of a")
         else:
             assert row["text"][-1] == f"a drawing of {'an' if disc[0] in 'aeiou' else 'a'} {disc} {row['name']}"

@@ -25,7 +25,7 @@ def pixel_words(rgb: np.ndarray) -> np.ndarray:
     rgb = rgb.astype(np.float64) / 255
     value = rgb.max(axis=1)
     chroma = value - rgb.min(axis=1)
-    saturation = np.where(value > 0, chroma / np.maximum(value, 1e-12), 0)
+    saturation = chroma / np.maximum(value, 1e-12)  # chroma is 0 where value is
     r, g, b = rgb.T
     safe = np.maximum(chroma, 1e-12)
     hue = np.select([value == r, value == g], [((g - b) / safe) % 6, (b - r) / safe + 2], (r - g) / safe + 4) * 60
@@ -50,6 +50,11 @@ def colour_words(image: Image.Image, share: float = 0.2, most: int = 2) -> list[
     names, counts = np.unique(pixel_words(opaque), return_counts=True)
     order = np.argsort(-counts, kind="stable")
     return [str(names[i]) for i in order[:most] if counts[i] >= share * len(opaque)]
+
+
+def says_a_colour(text: str) -> bool:
+    """Whether `text` holds one of the colour words ("red apple", "flag: white")."""
+    return bool(set(text.lower().replace(":", " ").replace(",", " ").split()) & set(WORDS))
 
 
 def colour_phrase(words: Sequence[str]) -> str:

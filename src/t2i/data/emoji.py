@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .colours import WORDS, colour_phrase, colour_words
+from .colours import colour_phrase, colour_words, says_a_colour
 from .folder import in_test_split
 
 
@@ -189,7 +189,7 @@ def emoji_captions(entry: dict, style: str, skin_tone: str | None = None, colour
     where = ", ".join(readable(p) for p in (entry.get("subcategory"), entry.get("category")) if p)
     captions = [f"{subject}, {kind}", subject, f"an emoji of {subject}", f"a drawing of {subject} in {kind}",
                 f"{short}{', ' + tone if tone else ''}", f"{subject}, {where} emoji, {kind}" if where else ""]
-    if colours and not set(name.replace(":", " ").split()) & set(WORDS):
+    if colours and not says_a_colour(name):
         coloured = f"{colour_phrase(colours)} {name}"
         coloured = f"{'an' if coloured[0] in 'aeiou' else 'a'} {coloured}"
         captions += [coloured, f"a drawing of {coloured}"]
