@@ -6,7 +6,10 @@ forward, MSE loss, backward, AdamW step, zero_grad. After 2 warm-up steps per mo
 interleaved (the order alternates every round) and the median seconds/step of each is reported,
 with images/s, the ratio diffusers/ours (> 1 means ours is faster), the FLOPs of one
 forward+backward (`torch.utils.flop_counter.FlopCounterMode`), the GFLOP/s achieved, and the
-fraction of the GFLOP/s a 2048x2048 fp32 `torch.mm` reaches on this machine (a practical peak).
+fraction of the GFLOP/s a 2048x2048 `torch.mm` reaches on this machine (a practical peak) in the
+step's precision.
+With `--mixed-precision bf16` both forward passes run under `torch.autocast(bfloat16)`, as
+`t2i train --mixed-precision bf16` runs them, and the float32 steps of our model are timed too.
 
 Run:  python benchmarks/train_throughput.py            (see --help for the shape options)
 """
@@ -14,6 +17,7 @@ Run:  python benchmarks/train_throughput.py            (see --help for the shape
 from __future__ import annotations
 
 import argparse
+import copy
 import shlex
 import statistics
 import sys
@@ -37,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--attention-levels", type=int, nargs="*", default=[2])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's")
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                   help="bf16: forward passes under torch.autocast(bfloat16), as t2i train --mixed-precision bf16")
     return p.parse_args()
 
 
@@ -67,14 +73,19 @@ def predict(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.T
     return out.sample if hasattr(out, "sample") else out
 
 
-def train_step(model, opt, x, t, target) -> None:
-    F.mse_loss(predict(model, x, t), target).backward()
+def loss_of(model, x, t, target, bf16: bool) -> torch.Tensor:
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        return F.mse_loss(predict(model, x, t).float(), target)
+
+
+def train_step(model, opt, x, t, target, bf16: bool) -> None:
+    loss_of(model, x, t, target, bf16).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
 def step_flops(model, x, t, target) -> int:
-    flops = count_flops(lambda: F.mse_loss(predict(model, x, t), target).backward())
+    flops = count_flops(lambda: loss_of(model, x, t, target, False).backward())
     model.zero_grad(set_to_none=True)
     return flops
 
@@ -84,6 +95,11 @@ def main() -> None:
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     models = build_models(a)
+    bf16 = a.mixed_precision == "bf16"
+    precision = {name: bf16 for name in models}
+    if bf16:  # our model in float32 too, from the same weights, as the baseline of the speed-up
+        models["t2i UNet, float32"] = copy.deepcopy(models["t2i UNet"])
+        precision["t2i UNet, float32"] = False
     x = torch.randn(a.batch_size, 3, a.image_size, a.image_size, generator=torch.Generator().manual_seed(1))
     t = torch.randint(0, 1000, (a.batch_size,), generator=torch.Generator().manual_seed(2))
     target = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
@@ -99,30 +115,36 @@ def main() -> None:
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     for name, model in models.items():
         for _ in range(2):
-            train_step(model, opts[name], x, t, target)
+            train_step(model, opts[name], x, t, target, precision[name])
     times: dict[str, list[float]] = {name: [] for name in models}
     for r in range(a.repeats):
         for name in (list(models) if r % 2 == 0 else list(reversed(models))):
             start = time.perf_counter()
-            train_step(models[name], opts[name], x, t, target)
+            train_step(models[name], opts[name], x, t, target, precision[name])
             times[name].append(time.perf_counter() - start)
-    peak = matmul_peak_gflops()
+    peak = {False: matmul_peak_gflops()}
+    if bf16:
+        peak[True] = matmul_peak_gflops(dtype=torch.bfloat16)
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    ours, theirs = models
+    ours, theirs = list(models)[:2]
     print(f"Command: `{shlex.join(['python', 'benchmarks/train_throughput.py', *sys.argv[1:]])}`")
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, threads: {torch.get_num_threads()}, "
           f"batch {a.batch_size} x 3 x {a.image_size} x {a.image_size}, {a.repeats} interleaved steps each, "
-          f"output shape {shapes[ours]} for both; fp32 matmul peak ~{peak:.1f} GFLOP/s "
-          f"(2048x2048 torch.mm)\n")
+          f"{'bf16 autocast' if bf16 else 'float32'}, output shape {shapes[ours]} for all; "
+          f"matmul peak ~{peak[False]:.1f} GFLOP/s in float32"
+          f"{f', ~{peak[True]:.1f} in bfloat16' if bf16 else ''} (2048x2048 torch.mm)\n")
     print("| model | params | median s/step | images/s | GFLOP/step (fwd+bwd) | GFLOP/s | % of matmul peak |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, model in models.items():
         gflops = flops[name] / 1e9
         print(f"| {name} | {sum(p.numel() for p in model.parameters()):,} | {med[name]:.4f} | "
               f"{a.batch_size / med[name]:.1f} | {gflops:.2f} | {gflops / med[name]:.1f} | "
-              f"{100 * gflops / med[name] / peak:.1f}% |")
+              f"{100 * gflops / med[name] / peak[precision[name]]:.1f}% |")
     print(f"\nRatio diffusers/t2i time per step: {med[theirs] / med[ours]:.3f} (> 1 means t2i is faster)")
+    if bf16:
+        print(f"Ratio float32/bf16 time per step of t2i: {med['t2i UNet, float32'] / med[ours]:.3f} "
+              "(> 1 means mixed precision is faster)")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from t2i.errors import UserError
-from t2i.models.layers import Attention, timestep_embedding
+from t2i.models.layers import Attention, attend, timestep_embedding
 from t2i.models.unet import UNet, UNetConfig
 
 TINY = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8)
@@ -89,3 +90,16 @@ def test_scale_shift_norm_is_adagn():
     expected = x + block.conv2(torch.nn.functional.silu(h * (1 + scale) + shift))
     torch.testing.assert_close(block(x, emb), expected)
     assert UNet(UNetConfig(**TINY, scale_shift_norm=True))(torch.randn(1, 3, 8, 8), torch.tensor([3])).shape[1] == 3
+
+
+def test_bfloat16_attention_on_the_cpu_is_computed_in_float32_even_under_autocast():
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=generator).bfloat16() for _ in range(3))
+    mask = torch.ones(2, 1, 1, 16, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    with torch.autocast("cpu", torch.bfloat16):
+        out = attend(q, k, v, mask)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected.bfloat16())
+    in_bfloat16 = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # the kernel attend avoids
+    assert not torch.equal(in_bfloat16, out)

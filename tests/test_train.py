@@ -92,6 +92,24 @@ def test_resume_takes_a_new_learning_rate_or_cooldown_only_when_asked(tmp_path):
         train(UNET, config(max_steps=5), tmp_path, resume=True, changes=("max_steps", "batch_size"))
 
 
+def test_bf16_mixed_precision_follows_the_float32_run_and_can_be_switched_on_resume(tmp_path):
+    full, mixed = tmp_path / "fp32", tmp_path / "bf16"
+    train(UNET, config(max_steps=20, probe_every=0, sample_every=100), full)
+    train(UNET, config(max_steps=20, probe_every=0, sample_every=100, mixed_precision="bf16"), mixed)
+    losses = {}
+    for run in (full, mixed):
+        with (run / "loss.csv").open() as f:
+            losses[run.name] = torch.tensor([float(row["loss"]) for row in csv.DictReader(f)])
+    assert not torch.equal(losses["fp32"], losses["bf16"])  # autocast was on
+    assert torch.allclose(losses["fp32"], losses["bf16"], rtol=0.01)  # and the same steps were taken
+    assert all(p.dtype == torch.float32 for p in load_model(mixed)[0].parameters())
+    assert read_config(mixed)["train"]["mixed_precision"] == "bf16"
+    train(UNET, config(max_steps=22), mixed, resume=True, changes=("max_steps", "mixed_precision"))
+    assert read_config(mixed)["train"]["mixed_precision"] == "no" and read_config(mixed)["step"] == 22
+    with pytest.raises(UserError, match="unknown mixed precision 'fp8'"):
+        config(mixed_precision="fp8")
+
+
 def test_resume_of_a_text_run_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(UNET, config(max_steps=4, save_every=2, sample_every=100), straight, text_config=TEXT)

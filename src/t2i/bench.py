@@ -64,9 +64,10 @@ def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup
     return times
 
 
-def matmul_peak_gflops(device: torch.device | str = "cpu", n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of an n×n fp32 matrix product on `device`, best of `repeats`: a practical peak."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak_gflops(device: torch.device | str = "cpu", n: int = 2048, repeats: int = 5,
+                       dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of an n×n matrix product in `dtype` on `device`, best of `repeats`: a practical peak."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     torch.mm(a, b)
     return 2 * n**3 / min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats)) / 1e9
 

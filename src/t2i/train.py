@@ -54,6 +54,9 @@ from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run
                    load_training_state, optimize, save_checkpoint, scheduled_lr, step_loader, step_seed, update_ema)
 
 
+MIXED_PRECISION = ("no", "bf16")
+
+
 @dataclass
 class TrainConfig(RunConfig):
     """Everything a diffusion run depends on besides the network; saved in config.json."""
@@ -69,6 +72,12 @@ class TrainConfig(RunConfig):
     keep_every: int | None = None  # also keep the EMA model of every such step, in snapshots/step_NNNNNN
     probe_every: int = 250  # the loss of fixed training and held-out examples, every such step (0: never)
     probe_examples: int = 256
+    mixed_precision: str = "no"  # "bf16": the U-Net's matmuls and convolutions in bfloat16 (torch.autocast)
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose one of: "
+                            f"{', '.join(MIXED_PRECISION)}")
 
 
 @torch.no_grad()
@@ -169,7 +178,7 @@ def loss_probes(dataset, vae: AutoencoderKL | None, diffusion: Diffusion, out: P
 
 
 # what a resumed run may take from the command resuming it
-RESUME_CHANGES = ("max_steps", "lr", "cooldown_steps", "balance_by")
+RESUME_CHANGES = ("max_steps", "lr", "cooldown_steps", "balance_by", "mixed_precision")
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, resume: bool = False,
@@ -283,8 +292,9 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path, res
                 dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
                 captions = ["" if drop else c for c, drop in zip(captions, dropped)]
                 cond = condition(captions)
-            loss = diffusion.training_loss(model["unet"], x0, generator=generator, min_snr_gamma=config.min_snr_gamma,
-                                           **cond).mean()
+            with torch.autocast(device.type, torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+                loss = diffusion.training_loss(model["unet"], x0, generator=generator,
+                                               min_snr_gamma=config.min_snr_gamma, **cond).mean()
             if not torch.isfinite(loss):
                 raise UserError(
                     f"the loss became {loss.item()} at step {step}; the last checkpoint (step {saved_step}) is "

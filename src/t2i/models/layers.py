@@ -47,6 +47,18 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+           causal: bool = False) -> torch.Tensor:
+    """`F.scaled_dot_product_attention`; for bfloat16 on the CPU it is computed in float32 (also under
+    autocast) and returned in bfloat16: the CPU's attention kernels are slower in bfloat16, forward and
+    backward (a training step's attention backward ~10× at the `emoji` U-Net's sizes; docs/benchmarks.md)."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+    with torch.autocast("cpu", enabled=False):
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask, is_causal=causal)
+    return out.to(torch.bfloat16)
+
+
 class Attention(nn.Module):
     """Multi-head attention softmax(QKᵀ/sqrt(d)) V with Q = W_Q x, K = W_K c, V = W_V c.
 
@@ -71,8 +83,7 @@ class Attention(nn.Module):
         context = x if context is None else context
         q, k, v = (self._split(f(a)) for f, a in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
-        return self.to_out(out.transpose(1, 2).flatten(2))
+        return self.to_out(attend(q, k, v, attn_mask, causal).transpose(1, 2).flatten(2))
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, N, H*D] -> [B, H, N, D]
