@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import shlex
 import statistics
 import sys
-import time
 
 import diffusers
 import torch
 import torch.nn.functional as F
 
-from t2i.bench import count_flops, matmul_peak_gflops
+from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops
 from t2i.models.unet import UNet, UNetConfig
+from t2i.train import MIXED_PRECISION
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--attention-levels", type=int, nargs="*", default=[2])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's")
-    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no",
                    help="bf16: forward passes under torch.autocast(bfloat16), as t2i train --mixed-precision bf16")
     return p.parse_args()
 
@@ -113,15 +114,9 @@ def main() -> None:
 
     flops = {name: step_flops(m, x, t, target) for name, m in models.items()}
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
-    for name, model in models.items():
-        for _ in range(2):
-            train_step(model, opts[name], x, t, target, precision[name])
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for r in range(a.repeats):
-        for name in (list(models) if r % 2 == 0 else list(reversed(models))):
-            start = time.perf_counter()
-            train_step(models[name], opts[name], x, t, target, precision[name])
-            times[name].append(time.perf_counter() - start)
+    steps = {name: functools.partial(train_step, model, opts[name], x, t, target, precision[name])
+             for name, model in models.items()}
+    times = interleaved_times(steps, a.repeats, warmup=2)
     peak = {False: matmul_peak_gflops()}
     if bf16:
         peak[True] = matmul_peak_gflops(dtype=torch.bfloat16)
