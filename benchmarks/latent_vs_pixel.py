@@ -30,7 +30,7 @@ from t2i.checkpoints import build_components, diffusion_from_config, load_vae, r
 from t2i.data import load_dataset
 from t2i.data.latents import sample_latents
 from t2i.models.tokenizers import load_tokenizer
-from t2i.pipeline import text_condition
+from t2i.text.condition import text_condition
 from t2i.runs import optimize
 from t2i.train import TrainConfig, latent_dataset
 

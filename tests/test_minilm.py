@@ -11,7 +11,7 @@ from t2i.errors import UserError
 from t2i.models.bert import BertConfig, BertEncoder, from_transformers_state_dict
 from t2i.models.unet import UNetConfig
 from t2i.models.wordpiece import WordPieceTokenizer, basic_split
-from t2i.pipeline import text_condition
+from t2i.text.condition import text_condition
 from t2i.text_cache import TextConditionCache
 
 transformers = pytest.importorskip("transformers")

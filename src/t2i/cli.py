@@ -237,7 +237,7 @@ def run_sample(args) -> None:
     from .checkpoints import load_model
     from .images import make_grid, save_png
     from .sampling import get_sampler, sample, spacing_for
-    from .pipeline import resolve_device
+    from .devices import resolve_device
 
     get_sampler(args.sampler)
     device = resolve_device(args.device)
@@ -541,7 +541,7 @@ def run_eval_vae(args) -> None:
     from .checkpoints import load_vae, read_config
     from .data import load_dataset
     from .evaluate import reconstruction_psnr
-    from .pipeline import resolve_device
+    from .devices import resolve_device
 
     vae = load_vae(args.model, resolve_device(args.device))
     config = read_config(args.model)

@@ -34,6 +34,7 @@ from PIL import Image
 
 from .checkpoints import (diffusion_from_config, load_components, read_config, require_diffusion_model,
                           tokenizer_from_config)
+from .devices import resolve_device
 from .diffusion import Diffusion
 from .errors import UserError
 from .images import PNG_PARAMETERS_KEY, to_pil, to_tensor
@@ -43,6 +44,7 @@ from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL
 from .models.winograd import use_winograd
 from .sampling import DEFAULT_STEPS, check_guidance_scale, get_sampler, sample, spacing_for
+from .text.condition import text_condition
 
 DEFAULT_MODEL = "emoji"
 # What generation uses when neither the call nor the model's config ("inference") says otherwise.
@@ -69,15 +71,6 @@ def resolve_model(name_or_path: str | Path) -> Path:
     return path
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise UserError(f"unknown device {name!r}: {error}") from None
-
-
 def image_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
     """The seed of each of `count` images: `seed + i`, a list given whole, or a random start."""
     if seed is None:
@@ -88,17 +81,6 @@ def image_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
     if len(seeds) != count:
         raise UserError(f"got {len(seeds)} seeds for {count} images")
     return seeds
-
-
-def text_condition(text_encoder: CLIPTextTransformer, ids: torch.Tensor, unet: UNetConfig) -> dict[str, torch.Tensor]:
-    """The U-Net's keyword arguments for token ids [B, L]: the context, and the pooled
-    embedding and the padding mask if the U-Net takes them."""
-    cond = {"context": text_encoder(ids)}
-    if unet.pooled_dim is not None:
-        cond["pooled"] = text_encoder.pool(cond["context"], ids)
-    if unet.mask_context_padding:
-        cond["context_mask"] = text_encoder.padding_mask(ids)
-    return cond
 
 
 class Pipeline:

@@ -48,7 +48,9 @@ from .models.tokenizers import Tokenizer, WordTokenizer, load_tokenizer
 from .models.wordpiece import WordPieceTokenizer
 from .models.unet import UNetConfig
 from .models.vae import AutoencoderKL
-from .pipeline import Pipeline, resolve_device, text_condition
+from .devices import resolve_device
+from .pipeline import Pipeline
+from .text.condition import text_condition
 from .text_cache import TextConditionCache
 from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, group_weights,
                    load_training_state, optimize, save_checkpoint, scheduled_lr, step_loader, step_seed, update_ema)

@@ -31,7 +31,7 @@ from .images import make_grid, save_png
 from .models.discriminator import (DiscriminatorConfig, PatchDiscriminator, generator_loss,
                                    hinge_discriminator_loss)
 from .models.vae import AutoencoderKL, VAEConfig
-from .pipeline import resolve_device
+from .devices import resolve_device
 from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, load_training_state,
                    optimize, save_checkpoint, scheduled_lr, step_loader, step_seed, update_ema)
 

@@ -1,0 +1,1 @@
+"""Text: tokenizers, text encoders, and the condition they hand the U-Net."""
