@@ -37,15 +37,16 @@ from t2i.images import save_png
 from t2i.metrics.alignment import alignment
 from t2i.metrics.fid import FIDReference
 from t2i.metrics.inception import InceptionFeatures
-from t2i.pipeline import DEFAULT_MODEL, Pipeline, resolve_model
+from t2i.checkpoints import resolve_model
+from t2i.pipeline import DEFAULT_MODEL, Pipeline
 from t2i.plots import line_plot
-from t2i.sampling import SAMPLERS, network_calls
+from t2i.samplers import SAMPLERS
 
 
 def chunk_features(pipe, extractor, prompts, seeds, **options) -> tuple[torch.Tensor, float]:
     """Inception features of the images of `prompts` (a seed each), drawn in one call, and its seconds."""
     begin = time.perf_counter()
-    images = pipe(prompts, seed=seeds, progress=True, output_type="tensor", **options)
+    images = pipe(prompts, seed=seeds, progress=True, output_type="pt", **options) * 2 - 1
     seconds = time.perf_counter() - begin
     return extractor(images).double().cpu(), seconds
 
@@ -123,7 +124,7 @@ def main() -> None:
     rows = []
     for (sampler, steps, first), (generated, seconds) in features.items():
         rows.append({"sampler": sampler, "steps": steps, "seeds": f"{first}..{first + n - 1}",
-                     "calls": network_calls(sampler, steps), "seconds": seconds,
+                     "calls": SAMPLERS[sampler].network_calls(steps), "seconds": seconds,
                      "fid": None if (sampler, steps, first) == ("ddpm", 1000, 0) else to_reference(generated),
                      "fid_data": to_data(generated),
                      "alignment": alignment(generated, labels, train_features, train_labels)})

@@ -7,7 +7,7 @@ import torch
 
 from t2i.diffusion import Diffusion
 from t2i.errors import UserError
-from t2i.sampling import classifier_free_guidance, sample
+from t2i.sampling import Guidance, SamplerSettings, classifier_free_guidance, sample
 
 
 class Linear:
@@ -57,10 +57,10 @@ def test_sample_at_scale_one_skips_the_unconditional_branch_and_guides_otherwise
     diffusion = Diffusion.from_schedule("linear", 20)
     cond, uncond = {"context": torch.ones(2, 3, 4)}, {"context": torch.zeros(2, 3, 4)}
     net = Linear()
-    sample(net, diffusion, (2, 1, 4, 4), "ddim", 4, generator=torch.Generator().manual_seed(0), progress=False,
-           guidance_scale=1.0, uncond=uncond, **cond)
+    sample(net, diffusion, (2, 1, 4, 4), SamplerSettings("ddim", 4), cond=cond, guidance=Guidance(uncond, 1.0),
+           generator=torch.Generator().manual_seed(0), progress=False)
     assert net.batches == [2] * 4
     net.batches.clear()
-    sample(net, diffusion, (2, 1, 4, 4), "ddim", 4, generator=torch.Generator().manual_seed(0), progress=False,
-           guidance_scale=3.0, uncond=uncond, **cond)
+    sample(net, diffusion, (2, 1, 4, 4), SamplerSettings("ddim", 4), cond=cond, guidance=Guidance(uncond, 3.0),
+           generator=torch.Generator().manual_seed(0), progress=False)
     assert net.batches == [4] * 4

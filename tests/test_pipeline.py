@@ -16,7 +16,7 @@ from t2i.models.text import TextEncoderConfig
 from t2i.models.tokenizers import WordTokenizer
 from t2i.models.unet import UNetConfig
 from t2i.pipeline import Pipeline
-from t2i.sampling import spacing_for
+from t2i.samplers import SAMPLERS
 
 CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a green triangle"]
 
@@ -245,10 +245,53 @@ def test_generate_writes_a_grid_row_per_sampler(model_dir, tmp_path):
 def test_settings_come_from_the_call_then_the_model_then_the_defaults(pipe):
     model_sampler = pipe.defaults["sampler"]
     assert pipe.settings(sampler=None, steps=None, spacing=None) == {
-        "sampler": model_sampler, "steps": pipe.defaults["steps"], "spacing": spacing_for(model_sampler)}
+        "sampler": model_sampler, "steps": pipe.defaults["steps"], "spacing": SAMPLERS[model_sampler].spacing}
     # another sampler brings its own steps and grid, unless the call names them
     assert pipe.settings(sampler="euler", steps=None, spacing=None) == {"sampler": "euler", "steps": 30,
                                                                          "spacing": "karras"}
     assert pipe.settings(sampler="euler", spacing=None) == {"sampler": "euler", "spacing": "karras"}
     assert pipe.settings(sampler="dpmpp_2m", steps=7, spacing="leading") == {"sampler": "dpmpp_2m", "steps": 7,
                                                                              "spacing": "leading"}
+
+
+def test_output_types_mean_what_they_mean_in_diffusers(pipe):
+    call = dict(prompt="a red circle", seed=3, num_images=2, progress=False)
+    pil = pixels(pipe(**call)).float() / 255  # [B, H, W, 3]
+    pt = pipe(**call, output_type="pt")
+    assert pt.shape == (2, 3, 16, 16) and pt.min() >= 0 and pt.max() <= 1
+    torch.testing.assert_close(pt.permute(0, 2, 3, 1), pil, atol=1 / 255, rtol=0)
+    np_images = pipe(**call, output_type="np")
+    assert isinstance(np_images, np.ndarray) and np_images.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(np_images, pt.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    latents = pipe(**call, output_type="latent")  # what the U-Net sampled, before decoding
+    assert latents.shape == (2, pipe.latent_channels, 16 // pipe.downsample_factor, 16 // pipe.downsample_factor)
+    torch.testing.assert_close(((pipe.decode(latents) + 1) / 2).clamp(0, 1), pt)
+    with pytest.raises(UserError, match="output_type must be one of 'pil', 'np', 'pt', 'latent', not 'tensor'"):
+        pipe(**call, output_type="tensor")
+
+
+def test_a_generated_png_carries_automatic1111_parameters_too(pipe, tmp_path):
+    from t2i.images import save_png
+    from t2i.metadata import from_infotext
+
+    image = pipe("a red circle", negative_prompt="blue", seed=11, sampler="euler", steps=4, cfg=2.5,
+                 progress=False)[0]
+    path = save_png(image, tmp_path / "a.png")
+    with Image.open(path) as saved:
+        infotext = saved.info["parameters"]
+    assert infotext.startswith("a red circle\nNegative prompt: blue\nSteps: 4, Sampler: Euler Karras, CFG scale: 2.5, "
+                               "Seed: 11, Size: 16x16")
+    back = from_infotext(infotext)
+    assert {k: back[k] for k in ("prompt", "negative_prompt", "steps", "sampler", "spacing", "cfg", "seed", "size")} \
+        == {"prompt": "a red circle", "negative_prompt": "blue", "steps": 4, "sampler": "euler", "spacing": "karras",
+            "cfg": 2.5, "seed": 11, "size": [16, 16]}
+    # a PNG that only AUTOMATIC1111 wrote reads back into our names
+    theirs = tmp_path / "theirs.png"
+    from PIL import PngImagePlugin
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat, masterpiece\nNegative prompt: blurry\nSteps: 30, Sampler: DPM++ 2M Karras, "
+                                "CFG scale: 7, Seed: 42, Size: 512x768, Model hash: abc123, Model: v1-5")
+    Image.new("RGB", (8, 8)).save(theirs, pnginfo=info)
+    assert read_parameters(theirs) == {"prompt": "a cat, masterpiece", "negative_prompt": "blurry", "steps": 30,
+                                       "sampler": "dpmpp_2m", "spacing": "karras", "cfg": 7.0, "seed": 42,
+                                       "size": [768, 512], "model": "v1-5"}

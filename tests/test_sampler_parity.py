@@ -15,7 +15,7 @@ import torch
 
 from t2i.diffusion import Diffusion
 from t2i.models.unet import UNet, UNetConfig
-from t2i.sampling import sample
+from t2i.sampling import SamplerSettings, sample
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -53,8 +53,8 @@ def run_scheduler(scheduler, network, x_T, seed, start_sigma=None):
 def ours(network, sampler, x_T, steps, seed, **options):
     diffusion = Diffusion.from_schedule("scaled_linear", 1000)
     with torch.no_grad():
-        return sample(network, diffusion, SHAPE, sampler, steps, x_T=x_T, generator=torch.Generator().manual_seed(seed),
-                      progress=False, **options)
+        return sample(network, diffusion, SHAPE, SamplerSettings(sampler, steps, **options), x_T=x_T,
+                      generator=torch.Generator().manual_seed(seed), progress=False)
 
 
 def start(seed=1):

@@ -7,7 +7,9 @@ from t2i.diffusion import Diffusion
 from t2i.errors import UserError
 from t2i.samplers.ancestral import sample_ddim
 from t2i.samplers.dpm_solver import sample_dpmpp_2m
-from t2i.sampling import SAMPLERS, make_grid, network_calls, sample
+from t2i.samplers import SAMPLERS
+from t2i.samplers.base import sampler_grid
+from t2i.sampling import SamplerSettings, sample
 
 MU, S = 0.5, 0.3
 
@@ -19,8 +21,8 @@ def diffusion():
 
 def draw(oracle, diffusion, sampler, steps=None, n=10_000, seed=0, **options):
     model = oracle(diffusion, MU, S)
-    return sample(model, diffusion, (n, 2), sampler, steps, generator=torch.Generator().manual_seed(seed),
-                  progress=False, **options)
+    return sample(model, diffusion, (n, 2), SamplerSettings(sampler, steps, options=options),
+                  generator=torch.Generator().manual_seed(seed), progress=False)
 
 
 @pytest.mark.parametrize("sampler,steps,options", [
@@ -42,11 +44,11 @@ def test_sampler_recovers_gaussian_data(oracle, diffusion, sampler, steps, optio
 
 @pytest.mark.parametrize("sampler,steps,tolerance", [("pc", 250, 0.05), ("langevin", 100, 0.08)])
 def test_score_samplers_recover_gaussian_data(oracle, diffusion, sampler, steps, tolerance):
-    """The score view (SPEC §2): Langevin dynamics on s_θ = −ε_θ / sqrt(1−ᾱ). The corrector's
+    """The score view: Langevin dynamics on s_θ = −ε_θ / sqrt(1−ᾱ). The corrector's
     step follows ‖z‖/‖s‖, a ratio that concentrates only in many dimensions, so 64 here.
     Annealed Langevin lags behind the falling noise: its std ends a few percent high."""
     model = oracle(diffusion, MU, S)
-    x = sample(model, diffusion, (1000, 64), sampler, steps, generator=torch.Generator().manual_seed(0),
+    x = sample(model, diffusion, (1000, 64), SamplerSettings(sampler, steps), generator=torch.Generator().manual_seed(0),
                progress=False)
     assert abs(x.mean().item() - MU) < 0.03 * MU
     assert abs(x.std().item() - S) < tolerance * S
@@ -58,8 +60,8 @@ def test_the_corrector_corrects(oracle, diffusion):
     model = oracle(diffusion, MU, S)
     errors = {}
     for corrector_steps in (0, 2):
-        x = sample(model, diffusion, (1000, 64), "pc", 25, generator=torch.Generator().manual_seed(0),
-                   progress=False, options={"corrector_steps": corrector_steps})
+        x = sample(model, diffusion, (1000, 64), SamplerSettings("pc", 25, options={"corrector_steps": corrector_steps}),
+                   generator=torch.Generator().manual_seed(0), progress=False)
         errors[corrector_steps] = abs(x.std().item() - S)
     assert errors[2] < errors[0] / 2, errors
 
@@ -72,9 +74,9 @@ def test_langevin_chain_at_one_level_reaches_that_level(oracle, diffusion):
 
     model = oracle(diffusion, MU, S)
     sigma = float(diffusion.sigmas[400])
-    grid = Grid(torch.tensor([400.0], dtype=torch.float64), torch.tensor([sigma, sigma], dtype=torch.float64))
+    grid = Grid(torch.tensor([400]), torch.tensor([sigma, sigma], dtype=torch.float64))
     start = torch.full((2000, 8), 5.0)
-    x = sample_langevin(lambda x_t, t: diffusion.model_eps(model, x_t, t), diffusion, start, grid, progress=False,
+    x = sample_langevin(lambda x_t, t: diffusion.model_eps(model, x_t, t), start, grid, progress=False,
                         generator=torch.Generator().manual_seed(0), langevin_steps=200, step_size=0.1)
     x = x * (1 + sigma**2) ** 0.5  # back to x_0 + σε
     assert abs(x.mean().item() - MU) < 0.05
@@ -103,19 +105,19 @@ def test_dpmpp_2m_first_order_is_ddim(oracle, diffusion):
     """With the previous x̂_0 equal to the current one the 2M correction vanishes: on a grid
     that takes only first-order steps (the first, and the last onto x̂_0) DPM-Solver++(2M)
     and DDIM agree."""
-    grid = make_grid(diffusion, 2, "linspace")
+    grid = sampler_grid(diffusion, 2, "linspace")
     model = oracle(diffusion, MU, S)
     x = torch.randn(100, 2, generator=torch.Generator().manual_seed(3))
     eps_fn = lambda x_t, t: model(x_t, t)  # noqa: E731
-    torch.testing.assert_close(sample_dpmpp_2m(eps_fn, diffusion, x, grid, progress=False),
-                               sample_ddim(eps_fn, diffusion, x, grid, progress=False))
+    torch.testing.assert_close(sample_dpmpp_2m(eps_fn, x, grid, progress=False),
+                               sample_ddim(eps_fn, x, grid, progress=False))
 
 
 @pytest.mark.parametrize("sampler", ["euler", "ddim"])
 def test_euler_is_ddim_written_in_sigma(oracle, diffusion, sampler):
     """Karras et al. §3: Euler's method on dx/dσ = (x − D)/σ is DDIM at η = 0, step for step."""
     model = oracle(diffusion, MU, S)
-    runs = [sample(model, diffusion, (100, 2), name, 10, spacing="trailing", progress=False,
+    runs = [sample(model, diffusion, (100, 2), SamplerSettings(name, 10, "trailing"), progress=False,
                    generator=torch.Generator().manual_seed(0)) for name in ("euler", "ddim")]
     torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
 
@@ -126,10 +128,10 @@ def test_orders_of_convergence(oracle, diffusion):
     400-step Heun solution from the same x_T, on a Karras grid."""
     model = oracle(diffusion, MU, S)
     x_T = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
-    reference = sample(model, diffusion, x_T.shape, "heun", 400, x_T=x_T, progress=False)
+    reference = sample(model, diffusion, x_T.shape, SamplerSettings("heun", 400), x_T=x_T, progress=False)
 
     def error(name, steps):
-        out = sample(model, diffusion, x_T.shape, name, steps, spacing="karras", x_T=x_T, progress=False)
+        out = sample(model, diffusion, x_T.shape, SamplerSettings(name, steps, "karras"), x_T=x_T, progress=False)
         return (out - reference).abs().mean().item()
 
     ratios = {name: error(name, steps) / error(name, 2 * steps)
@@ -141,7 +143,7 @@ def test_orders_of_convergence(oracle, diffusion):
 
 
 def test_karras_grid_spaces_sigma_and_keeps_it_exact(diffusion):
-    grid = make_grid(diffusion, 10, "karras")
+    grid = sampler_grid(diffusion, 10, "karras")
     sigmas = grid.sigmas[:-1]
     assert sigmas[0].item() == pytest.approx(float(diffusion.sigmas[-1]))
     assert sigmas[-1].item() == pytest.approx(float(diffusion.sigmas[0]))
@@ -150,8 +152,8 @@ def test_karras_grid_spaces_sigma_and_keeps_it_exact(diffusion):
     torch.testing.assert_close(sigmas ** (1 / 7), ramp)
     # the network is asked at each σ's own (fractional) timestep, or at the nearest integer one
     torch.testing.assert_close(diffusion.sigma_at(grid.timesteps), sigmas)
-    quantized = make_grid(diffusion, 10, "karras", quantize=True)
-    assert torch.equal(quantized.timesteps, grid.timesteps.round()) and torch.equal(quantized.sigmas, grid.sigmas)
+    quantized = sampler_grid(diffusion, 10, "karras", discrete_time=True)
+    assert torch.equal(quantized.timesteps, grid.timesteps.round().long()) and torch.equal(quantized.sigmas, grid.sigmas)
 
 
 def test_sigma_and_timestep_are_inverse(diffusion):
@@ -179,8 +181,9 @@ def test_respaced_ddpm_still_samples_the_data(oracle):
 def test_same_seed_same_sample_whatever_the_batch(oracle, diffusion):
     model = oracle(diffusion, MU, S)
     generators = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
-    batch = sample(model, diffusion, (3, 1, 4, 4), "ddpm", 100, generator=generators([7, 8, 9]), progress=False)
-    alone = sample(model, diffusion, (1, 1, 4, 4), "ddpm", 100, generator=generators([8]), progress=False)
+    batch = sample(model, diffusion, (3, 1, 4, 4), SamplerSettings("ddpm", 100), generator=generators([7, 8, 9]),
+                   progress=False)
+    alone = sample(model, diffusion, (1, 1, 4, 4), SamplerSettings("ddpm", 100), generator=generators([8]), progress=False)
     assert torch.allclose(batch[1], alone[0], atol=1e-6)
 
 
@@ -193,18 +196,20 @@ def test_samplers_take_the_grid_they_are_given(oracle, diffusion, sampler):
         calls.append(float(t[0]))
         return model(x, t)
 
-    grid = make_grid(diffusion, 10, "trailing")
-    SAMPLERS[sampler](eps_fn, diffusion, torch.randn(4, 2), grid, progress=False)
+    grid = sampler_grid(diffusion, 10, "trailing")
+    entry = SAMPLERS[sampler]
+    entry.run(eps_fn, torch.randn(4, 2), grid, progress=False,
+              **({"generator": torch.Generator().manual_seed(0)} if entry.stochastic else {}))
     assert sorted(set(calls), reverse=True) == grid.timesteps.tolist()
-    assert len(calls) == network_calls(sampler, 10)
+    assert len(calls) == entry.network_calls(10)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_clipping_keeps_predicted_x0_in_range(diffusion, sampler):
     wild = lambda x, t: 3.0 * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(t[0])))  # noqa: E731
     kwargs = dict(generator=torch.Generator().manual_seed(0), progress=False)
-    assert sample(wild, diffusion, (64, 2), sampler, 20, **kwargs).abs().max() > 1
-    clipped = sample(wild, diffusion, (64, 2), sampler, 20, clip=True, **kwargs)
+    assert sample(wild, diffusion, (64, 2), SamplerSettings(sampler, 20), **kwargs).abs().max() > 1
+    clipped = sample(wild, diffusion, (64, 2), SamplerSettings(sampler, 20, clip=True), **kwargs)
     # DDPM's last step adds no noise and DDIM's returns x̂_0 itself, so both end inside [-1, 1]
     assert clipped.abs().max() <= 1 + 1e-5
 
@@ -212,8 +217,8 @@ def test_clipping_keeps_predicted_x0_in_range(diffusion, sampler):
 def test_clipping_changes_nothing_when_x0_is_in_range(oracle, diffusion):
     plain = draw(oracle, diffusion, "ddim", 50, n=200)
     model = oracle(diffusion, MU, S)
-    clipped = sample(model, diffusion, (200, 2), "ddim", 50, generator=torch.Generator().manual_seed(0),
-                     progress=False, clip=True)
+    clipped = sample(model, diffusion, (200, 2), SamplerSettings("ddim", 50, clip=True),
+                     generator=torch.Generator().manual_seed(0), progress=False)
     inside = (plain.abs() < 0.9).all(dim=1)
     assert torch.allclose(plain[inside], clipped[inside], atol=1e-3)
 
@@ -225,6 +230,38 @@ def test_registry_and_bad_input(oracle, diffusion):
     with pytest.raises(UserError, match="unknown sampler 'euler_x'.*ddpm"):
         sample(model, diffusion, (2, 2), "euler_x")
     with pytest.raises(UserError, match="between 1 and the model's 1000"):
-        sample(model, diffusion, (2, 2), "ddim", steps=1001)
+        sample(model, diffusion, (2, 2), SamplerSettings("ddim", 1001))
     with pytest.raises(UserError, match="takes no option eta"):
-        sample(model, diffusion, (2, 2), "ddpm", eta=0.5)
+        sample(model, diffusion, (2, 2), SamplerSettings("ddpm", options={"eta": 0.5}))
+
+
+@pytest.mark.parametrize("spacing", [None, "karras"])
+@pytest.mark.parametrize("sampler", sorted(name for name, entry in SAMPLERS.items() if entry.discrete_time))
+def test_discrete_time_samplers_hand_the_network_integer_timesteps(diffusion, sampler, spacing):
+    """An ε-model that indexes the schedule's tables with t, as `Diffusion`'s own functions do,
+    works under every discrete-time sampler, on its own grid and on a Karras grid."""
+    dtypes = []
+
+    def indexing_model(x_t, t):
+        dtypes.append(t.dtype)
+        abar = diffusion.alphas_cumprod[t].float()[:, None]  # float indices would raise here
+        return (1 - abar).sqrt() * (x_t - abar.sqrt() * MU) / (abar * S**2 + 1 - abar)
+
+    x = sample(indexing_model, diffusion, (2000, 2), SamplerSettings(sampler, 50, spacing),
+               generator=torch.Generator().manual_seed(0), progress=False)
+    assert dtypes and set(dtypes) == {torch.long}
+    assert abs(x.mean().item() - MU) < 0.1 * MU
+
+
+def test_sigma_samplers_ask_between_the_integers_only_on_a_karras_grid(oracle, diffusion):
+    """Euler on a Karras grid asks at fractional times (floats); on a grid of training
+    timesteps it is handed the integers themselves."""
+    model = oracle(diffusion, MU, S)
+    seen = {}
+    for spacing in ("karras", "leading"):
+        seen[spacing] = []
+        sample(lambda x, t: seen[spacing].append(t) or model(x, t), diffusion, (4, 2),
+               SamplerSettings("euler", 10, spacing), progress=False)
+    assert all(t.is_floating_point() for t in seen["karras"])
+    assert any(bool(t[0] != t[0].round()) for t in seen["karras"])
+    assert {t.dtype for t in seen["leading"]} == {torch.long}

@@ -15,7 +15,8 @@ from t2i.data.colours import pixel_words
 from t2i.data.shapes import Scene, ShapeSpec, draw_scene
 from t2i.images import read_parameters
 from t2i.models.bert import BertEncoder
-from t2i.pipeline import DEFAULT_MODEL, Pipeline, shipped_models
+from t2i.checkpoints import shipped_models
+from t2i.pipeline import DEFAULT_MODEL, Pipeline
 
 
 def weight_dtypes(path) -> set[str]:

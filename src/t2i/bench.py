@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from .sampling import network_calls
+from .samplers import get_sampler
 
 aten = torch.ops.aten
 # On CPU, F.scaled_dot_product_attention runs as ops that take the flash-attention ops' arguments
@@ -92,7 +92,7 @@ def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> list[dict]:
             parts["decoder"] = lambda: pipe.decode(z)
         flops = {name: count_flops(fn) for name, fn in parts.items()}
         parts["whole call"] = lambda: pipe(prompt, num_images=batch, seed=0, progress=False)
-        calls = network_calls(settings["sampler"], settings["steps"])
+        calls = get_sampler(settings["sampler"]).network_calls(settings["steps"])
         flops["whole call"] = flops["U-Net, one guided step"] * calls + sum(
             flops[name] for name in ("text encoder", "decoder") if name in flops)
         times = interleaved_times(parts, repeats, device=device)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Mapping
 
@@ -37,6 +38,26 @@ CONFIG_NAME = "config.json"
 FORMAT_VERSION = 2  # 1: the U-Net's weights in model.safetensors
 COMPONENTS = {"unet": (UNet, UNetConfig), "text_encoder": (CLIPTextTransformer, TextEncoderConfig),
               "vae": (AutoencoderKL, VAEConfig)}
+
+
+def shipped_models() -> dict[str, Path]:
+    """Models inside the package, by name: the folders of `t2i/weights/`."""
+    root = resources.files("t2i") / "weights"
+    if not root.is_dir():
+        return {}
+    return {entry.name: Path(str(entry)) for entry in root.iterdir() if (entry / CONFIG_NAME).is_file()}
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """The folder of a shipped model's name, or the given path."""
+    shipped = shipped_models()
+    if str(name_or_path) in shipped:
+        return shipped[str(name_or_path)]
+    path = Path(name_or_path)
+    if not path.exists():
+        names = ", ".join(sorted(shipped)) or "none"
+        raise UserError(f"no model {str(name_or_path)!r}: give a model folder or a shipped model ({names})")
+    return path
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -209,18 +209,17 @@ def run_train_vae(args) -> None:
 
 def add_sample(sub) -> None:
     from .diffusion import VARIANCES
-    from .sampling import SAMPLERS
+    from .samplers import SAMPLERS
     from .schedules import SPACINGS
 
-    p = sub.add_parser("sample", help="draw a grid of samples from a trained model",
+    p = sub.add_parser("sample", help="a grid of unconditional samples from a model (the empty prompt)",
                        formatter_class=DefaultsFormatter)
-    p.add_argument("--model", required=True, type=Path, help="a model folder written by `t2i train`")
+    p.add_argument("--model", required=True, help="a model folder written by `t2i train`, or a shipped model")
     p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
-    p.add_argument("--steps", type=_positive(int), default=None, help="default: T for ddpm, 50 for ddim")
+    p.add_argument("--steps", type=_positive(int), default=None, help="default: the sampler's own (T for ddpm)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM σ_t²: β_t or β̃_t (default β̃_t)")
-    p.add_argument("--spacing", choices=SPACINGS, default=None,
-                   help="the sampler's grid (default: its own, `t2i.sampling.DEFAULT_SPACING`)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="the sampler's grid (default: its own)")
     p.add_argument("--no-clip", dest="clip", action="store_false",
                    help="do not clip the predicted x_0 to [-1, 1] at each step")
     p.add_argument("--num", type=_positive(int), default=16, help="number of images")
@@ -232,33 +231,18 @@ def add_sample(sub) -> None:
 
 
 def run_sample(args) -> None:
-    import torch
-
-    from .checkpoints import load_model
+    """`t2i generate ''` as a near-square grid in batches: the same path, the same images."""
     from .images import make_grid, save_png
-    from .sampling import get_sampler, sample, spacing_for
-    from .devices import resolve_device
+    from .pipeline import Pipeline
 
-    get_sampler(args.sampler)
-    device = resolve_device(args.device)
-    model, diffusion, config = load_model(args.model, device)
-    if "text_encoder" in config:
-        raise UserError(f"{str(args.model)!r} is a text-to-image model: use `t2i generate PROMPT --model {args.model}`")
-    if "vae" in config:
-        raise UserError(f"{str(args.model)!r} is a latent model: use `t2i generate '' --model {args.model}`, "
-                        "which decodes its samples")
-    size, channels = config["image_size"], model.config.in_channels
-    images = []
-    for start in range(0, args.num, args.batch_size):
-        count = min(args.batch_size, args.num - start)
-        generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(count)]
-        images.append(sample(model, diffusion, (count, channels, size, size), args.sampler, args.steps, args.eta,
-                             generators, variance=args.variance, spacing=args.spacing, clip=args.clip,
-                             device=device).cpu())
-    parameters = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps, "eta": args.eta,
-                  "variance": args.variance, "spacing": spacing_for(args.sampler, args.spacing), "clip": args.clip,
-                  "seed": args.seed, "num": args.num, "size": size}
-    save_png(make_grid(torch.cat(images)), args.out, parameters)
+    pipe = Pipeline.load(args.model, args.device)
+    pipe.clip = args.clip
+    options = {"variance": args.variance} if args.variance else None
+    images = [image for start in range(0, args.num, args.batch_size)
+              for image in pipe("", steps=args.steps, sampler=args.sampler, seed=args.seed + start, eta=args.eta,
+                                num_images=min(args.batch_size, args.num - start), spacing=args.spacing,
+                                sampler_options=options)]
+    save_png(make_grid(images), args.out, {**images[0].info["t2i"], "clip": args.clip, "num": args.num})
     print(f"wrote {args.out}")
 
 
@@ -296,7 +280,7 @@ def run_noise(args) -> None:
 
 def add_generate(sub) -> None:
     from .pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS
-    from .sampling import SAMPLERS
+    from .samplers import SAMPLERS
     from .schedules import SPACINGS
 
     defaults = ', '.join(f'{k} {v}' for k, v in INFERENCE_DEFAULTS.items() if v is not None)
@@ -354,57 +338,31 @@ def open_image(path: Path | None, mode: str = "RGB"):
 
 
 def run_generate(args) -> None:
-    """One image, or a grid: a row per (prompt, cfg, strength) combination asked for, `--num`
-    seeds each (the same seeds in every row), after the input image when editing; with one
-    image per combination the combinations stand side by side instead."""
-    import itertools
-    import secrets
-
-    from .images import make_grid, save_png
-    from .pipeline import Pipeline
-    from .sampling import get_sampler
-
+    """One image, or a comparison grid (`t2i.comparison`) and each of its images as NAME-i.png."""
     import torch
+
+    from .comparison import compare
+    from .images import enlarge, save_png
+    from .pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
     pipe.optimize(vae_tile=args.vae_tile, winograd=args.winograd)
     image, mask = open_image(args.image), open_image(args.mask, "L")
-    if args.strength and len(args.strength) > 1 and image is None:
-        raise UserError("several --strength values need an --image to edit")
-    if args.seed is None:  # drawn once, so that every combination starts from the same noise
-        args.seed = secrets.randbelow(2**31)
-    for sampler in args.sampler or []:
-        get_sampler(sampler)  # every name checked before the first is run
-    variants = list(itertools.product(args.prompt or [""], args.sampler or [None], args.cfg or [None],
-                                      args.strength or [None]))
-    rows = [pipe(prompt, args.negative, args.steps, sampler, cfg, args.seed, args.num, args.rescale, args.eta,
-                 image=image, strength=strength, mask=mask, spacing=args.spacing, width=args.width,
-                 height=args.height)
-            for prompt, sampler, cfg, strength in variants]
-    images = [im for row in rows for im in row]
+    comparison = compare(pipe, args.prompt or [""], args.sampler or [None], args.cfg or [None],
+                         args.strength or [None], seed=args.seed, num_images=args.num, image=image, mask=mask,
+                         negative_prompt=args.negative, steps=args.steps, guidance_rescale=args.rescale, eta=args.eta,
+                         spacing=args.spacing, width=args.width, height=args.height)
+    images = comparison.images
     if len(images) == 1:
-        save_png(zoom(images[0], args.zoom), args.out, images[0].info["t2i"])
+        save_png(enlarge(images[0], args.zoom), args.out, images[0].info["t2i"])
         print(f"wrote {args.out} (seed {images[0].info['t2i']['seed']})")
         return
     for i, im in enumerate(images):
-        save_png(zoom(im, args.zoom), args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), im.info["t2i"])
-    if args.num == 1:
-        rows = [images]
-    lead = [image] if image is not None else []
-    tiles = [zoom(im, args.zoom) for row in rows for im in lead + row]
-    firsts = [im.info["t2i"] for im in images[::args.num]]
-    varying = {"prompt": [v[0] for v in variants], "sampler": [f["sampler"] for f in firsts],
-               "cfg": [f["cfg"] for f in firsts], "strength": [v[3] for v in variants]}
-    save_png(make_grid(tiles, ncols=len(lead) + len(rows[0])), args.out,
-             {**images[0].info["t2i"], **varying, "num": args.num})
+        save_png(enlarge(im, args.zoom), args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), im.info["t2i"])
+    save_png(comparison.grid(args.zoom), args.out)
+    count, seeds = len(comparison.rows), comparison.seeds
     print(f"wrote {args.out} and {args.out.stem}-0..{len(images) - 1}{args.out.suffix} "
-          f"({len(variants)} combination{'s' * (len(variants) > 1)} × seeds {args.seed}..{args.seed + args.num - 1})")
-
-
-def zoom(image, factor: int):
-    from PIL import Image
-
-    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+          f"({count} combination{'s' * (count > 1)} × seeds {seeds[0]}..{seeds[-1]})")
 
 
 def add_export(sub) -> None:
@@ -426,12 +384,12 @@ def run_export(args) -> None:
     import torch
 
     from .checkpoints import export_model
-    from .sampling import check_guidance_scale, get_sampler
+    from .sampling import check_guidance, get_sampler
 
     inference = {k: v for k, v in (("cfg", args.cfg), ("steps", args.steps), ("sampler", args.sampler),
                                    ("spacing", args.spacing)) if v is not None}
     if args.cfg is not None:
-        check_guidance_scale(args.cfg)
+        check_guidance(args.cfg)
     if args.sampler is not None:
         get_sampler(args.sampler)
     out = export_model(args.model, args.out, getattr(torch, args.dtype), inference)

@@ -255,7 +255,7 @@ def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: i
     for start in tqdm(range(0, n, batch_size), desc="generate", disable=not progress):
         indices = range(start, min(start + batch_size, n))
         images = pipe([test.caption(i) for i in indices], seed=[seed + i for i in indices], progress=False,
-                      output_type="tensor", **options)
+                      output_type="pt", **options) * 2 - 1
         generated.append(extractor(images).double().cpu())
     generated = torch.cat(generated)
 

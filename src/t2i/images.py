@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
 
+from .metadata import INFOTEXT_KEY, from_infotext, to_infotext
+
 PNG_PARAMETERS_KEY = "t2i"
 
 
@@ -45,9 +47,15 @@ def make_grid(images: torch.Tensor | list[Image.Image], ncols: int | None = None
     return grid
 
 
+def enlarge(image: Image.Image, factor: int) -> Image.Image:
+    """The image `factor`× larger on each side, each pixel a block (nearest neighbour)."""
+    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
 def save_png(image: Image.Image, path: str | Path, parameters: dict | None = None) -> Path:
     """Save a PNG; `parameters` (by default those a Pipeline left in `image.info`) go into a
-    text chunk as JSON so the image can be reproduced."""
+    text chunk as JSON so the image can be reproduced, and one image's generation parameters
+    also into AUTOMATIC1111's `parameters` chunk (`metadata.to_infotext`)."""
     path = Path(path)
     if parameters is None:
         parameters = image.info.get(PNG_PARAMETERS_KEY)
@@ -55,12 +63,18 @@ def save_png(image: Image.Image, path: str | Path, parameters: dict | None = Non
     info = PngImagePlugin.PngInfo()
     if parameters:
         info.add_text(PNG_PARAMETERS_KEY, json.dumps(parameters, sort_keys=True))
+        infotext = to_infotext(parameters)
+        if infotext is not None:
+            info.add_itxt(INFOTEXT_KEY, infotext)
     image.save(path, format="PNG", pnginfo=info)
     return path
 
 
 def read_parameters(path: str | Path) -> dict:
-    """The generation parameters a PNG saved by `save_png` carries ({} if none)."""
+    """The generation parameters a PNG carries: ours (saved by `save_png`), else those of
+    AUTOMATIC1111's `parameters` chunk read into our names, else {}."""
     with Image.open(path) as image:
-        text = image.info.get(PNG_PARAMETERS_KEY)
-    return json.loads(text) if text else {}
+        ours, theirs = image.info.get(PNG_PARAMETERS_KEY), image.info.get(INFOTEXT_KEY)
+    if ours:
+        return json.loads(ours)
+    return from_infotext(theirs) if theirs else {}

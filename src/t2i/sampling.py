@@ -1,34 +1,33 @@
-"""Sampling: one entry point, `sample()`, over a registry of samplers.
+"""Sampling: one entry point, `sample()`, around a registered sampler (`t2i.samplers.SAMPLERS`).
 
-Each sampler is a plain function `sampler(eps_fn, diffusion, x, grid, *, generator, progress,
-project, **options)` in `t2i.samplers`: `eps_fn(x_t, t) -> ε` is the (possibly guided) noise
-predictor and `grid` the steps, computed once outside (k-diffusion's habit). `SAMPLERS` maps
-the names the CLI accepts to them; `sample()` builds the grid, the starting noise and the
-ε-predictor, guided or not (`classifier_free_guidance`), and the editing hooks.
+`sample()` takes three small groups besides the network: `SamplerSettings` (which sampler, on
+what grid, with which of its options), the conditioning `cond` and its `Guidance`
+(classifier-free), and an `Edit` (img2img and inpainting). It builds the grid, the starting
+noise and the ε-predictor, guided or not, and hands them to the sampler's function.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import torch
 
 from .diffusion import Diffusion, Model
 from .errors import UserError
-from .samplers.ancestral import sample_ddim, sample_ddpm
-from .samplers.base import EpsFn, Generators, Grid, Project, make_grid, noised, randn
-from .samplers.dpm_solver import sample_dpmpp_2m, sample_dpmpp_2m_sde
-from .samplers.karras import sample_euler, sample_euler_ancestral, sample_heun, sample_lms
-from .samplers.langevin import sample_langevin, sample_pc
+from .samplers import SAMPLERS, Sampler, get_sampler
+from .samplers.base import EpsFn, Generators, Grid, Project, noised, randn, sampler_grid
 
-__all__ = ["SAMPLERS", "Grid", "make_grid", "randn", "sample", "get_sampler", "network_calls"]
+__all__ = ["SAMPLERS", "Edit", "Guidance", "SamplerSettings", "get_sampler", "sample"]
 
 
-def check_guidance_scale(scale: float) -> None:
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+def check_guidance(scale: float, rescale: float = 0.0) -> None:
+    """Refuse a guidance scale that is not a finite number >= 0, or a rescale φ outside [0, 1]."""
+    if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise UserError(f"the guidance scale (cfg) must be a number >= 0, 1 meaning no guidance; got {scale}")
+    if isinstance(rescale, bool) or not (isinstance(rescale, (int, float)) and 0 <= rescale <= 1):
+        raise UserError(f"guidance rescale must be between 0 and 1, got {rescale}")
 
 
 def classifier_free_guidance(model: Model, scale: float, cond: dict[str, torch.Tensor],
@@ -46,9 +45,7 @@ def classifier_free_guidance(model: Model, scale: float, cond: dict[str, torch.T
     ε_r = ε̃ · std(ε_c)/std(ε̃), and the result is φ ε_r + (1 − φ) ε̃, against the
     over-exposure strong guidance causes.
     """
-    check_guidance_scale(scale)
-    if not 0 <= rescale <= 1:
-        raise UserError(f"guidance rescale must be between 0 and 1, got {rescale}")
+    check_guidance(scale, rescale)
     both = {key: torch.cat([uncond[key], cond[key]]) for key in cond}
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -63,11 +60,14 @@ def classifier_free_guidance(model: Model, scale: float, cond: dict[str, torch.T
     return guided
 
 
+def check_strength(strength: float) -> None:
+    if isinstance(strength, bool) or not (isinstance(strength, (int, float)) and 0 <= strength <= 1):
+        raise UserError(f"strength must be between 0 and 1, got {strength}")
+
+
 def strength_grid(grid: Grid, strength: float) -> Grid:
     """The tail of a grid that image-to-image runs: its last ⌊strength · steps⌋ steps
     (as diffusers counts them), so strength 0 runs none and 1 runs them all."""
-    if not 0 <= strength <= 1:
-        raise UserError(f"strength must be between 0 and 1, got {strength}")
     return grid.tail(int(len(grid) * strength))
 
 
@@ -102,111 +102,120 @@ def clip_denoised(eps_fn: EpsFn, diffusion: Diffusion) -> EpsFn:
     return clipped
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddpm": sample_ddpm,
-    "ddim": sample_ddim,
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "lms": sample_lms,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "langevin": sample_langevin,
-    "pc": sample_pc,
-}
-# samplers not listed run every training timestep by default
-DEFAULT_STEPS = {"ddim": 50, "euler": 30, "euler_ancestral": 30, "heun": 15, "lms": 30, "dpmpp_2m": 20,
-                 "dpmpp_2m_sde": 25, "langevin": 100, "pc": 250}
-DEFAULT_SPACING = {"dpmpp_2m": "logsnr", "dpmpp_2m_sde": "logsnr", "euler": "karras", "euler_ancestral": "karras",
-                   "heun": "karras", "lms": "karras", "langevin": "logsnr"}  # the others: "leading"
-# Samplers of the discrete chain ask the network at integer timesteps even on a Karras grid
-# (σ kept exact), as diffusers' DDIM and DPM-Solver do; the σ samplers at fractional ones.
-DISCRETE_TIME = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "pc")
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Which sampler runs, on what grid, with which of its own options.
 
-
-def network_calls(sampler: str, steps: int, options: dict | None = None) -> int:
-    """How many times `sampler` evaluates the network (×2 with guidance) on a grid of `steps`."""
-    defaults = {name: p.default for name, p in inspect.signature(get_sampler(sampler)).parameters.items()}
-    options = {**defaults, **(options or {})}
-    if sampler == "heun":
-        return 2 * steps - 1
-    if sampler == "langevin":
-        return steps * options["langevin_steps"] + 1
-    if sampler == "pc":
-        return steps * (1 + options["corrector_steps"])
-    return steps
-
-
-def spacing_for(sampler: str, spacing: str | None = None) -> str:
-    """The timestep spacing a sampler runs on: the one asked for, else the sampler's own."""
-    return spacing or DEFAULT_SPACING.get(sampler, "leading")
-
-
-def sampler_options(name: str) -> tuple[str, ...]:
-    """The keyword options a registered sampler accepts beyond the common ones."""
-    common = {"eps_fn", "diffusion", "x", "grid", "generator", "progress", "project"}
-    return tuple(p for p in inspect.signature(get_sampler(name)).parameters if p not in common)
-
-
-def get_sampler(name: str) -> Callable[..., torch.Tensor]:
-    if name not in SAMPLERS:
-        raise UserError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
-
-
-def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], sampler: str = "ddpm",
-           steps: int | None = None, eta: float | None = None, generator: Generators = None,
-           progress: bool = True, *, variance: str | None = None, spacing: str | None = None,
-           clip: bool = False, x_T: torch.Tensor | None = None, device=None,
-           guidance_scale: float = 1.0, uncond: dict[str, torch.Tensor] | None = None,
-           guidance_rescale: float = 0.0, init: torch.Tensor | None = None, strength: float = 1.0,
-           mask: torch.Tensor | None = None, steps_offset: int = 0, set_alpha_to_one: bool | None = None,
-           options: dict | None = None, **cond) -> torch.Tensor:
-    """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` with the named sampler.
-
-    `steps` defaults to the sampler's `DEFAULT_STEPS` (all T timesteps for "ddpm") on its
-    `DEFAULT_SPACING` (`spacing` may name another, "karras" among them). `eta` (DDIM, Euler
-    ancestral), `variance` (DDPM: "beta" or "beta_tilde") and the sampler's own `options`
-    (`sampler_options`) go to samplers that take them. `steps_offset` shifts a "leading"
-    grid (SD: 1); `set_alpha_to_one=False` makes DDIM land on ᾱ_0 instead of x_0, as SD's does.
-    `clip` clips every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels. With
-    `uncond` (the condition of the empty or negative prompt) the model is guided at
-    `guidance_scale` (`classifier_free_guidance`); scale 1 skips the unconditional branch.
-
-    Editing (seed 002): given an `init` image x_0, only the last ⌊strength · steps⌋ steps
-    run, from x_t ~ q(x_t | x_0) at the first of them; strength 1 starts from pure noise
-    (plain generation) and 0 returns `init`. A `mask` (1 = regenerate, 0 = keep) keeps
-    the rest of `init` at every step (`keep_known`).
+    `steps` and `spacing` default to the sampler's (`Sampler.default_steps`, every training
+    timestep for "ddpm"; `Sampler.spacing`, "karras" among the others). `options` are the
+    sampler's own keyword options (`Sampler.options`: eta, variance, order, ...). `clip` clips
+    every x̂_0 to [-1, 1] (`clip_denoised`), for models of pixels. `steps_offset` shifts a
+    "leading" grid (SD: 1); `set_alpha_to_one=False` makes DDIM's last step land on ᾱ_0
+    instead of x_0, as SD's DDIM does.
     """
-    fn = get_sampler(sampler)
-    options = {**{k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}, **(options or {})}
-    unknown = set(options) - set(sampler_options(sampler))
-    if unknown:
-        raise UserError(f"sampler {sampler!r} takes no option {', '.join(sorted(unknown))}")
-    grid = make_grid(diffusion, steps or DEFAULT_STEPS.get(sampler, diffusion.num_timesteps),
-                     spacing_for(sampler, spacing), steps_offset,
-                     land_on_sigma_min=set_alpha_to_one is False and sampler == "ddim",
-                     quantize=sampler in DISCRETE_TIME)
-    x = randn(shape, generator, device) if x_T is None else x_T
-    project = None
-    if init is not None:
-        grid = strength_grid(grid, strength)
-        if len(grid) == 0:
-            return init.clone()
-        if strength < 1:
-            x = noised(init, x, float(grid.sigmas[0]))
-        if mask is not None:
-            project = keep_known(init, mask, generator)
-    elif mask is not None:
-        raise UserError("a mask needs the image it masks (init)")
-    if uncond is not None:
-        guided = classifier_free_guidance(model, guidance_scale, cond, uncond, guidance_rescale)
-        if guidance_scale != 1:
-            model, cond = guided, {}
+
+    sampler: str = "ddpm"
+    steps: int | None = None
+    spacing: str | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+    clip: bool = False
+    steps_offset: int = 0
+    set_alpha_to_one: bool = True
+
+    def __post_init__(self):
+        entry = get_sampler(self.sampler)
+        unknown = set(self.options) - set(entry.options)
+        if unknown:
+            raise UserError(f"sampler {self.sampler!r} takes no option {', '.join(sorted(unknown))}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise UserError(f"steps must be a whole number of at least 1, got {self.steps!r}")
+
+    @property
+    def entry(self) -> Sampler:
+        return SAMPLERS[self.sampler]
+
+    def resolved(self, diffusion: Diffusion) -> SamplerSettings:
+        """These settings with the steps and spacing that run filled in."""
+        steps = self.steps or self.entry.default_steps or diffusion.num_timesteps
+        return SamplerSettings(self.sampler, steps, self.spacing or self.entry.spacing, self.options, self.clip,
+                               self.steps_offset, self.set_alpha_to_one)
+
+    def grid(self, diffusion: Diffusion) -> Grid:
+        run = self.resolved(diffusion)
+        return sampler_grid(diffusion, run.steps, run.spacing, self.steps_offset,
+                            land_on_sigma_min=not self.set_alpha_to_one and self.entry.follows_set_alpha_to_one,
+                            discrete_time=self.entry.discrete_time)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance at `scale` s against `uncond`, the condition of the empty or a
+    negative prompt (`classifier_free_guidance`); s = 1 is the conditional model alone, which
+    then runs without the unconditional branch. `rescale` is Lin et al.'s φ."""
+
+    uncond: Mapping[str, torch.Tensor]
+    scale: float = 1.0
+    rescale: float = 0.0
+
+    def __post_init__(self):
+        check_guidance(self.scale, self.rescale)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Image-to-image: start from `init` (x_0 [B, C, H, W], as the network sees it) noised to the
+    level `strength` selects; with a `mask` (1 = regenerate, 0 = keep; broadcast against x),
+    inpaint by keeping the rest of `init` at every step (`keep_known`)."""
+
+    init: torch.Tensor
+    strength: float = 1.0
+    mask: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.init is None:
+            raise UserError("a mask needs the image it masks (init)")
+        check_strength(self.strength)
+
+
+def noise_predictor(model: Model, diffusion: Diffusion, cond: Mapping[str, torch.Tensor],
+                    guidance: Guidance | None, clip: bool) -> EpsFn:
+    """ε(x_t, t) as the samplers call it: the network's output as ε, guided unless s = 1, clipped."""
+    if guidance is not None and guidance.scale != 1:
+        model = classifier_free_guidance(model, guidance.scale, dict(cond), dict(guidance.uncond), guidance.rescale)
+        cond = {}
 
     def eps_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return diffusion.model_eps(model, x_t, t, **cond)
 
-    if clip:
-        eps_fn = clip_denoised(eps_fn, diffusion)
-    return fn(eps_fn, diffusion, x, grid, generator=generator, progress=progress, project=project, **options)
+    return clip_denoised(eps_fn, diffusion) if clip else eps_fn
+
+
+def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], settings: SamplerSettings | str = "ddpm", *,
+           cond: Mapping[str, torch.Tensor] | None = None, guidance: Guidance | None = None,
+           edit: Edit | None = None, generator: Generators = None, x_T: torch.Tensor | None = None,
+           device=None, progress: bool = True) -> torch.Tensor:
+    """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` (a sampler's name stands for its
+    default `SamplerSettings`).
+
+    `generator` is one torch.Generator, or one per sample so that a sample depends on its own
+    seed alone; `x_T` replaces the starting noise drawn from it. With `guidance` the model is
+    guided against its unconditional branch. With an `edit`, only the last ⌊strength · steps⌋
+    steps run, from x_t ~ q(x_t | x_0) at the first of them: strength 1 starts from pure noise
+    (plain generation) and 0 returns `init`.
+    """
+    settings = SamplerSettings(settings) if isinstance(settings, str) else settings
+    grid = settings.grid(diffusion)
+    x = randn(shape, generator, device) if x_T is None else x_T
+    project = None
+    if edit is not None:
+        grid = strength_grid(grid, edit.strength)
+        if len(grid) == 0:
+            return edit.init.clone()
+        if edit.strength < 1:
+            x = noised(edit.init, x, float(grid.sigmas[0]))
+        if edit.mask is not None:
+            project = keep_known(edit.init, edit.mask, generator)
+    eps_fn = noise_predictor(model, diffusion, cond or {}, guidance, settings.clip)
+    noise = {"generator": generator} if settings.entry.stochastic else {}
+    return settings.entry.run(eps_fn, x, grid, progress=progress, project=project, **noise, **settings.options)

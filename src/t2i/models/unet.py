@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .config import ModelConfig
+from .config import ModelConfig, check_divisible
 from .layers import (ConvNeXtBlock, Downsample, ResBlock, SelfAttentionBlock, SpatialTransformer, Upsample,
                      group_norm, timestep_embedding, zero_init)
 from .naming import module_names, replace_all, to_ours, to_theirs
@@ -201,9 +201,8 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 pooled: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """`context_mask` [B, L] marks the context tokens cross-attention may read (None: all)."""
-        factor = self.config.downsample_factor
-        if x.shape[-1] % factor or x.shape[-2] % factor:
-            raise UserError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor} for this U-Net")
+        check_divisible(x.shape[-1], x.shape[-2], self.config.downsample_factor, "the input", "this U-Net needs",
+                        "resize or crop it")
         if (context is None) != (self.config.context_dim is None):
             raise UserError("this U-Net is text-conditioned and needs a context" if context is None
                             else "this U-Net is unconditional and takes no context")

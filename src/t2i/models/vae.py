@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .config import ModelConfig
+from .config import ModelConfig, check_divisible
 from .layers import Downsample, ResBlock, SelfAttentionBlock, Upsample, group_norm
 from .naming import module_names, replace_all, to_ours, to_theirs
 
@@ -164,14 +164,10 @@ class AutoencoderKL(nn.Module):
         self.quant_conv = nn.Conv2d(2 * c.latent_channels, 2 * c.latent_channels, 1)
         self.post_quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, 1)
 
-    def check_size(self, x: torch.Tensor) -> None:
-        factor = self.config.downsample_factor
-        if x.shape[-1] % factor or x.shape[-2] % factor:
-            raise UserError(f"image size {tuple(x.shape[-2:])} must be divisible by {factor} for this autoencoder")
-
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """q(z | x) for images x in [-1, 1]."""
-        self.check_size(x)
+        check_divisible(x.shape[-1], x.shape[-2], self.config.downsample_factor, "the image", "this autoencoder needs",
+                        "resize or crop it")
         return DiagonalGaussian(self.quant_conv(self.encoder(x)))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -10,13 +10,13 @@ import math
 
 import torch
 
-from ..diffusion import VARIANCES, Diffusion
+from ..diffusion import VARIANCES
 from ..errors import UserError
 from .base import EpsFn, Generators, Grid, Project, alpha_bar, randn, steps, timestep
 
 
 @torch.no_grad()
-def sample_ddpm(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
+def sample_ddpm(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
                 generator: Generators = None, progress: bool = True, project: Project | None = None,
                 variance: str = "beta_tilde") -> torch.Tensor:
     """Ancestral sampling, DDPM Algorithm 2:
@@ -50,7 +50,7 @@ def ancestral_step(x: torch.Tensor, eps: torch.Tensor, sigma: float, sigma_next:
 
 
 @torch.no_grad()
-def sample_ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
+def sample_ddim(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
                 generator: Generators = None, progress: bool = True, project: Project | None = None,
                 eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), deterministic at η = 0:
@@ -60,7 +60,7 @@ def sample_ddim(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid
 
     At η = 1 on the full grid this is DDPM with σ² = β̃ (eq. 16). The last step lands where
     the grid ends: on x_0 (ᾱ_prev = 1), or on ᾱ at t = 0 as Stable Diffusion's own DDIM has
-    it (`make_grid(land_on_sigma_min=True)`).
+    it (`sampler_grid(land_on_sigma_min=True)`).
     """
     if eta < 0:
         raise UserError(f"eta must be >= 0, got {eta}")

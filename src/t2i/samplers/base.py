@@ -43,8 +43,10 @@ def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype
 @dataclass(frozen=True, eq=False)
 class Grid:
     """The steps of a sampler: step i goes from noise level `sigmas[i]` to `sigmas[i + 1]`,
-    asking the network at time `timesteps[i]`. `sigmas` has one more entry, where the
-    last step lands: 0 (x_0 itself), or σ at t = 0 for Stable Diffusion's DDIM. Both float64."""
+    asking the network at time `timesteps[i]`. `sigmas` (float64) has one more entry, where the
+    last step lands: 0 (x_0 itself), or σ at t = 0 for Stable Diffusion's DDIM. `timesteps` are
+    integers (torch.long) on a grid of training timesteps and float64 where a sampler asks
+    between them (σ spaced by Karras et al.)."""
 
     timesteps: torch.Tensor  # [N]
     sigmas: torch.Tensor  # [N + 1], descending
@@ -57,16 +59,23 @@ class Grid:
         start = len(self) - steps
         return Grid(self.timesteps[start:], self.sigmas[start:])
 
+    def timestep_at(self, i: int) -> int | float:
+        """The network time of level i, i = 0..N. A grid that does not land on σ = 0 lands on
+        σ at t = 0 (`sampler_grid(land_on_sigma_min=True)`), so that is level N's time."""
+        if i < len(self):
+            return self.timesteps[i].item()
+        return 0.0 if self.timesteps.is_floating_point() else 0
 
-def make_grid(diffusion: Diffusion, steps: int, spacing: str = "leading", offset: int = 0,
-              land_on_sigma_min: bool = False, quantize: bool = False) -> Grid:
+
+def sampler_grid(diffusion: Diffusion, steps: int, spacing: str = "leading", offset: int = 0,
+                 land_on_sigma_min: bool = False, discrete_time: bool = False) -> Grid:
     """A grid of `steps` steps under `diffusion`'s schedule.
 
     The spacings of `schedules.timestep_grid` pick integer timesteps and take their σ;
     "karras" spaces σ itself (Karras et al. 2022, eq. 5, ρ = 7) between the schedule's
-    σ(0) and σ(T-1) and asks the network at the fractional timestep of each σ, or with
-    `quantize` at the nearest integer one, keeping σ exact (diffusers does the first for its
-    Euler schedulers and the second for DPM-Solver and UniPC).
+    σ(0) and σ(T-1) and asks the network at the fractional timestep of each σ, or for a
+    `discrete_time` sampler at the nearest integer one, keeping σ exact (diffusers does the
+    first for its Euler schedulers and the second for DPM-Solver and UniPC).
     """
     T = diffusion.num_timesteps
     if spacing == "karras":
@@ -74,25 +83,26 @@ def make_grid(diffusion: Diffusion, steps: int, spacing: str = "leading", offset
             raise UserError(f"steps must be between 1 and the model's {T} training timesteps, got {steps}")
         sigmas = karras_sigmas(float(diffusion.sigmas[0]), float(diffusion.sigmas[-1]), steps)
         timesteps = diffusion.t_at(sigmas)
-        if quantize:
-            timesteps = timesteps.round()
+        if discrete_time:
+            timesteps = timesteps.round().long()
     else:
-        timesteps = timestep_grid(T, steps, spacing, offset, diffusion.alphas_cumprod).double()
-        sigmas = diffusion.sigmas[timesteps.long()]
+        timesteps = timestep_grid(T, steps, spacing, offset, diffusion.alphas_cumprod)
+        sigmas = diffusion.sigmas[timesteps]
     end = diffusion.sigmas[:1] if land_on_sigma_min else torch.zeros(1, dtype=torch.float64)
     return Grid(timesteps, torch.cat([sigmas, end]))
 
 
-def steps(grid: Grid, progress: bool, name: str) -> Iterator[tuple[int, float, float, float]]:
-    """(i, t_i, σ_i, σ_{i+1}) along the grid, under a progress bar."""
+def steps(grid: Grid, progress: bool, name: str) -> Iterator[tuple[int, int | float, float, float]]:
+    """(i, t_i, σ_i, σ_{i+1}) along the grid, under a progress bar; t_i an int on integer grids."""
     ts, sigmas = grid.timesteps.tolist(), grid.sigmas.tolist()
     for i, t in enumerate(tqdm(ts, desc=name, disable=not progress, leave=False)):
         yield i, t, sigmas[i], sigmas[i + 1]
 
 
-def timestep(x: torch.Tensor, t: float) -> torch.Tensor:
-    """The network time t for each of x's samples, [B] float64 (t may be fractional)."""
-    return torch.full((x.shape[0],), t, dtype=torch.float64)
+def timestep(x: torch.Tensor, t: int | float) -> torch.Tensor:
+    """The network time t for each of x's samples, [B]: torch.long for an integer timestep (the
+    index `Diffusion`'s tables take), float64 for a fractional one."""
+    return torch.full((x.shape[0],), t, dtype=torch.long if isinstance(t, int) else torch.float64)
 
 
 def alpha_bar(sigma: float) -> float:
@@ -115,14 +125,14 @@ def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
     return to_vp(x0 + sigma * noise, sigma)
 
 
-Denoiser = Callable[[torch.Tensor, float, float], torch.Tensor]  # (x_0 + σε, σ, t) -> x̂_0
+Denoiser = Callable[[torch.Tensor, float, int | float], torch.Tensor]  # (x_0 + σε, σ, t) -> x̂_0
 
 
 def denoiser(eps_fn: EpsFn) -> Denoiser:
     """D(x; σ) = x − σ ε_θ(x / sqrt(1+σ²), t): the network as Karras et al.'s denoiser of
     x = x_0 + σ ε (their eq. 7 and table 1, "VP" column, with the network's own time t)."""
 
-    def denoise(x: torch.Tensor, sigma: float, t: float) -> torch.Tensor:
+    def denoise(x: torch.Tensor, sigma: float, t: int | float) -> torch.Tensor:
         return x - sigma * eps_fn(to_vp(x, sigma), timestep(x, t))
 
     return denoise

@@ -13,18 +13,17 @@ import math
 
 import torch
 
-from ..diffusion import Diffusion
 from .base import EpsFn, Generators, Grid, Project, alpha_bar, randn, steps, timestep
 
-def _data_prediction(eps_fn: EpsFn, x: torch.Tensor, t: float, sigma: float) -> torch.Tensor:
+
+def _data_prediction(eps_fn: EpsFn, x: torch.Tensor, t: int | float, sigma: float) -> torch.Tensor:
     abar = alpha_bar(sigma)
     return (x - math.sqrt(1 - abar) * eps_fn(x, timestep(x, t))) / math.sqrt(abar)
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
-                    generator: Generators = None, progress: bool = True,
-                    project: Project | None = None) -> torch.Tensor:
+def sample_dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
+                    progress: bool = True, project: Project | None = None) -> torch.Tensor:
     """DPM-Solver++(2M), deterministic (Algorithm 2):
 
         x_next = (σ_VP,next/σ_VP) x_t − α_next (e^{−h} − 1) D.
@@ -32,11 +31,11 @@ def sample_dpmpp_2m(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: 
     A step onto x_0 itself (σ_next = 0, λ = ∞) returns its x̂_0. DDIM at η = 0 is the
     first-order special case; about 20 steps reach what DDIM needs 50 for.
     """
-    return _multistep(eps_fn, x, grid, False, generator, progress, project)
+    return _multistep(eps_fn, x, grid, False, None, progress, project)
 
 
 @torch.no_grad()
-def sample_dpmpp_2m_sde(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
+def sample_dpmpp_2m_sde(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
                         generator: Generators = None, progress: bool = True,
                         project: Project | None = None) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, §4 and appendix; the midpoint form of k-diffusion

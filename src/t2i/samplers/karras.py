@@ -14,7 +14,6 @@ import math
 import numpy as np
 import torch
 
-from ..diffusion import Diffusion
 from ..errors import UserError
 from .base import EpsFn, Generators, Grid, Project, denoiser, project_ve, randn, steps, to_ve, to_vp
 
@@ -28,9 +27,8 @@ def _run(step, x: torch.Tensor, grid: Grid, project: Project | None, progress: b
 
 
 @torch.no_grad()
-def sample_euler(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
-                 generator: Generators = None, progress: bool = True,
-                 project: Project | None = None) -> torch.Tensor:
+def sample_euler(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
+                 progress: bool = True, project: Project | None = None) -> torch.Tensor:
     """Euler's method on the ODE: x_next = x + (σ_next − σ) (x − D(x; σ)) / σ.
 
     First order, one network call a step; in this form it is DDIM at η = 0 written in σ
@@ -54,7 +52,7 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[
 
 
 @torch.no_grad()
-def sample_euler_ancestral(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
+def sample_euler_ancestral(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
                            generator: Generators = None, progress: bool = True,
                            project: Project | None = None, eta: float = 1.0) -> torch.Tensor:
     """Euler ancestral: an Euler step down to σ_down, then fresh noise of std σ_up (`ancestral_split`;
@@ -73,9 +71,8 @@ def sample_euler_ancestral(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor,
 
 
 @torch.no_grad()
-def sample_heun(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
-                generator: Generators = None, progress: bool = True,
-                project: Project | None = None) -> torch.Tensor:
+def sample_heun(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
+                progress: bool = True, project: Project | None = None) -> torch.Tensor:
     """Heun's second-order method (Karras et al. Algorithm 1 without churn): an Euler step to
     σ_next, then the mean of the slopes at both ends; two network calls a step, one on the
     last (an Euler step onto σ = 0, where the slope is undefined). The network is asked at
@@ -87,8 +84,7 @@ def sample_heun(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid
         euler = x + (sigma_next - sigma) * slope
         if sigma_next == 0:
             return euler
-        t_next = float(grid.timesteps[i + 1]) if i + 1 < len(grid) else float(diffusion.t_at(sigma_next))
-        slope_next = (euler - denoise(euler, sigma_next, t_next)) / sigma_next
+        slope_next = (euler - denoise(euler, sigma_next, grid.timestep_at(i + 1))) / sigma_next
         return x + (sigma_next - sigma) * (slope + slope_next) / 2
 
     return _run(step, x, grid, project, progress, "heun")
@@ -111,8 +107,8 @@ def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:
 
 
 @torch.no_grad()
-def sample_lms(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
-               generator: Generators = None, progress: bool = True, project: Project | None = None,
+def sample_lms(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
+               progress: bool = True, project: Project | None = None,
                order: int = 4) -> torch.Tensor:
     """Linear multistep (Karras et al. §3's "linear multistep" baseline; k-diffusion's LMS): each
     step integrates the polynomial through the last `order` slopes, one network call a step."""

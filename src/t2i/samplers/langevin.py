@@ -1,4 +1,4 @@
-"""The score view (SPEC §2): sampling by Langevin dynamics on s_θ(x, σ) = ∇_x log p_σ(x).
+"""The score view: sampling by Langevin dynamics on s_θ(x, σ) = ∇_x log p_σ(x).
 
 The network's ε gives the score: for x_t = sqrt(ᾱ) x_0 + sqrt(1-ᾱ) ε, ∇ log p(x_t) =
 −ε_θ / sqrt(1-ᾱ) (`Diffusion.score`), and for x = x_0 + σ ε it is (D(x; σ) − x) / σ².
@@ -11,7 +11,6 @@ import math
 
 import torch
 
-from ..diffusion import Diffusion
 from ..errors import UserError
 from .ancestral import ancestral_step
 from .base import EpsFn, Generators, Grid, Project, alpha_bar, denoiser, project_ve, randn, steps, timestep, to_ve, \
@@ -19,7 +18,7 @@ from .base import EpsFn, Generators, Grid, Project, alpha_bar, denoiser, project
 
 
 @torch.no_grad()
-def sample_langevin(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
+def sample_langevin(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
                     generator: Generators = None, progress: bool = True, project: Project | None = None,
                     langevin_steps: int = 2, step_size: float = 1.0) -> torch.Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) down the grid's noise levels:
@@ -52,7 +51,7 @@ def sample_langevin(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: 
 
 
 @torch.no_grad()
-def sample_pc(eps_fn: EpsFn, diffusion: Diffusion, x: torch.Tensor, grid: Grid, *,
+def sample_pc(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
               generator: Generators = None, progress: bool = True, project: Project | None = None,
               corrector_steps: int = 1, snr: float = 0.16) -> torch.Tensor:
     """Predictor–corrector sampling (Song et al. 2021, "Score-Based Generative Modeling through

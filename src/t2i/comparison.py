@@ -1,0 +1,68 @@
+"""Comparison grids: the same seeds under every combination of prompts, samplers, guidance scales
+and strengths asked for, a row each — the figure that shows what one setting changes."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+from PIL import Image
+
+from .errors import UserError
+from .images import PNG_PARAMETERS_KEY, enlarge, make_grid
+from .pipeline import Pipeline, random_seed
+from .samplers import get_sampler
+
+VARIED = ("prompt", "sampler", "cfg", "strength")
+
+
+@dataclass
+class Comparison:
+    """One row of images per combination (`combinations[i]` holds its prompt, sampler, cfg and
+    strength as asked, None for "the model's"), the same `seeds` in every row; `source` is the
+    image edited, if any."""
+
+    rows: list[list[Image.Image]]
+    combinations: list[dict]
+    seeds: list[int]
+    source: Image.Image | None = None
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [image for row in self.rows for image in row]
+
+    def parameters(self) -> dict:
+        """The grid's parameters: the first image's, with each varied setting listed row by row
+        (the sampler and cfg as they ran, the prompt and strength as asked)."""
+        ran = [row[0].info[PNG_PARAMETERS_KEY] for row in self.rows]
+        return {**ran[0], "num": len(self.seeds),
+                "prompt": [c["prompt"] for c in self.combinations], "sampler": [r["sampler"] for r in ran],
+                "cfg": [r["cfg"] for r in ran], "strength": [c["strength"] for c in self.combinations]}
+
+    def grid(self, zoom: int = 1) -> Image.Image:
+        """A row per combination, each after the source image when editing; with one seed, the
+        combinations side by side in one row instead. The grid carries `parameters()`."""
+        rows = self.rows if len(self.seeds) > 1 else [self.images]
+        lead = [self.source] if self.source is not None else []
+        grid = make_grid([enlarge(image, zoom) for row in rows for image in lead + row], ncols=len(lead) + len(rows[0]))
+        grid.info[PNG_PARAMETERS_KEY] = self.parameters()
+        return grid
+
+
+def compare(pipe: Pipeline, prompts: Sequence[str] = ("",), samplers: Sequence[str | None] = (None,),
+            cfgs: Sequence[float | None] = (None,), strengths: Sequence[float | None] = (None,), *,
+            seed: int | None = None, num_images: int = 1, image: Image.Image | None = None, **options) -> Comparison:
+    """Generate `num_images` images (seeds `seed`, `seed + 1`, ...) for every combination of the
+    settings given; None stands for the model's own. `options` go to every `pipe(...)` call."""
+    if len(strengths) > 1 and image is None:
+        raise UserError("several strengths need an image to edit")
+    for sampler in samplers:
+        if sampler is not None:
+            get_sampler(sampler)  # every name checked before the first runs
+    seed = random_seed() if seed is None else seed  # drawn once: every row starts from the same noise
+    combinations = [dict(zip(VARIED, values)) for values in itertools.product(prompts or [""], samplers, cfgs,
+                                                                              strengths)]
+    rows = [pipe(seed=seed, num_images=num_images, image=image, **combination, **options)
+            for combination in combinations]
+    return Comparison(rows, combinations, list(range(seed, seed + num_images)), image)

@@ -1,0 +1,72 @@
+"""Generation parameters as the PNG text chunk AUTOMATIC1111 writes (`parameters`), both ways.
+
+Its "infotext" is the prompt, a "Negative prompt: …" line, and one line of `Key: value` pairs
+(`Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512, Model: emoji`).
+Writing it beside our own JSON chunk lets the tools people use read how an image was made, and
+reading it lets an image made by them be made again here.
+"""
+
+from __future__ import annotations
+
+import re
+
+INFOTEXT_KEY = "parameters"
+# our sampler names and AUTOMATIC1111's; "Karras" after a name means σ spaced by Karras et al.
+A1111_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "lms": "LMS",
+                  "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE"}
+KARRAS = " Karras"
+
+
+def a1111_sampler(sampler: str, spacing: str | None) -> str:
+    """AUTOMATIC1111's name for one of our samplers on a spacing (ours where it has none)."""
+    return A1111_SAMPLERS.get(sampler, sampler) + (KARRAS if spacing == "karras" else "")
+
+
+def to_infotext(parameters: dict) -> str | None:
+    """The infotext of one image's generation parameters (as `Pipeline` leaves them in
+    `image.info["t2i"]`), or None for parameters that are not one image's (a grid, a figure)."""
+    if not isinstance(parameters.get("prompt"), str) or "seed" not in parameters:
+        return None
+    fields = {"Steps": parameters.get("steps"),
+              "Sampler": a1111_sampler(parameters["sampler"], parameters.get("spacing"))
+              if parameters.get("sampler") else None,
+              "CFG scale": parameters.get("cfg"), "Seed": parameters["seed"],
+              "Size": "{1}x{0}".format(*parameters["size"]) if parameters.get("size") else None,
+              "Model": parameters.get("model") or None, "Denoising strength": parameters.get("strength"),
+              "Eta": parameters.get("eta")}
+    lines = [parameters["prompt"]]
+    if parameters.get("negative_prompt"):
+        lines.append(f"Negative prompt: {parameters['negative_prompt']}")
+    lines.append(", ".join(f"{key}: {value}" for key, value in fields.items() if value is not None))
+    return "\n".join(lines)
+
+
+def from_infotext(text: str) -> dict:
+    """Our generation parameters from an infotext: prompt, negative_prompt, and of steps, sampler,
+    spacing, cfg, seed, size ([H, W]), model, strength and eta those it names."""
+    lines = text.strip().split("\n")
+    settings_line = lines.pop() if lines and re.match(r"^\s*Steps: ", lines[-1]) else ""
+    negative = [i for i, line in enumerate(lines) if line.startswith("Negative prompt:")]
+    cut = negative[0] if negative else len(lines)
+    out: dict = {"prompt": "\n".join(lines[:cut]).strip(),
+                 "negative_prompt": "\n".join(lines[cut:])[len("Negative prompt:"):].strip() if negative else ""}
+    fields = dict(re.findall(r'\s*([\w ]+?): ("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', settings_line))
+    readers = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("seed", int), "Model": ("model", str),
+               "Denoising strength": ("strength", float), "Eta": ("eta", float)}
+    for key, (name, kind) in readers.items():
+        if key in fields:
+            try:
+                out[name] = kind(fields[key].strip().strip('"'))
+            except ValueError:
+                pass  # a field we cannot read is left out, as AUTOMATIC1111 does
+    if "Size" in fields and re.fullmatch(r"\d+x\d+", fields["Size"].strip()):
+        width, height = map(int, fields["Size"].strip().split("x"))
+        out["size"] = [height, width]
+    if "Sampler" in fields:
+        name = fields["Sampler"].strip()
+        karras = name.endswith(KARRAS)
+        name = name[:-len(KARRAS)] if karras else name
+        out["sampler"] = {theirs: ours for ours, theirs in A1111_SAMPLERS.items()}.get(name, name)
+        if karras:
+            out["spacing"] = "karras"
+    return out
