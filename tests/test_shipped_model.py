@@ -14,7 +14,7 @@ from t2i.data.analyze import analyze
 from t2i.data.colours import pixel_words
 from t2i.data.shapes import Scene, ShapeSpec, draw_scene
 from t2i.images import read_parameters
-from t2i.models.bert import BertEncoder
+from t2i.text.bert import BertEncoder
 from t2i.pipeline import DEFAULT_MODEL, Pipeline, shipped_models
 
 

@@ -38,11 +38,11 @@ from .devices import resolve_device
 from .diffusion import Diffusion
 from .errors import UserError
 from .images import PNG_PARAMETERS_KEY, to_pil, to_tensor
-from .models.text import CLIPTextTransformer
-from .models.tokenizers import Tokenizer
+from .text.clip import CLIPTextTransformer
+from .text.tokenizer import Tokenizer
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL
-from .models.winograd import use_winograd
+from .kernels.winograd import use_winograd
 from .sampling import DEFAULT_STEPS, check_guidance_scale, get_sampler, sample, spacing_for
 from .text.condition import text_condition
 
