@@ -29,7 +29,7 @@ import torch
 from t2i.checkpoints import build_components, diffusion_from_config, load_vae, read_config
 from t2i.data import load_dataset
 from t2i.data.latents import sample_latents
-from t2i.models.tokenizers import load_tokenizer
+from t2i.text.tokenizers import load_tokenizer
 from t2i.text.condition import text_condition
 from t2i.runs import optimize
 from t2i.train import TrainConfig, latent_dataset

@@ -27,16 +27,17 @@ import torch
 
 
 def write_checkpoint(path: Path) -> int:
-    from t2i.convert.stable_diffusion import NETWORKS, save_original
-    from t2i.models.text import TextEncoderConfig
+    from t2i.convert.build import NETWORKS
+    from t2i.convert.stable_diffusion import save_original
     from t2i.models.unet import UNetConfig
     from t2i.models.vae import VAEConfig
+    from t2i.text.clip import TextEncoderConfig
 
     configs = {"unet": UNetConfig.sd_v1(), "vae": VAEConfig.sd_v1(), "text_encoder": TextEncoderConfig.sd_v1()}
     networks, generator = {}, torch.Generator().manual_seed(0)
-    for name, network in NETWORKS.items():
+    for name, config in configs.items():
         with torch.device("meta"):
-            networks[name] = network(configs[name])
+            networks[name] = NETWORKS[name](config)
         networks[name] = networks[name].to_empty(device="cpu").to(torch.float16)
         with torch.no_grad():
             for p in networks[name].parameters():

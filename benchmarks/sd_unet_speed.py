@@ -3,7 +3,7 @@
 One guided denoising step of SD v1 at 512×512 is one U-Net call on a batch of 2 latents
 [2, 4, 64, 64] (conditional and unconditional) with a [2, 77, 768] text context. Both networks
 hold the same random weights (ours is built on diffusers' tensors, no copy). Variants of ours:
-plain (NCHW), Winograd F(4×4, 3×3) 3×3 convolutions (`t2i.models.winograd`), channels_last, and
+plain (NCHW), Winograd F(4×4, 3×3) 3×3 convolutions (`t2i.kernels.winograd`), channels_last, and
 channels_last + torch.compile (inductor, frozen weights; compiled once before timing, its compile
 time reported); diffusers plain and channels_last. GFLOP/s count the direct convolution's FLOPs
 for every variant (Winograd's are "effective": it does fewer multiplications for the same output).
@@ -26,7 +26,7 @@ import diffusers
 import torch
 
 from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops, random_sd_v1_unet, ours_from
-from t2i.models.winograd import WinogradConv2d, use_winograd
+from t2i.kernels.winograd import WinogradConv2d, use_winograd
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from t2i.data import ImageFolder, load_dataset
 from t2i.data.latents import cache_key
 from t2i.errors import UserError
 from t2i.images import to_tensor
-from t2i.models.text import TextEncoderConfig
+from t2i.text.clip import TextEncoderConfig
 from t2i.models.unet import UNetConfig
 from t2i.models.vae import AutoencoderKL, VAEConfig
 from t2i.pipeline import Pipeline

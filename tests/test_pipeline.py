@@ -12,8 +12,8 @@ from t2i.checkpoints import build_components, model_config, save_model
 from t2i.cli import main
 from t2i.errors import UserError
 from t2i.images import read_parameters
-from t2i.models.text import TextEncoderConfig
-from t2i.models.tokenizers import WordTokenizer
+from t2i.text.clip import TextEncoderConfig
+from t2i.text.words import WordTokenizer
 from t2i.models.unet import UNetConfig
 from t2i.pipeline import Pipeline
 from t2i.samplers import SAMPLERS

@@ -11,7 +11,7 @@ from PIL import Image
 
 from t2i.data import load_dataset
 from t2i.errors import UserError
-from t2i.models.text import TextEncoderConfig
+from t2i.text.clip import TextEncoderConfig
 from t2i.models.unet import UNetConfig
 from t2i.runs import RunConfig, StepBatchSampler, group_weights, scheduled_lr
 from t2i.train import TrainConfig, balance_weights, train

@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
+from t2i.checkpoints import shipped_models
 from t2i.cli import main
 from t2i.data.analyze import analyze
 from t2i.data.colours import pixel_words
 from t2i.data.shapes import Scene, ShapeSpec, draw_scene
 from t2i.images import read_parameters
-from t2i.models.bert import BertEncoder
-from t2i.checkpoints import shipped_models
 from t2i.pipeline import DEFAULT_MODEL, Pipeline
+from t2i.text.bert import BertEncoder
 
 
 def weight_dtypes(path) -> set[str]:

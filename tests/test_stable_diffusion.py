@@ -15,7 +15,7 @@ from PIL import Image
 
 from t2i.convert.stable_diffusion import load_stable_diffusion, save_original
 from t2i.errors import UserError
-from t2i.models.tokenizers import CLIPTokenizer
+from t2i.text.clip_bpe import CLIPTokenizer
 from t2i.pipeline import Pipeline
 
 diffusers = pytest.importorskip("diffusers")
@@ -180,7 +180,7 @@ def test_inpainting_unet_with_nine_channels_loads_and_inpaints(tmp_path):
 
     networks = {}
     torch.manual_seed(0)
-    from t2i.models.text import CLIPTextTransformer, TextEncoderConfig
+    from t2i.text.clip import CLIPTextTransformer, TextEncoderConfig
     from t2i.models.unet import UNet, UNetConfig
     from t2i.models.vae import AutoencoderKL, VAEConfig
 

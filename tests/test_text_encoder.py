@@ -3,11 +3,20 @@ import json
 import pytest
 import torch
 
+from t2i.convert.build import build
+from t2i.convert.clip_names import transformers_names, transformers_view
+from t2i.convert.infer import text_config_from_transformers
+from t2i.convert.tensors import StateDictWeights
 from t2i.errors import UserError
-from t2i.models.text import (CLIPTextTransformer, TextEncoderConfig, config_from_transformers,
-                             from_transformers_state_dict, transformers_names)
+from t2i.text.clip import CLIPTextTransformer, TextEncoderConfig
 
 TINY = dict(vocab_size=1000, max_length=16, width=64, layers=2, heads=4, intermediate_size=128, eos_token_id=999)
+
+
+def from_transformers(state_dict, config):
+    """Our CLIP text transformer of `config` on a `CLIPTextModel`'s weights, loaded as Stable Diffusion's are."""
+    return build("text_encoder", config, transformers_view(StateDictWeights(state_dict)), transformers_names(config),
+                 None, "not a CLIP text transformer's weights, or not of this config")
 
 
 def token_ids(generator, batch=3, length=16, eos=999, high=998):
@@ -29,10 +38,9 @@ def test_matches_transformers_clip_text_model(hf_eos, activation):
     with torch.no_grad():  # random biases and norms too, so that every converted tensor matters
         for p in hf.parameters():
             p.normal_(std=0.2)
-    config = config_from_transformers(hf_config.to_dict())
+    config = text_config_from_transformers(hf_config.to_dict())
     assert config.eos_token_id == (None if hf_eos == 2 else 999)
-    ours = CLIPTextTransformer(config).eval()
-    ours.load_state_dict(from_transformers_state_dict(hf.state_dict()))
+    ours = from_transformers(hf.state_dict(), config)
 
     ids = token_ids(torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -102,13 +110,13 @@ def test_converter_names_every_parameter_and_refuses_other_weights():
     assert names["blocks.1.attention.to_out.weight"] == "text_model.encoder.layers.1.self_attn.out_proj.weight"
     theirs = {names[key]: value for key, value in ours.items()}
     theirs["text_model.embeddings.position_ids"] = torch.arange(16)[None]  # older files carry it
-    converted = from_transformers_state_dict(theirs, config)
+    converted = from_transformers(theirs, config).state_dict()
     assert converted.keys() == ours.keys() and all(torch.equal(converted[k], ours[k]) for k in ours)
     del theirs[names["blocks.0.fc1.bias"]]
     with pytest.raises(UserError, match="missing or misshapen .*layers.0.mlp.fc1.bias"):
-        from_transformers_state_dict(theirs, config)
+        from_transformers(theirs, config)
     with pytest.raises(UserError, match="vision_model"):
-        from_transformers_state_dict({**theirs, "vision_model.encoder.layers.0.fc1.weight": torch.zeros(1)}, config)
+        from_transformers({**theirs, "vision_model.encoder.layers.0.fc1.weight": torch.zeros(1)}, config)
 
 
 def test_padding_mask_covers_each_prompt_through_its_end_token():

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from t2i.errors import UserError
-from t2i.models.tokenizers import (END_OF_WORD, CLIPTokenizer, WordTokenizer, bytes_to_unicode, load_tokenizer,
-                                   merge_pair, split_words)
+from t2i.text.clip_bpe import END_OF_WORD, CLIPTokenizer, bytes_to_unicode, merge_pair, split_words
+from t2i.text.tokenizers import load_tokenizer
+from t2i.text.words import WordTokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers only ever reads the folders written here
 
@@ -255,7 +256,7 @@ def test_shipped_vocabulary_matches_transformers_on_520_prompts(shipped_referenc
 
 
 def test_over_long_prompt_is_cut_with_a_warning():
-    from t2i.models.text import CLIPTextTransformer, TextEncoderConfig
+    from t2i.text.clip import CLIPTextTransformer, TextEncoderConfig
     from t2i.models.unet import UNet, UNetConfig
     from t2i.diffusion import Diffusion
     from t2i.pipeline import Pipeline

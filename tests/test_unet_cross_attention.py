@@ -5,12 +5,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from t2i.convert.build import build
+from t2i.convert.tensors import StateDictWeights
+from t2i.convert.unet_names import foreign_names
 from t2i.errors import UserError
 from t2i.models.layers import FeedForward, SpatialTransformer
-from t2i.models.unet import UNet, UNetConfig, coordinates, from_diffusers_state_dict
+from t2i.models.unet import UNet, UNetConfig, coordinates
 
 TINY_TEXT = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=4,
                  context_dim=12, transformer_depth=2)
+
+
+def from_diffusers(reference, config):
+    """Our U-Net of `config` on the weights of diffusers' `reference`, loaded as Stable Diffusion's are."""
+    return build("unet", config, StateDictWeights(reference.state_dict()), foreign_names(config, "diffusers"), None,
+                 "the diffusers weights do not fit this UNetConfig")
 
 
 def state_dict_digest(model):
@@ -138,7 +147,7 @@ def test_sd_v1_has_the_parameters_of_diffusers_unet():
     assert count == sum(p.numel() for p in theirs.parameters())
     assert 859e6 < count < 860e6
     assert Counter(p.shape for p in ours.parameters()) == Counter(p.shape for p in theirs.parameters())
-    assert from_diffusers_state_dict(theirs.state_dict(), UNetConfig.sd_v1()).keys() == ours.state_dict().keys()
+    assert from_diffusers(theirs, UNetConfig.sd_v1()).state_dict().keys() == ours.state_dict().keys()
 
 
 # (diffusers kwargs, our equivalent config): SD v1's shape (conv projections, fixed heads,
@@ -171,8 +180,7 @@ def test_converted_diffusers_unet_gives_the_same_output(theirs, ours):
     with torch.no_grad():
         for p in reference.parameters():  # away from the zero and identity inits that hide mistakes
             p.add_(torch.randn_like(p) * 0.1)
-    model = UNet(config).eval()
-    model.load_state_dict(from_diffusers_state_dict(reference.state_dict(), config))
+    model = from_diffusers(reference, config)
     x, t, context = torch.randn(2, 4, 8, 8), torch.tensor([10, 777]), torch.randn(2, 5, 16)
     with torch.no_grad():
         expected = reference(x, t, encoder_hidden_states=context).sample
@@ -184,5 +192,5 @@ def test_converted_diffusers_unet_gives_the_same_output(theirs, ours):
 def test_weights_of_another_layout_are_a_user_error():
     theirs, ours = SD_V1_LIKE
     reference, config = tiny_pair(theirs, {**ours, "attention_levels": (1,)})
-    with pytest.raises(UserError, match="do not fit this UNetConfig"):
-        from_diffusers_state_dict(reference.state_dict(), config)
+    with pytest.raises(UserError, match=r"do not fit this UNetConfig: missing or misshapen \['down_blocks"):
+        from_diffusers(reference, config)

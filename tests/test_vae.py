@@ -3,10 +3,19 @@
 import pytest
 import torch
 
+from t2i.convert.build import build
+from t2i.convert.tensors import StateDictWeights
+from t2i.convert.vae_names import foreign_names
 from t2i.errors import UserError
-from t2i.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig, from_diffusers_state_dict
+from t2i.models.vae import AutoencoderKL, DiagonalGaussian, VAEConfig
 
 TINY = VAEConfig(block_channels=(16, 32, 32), num_res_blocks=1, norm_groups=8, latent_channels=4)
+
+
+def from_diffusers(state_dict, config):
+    """Our autoencoder of `config` on a diffusers `AutoencoderKL`'s weights, loaded as Stable Diffusion's are."""
+    return build("vae", config, StateDictWeights(state_dict), foreign_names(config, "diffusers"), None,
+                 "the diffusers weights do not fit this VAEConfig")
 
 
 def test_latents_are_f_times_smaller_and_decode_to_image_size():
@@ -49,8 +58,7 @@ def test_diffusers_weights_give_the_same_outputs(mid_attention):
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
         layers_per_block=2, norm_num_groups=8, mid_block_add_attention=mid_attention,
     ).eval()
-    ours = AutoencoderKL(config).eval()
-    ours.load_state_dict(from_diffusers_state_dict(theirs.state_dict(), config))
+    ours = from_diffusers(theirs.state_dict(), config)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         expected = theirs.encode(x).latent_dist
@@ -61,8 +69,8 @@ def test_diffusers_weights_give_the_same_outputs(mid_attention):
 
 
 def test_weights_of_another_shape_are_a_user_error():
-    with pytest.raises(UserError, match="do not fit this VAEConfig"):
-        from_diffusers_state_dict(AutoencoderKL(TINY).state_dict(), VAEConfig(block_channels=(16, 32)))
+    with pytest.raises(UserError, match="do not fit this VAEConfig: missing or misshapen"):
+        from_diffusers(AutoencoderKL(TINY).state_dict(), VAEConfig(block_channels=(16, 32)))
 
 
 def test_tiled_decoding_blends_tiles_into_the_whole_image():

@@ -1,11 +1,11 @@
-"""Winograd F(4×4, 3×3) convolutions (t2i.models.winograd) give the direct convolution's outputs."""
+"""Winograd F(4×4, 3×3) convolutions (t2i.kernels.winograd) give the direct convolution's outputs."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from t2i.models.unet import UNet, UNetConfig
-from t2i.models.winograd import A_T, B_T, G, WinogradConv2d, _kernels, conv3x3, transform_filters, use_winograd
+from t2i.kernels.winograd import A_T, B_T, G, WinogradConv2d, _kernels, conv3x3, transform_filters, use_winograd
 from t2i.pipeline import Pipeline
 
 

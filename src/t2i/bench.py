@@ -127,8 +127,9 @@ def random_sd_v1_unet(seed: int = 0) -> torch.nn.Module:
 
 def ours_from(theirs: torch.nn.Module) -> torch.nn.Module:
     """Our SD v1 U-Net built on the tensors of diffusers' `theirs` (no copy)."""
-    from .convert.stable_diffusion import build
-    from .models.unet import UNetConfig, foreign_names
+    from .convert.build import build
+    from .convert.unet_names import foreign_names
+    from .models.unet import UNetConfig
 
     view = type("View", (dict,), {"shape": lambda self, k: tuple(self[k].shape),
                                   "get_as": lambda self, k, dtype: self[k]})(theirs.state_dict())

@@ -25,14 +25,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
-from .models.bert import BertConfig, BertEncoder
-from .models.pretrained import load_pretrained_weights
-from .models.text import CLIPTextTransformer, TextEncoderConfig
-from .models.tokenizers import Tokenizer, load_tokenizer
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
+from .text.bert import BertConfig, BertEncoder
+from .text.clip import CLIPTextTransformer, TextEncoderConfig
+from .text.tokenizer import Tokenizer
+from .text.tokenizers import load_tokenizer
 
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 2  # 1: the U-Net's weights in model.safetensors
@@ -182,11 +183,10 @@ def load_components(model_dir: str | Path, device="cpu", config: dict | None = N
     config = read_config(model_dir) if config is None else config
     with torch.device("meta"):  # tensors without storage: every weight comes from a file, none is initialised
         components = build_components(config)
-    for name, module in components.items():
+    for name, module in list(components.items()):
         path = weights_path(model_dir, name)
         if is_pretrained(name, config) and not path.is_file():
-            load_state(module, load_pretrained_weights(module.config), config[name]["pretrained"], assign=True)
-            module.requires_grad_(False)
+            components[name] = load_frozen_encoder(module.config)
         else:
             load_state(module, load_weights(path), model_dir, assign=True)
     return components.to(device).eval()

@@ -117,8 +117,8 @@ def add_train(sub) -> None:
 
 
 def run_train(args) -> None:
-    from .models.bert import BertConfig
-    from .models.text import TextEncoderConfig
+    from .text.bert import BertConfig
+    from .text.clip import TextEncoderConfig
     from .models.unet import UNetConfig
     from .schedules import get_betas
     from .train import TrainConfig, train

@@ -33,14 +33,14 @@ from .devices import resolve_device
 from .diffusion import Diffusion
 from .errors import UserError
 from .images import PNG_PARAMETERS_KEY, to_pil, to_tensor
+from .kernels.winograd import use_winograd
 from .models.config import check_divisible
-from .models.text import CLIPTextTransformer
-from .models.tokenizers import Tokenizer
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
-from .models.winograd import use_winograd
 from .sampling import Edit, Guidance, SamplerSettings, check_guidance, check_strength, get_sampler, sample
+from .text.clip import CLIPTextTransformer
 from .text.condition import text_condition
+from .text.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "emoji"
 # What generation uses when neither the call nor the model's config ("inference") says otherwise.

@@ -41,17 +41,19 @@ from .data.latents import LatentDataset, sample_latents
 from .diffusion import Diffusion
 from .errors import UserError
 from .images import make_grid, save_png
-from .models.bert import BertConfig
-from .models.pretrained import load_frozen_encoder
-from .models.text import TextEncoderConfig
-from .models.tokenizers import Tokenizer, WordTokenizer, load_tokenizer
-from .models.wordpiece import WordPieceTokenizer
+from .convert.pretrained import load_frozen_encoder
+from .text.bert import BertConfig
+from .text.cache import TextConditionCache
+from .text.clip import TextEncoderConfig
+from .text.tokenizer import Tokenizer
+from .text.tokenizers import load_tokenizer
+from .text.wordpiece import WordPieceTokenizer
+from .text.words import WordTokenizer
 from .models.unet import UNetConfig
 from .models.vae import AutoencoderKL
 from .devices import resolve_device
 from .pipeline import Pipeline
 from .text.condition import text_condition
-from .text_cache import TextConditionCache
 from .runs import (GracefulStop, LossLog, RunConfig, already_done, check_new_run, ema_decay_at, group_weights,
                    load_training_state, optimize, save_checkpoint, scheduled_lr, step_loader, step_seed, update_ema)
 

@@ -16,9 +16,9 @@ import re
 from typing import Callable, Collection
 
 from ..errors import UserError
-from ..models.text import TextEncoderConfig, config_from_transformers
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
+from ..text.clip import TextEncoderConfig
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -145,8 +145,45 @@ def vae_config_from_diffusers(values: dict) -> VAEConfig:
                      scaling_factor=values.get("scaling_factor", SD_V1_SCALING_FACTOR))
 
 
-def text_config_from_diffusers(values: dict) -> TextEncoderConfig:
-    """Our config for the transformers `CLIPTextConfig` config.json of a diffusers folder."""
+def text_config(keys: Collection[str], shape: Shape) -> TextEncoderConfig:
+    """A CLIP text transformer's config from its weights in transformers' names (`text_model.…`).
+
+    Widths, depth, vocabulary and length are in the shapes; the number of heads is CLIP's
+    rule, heads of width 64, and the activation CLIP's quick GELU. The end-of-text token is
+    found as the highest id, as OpenAI's CLIP does.
+    """
+    tokens = "text_model.embeddings.token_embedding.weight"
+    positions = "text_model.embeddings.position_embedding.weight"
+    fc1 = "text_model.encoder.layers.0.mlp.fc1.weight"
+    missing = [key for key in (tokens, positions, fc1) if key not in keys]
+    if missing:
+        raise UserError(f"not a CLIP text transformer's weights: there is no {missing[0]}")
+    vocab_size, width = shape(tokens)
+    return TextEncoderConfig(vocab_size=vocab_size, max_length=shape(positions)[0], width=width,
+                             layers=len(_indices(keys, r"text_model\.encoder\.layers\.(\d+)\.")),
+                             heads=max(1, width // 64), intermediate_size=shape(fc1)[0], eos_token_id=None)
+
+
+# transformers' CLIPTextConfig fields -> ours.
+_TRANSFORMERS_TEXT_CONFIG = dict(vocab_size="vocab_size", max_length="max_position_embeddings", width="hidden_size",
+                                 layers="num_hidden_layers", heads="num_attention_heads",
+                                 intermediate_size="intermediate_size", activation="hidden_act",
+                                 layer_norm_eps="layer_norm_eps", eos_token_id="eos_token_id")
+
+
+def text_config_from_transformers(values: dict) -> TextEncoderConfig:
+    """Our config for a transformers `CLIPTextConfig`, given as a dict (the config.json of a
+    diffusers folder's text_encoder/).
+
+    `eos_token_id: 2`, which old CLIP configs (SD v1's) carry, is how transformers marks
+    "pool at the highest id"; it becomes our `None`.
+    """
     if values.get("model_type", "clip_text_model") != "clip_text_model":
         raise UserError(f"the text encoder is a {values.get('model_type')!r}, not CLIP's text transformer")
-    return config_from_transformers(values)
+    missing = [theirs for theirs in _TRANSFORMERS_TEXT_CONFIG.values() if theirs not in values]
+    if missing:
+        raise UserError(f"not a CLIP text config: it has no {', '.join(missing)}")
+    ours = {field: values[theirs] for field, theirs in _TRANSFORMERS_TEXT_CONFIG.items()}
+    if ours["eos_token_id"] == 2:
+        ours["eos_token_id"] = None
+    return TextEncoderConfig(**ours)

@@ -6,8 +6,8 @@ from the folder's config.json files, and returns them with the config.json of on
 model folders, so that the rest of t2i sees an SD model as any other model. No network:
 the tokenizer is the folder's `tokenizer/` or the CLIP vocabulary that ships with t2i.
 
-Each network is built on the meta device and its weights assigned one by one as they
-are read and cast, so loading holds the weights once (see benchmarks/load_memory.py).
+Each network comes in through `build`, which assigns its weights one by one as they are
+read and cast, so loading holds the weights once (see benchmarks/load_memory.py).
 
 `save_diffusers` and `save_original` write our networks back in those formats.
 """
@@ -25,11 +25,13 @@ from .. import __version__
 from ..checkpoints import (CONFIG_NAME, folder_config, load_components, read_config, save_model,
                            tokenizer_from_config, write_json)
 from ..errors import UserError
-from ..models import text, unet, vae
-from ..models.naming import to_ours
-from ..models.tokenizers import CLIPTokenizer
-from . import infer
-from .tensors import PICKLES, SAFETENSORS, Renamed, Weights, open_weights, under
+from ..models.unet import UNetConfig
+from ..models.vae import VAEConfig
+from ..text.clip import TextEncoderConfig
+from ..text.clip_bpe import CLIPTokenizer
+from . import clip_names, infer, unet_names, vae_names
+from .build import build
+from .tensors import PICKLES, SAFETENSORS, Weights, open_weights, under
 
 # SD v1's noise schedule and its samplers' conventions, as its scheduler_config.json gives them.
 SD_V1_DIFFUSION = {"schedule": "scaled_linear", "num_timesteps": 1000, "prediction_type": "epsilon",
@@ -37,7 +39,7 @@ SD_V1_DIFFUSION = {"schedule": "scaled_linear", "num_timesteps": 1000, "predicti
 SD_V1_INFERENCE = {"sampler": "ddim", "steps": 50, "cfg": 7.5}
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
                      "pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors")
-NETWORKS = {"unet": unet.UNet, "vae": vae.AutoencoderKL, "text_encoder": text.CLIPTextTransformer}
+COMPONENTS = ("unet", "vae", "text_encoder")  # an SD model's networks, by their diffusers folder names
 
 
 def is_foreign(path: str | Path) -> bool:
@@ -48,31 +50,10 @@ def is_foreign(path: str | Path) -> bool:
     return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
 
 
-def build(name: str, config, weights: Mapping[str, torch.Tensor], names: Mapping[str, str],
-          dtype: torch.dtype | None, mismatch: str) -> torch.nn.Module:
-    """Network `name` of `config` with its weights read from `weights` (their names; `names`
-    maps ours to theirs), each cast to `dtype` as it is read. Eval mode, no gradients."""
-    with torch.device("meta"):
-        network = NETWORKS[name](config)
-    expected = network.state_dict()
-    to_ours({key: torch.empty(weights.shape(key), device="meta") for key in weights}, names, expected, mismatch)
-    state = {ours: weights.get_as(theirs, dtype).reshape(expected[ours].shape) for ours, theirs in names.items()}
-    network.load_state_dict(state, assign=True)
-    return network.eval().requires_grad_(False)
-
-
 def model_folder_config(configs: dict, tokenizer: CLIPTokenizer, diffusion: dict, image_size: int) -> dict:
     """The config.json of one of our model folders for an SD model."""
     return folder_config(**{name: c.to_dict() for name, c in configs.items()}, tokenizer=tokenizer.to_dict(),
                          diffusion=diffusion, image_size=image_size, inference=dict(SD_V1_INFERENCE))
-
-
-def transformers_view(weights: Weights | Renamed) -> Renamed:
-    """A CLIP text transformer's weights under transformers' `text_model.` names, whether
-    or not the file has that prefix (old SD files and transformers 5 have not), without
-    the `position_ids` buffer some carry."""
-    return Renamed(weights, {key if key.startswith("text_model.") else f"text_model.{key}": key
-                             for key in weights if not key.endswith("position_ids")})
 
 
 def load_original(path: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CLIPTokenizer]:
@@ -82,17 +63,16 @@ def load_original(path: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CL
     infer.identify_original(weights.keys(), weights.shape)
     parts = {"unet": under(weights, infer.UNET_PREFIX), "vae": under(weights, infer.VAE_PREFIX),
              "text_encoder": under(weights, infer.TEXT_PREFIX)}
-    parts["text_encoder"] = transformers_view(parts["text_encoder"])
+    parts["text_encoder"] = clip_names.transformers_view(parts["text_encoder"])
     configs = {"unet": infer.unet_config(parts["unet"].keys(), parts["unet"].shape),
                "vae": infer.vae_config(parts["vae"].keys(), parts["vae"].shape),
-               "text_encoder": text.config_from_weights({k: torch.empty(parts["text_encoder"].shape(k), device="meta")
-                                                         for k in parts["text_encoder"]})}
-    names = {"unet": unet.foreign_names(configs["unet"], "original"),
-             "vae": vae.foreign_names(configs["vae"], "original"),
-             "text_encoder": text.transformers_names(configs["text_encoder"])}
+               "text_encoder": infer.text_config(parts["text_encoder"].keys(), parts["text_encoder"].shape)}
+    names = {"unet": unet_names.foreign_names(configs["unet"], "original"),
+             "vae": vae_names.foreign_names(configs["vae"], "original"),
+             "text_encoder": clip_names.transformers_names(configs["text_encoder"])}
     networks = {name: build(name, configs[name], parts[name], names[name], dtype,
                             f"{str(path)!r}: the {name} weights do not fit the architecture their shapes suggest")
-                for name in NETWORKS}
+                for name in COMPONENTS}
     tokenizer = CLIPTokenizer.shipped()
     size = 64 * configs["vae"].downsample_factor  # SD v1 was trained on 64×64 latents
     return networks, model_folder_config(configs, tokenizer, dict(SD_V1_DIFFUSION), size), tokenizer
@@ -136,15 +116,16 @@ def load_diffusers(folder: Path, dtype: torch.dtype | None) -> tuple[dict, dict,
     and tokenizer/ and scheduler/ when present."""
     configs = {"unet": infer.unet_config_from_diffusers(read_json(folder / "unet" / CONFIG_NAME)),
                "vae": infer.vae_config_from_diffusers(read_json(folder / "vae" / CONFIG_NAME)),
-               "text_encoder": infer.text_config_from_diffusers(read_json(folder / "text_encoder" / CONFIG_NAME))}
-    names = {"unet": unet.foreign_names(configs["unet"], "diffusers"),
-             "vae": vae.foreign_names(configs["vae"], "diffusers"),
-             "text_encoder": text.transformers_names(configs["text_encoder"])}
+               "text_encoder": infer.text_config_from_transformers(
+                   read_json(folder / "text_encoder" / CONFIG_NAME))}
+    names = {"unet": unet_names.foreign_names(configs["unet"], "diffusers"),
+             "vae": vae_names.foreign_names(configs["vae"], "diffusers"),
+             "text_encoder": clip_names.transformers_names(configs["text_encoder"])}
     networks = {}
-    for name in NETWORKS:
+    for name in COMPONENTS:
         weights = diffusers_weights(folder / name)
         if name == "text_encoder":
-            weights = transformers_view(weights)
+            weights = clip_names.transformers_view(weights)
         networks[name] = build(name, configs[name], weights, names[name], dtype,
                                f"{str(folder / name)!r}: the weights do not fit its config.json")
     tokenizer = (CLIPTokenizer.from_folder(folder / "tokenizer") if (folder / "tokenizer").is_dir()
@@ -179,11 +160,11 @@ def save_original(networks: Mapping[str, torch.nn.Module], path: str | Path) -> 
     for name, prefix in (("unet", infer.UNET_PREFIX), ("vae", infer.VAE_PREFIX), ("text_encoder", infer.TEXT_PREFIX)):
         network = networks[name]
         if name == "unet":
-            theirs = unet.to_foreign_state_dict(state(network), network.config, "original")
+            theirs = unet_names.to_foreign_state_dict(state(network), network.config, "original")
         elif name == "vae":
-            theirs = vae.to_foreign_state_dict(state(network), network.config, "original")
+            theirs = vae_names.to_foreign_state_dict(state(network), network.config, "original")
         else:
-            names = text.transformers_names(network.config)
+            names = clip_names.transformers_names(network.config)
             theirs = {names[k]: v for k, v in state(network).items()}
         tensors.update({prefix + k: v for k, v in theirs.items()})
     path = Path(path)
@@ -192,7 +173,7 @@ def save_original(networks: Mapping[str, torch.nn.Module], path: str | Path) -> 
     return path
 
 
-def unet_diffusers_config(c: unet.UNetConfig, sample_size: int) -> dict:
+def unet_diffusers_config(c: UNetConfig, sample_size: int) -> dict:
     levels = range(len(c.channel_mult))
     return {"_class_name": "UNet2DConditionModel", "sample_size": sample_size, "in_channels": c.in_channels,
             "out_channels": c.out_channels, "block_out_channels": [m * c.model_channels for m in c.channel_mult],
@@ -205,7 +186,7 @@ def unet_diffusers_config(c: unet.UNetConfig, sample_size: int) -> dict:
                                for i in reversed(levels)]}
 
 
-def vae_diffusers_config(c: vae.VAEConfig, sample_size: int) -> dict:
+def vae_diffusers_config(c: VAEConfig, sample_size: int) -> dict:
     n = len(c.block_channels)
     return {"_class_name": "AutoencoderKL", "sample_size": sample_size, "in_channels": c.in_channels,
             "out_channels": c.out_channels, "latent_channels": c.latent_channels,
@@ -215,7 +196,7 @@ def vae_diffusers_config(c: vae.VAEConfig, sample_size: int) -> dict:
             "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n}
 
 
-def text_transformers_config(c: text.TextEncoderConfig) -> dict:
+def text_transformers_config(c: TextEncoderConfig) -> dict:
     return {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": c.vocab_size,
             "max_position_embeddings": c.max_length, "hidden_size": c.width, "num_hidden_layers": c.layers,
             "num_attention_heads": c.heads, "intermediate_size": c.intermediate_size, "hidden_act": c.activation,
@@ -231,11 +212,11 @@ def save_diffusers(networks: Mapping[str, torch.nn.Module], tokenizer: CLIPToken
     latent_size = image_size // vae_net.config.downsample_factor
     parts = {
         "unet": (unet_diffusers_config(unet_net.config, latent_size), "diffusion_pytorch_model.safetensors",
-                 unet.to_foreign_state_dict(state(unet_net), unet_net.config, "diffusers")),
+                 unet_names.to_foreign_state_dict(state(unet_net), unet_net.config, "diffusers")),
         "vae": (vae_diffusers_config(vae_net.config, image_size), "diffusion_pytorch_model.safetensors",
-                vae.to_foreign_state_dict(state(vae_net), vae_net.config, "diffusers")),
+                vae_names.to_foreign_state_dict(state(vae_net), vae_net.config, "diffusers")),
         "text_encoder": (text_transformers_config(text_net.config), "model.safetensors",
-                         {text.transformers_names(text_net.config)[k]: v for k, v in state(text_net).items()}),
+                         {clip_names.transformers_names(text_net.config)[k]: v for k, v in state(text_net).items()}),
     }
     for name, (config, weights_name, tensors) in parts.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
@@ -275,7 +256,7 @@ def convert(src: str | Path, dst: str | Path, to: str = "t2i", dtype: torch.dtyp
         networks, config, tokenizer = load_stable_diffusion(src, dtype)
     else:
         config = read_config(src)
-        if not all(name in config for name in NETWORKS):
+        if not all(name in config for name in COMPONENTS):
             raise UserError(f"{str(src)!r} is not a latent text-to-image model (U-Net, VAE and text encoder)")
         networks, tokenizer = dict(load_components(src, config=config)), tokenizer_from_config(src, config)
         if not isinstance(tokenizer, CLIPTokenizer):

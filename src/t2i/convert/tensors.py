@@ -5,6 +5,7 @@ of a pickled `.ckpt`/`.bin` opened with `torch.load(weights_only=True)`, whose u
 builds tensors, dicts and numbers only and refuses anything else before running it. A
 tensor is read when asked for and cast then, so a network built from the file holds
 each weight once, in the dtype asked for, and never the whole file beside it.
+`StateDictWeights` gives tensors already in memory the same interface.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ PICKLES = (".ckpt", ".bin", ".pt", ".pth")
 
 
 class Weights(Mapping[str, torch.Tensor]):
-    """A read-only mapping key -> tensor over one file; `shape(key)` without reading the tensor."""
+    """A read-only mapping key -> tensor over one file (`path`, None for tensors in memory);
+    `shape(key)` without reading the tensor."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None):
         self.path = path
 
     def shape(self, key: str) -> tuple[int, ...]:
@@ -70,12 +72,31 @@ class SafetensorsWeights(Weights):
         return len(self.keys_)
 
 
-class PickledWeights(Weights):
+class StateDictWeights(Weights):
+    """Tensors already in memory (a network's state dict, a loaded pickle) as `Weights`."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], path: Path | None = None):
+        super().__init__(path)
+        self.tensors = dict(tensors)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+class PickledWeights(StateDictWeights):
     """A torch.save file. Zip files (torch ≥ 1.6) are memory-mapped, so tensors are paged
     in when read; SD's checkpoints keep their weights under "state_dict"."""
 
     def __init__(self, path: Path):
-        super().__init__(path)
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except pickle.UnpicklingError as error:
@@ -89,19 +110,7 @@ class PickledWeights(Weights):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, dict):
             raise UserError(f"{str(path)!r} holds a {type(loaded).__name__}, not a dict of weights")
-        self.tensors = {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self.tensors[key]
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.tensors[key].shape)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.tensors)
-
-    def __len__(self) -> int:
-        return len(self.tensors)
+        super().__init__({k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}, path)
 
 
 def open_weights(path: str | Path) -> Weights:

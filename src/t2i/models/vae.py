@@ -7,12 +7,11 @@ Trained as a VAE (Kingma & Welling 2014): a reconstruction loss plus β · KL(q(
 
 Diffusion runs on z · `scaling_factor`, the factor that gives the latents of the training
 data unit variance (SD v1's is 0.18215). The layout is Stable Diffusion's `AutoencoderKL`;
-`foreign_names` gives the names of diffusers and of SD's original files.
+`t2i.convert.vae_names` gives the names of diffusers and of SD's original files.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,6 @@ from torch import nn
 from ..errors import UserError
 from .config import ModelConfig, check_divisible
 from .layers import Downsample, ResBlock, SelfAttentionBlock, Upsample, group_norm
-from .naming import module_names, replace_all, to_ours, to_theirs
 
 NORM_EPS = 1e-6  # SD's autoencoder's GroupNorm eps
 
@@ -229,74 +227,3 @@ def _ramp(length: int, overlap: int, rise: bool, fall: bool) -> torch.Tensor:
         weight[-overlap:] = ramp.flip(0)
     return weight
 
-
-FOREIGN_FORMATS = ("diffusers", "original")  # diffusers' AutoencoderKL; CompVis' (SD's own files)
-# Inside a block, the names that differ from ours.
-_INNER_NAMES = {
-    "diffusers": {ResBlock: ((".skip.", ".conv_shortcut."),),
-                  SelfAttentionBlock: ((".norm.", ".group_norm."), (".attention.to_out.", ".to_out.0."),
-                                       (".attention.to_", ".to_"))},
-    "original": {ResBlock: ((".skip.", ".nin_shortcut."),),
-                 SelfAttentionBlock: ((".attention.to_out.", ".proj_out."), (".attention.to_", "."))},
-}
-_ORIGINAL_CONV_ATTENTION = re.compile(r".*\.mid\.attn_1\.(q|k|v|proj_out)\.weight")  # 1×1 convs there
-
-
-def _prefixes(model: AutoencoderKL, fmt: str) -> dict[str, str]:
-    """Our block prefixes -> `fmt`'s. The original decoder numbers its levels from the
-    highest resolution, the reverse of the order they run in (ours and diffusers')."""
-    diffusers = fmt == "diffusers"
-    names = {name: name for name in ("quant_conv", "post_quant_conv")}
-    for side, steps in (("encoder", model.encoder.down), ("decoder", model.decoder.up)):
-        kind = "down" if side == "encoder" else "up"
-        names.update({f"{side}.conv_in": f"{side}.conv_in", f"{side}.conv_out": f"{side}.conv_out",
-                      f"{side}.norm_out": f"{side}.conv_norm_out" if diffusers else f"{side}.norm_out"})
-        for i, level in enumerate(steps):
-            number = i if diffusers or side == "encoder" else len(steps) - 1 - i
-            theirs = f"{side}.{kind}_blocks.{number}" if diffusers else f"{side}.{kind}.{number}"
-            for j in range(len(level.blocks)):
-                names[f"{side}.{kind}.{i}.blocks.{j}"] = f"{theirs}.{'resnets' if diffusers else 'block'}.{j}"
-            if level.resample is not None:
-                names[f"{side}.{kind}.{i}.resample"] = f"{theirs}.{kind}{'samplers.0' if diffusers else 'sample'}"
-        mid = getattr(model, side).mid
-        last = len(mid) - 1
-        for j, block in enumerate(mid):
-            if isinstance(block, SelfAttentionBlock):
-                names[f"{side}.mid.{j}"] = f"{side}.mid_block.attentions.0" if diffusers else f"{side}.mid.attn_1"
-            else:
-                names[f"{side}.mid.{j}"] = (f"{side}.mid_block.resnets.{int(j == last)}" if diffusers
-                                            else f"{side}.mid.block_{1 + (j == last)}")
-    return names
-
-
-def foreign_names(config: VAEConfig, fmt: str) -> dict[str, str]:
-    """{our key: the key in `fmt`} for every weight of `AutoencoderKL(config)` (the keys of
-    the original files lack their `first_stage_model.` prefix)."""
-    inner_names = _INNER_NAMES[fmt]
-
-    def inner(block: nn.Module | None, rest: str) -> str:
-        return replace_all(rest, inner_names.get(type(block), ()))
-
-    with torch.device("meta"):
-        model = AutoencoderKL(config)
-    return module_names(model, _prefixes(model, fmt), inner)
-
-
-def from_foreign_state_dict(state_dict: dict[str, torch.Tensor], config: VAEConfig,
-                            fmt: str = "diffusers") -> dict[str, torch.Tensor]:
-    """An autoencoder state dict in `fmt`'s names as one for `AutoencoderKL(config)`; raises
-    UserError unless every weight is filled with the right shape and none is left over."""
-    with torch.device("meta"):
-        expected = AutoencoderKL(config).state_dict()
-    return to_ours(state_dict, foreign_names(config, fmt), expected, f"the {fmt} weights do not fit this VAEConfig")
-
-
-def to_foreign_state_dict(state_dict: dict[str, torch.Tensor], config: VAEConfig, fmt: str) -> dict[str, torch.Tensor]:
-    """Our autoencoder's state dict in `fmt`'s names and shapes (the inverse of `from_foreign_state_dict`)."""
-    return to_theirs(state_dict, foreign_names(config, fmt),
-                     as_conv=lambda key: fmt == "original" and bool(_ORIGINAL_CONV_ATTENTION.fullmatch(key)))
-
-
-def from_diffusers_state_dict(state_dict: dict[str, torch.Tensor], config: VAEConfig) -> dict[str, torch.Tensor]:
-    """A diffusers `AutoencoderKL` state dict as one for `AutoencoderKL(config)` (see `from_foreign_state_dict`)."""
-    return from_foreign_state_dict(state_dict, config, "diffusers")

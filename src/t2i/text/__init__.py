@@ -1,1 +1,2 @@
-"""Text: tokenizers, text encoders, and the condition they hand the U-Net."""
+"""Text: tokenizers (CLIP BPE, WordPiece, words), text encoders (CLIP, BERT), where the
+pretrained encoders' files are, and the condition the encoders hand the U-Net, cached."""

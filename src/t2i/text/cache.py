@@ -14,8 +14,8 @@ from typing import Sequence
 
 import torch
 
-from .models.tokenizers import Tokenizer
-from .models.unet import UNetConfig
+from ..models.unet import UNetConfig
+from .tokenizer import Tokenizer
 
 
 class TextConditionCache:

