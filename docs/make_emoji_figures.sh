@@ -9,7 +9,7 @@ out=docs/images
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# SPEC §5: the six showcase prompts, four seeds each.
+# The lab's six showcase prompts, four seeds each.
 t2i generate --model emoji "a drawing of a star with a jewel in the center" \
     "a drawing of a woman in a red cape" "a drawing of a dragon sitting on its hind legs" \
     "a drawing of a blue sea turtle holding a rock" "a blue and white bird with its wings spread" \

@@ -9,7 +9,7 @@ torch.set_num_threads(max(1, torch.get_num_threads()))
 class GaussianOracle:
     """The optimal noise predictor for data x0 ~ N(mu, s² I):
 
-    E[ε | x_t] = sqrt(1-ᾱ_t) (x_t - sqrt(ᾱ_t) mu) / (ᾱ_t s² + 1 - ᾱ_t)   (DESIGN.md, Testing).
+    E[ε | x_t] = sqrt(1-ᾱ_t) (x_t - sqrt(ᾱ_t) mu) / (ᾱ_t s² + 1 - ᾱ_t)   (Bayes' rule for jointly Gaussian x_0 and x_t).
     """
 
     def __init__(self, diffusion, mu: float, s: float):

@@ -2,7 +2,7 @@
 
 `Diffusion` holds a schedule and nothing else; the network is always an argument
 (`model(x_t, t, **cond)`), never owned. Equation numbers refer to Ho et al. 2020
-("DDPM"); SPEC §1 restates them. Timesteps are 0-based: index `t` is the paper's t+1.
+("DDPM"). Timesteps are 0-based: index `t` is the paper's t+1.
 Shapes: `x0`, `x_t`, `eps` are [B, ...]; `t` is an integer tensor [B].
 """
 
@@ -209,7 +209,7 @@ class Diffusion:
         return out
 
     def score(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """∇ log q(x_t) ≈ s_θ(x_t, t) = -ε_θ(x_t, t) / sqrt(1 - ᾱ_t)  (seed 002, the score view)."""
+        """∇ log q(x_t) ≈ s_θ(x_t, t) = -ε_θ(x_t, t) / sqrt(1 - ᾱ_t)  (Song et al. 2021, the score view)."""
         return -eps / self.scales_at(t, x_t)[1]
 
     # -- training ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Noise schedules β_t and timestep grids.
 
-Every schedule is computed in float64 (DESIGN.md: cast only where used). Timesteps are
+Every schedule is computed in float64 (and cast only where used: ᾱ near 1 needs the digits). Timesteps are
 0-based: index `t` holds β_{t+1} of the DDPM paper, so `t = 0` is "diffused one step".
 """
 
@@ -14,7 +14,7 @@ from .errors import UserError
 
 
 def _linear(num_steps: int) -> torch.Tensor:
-    # DDPM paper §4 and seed 000: β linear from 1e-4 to 0.02 (over T = 1000).
+    # DDPM paper §4: β linear from 1e-4 to 0.02 (over T = 1000).
     return torch.linspace(1e-4, 0.02, num_steps, dtype=torch.float64)
 
 
@@ -32,7 +32,7 @@ def _cosine(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.
 
 
 def _linear_alpha(num_steps: int) -> torch.Tensor:
-    # Seed 003 (the tsmatz tutorial): α linear from 0.9999 to 0.98, β = 1 - α.
+    # α linear from 0.9999 to 0.98, β = 1 - α (a tutorial's schedule, kept to compare against).
     return 1 - torch.linspace(0.9999, 0.98, num_steps, dtype=torch.float64)
 
 

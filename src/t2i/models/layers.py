@@ -63,7 +63,7 @@ class Attention(nn.Module):
     """Multi-head attention softmax(QKᵀ/sqrt(d)) V with Q = W_Q x, K = W_K c, V = W_V c.
 
     Self-attention when no context is given; cross-attention on `context` [B, L, C]
-    otherwise (seed 001, eqs. 1-3). Runs on `F.scaled_dot_product_attention`.
+    otherwise (Rombach et al. 2022, §3.3). Runs on `F.scaled_dot_product_attention`.
     `bias` gives Q, K, V biases, as CLIP's text transformer has; `causal=True` lets
     position i attend only to j ≤ i (a decoder's mask, Vaswani et al. 2017 §3.2.3).
     """
@@ -143,7 +143,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context, mask=context_mask)  # seed 001, eqs. 1-3: Q from x, K, V from text
+        x = x + self.attn2(self.norm2(x), context, mask=context_mask)  # Rombach et al. 2022, §3.3: Q from x, K, V from text
         return x + self.ff(self.norm3(x))
 
 
@@ -177,7 +177,7 @@ class SpatialTransformer(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """The DDPM residual block of seed 003 (Ho et al.'s, as in Stable Diffusion):
+    """The DDPM residual block (Ho et al. 2020, appendix B; as in Stable Diffusion):
 
     GroupNorm → SiLU → conv3×3 → + W·SiLU(emb) → GroupNorm → SiLU → dropout → conv3×3,
     added to x (through a 1×1 conv when the width changes). With `emb_dim` None there is
@@ -215,7 +215,7 @@ class ResBlock(nn.Module):
 
 
 class ConvNeXtBlock(nn.Module):
-    """The ConvNeXt block of seed 000 (Liu et al. 2022, as the annotated DDPM adapts it):
+    """The ConvNeXt block (Liu et al. 2022, as The Annotated Diffusion Model adapts it):
 
     depthwise conv7×7 → + W·GELU(emb) → GroupNorm(1) → conv3×3 (×mult) → GELU → dropout →
     GroupNorm(1) → conv3×3, added to x (through a 1×1 conv when the width changes).

@@ -1,5 +1,5 @@
-"""The time-conditioned U-Net ε_θ(x_t, t, c) (DDPM §3.3, seeds 000 and 003; text
-conditioning by cross-attention, seed 001 eqs. 1-3).
+"""The time-conditioned U-Net ε_θ(x_t, t, c) (Ho et al. 2020, §4 and appendix B; text
+conditioning by cross-attention, Rombach et al. 2022, §3.3).
 
 Laid out as Stable Diffusion's `openaimodel.py`: a flat list of down steps whose outputs
 are kept as skips, a middle step, and a flat list of up steps that each consume one skip.
