@@ -625,34 +625,10 @@ def add_bench(sub) -> None:
 
 
 def run_bench(args) -> None:
-    import torch
+    from .bench import time_generation
 
-    from .bench import pipeline_figures
-    from .pipeline import Pipeline
-
-    devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    runs = [(device, threads) for device in devices
-            for threads in (args.threads or [torch.get_num_threads()] if device == "cpu" else [None])]
-    print(f"t2i bench: model {args.model!r}, prompt {args.prompt!r}, batch {args.batch}, median of "
-          f"{args.repeats}; torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}")
-    whole = {}
-    for device, threads in runs:
-        if threads:
-            torch.set_num_threads(threads)
-        pipe = Pipeline.load(args.model, device).optimize(args.channels_last, args.compile, winograd=args.winograd)
-        settings = pipe.settings(sampler=None, steps=None, cfg=None)
-        rows = pipeline_figures(pipe, args.prompt, args.batch, args.repeats)
-        name = f"{device}, {threads} thread{'s' * (threads > 1)}" if threads else device
-        print(f"\n{name}: {settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg']}, "
-              f"{pipe.image_size}×{pipe.image_size}; matmul peak {rows[0]['peak']:.0f} GFLOP/s")
-        print("| part | seconds | GFLOP | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|")
-        for row in rows:
-            print(f"| {row['part']} | {row['seconds']:.4f} | {row['gflop']:.2f} | {row['gflops']:.1f} | "
-                  f"{row['of_peak']:.0%} |")
-        whole[name] = rows[-1]["seconds"]
-    first = next(iter(whole))
-    for name in list(whole)[1:]:
-        print(f"\n{name}: the whole call {whole[first] / whole[name]:.2f}× as fast as on {first}")
+    print(time_generation(args.model, args.prompt, args.batch, args.repeats, args.device, args.threads,
+                          args.channels_last, args.compile, args.winograd))
 
 
 def build_parser() -> argparse.ArgumentParser:
