@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from t2i.data.folder import ImageFolder
-from t2i.evaluate import cached_features, files_digest
+from t2i.evaluation import cached_features, files_digest
 from t2i.images import save_png
 from t2i.metrics.alignment import alignment
 from t2i.metrics.fid import FIDReference

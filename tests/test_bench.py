@@ -1,13 +1,14 @@
 """Speed measurement and the speed options: counted FLOPs, `t2i bench`, `Pipeline.optimize`."""
 
-import re
-
+import pytest
 import torch
 import torch.nn.functional as F
 
-from t2i.bench import count_flops, interleaved_times
+from t2i.bench import count_flops, interleaved_times, time_generation
 from t2i.cli import main
 from t2i.pipeline import Pipeline
+
+NUM_THREADS = torch.get_num_threads()
 
 
 def test_attention_flops_are_counted_on_the_cpu():
@@ -31,17 +32,55 @@ def test_channels_last_gives_the_same_images():
     torch.testing.assert_close(fast("a red circle", **kwargs), plain("a red circle", **kwargs), atol=5e-5, rtol=0)
 
 
-def test_bench_prints_each_part(capsys):
-    assert main(["bench", "--model", "shapes", "--repeats", "1", "--prompt", "a red circle"]) == 0
-    out = capsys.readouterr().out
-    rows = {m.group(1): [float(v) for v in m.groups()[1:]]
-            for m in re.finditer(r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| \d+% \|$", out, re.M)}
-    assert set(rows) == {"U-Net, one guided step", "text encoder", "decoder", "whole call"}, out
-    steps = int(re.search(r"(\d+) steps", out).group(1))
-    step, text, decoder, whole = (rows[name][1] for name in ("U-Net, one guided step", "text encoder", "decoder",
-                                                               "whole call"))
-    assert abs(whole - (steps * step + text + decoder)) < 0.02 * whole  # GFLOP of the whole call
-    assert rows["whole call"][0] > rows["U-Net, one guided step"][0] * steps / 2  # seconds
+PARTS = ["U-Net, one guided step", "text encoder", "decoder", "whole call"]
+
+
+@pytest.fixture(scope="module")
+def report():
+    return time_generation("shapes", "a red circle", repeats=1, devices=["cpu"], threads=[1, 2])
+
+
+def test_bench_times_each_part_and_counts_its_flops(report):
+    assert [run.name for run in report.runs] == ["cpu, 1 thread", "cpu, 2 threads"]
+    assert torch.get_num_threads() == NUM_THREADS  # restored
+    for run in report.runs:
+        assert sorted(part.part for part in run.parts) == sorted(PARTS)
+        step, text, decoder, whole = (run.part(name) for name in PARTS)
+        assert whole.flops == run.steps * step.flops + text.flops + decoder.flops  # one U-Net call a step
+        assert all(part.seconds > 0 and part.flops > 0 for part in run.parts) and run.peak_gflops > 0
+        assert whole.gflops == pytest.approx(whole.flops / 1e9 / whole.seconds)
+    assert [p.flops for p in report.runs[0].parts] == [p.flops for p in report.runs[1].parts]
+    assert set(report.speedups) == {"cpu, 2 threads"}
+
+
+def test_bench_report_prints_a_table_row_for_every_part(report):
+    text = str(report)
+    assert text.startswith("t2i bench: model 'shapes', prompt 'a red circle', batch 1, median of 1;")
+    for run in report.runs:
+        block = str(run)
+        assert f"\n\n{block}\n\n" in text
+        assert block.startswith(f"{run.name}: {run.sampler}, {run.steps} steps, cfg {run.cfg}, 32×32; matmul peak ")
+        header, rule, *rows = block.splitlines()[1:]
+        assert header == "| part | seconds | GFLOP | GFLOP/s | of peak |" and rule == "|---|---:|---:|---:|---:|"
+        assert [row.split(" | ")[0] for row in rows] == [f"| {part.part}" for part in run.parts]
+    ratio = report.speedups["cpu, 2 threads"]
+    assert text.splitlines()[-1] == f"cpu, 2 threads: the whole call {ratio:.2f}× as fast as on cpu, 1 thread"
+
+
+def test_bench_prints_its_report(report, monkeypatch, capsys):
+    import t2i.bench
+
+    asked = []
+
+    def time_generation(*args):
+        asked.append(args)
+        return report
+
+    monkeypatch.setattr(t2i.bench, "time_generation", time_generation)
+    assert main(["bench", "--model", "shapes", "--repeats", "1", "--prompt", "a red circle", "--device", "cpu",
+                 "--threads", "1", "2"]) == 0
+    assert capsys.readouterr().out == f"{report}\n"
+    assert asked == [("shapes", "a red circle", 1, 1, ["cpu"], [1, 2], False, False, False)]
 
 
 def test_generate_decodes_in_tiles_when_asked(tmp_path):

@@ -142,17 +142,20 @@ def test_an_over_long_prompt_is_a_one_line_warning(model_dir, tmp_path, capsys):
 
 
 def test_eval_prompts_and_nll_run_on_a_text_model(model_dir, tmp_path, capsys):
+    import json
+
+    from t2i.evaluation import PromptComparison, PromptReport
+
     report = tmp_path / "prompts.json"
     assert main(["eval", "prompts", "--model", str(model_dir), "--per-prompt", "1", "--prompts-per-pair", "1",
                  "--cfg", "1", "3", "--json", str(report), "--device", "cpu"]) == 0
-    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
-    assert lines[0][:3] == ["group", "cfg", "images"]
-    assert [(row[0], row[1], row[2]) for row in lines[1:5]] == [("seen", "1", "20"), ("seen", "3", "20"),
-                                                                 ("held-out", "1", "4"), ("held-out", "3", "4")]
-    assert report.is_file()
+    comparison = PromptComparison([PromptReport(**r) for r in json.loads(report.read_text())["reports"]])
+    assert [(r.cfg, r.images) for r in comparison.reports] == [(1, {"seen": 20, "held-out": 4}),
+                                                               (3, {"seen": 20, "held-out": 4})]
+    assert capsys.readouterr().out == f"{comparison}\nwrote {report}\n"
     assert main(["eval", "nll", "--model", str(model_dir), "--num-images", "4", "--terms", "3",
                  "--device", "cpu"]) == 0
-    assert "bits/dim" in capsys.readouterr().out
+    assert "bits/dim" in (out := capsys.readouterr().out) and "of each image given its caption" in out
 
 
 def test_editing_an_image_with_strength_and_mask(pipe):

@@ -5,7 +5,8 @@ import collections
 import pytest
 
 from t2i.data.shapes import COLOURS, HELD_OUT, POSITIONS, SHAPES, SIZES, WHERE, Scene, ShapeSpec, draw_scene
-from t2i.evaluate import prompt_accuracy, score_scene, shapes_prompt_set
+from t2i.data.shapes_prompts import score_scene, shapes_prompt_set
+from t2i.evaluation import compare_cfgs, prompt_accuracy
 
 PLACE = {text: position for position, text in WHERE.items()}
 
@@ -27,9 +28,9 @@ class DrawingPipe:
     def settings(self, **settings):
         return {"cfg": 2.0 if settings.get("cfg") is None else settings["cfg"]}
 
-    def __call__(self, prompts, cfg=None, seed=0, progress=False, **options):
+    def __call__(self, prompt, cfg=None, seed=0, progress=False, **options):
         self.seeds.extend(seed)
-        return [draw_scene(self.always or scene_of(p), 32) for p in prompts]
+        return [draw_scene(self.always or scene_of(p), 32) for p in prompt]
 
 
 def test_the_prompt_set_covers_every_pair_position_and_size_evenly():
@@ -50,6 +51,17 @@ def test_a_perfect_drawer_scores_one_and_seeds_repeat_per_prompt():
         assert report.images[group] == 2 * count
         assert all(value == 1.0 for value in report.accuracy[group].values()), report.accuracy[group]
     assert collections.Counter(pipe.seeds) == {10: 48, 11: 48}
+
+
+def test_a_comparison_of_cfgs_is_one_table_with_a_row_per_group_and_cfg():
+    pipe = DrawingPipe()
+    comparison = compare_cfgs(pipe, shapes_prompt_set(), cfgs=[1, 4.5], images_per_prompt=1, progress=False)
+    assert [report.cfg for report in comparison.reports] == [1, 4.5]
+    lines = str(comparison).splitlines()
+    assert lines[0].split() == ["group", "cfg", "images", "colour", "shape", "size", "position", "count", "all"]
+    for line, (group, report) in zip(lines[1:], [(g, r) for g in ("seen", "held-out") for r in comparison.reports]):
+        assert line.split() == [group, f"{report.cfg:g}", str(report.images[group])] + ["100.0%"] * 6
+    assert len(lines) == 5 and str(comparison.reports[0]) == "\n".join(lines[:2] + lines[3:4])
 
 
 def test_a_drawer_that_ignores_its_prompt_scores_at_chance():

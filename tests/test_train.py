@@ -9,7 +9,7 @@ import torch
 from t2i.checkpoints import build_components, load_model, read_config
 from t2i.data import ImageFolder, load_dataset
 from t2i.errors import UserError
-from t2i.evaluate import nll_on_dataset
+from t2i.evaluation import nll_on_dataset
 from t2i.text.clip import TextEncoderConfig
 from t2i.models.unet import UNet, UNetConfig
 from t2i.pipeline import Pipeline

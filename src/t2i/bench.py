@@ -1,4 +1,5 @@
-"""Measuring speed honestly: FLOPs, a practical peak, interleaved medians, and `t2i bench`.
+"""Measuring speed honestly: FLOPs, a practical peak, interleaved medians, and `t2i bench`
+(`time_generation`, whose report prints as a markdown table a device).
 
 Every figure is a median over repeats after a warm-up; FLOPs come from
 `torch.utils.flop_counter.FlopCounterMode`, to which the CPU's fused-attention ops are added
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from .pipeline import DEFAULT_MODEL, Pipeline
 from .samplers import get_sampler
 
 aten = torch.ops.aten
@@ -72,10 +75,85 @@ def matmul_peak_gflops(device: torch.device | str = "cpu", n: int = 2048, repeat
     return 2 * n**3 / min(timed(lambda: torch.mm(a, b), device) for _ in range(repeats)) / 1e9
 
 
-def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> list[dict]:
+@dataclass
+class PartTiming:
+    """One part of a generation: its median seconds and its FLOPs (a multiply-add counts 2)."""
+
+    part: str
+    seconds: float
+    flops: int
+
+    @property
+    def gflop(self) -> float:
+        return self.flops / 1e9
+
+    @property
+    def gflops(self) -> float:
+        return self.gflop / self.seconds
+
+
+@dataclass
+class BenchRun:
+    """The parts of one generation on one device (and CPU thread count), at the model's defaults."""
+
+    device: str
+    threads: int | None  # CPU threads; None on a GPU
+    sampler: str
+    steps: int
+    cfg: float
+    image_size: int
+    peak_gflops: float  # this device's fp32 matmul peak, measured in the same run
+    parts: list[PartTiming]
+
+    @property
+    def name(self) -> str:
+        return f"{self.device}, {self.threads} thread{'s' * (self.threads > 1)}" if self.threads else self.device
+
+    def part(self, name: str) -> PartTiming:
+        return next(p for p in self.parts if p.part == name)
+
+    def __str__(self) -> str:
+        size = f"{self.image_size}×{self.image_size}"
+        lines = [f"{self.name}: {self.sampler}, {self.steps} steps, cfg {self.cfg}, {size}; "
+                 f"matmul peak {self.peak_gflops:.0f} GFLOP/s",
+                 "| part | seconds | GFLOP | GFLOP/s | of peak |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {p.part} | {p.seconds:.4f} | {p.gflop:.2f} | {p.gflops:.1f} | {p.gflops / self.peak_gflops:.0%} |"
+                  for p in self.parts]
+        return "\n".join(lines)
+
+
+@dataclass
+class BenchReport:
+    """`t2i bench`: a run per device and thread count, and how much faster the whole call is on
+    each later run than on the first."""
+
+    model: str
+    prompt: str
+    batch: int
+    repeats: int
+    torch_version: str
+    cpu_capability: str
+    runs: list[BenchRun]
+
+    @property
+    def speedups(self) -> dict[str, float]:
+        """The first run's whole-call seconds over each later run's, by run name."""
+        first = self.runs[0].part("whole call").seconds
+        return {run.name: first / run.part("whole call").seconds for run in self.runs[1:]}
+
+    def __str__(self) -> str:
+        blocks = [f"t2i bench: model {self.model!r}, prompt {self.prompt!r}, batch {self.batch}, median of "
+                  f"{self.repeats}; torch {self.torch_version}, CPU kernels {self.cpu_capability}"]
+        blocks += [str(run) for run in self.runs]
+        blocks += [f"{name}: the whole call {ratio:.2f}× as fast as on {self.runs[0].name}"
+                   for name, ratio in self.speedups.items()]
+        return "\n\n".join(blocks)
+
+
+def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> BenchRun:
     """The time of each part of generating `batch` images of `prompt` at `pipe`'s defaults: the text
     encoder (prompt and empty prompt), one guided U-Net call (batch 2B), the decoder, and
-    the whole call; each with its FLOPs, GFLOP/s and the fraction of this device's matmul peak."""
+    the whole call; each with its FLOPs, beside this device's matmul peak."""
     device = pipe.device
     settings = pipe.settings(sampler=None, steps=None, cfg=None)
     side = pipe.image_size // pipe.downsample_factor
@@ -91,19 +169,37 @@ def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> list[dict]:
         if pipe.vae is not None:
             parts["decoder"] = lambda: pipe.decode(z)
         flops = {name: count_flops(fn) for name, fn in parts.items()}
-        parts["whole call"] = lambda: pipe(prompt, num_images=batch, seed=0, progress=False)
+        parts["whole call"] = lambda: pipe(prompt=prompt, num_images=batch, seed=0, progress=False)
         calls = get_sampler(settings["sampler"]).network_calls(settings["steps"])
         flops["whole call"] = flops["U-Net, one guided step"] * calls + sum(
             flops[name] for name in ("text encoder", "decoder") if name in flops)
         times = interleaved_times(parts, repeats, device=device)
-    peak = matmul_peak_gflops(device)
-    rows = []
-    for name, ts in times.items():
-        seconds = statistics.median(ts)
-        rows.append({"part": name, "seconds": seconds, "gflop": flops[name] / 1e9,
-                     "gflops": flops[name] / 1e9 / seconds, "of_peak": flops[name] / 1e9 / seconds / peak,
-                     "peak": peak})
-    return rows
+    cpu = torch.device(device).type == "cpu"
+    return BenchRun(str(device), torch.get_num_threads() if cpu else None, settings["sampler"], settings["steps"],
+                    settings["cfg"], pipe.image_size, matmul_peak_gflops(device),
+                    [PartTiming(name, statistics.median(ts), flops[name]) for name, ts in times.items()])
+
+
+def time_generation(model: str = DEFAULT_MODEL, prompt: str = "red apple", batch: int = 1, repeats: int = 5,
+                    devices: Sequence[str] | None = None, threads: Sequence[int] | None = None,
+                    channels_last: bool = False, compile: bool = False, winograd: bool = False) -> BenchReport:
+    """`pipeline_figures` of `model` on each of `devices` (default: the CPU, and CUDA when there is a
+    GPU), on the CPU once per thread count of `threads` (default: torch's own); the speed options
+    are `Pipeline.optimize`'s. Torch's thread count is restored afterwards."""
+    devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    own_threads = torch.get_num_threads()
+    runs = []
+    try:
+        for device in devices:
+            for count in (threads or [own_threads]) if device == "cpu" else [None]:
+                if count:
+                    torch.set_num_threads(count)
+                pipe = Pipeline.load(model, device).optimize(channels_last, compile, winograd=winograd)
+                runs.append(pipeline_figures(pipe, prompt, batch, repeats))
+    finally:
+        torch.set_num_threads(own_threads)
+    return BenchReport(str(model), prompt, batch, repeats, torch.__version__, torch.backends.cpu.get_cpu_capability(),
+                       runs)
 
 
 def random_sd_v1_unet(seed: int = 0) -> torch.nn.Module:

@@ -466,21 +466,19 @@ def add_eval_fid(which) -> None:
 
 
 def run_eval_fid(args) -> None:
-    from .evaluate import sample_quality
+    from .evaluation import sample_quality
     from .pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, args.device)
     if pipe.text_encoder is None:
         raise UserError(f"{args.model} is unconditional: `t2i eval fid` generates from the held-out captions")
-    rows = sample_quality(pipe, str(args.data), args.num_images, args.batch_size, args.seed, args.floor, args.cache,
-                          args.kid_subsets, cfg=args.cfg, steps=args.steps, sampler=args.sampler)
-    for row in rows:
-        print(row)
+    print(sample_quality(pipe, str(args.data), args.num_images, args.batch_size, args.seed, args.floor, args.cache,
+                         args.kid_subsets, cfg=args.cfg, steps=args.steps, sampler=args.sampler))
 
 
 def run_eval_nll(args) -> None:
     from .data import load_dataset
-    from .evaluate import nll_on_dataset
+    from .evaluation import nll_on_dataset
     from .pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, args.device)
@@ -488,46 +486,31 @@ def run_eval_nll(args) -> None:
         raise UserError(f"{args.model} is a latent model: its bits/dim would be of latents, not of pixels, so "
                         "`t2i eval nll` takes pixel-space models only")
     captioned = pipe.text_encoder is not None
-    condition = pipe.encode_prompts if captioned else None
     dataset = load_dataset(args.data, pipe.image_size, args.split, captioned=captioned)
-    result = nll_on_dataset(pipe.unet, pipe.diffusion, dataset, args.num_images, args.batch_size, args.terms,
-                            args.variance, args.seed, pipe.device, condition=condition)
-    print(f"{result}, of each image given its caption" if captioned else result)
+    print(nll_on_dataset(pipe.unet, pipe.diffusion, dataset, args.num_images, args.batch_size, args.terms,
+                         args.variance, args.seed, pipe.device, condition=pipe.encode_prompts if captioned else None))
 
 
 def run_eval_vae(args) -> None:
-    from .checkpoints import load_vae, read_config
-    from .data import load_dataset
-    from .evaluate import reconstruction_psnr
-    from .devices import resolve_device
+    from .evaluation import autoencoder_psnr
 
-    vae = load_vae(args.model, resolve_device(args.device))
-    config = read_config(args.model)
-    dataset = load_dataset(args.data, config["image_size"], args.split)
-    result = reconstruction_psnr(vae, dataset, args.num_images, args.batch_size)
-    print(f"{result}, {args.data} {args.split} split")
+    print(autoencoder_psnr(args.model, args.data, args.split, args.num_images, args.batch_size, args.device))
 
 
 def run_eval_prompts(args) -> None:
     import dataclasses
     import json
 
-    from .evaluate import PROMPT_ATTRIBUTES, prompt_accuracy, shapes_prompt_set
+    from .data.shapes_prompts import shapes_prompt_set
+    from .evaluation import compare_cfgs
     from .pipeline import Pipeline
 
     pipe = Pipeline.load(args.model, args.device)
-    cases = shapes_prompt_set(args.prompts_per_pair)
-    reports = [prompt_accuracy(pipe, cases, args.per_prompt, cfg, args.seed, args.batch_size,
-                               steps=args.steps, sampler=args.sampler) for cfg in (args.cfg or [None])]
-    columns = (*PROMPT_ATTRIBUTES, "count", "all")
-    print(f"{'group':<10} {'cfg':>5} {'images':>6} " + " ".join(f"{c:>8}" for c in columns))
-    for group in ("seen", "held-out"):
-        for report in reports:
-            row = report.accuracy[group]
-            print(f"{group:<10} {report.cfg:>5g} {report.images[group]:>6} "
-                  + " ".join(f"{row[c]:>8.1%}" for c in columns))
+    report = compare_cfgs(pipe, shapes_prompt_set(args.prompts_per_pair), args.cfg or [None], args.per_prompt,
+                          args.seed, args.batch_size, steps=args.steps, sampler=args.sampler)
+    print(report)
     if args.json:
-        args.json.write_text(json.dumps([dataclasses.asdict(r) for r in reports], indent=2) + "\n")
+        args.json.write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
@@ -600,34 +583,10 @@ def add_bench(sub) -> None:
 
 
 def run_bench(args) -> None:
-    import torch
+    from .bench import time_generation
 
-    from .bench import pipeline_figures
-    from .pipeline import Pipeline
-
-    devices = args.device or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    runs = [(device, threads) for device in devices
-            for threads in (args.threads or [torch.get_num_threads()] if device == "cpu" else [None])]
-    print(f"t2i bench: model {args.model!r}, prompt {args.prompt!r}, batch {args.batch}, median of "
-          f"{args.repeats}; torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}")
-    whole = {}
-    for device, threads in runs:
-        if threads:
-            torch.set_num_threads(threads)
-        pipe = Pipeline.load(args.model, device).optimize(args.channels_last, args.compile, winograd=args.winograd)
-        settings = pipe.settings(sampler=None, steps=None, cfg=None)
-        rows = pipeline_figures(pipe, args.prompt, args.batch, args.repeats)
-        name = f"{device}, {threads} thread{'s' * (threads > 1)}" if threads else device
-        print(f"\n{name}: {settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg']}, "
-              f"{pipe.image_size}×{pipe.image_size}; matmul peak {rows[0]['peak']:.0f} GFLOP/s")
-        print("| part | seconds | GFLOP | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|")
-        for row in rows:
-            print(f"| {row['part']} | {row['seconds']:.4f} | {row['gflop']:.2f} | {row['gflops']:.1f} | "
-                  f"{row['of_peak']:.0%} |")
-        whole[name] = rows[-1]["seconds"]
-    first = next(iter(whole))
-    for name in list(whole)[1:]:
-        print(f"\n{name}: the whole call {whole[first] / whole[name]:.2f}× as fast as on {first}")
+    print(time_generation(args.model, args.prompt, args.batch, args.repeats, args.device, args.threads,
+                          args.channels_last, args.compile, args.winograd))
 
 
 def build_parser() -> argparse.ArgumentParser:

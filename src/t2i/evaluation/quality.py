@@ -1,0 +1,119 @@
+"""FID, KID and nearest-neighbour text alignment of generated images against a held-out split
+(the metrics in `t2i.metrics`), beside the floor a model that reproduced its training set would score."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from ..metrics.alignment import AlignmentResult
+    from ..metrics.kid import KIDResult
+
+
+@dataclass
+class SampleQualityRow:
+    """FID, KID and alignment of one set of images against the held-out split."""
+
+    name: str
+    num_images: int
+    fid: float
+    kid: "KIDResult"
+    alignment: "AlignmentResult | None"
+
+    def __str__(self) -> str:
+        text = f"{self.name:<8} N={self.num_images:<5} FID {self.fid:8.2f}  {self.kid}"
+        return text + (f"  {self.alignment}" if self.alignment is not None else "")
+
+
+@dataclass
+class SampleQualityReport:
+    """The model's row and, where asked for, the floor's: a line each."""
+
+    rows: list[SampleQualityRow]
+
+    def __str__(self) -> str:
+        return "\n".join(str(row) for row in self.rows)
+
+
+def files_digest(paths, salt: str = "") -> str:
+    """A short hash of files' paths, sizes and modification times: what a cache of results
+    computed from them is kept under, so that changed files are not read from a stale cache."""
+    digest = hashlib.sha256(salt.encode())
+    for path in paths:
+        stat = Path(path).stat()
+        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_features(extractor, dataset, cache_dir: Path | None, progress: bool, desc: str) -> torch.Tensor:
+    """Inception features of every image of an `ImageFolder`, kept in `cache_dir` under a hash of
+    its files (name, size, mtime) and image size, so the dataset is read through the network once."""
+    if cache_dir is None:
+        return extractor.of_dataset(dataset, progress=progress, desc=desc)
+    path = Path(cache_dir) / f"inception-{files_digest(dataset.files, str(dataset.image_size))}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["features"]
+    features = extractor.of_dataset(dataset, progress=progress, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"features": features.contiguous()}, str(path))
+    return features
+
+
+@torch.no_grad()
+def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: int = 32, seed: int = 0,
+                   floor: bool = True, cache_dir: Path | None = None, kid_subsets: int = 100,
+                   progress: bool = True, **options) -> SampleQualityReport:
+    """FID and KID of images generated from the held-out split's captions against its images,
+    and text alignment (is a generated image's nearest training emoji the prompted one?).
+
+    Image i is generated from held-out image i's canonical caption with seed `seed + i`. With
+    `floor`, the same metrics for as many training images (drawn with `seed`), which is what a
+    model that reproduced its training set would score. Alignment needs the dataset's
+    `metadata.jsonl` to name each image's `emoji`.
+    """
+    from ..data.folder import ImageFolder
+    from ..metrics.alignment import alignment
+    from ..metrics.fid import FIDReference
+    from ..metrics.inception import InceptionFeatures
+    from ..metrics.kid import kid
+
+    test = ImageFolder(data, pipe.image_size, "test", captioned=True)
+    train = ImageFolder(data, pipe.image_size, "train", captioned=True)
+    n = min(num_images or len(test), len(test))
+    extractor = InceptionFeatures(pipe.device)
+    test_features = cached_features(extractor, test, cache_dir, progress, "inception: held-out")
+    train_features = cached_features(extractor, train, cache_dir, progress, "inception: training")
+    labels = [test.record(i).get("emoji") for i in range(len(test))]
+    train_labels = [train.record(i).get("emoji") for i in range(len(train))]
+    labelled = all(labels) and all(train_labels)
+
+    generated = []
+    for start in tqdm(range(0, n, batch_size), desc="generate", disable=not progress):
+        indices = range(start, min(start + batch_size, n))
+        images = pipe(prompt=[test.caption(i) for i in indices], seed=[seed + i for i in indices], progress=False,
+                      output_type="pt", **options) * 2 - 1
+        generated.append(extractor(images).double().cpu())
+    generated = torch.cat(generated)
+
+    fid_to_test = FIDReference(test_features)
+
+    def row(name: str, features: torch.Tensor, query_labels: list[str]) -> SampleQualityRow:
+        aligned = alignment(features, query_labels, train_features, train_labels) if labelled else None
+        return SampleQualityRow(name, len(features), fid_to_test(features),
+                                kid(features, test_features, kid_subsets, seed=seed), aligned)
+
+    rows = [row("model", generated, labels[:n])]
+    if floor:
+        chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+        floor_row = row("floor", train_features[chosen], [train_labels[i] for i in chosen.tolist()])
+        if labelled:  # a real held-out image's nearest training emoji: the best alignment can be
+            floor_row.alignment = alignment(test_features[:n], labels[:n], train_features, train_labels)
+        rows.append(floor_row)
+    return SampleQualityReport(rows)
