@@ -31,8 +31,9 @@ from t2i.data import load_dataset
 from t2i.data.latents import sample_latents
 from t2i.text.tokenizers import load_tokenizer
 from t2i.text.condition import text_condition
-from t2i.runs import optimize
-from t2i.train import TrainConfig, latent_dataset
+from t2i.training.datasets import latent_dataset
+from t2i.training.diffusion import TrainConfig
+from t2i.training.optimization import gradient_step
 
 
 class Trainer:
@@ -63,7 +64,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(0)
         cond = text_condition(self.model["text_encoder"], self.ids, self.model["unet"].config)
         loss = self.diffusion.training_loss(self.model["unet"], self.x0, generator=generator, **cond).mean()
-        optimize(self.optimizer, loss, self.model.parameters(), self.train.lr, self.train.grad_clip)
+        gradient_step(self.optimizer, loss, self.model.parameters(), self.train.lr, self.train.grad_clip)
         return time.perf_counter() - start
 
 

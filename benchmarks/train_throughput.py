@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops
 from t2i.models.unet import UNet, UNetConfig
-from t2i.train import MIXED_PRECISION
+from t2i.training.diffusion import MIXED_PRECISION
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,8 +1,11 @@
 """The command line, run in-process as a user would: outputs written, bad input in one line."""
 
+import shutil
+
 import pytest
 from PIL import Image
 
+from t2i.checkpoints import read_config
 from t2i.cli import main
 from t2i.images import read_parameters
 
@@ -33,6 +36,19 @@ def test_train_then_sample_writes_a_grid_with_its_parameters(model_dir, tmp_path
     params = read_parameters(out)
     assert params["sampler"] == "ddim" and params["seed"] == 3 and params["steps"] == 5
     assert params["spacing"] == "leading"  # the spacing that ran, not the missing option
+
+
+def test_train_resume_takes_the_settings_given_whatever_their_value(model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run)
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # the run's own max_steps, not the option's default
+    assert "already at step 12 of 12" in capsys.readouterr().out
+    one_line_error(capsys, ["train", "--out", str(run), "--resume", "--max-steps", "14", "--batch-size", "4"],
+                   "a resumed run keeps its batch_size")
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "13", "--lr", "1e-3"]) == 0
+    assert "trained to step 13" in capsys.readouterr().out and read_config(run)["train"]["lr"] == 1e-3
+    assert main(["train", "--out", str(run), "--resume", "--max-steps", "14", "--lr", "5e-4"]) == 0  # the default
+    assert read_config(run)["train"]["lr"] == 5e-4 and read_config(run)["step"] == 14
 
 
 def test_noise_shows_the_forward_process(tmp_path, capsys):

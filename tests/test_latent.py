@@ -4,6 +4,7 @@ generates and edits through the decoder."""
 import csv
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,13 +14,14 @@ from t2i.cli import main
 from t2i.data import ImageFolder, load_dataset
 from t2i.data.latents import cache_key
 from t2i.errors import UserError
-from t2i.images import to_tensor
+from t2i.images import make_grid, read_parameters, to_tensor
 from t2i.text.clip import TextEncoderConfig
 from t2i.models.unet import UNetConfig
 from t2i.models.vae import AutoencoderKL, VAEConfig
 from t2i.pipeline import Pipeline
-from t2i.train import TrainConfig, latent_dataset, train
-from t2i.train_vae import VAETrainConfig, measure_scaling_factor, train_vae
+from t2i.training.autoencoder import VAETrainConfig, measure_scaling_factor, resume_vae, train_vae
+from t2i.training.datasets import latent_dataset
+from t2i.training.diffusion import TrainConfig, train
 
 VAE = VAEConfig(block_channels=(16, 32), latent_channels=4, norm_groups=8)  # f = 2
 UNET = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8,
@@ -72,7 +74,7 @@ def test_autoencoder_resume_continues_exactly(tmp_path, colour_folder):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train_vae(VAE, vae_config(colour_folder, max_steps=4, save_every=2, sample_every=100), straight)
     train_vae(VAE, vae_config(colour_folder, max_steps=2, save_every=2, sample_every=100), split)
-    train_vae(VAE, vae_config(colour_folder, max_steps=4), split, resume=True)
+    resume_vae(split, max_steps=4)
     a, b = load_vae(straight).state_dict(), load_vae(split).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -80,7 +82,7 @@ def test_autoencoder_resume_continues_exactly(tmp_path, colour_folder):
 def test_adversarial_training_runs_and_resumes_with_its_discriminator(tmp_path, colour_folder):
     run = vae_config(colour_folder, max_steps=4, save_every=2, sample_every=100, disc_weight=0.5, disc_start=1)
     train_vae(VAE, dataclasses.replace(run, max_steps=2), tmp_path)
-    train_vae(VAE, run, tmp_path, resume=True)
+    resume_vae(tmp_path, max_steps=4)
     with (tmp_path / "loss.csv").open() as f:
         header = next(csv.reader(f))
     assert {"generator", "discriminator"} <= set(header)
@@ -114,6 +116,14 @@ def test_latent_model_folder_holds_all_parts_and_generates(latent_run, vae_run):
     assert [im.size for im in images] == [(16, 16)] * 2
     again = pipe("blue", steps=3, seed=1, progress=False)[0]
     assert to_tensor(again).equal(to_tensor(images[1]))  # seed i+1 alone = image i+1 of the batch
+
+
+def test_the_sample_grid_of_a_latent_run_is_decoded_as_the_pipeline_decodes(latent_run):
+    grid = latent_run / "samples" / "step_000006.png"
+    parameters = read_parameters(grid)
+    images = Pipeline.load(latent_run, "cpu")(parameters["prompts"], steps=parameters["steps"], sampler="ddim",
+                                              cfg=parameters["cfg"], seed=parameters["seed"], progress=False)
+    assert np.array_equal(np.asarray(Image.open(grid).convert("RGB")), np.asarray(make_grid(images)))
 
 
 def test_latent_img2img_and_inpainting(latent_run, colour_folder):

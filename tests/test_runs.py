@@ -13,8 +13,11 @@ from t2i.data import load_dataset
 from t2i.errors import UserError
 from t2i.text.clip import TextEncoderConfig
 from t2i.models.unet import UNetConfig
-from t2i.runs import RunConfig, StepBatchSampler, group_weights, scheduled_lr
-from t2i.train import TrainConfig, balance_weights, train
+from t2i.training.batches import StepBatchSampler, group_weights
+from t2i.training.config import RunConfig
+from t2i.training.datasets import balance_weights
+from t2i.training.diffusion import TrainConfig, train
+from t2i.training.optimization import scheduled_lr
 
 
 def test_group_weights_give_every_label_the_same_total():
@@ -82,7 +85,7 @@ def test_a_run_trains_balanced_and_records_it(grouped_folder, tmp_path):
     config = TrainConfig(data=str(grouped_folder), image_size=16, batch_size=4, max_steps=2, save_every=2,
                          sample_every=100, probe_every=0, num_samples=2, device="cpu", balance_by="group")
     text = TextEncoderConfig(max_length=8, width=16, layers=1, heads=2, intermediate_size=32)
-    out = train(unet, config, tmp_path / "run", text_config=text)
+    out = train(unet, config, tmp_path / "run", text_config=text).out
     assert json.loads((out / "config.json").read_text())["train"]["balance_by"] == "group"
     with open(out / "loss.csv") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]

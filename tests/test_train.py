@@ -3,17 +3,21 @@
 import csv
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from t2i.checkpoints import build_components, load_model, read_config
 from t2i.data import ImageFolder, load_dataset
 from t2i.errors import UserError
 from t2i.evaluation import nll_on_dataset
+from t2i.images import make_grid, read_parameters
 from t2i.text.clip import TextEncoderConfig
 from t2i.models.unet import UNet, UNetConfig
 from t2i.pipeline import Pipeline
-from t2i.train import LossProbe, TrainConfig, train
+from t2i.training.diffusion import TrainConfig, resume, train
+from t2i.training.probes import LossProbe
 
 UNET = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8)
 TEXT = TextEncoderConfig(max_length=16, width=32, layers=1, heads=2, intermediate_size=64)
@@ -75,21 +79,22 @@ def test_resume_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(UNET, config(max_steps=6, save_every=3, sample_every=100), straight)
     train(UNET, config(max_steps=3, save_every=3, sample_every=100), split)
-    train(UNET, config(max_steps=6), split, resume=True)
+    resume(split, max_steps=6)
     a, b = load_model(straight)[0].state_dict(), load_model(split)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_takes_a_new_learning_rate_or_cooldown_only_when_asked(tmp_path):
     train(UNET, config(max_steps=2, save_every=2, sample_every=100, lr=1e-3), tmp_path)
-    train(UNET, config(max_steps=3, lr=5e-4), tmp_path, resume=True)  # lr not among the changes: kept
+    resume(tmp_path, max_steps=3)  # lr not among the changes: kept
     assert read_config(tmp_path)["train"]["lr"] == 1e-3
-    train(UNET, config(max_steps=4, lr=5e-4), tmp_path, resume=True, changes=("max_steps", "lr"))
+    resume(tmp_path, max_steps=4, lr=5e-4)
     assert read_config(tmp_path)["train"]["lr"] == 5e-4 and read_config(tmp_path)["step"] == 4
-    train(UNET, config(max_steps=6, cooldown_steps=2), tmp_path, resume=True, changes=("max_steps", "cooldown_steps"))
+    resume(tmp_path, max_steps=6, cooldown_steps=2)
     assert read_config(tmp_path)["train"]["cooldown_steps"] == 2 and read_config(tmp_path)["train"]["lr"] == 5e-4
     with pytest.raises(UserError, match="keeps its batch_size"):
-        train(UNET, config(max_steps=5), tmp_path, resume=True, changes=("max_steps", "batch_size"))
+        resume(tmp_path, max_steps=7, batch_size=8)
+    assert read_config(tmp_path)["step"] == 6  # refused before any step
 
 
 def test_bf16_mixed_precision_follows_the_float32_run_and_can_be_switched_on_resume(tmp_path):
@@ -104,7 +109,7 @@ def test_bf16_mixed_precision_follows_the_float32_run_and_can_be_switched_on_res
     assert torch.allclose(losses["fp32"], losses["bf16"], rtol=0.01)  # and the same steps were taken
     assert all(p.dtype == torch.float32 for p in load_model(mixed)[0].parameters())
     assert read_config(mixed)["train"]["mixed_precision"] == "bf16"
-    train(UNET, config(max_steps=22), mixed, resume=True, changes=("max_steps", "mixed_precision"))
+    resume(mixed, max_steps=22, mixed_precision="no")
     assert read_config(mixed)["train"]["mixed_precision"] == "no" and read_config(mixed)["step"] == 22
     with pytest.raises(UserError, match="unknown mixed precision 'fp8'"):
         config(mixed_precision="fp8")
@@ -114,7 +119,7 @@ def test_resume_of_a_text_run_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(UNET, config(max_steps=4, save_every=2, sample_every=100), straight, text_config=TEXT)
     train(UNET, config(max_steps=2, save_every=2, sample_every=100), split, text_config=TEXT)
-    train(UNET, config(max_steps=4), split, resume=True)
+    resume(split, max_steps=4)
     a, b = Pipeline.load(straight, "cpu"), Pipeline.load(split, "cpu")
     for name in ("unet", "text_encoder"):
         x, y = getattr(a, name).state_dict(), getattr(b, name).state_dict()
@@ -152,8 +157,18 @@ def test_a_text_run_trains_the_encoder_and_the_unet_reads_it(text_run, colour_fo
     assert not torch.allclose(red, blue)
 
 
+def test_the_sample_grid_of_a_text_run_is_what_the_pipeline_draws(text_run):
+    """Guided by the empty caption, from seeds seed + i: the grid is the images generation makes."""
+    grid = text_run / "samples" / "step_000020.png"
+    parameters = read_parameters(grid)
+    assert parameters["cfg"] == 5.0 and parameters["sampler"] == "ddim" and len(parameters["prompts"]) == 4
+    images = Pipeline.load(text_run, "cpu")(parameters["prompts"], sampler="ddim", steps=parameters["steps"],
+                                            cfg=parameters["cfg"], seed=parameters["seed"], progress=False)
+    assert np.array_equal(np.asarray(Image.open(grid).convert("RGB")), np.asarray(make_grid(images)))
+
+
 def test_an_existing_run_is_not_overwritten(trained):
-    with pytest.raises(UserError, match="pass --resume"):
+    with pytest.raises(UserError, match="already holds a training run: resume it"):
         train(UNET, config(max_steps=1), trained)
 
 

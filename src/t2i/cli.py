@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -36,26 +37,51 @@ def _non_negative(text: str) -> int:
     return value
 
 
+class _Given(argparse.Action):
+    """argparse's "store" action (and with nargs=0 its flags) that also notes the option in
+    `args.given`: a resumed run is passed the settings given, whatever their value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.given = namespace.given | {self.dest}
+
+
+def _note_given(parser) -> None:
+    for name in (None, "store"):
+        parser.register("action", name, _Given)
+    parser.register("action", "store_true", functools.partial(_Given, nargs=0, const=True, default=False))
+    parser.register("action", "store_false", functools.partial(_Given, nargs=0, const=False, default=True))
+    parser.set_defaults(given=frozenset())
+
+
+def _resume_changes(args, names: dict[str, str]) -> dict:
+    """The settings given to `t2i train --resume` or `train-vae --resume`, under their names in the
+    training config (`names` maps the options named otherwise)."""
+    return {names.get(dest, dest): getattr(args, dest) for dest in args.given - {"out", "resume"}}
+
+
 def add_train(sub) -> None:
     from .models.unet import BLOCK_TYPES, UNetConfig
-    from .train import MIXED_PRECISION, TrainConfig
+    from .training.diffusion import MIXED_PRECISION, TrainConfig
 
     p = sub.add_parser("train", help="train a diffusion model on a folder of images or on 'shapes'",
                        formatter_class=DefaultsFormatter)
+    _note_given(p)
     t, u = TrainConfig(), UNetConfig()
     p.add_argument("--data", default=t.data,
                    help="'shapes' (one object an image), 'shapes2' (one or two) or a folder of images")
     p.add_argument("--out", required=True, type=Path, help="run folder (model, checkpoints, loss, samples)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its own settings but for those "
+                        "given that a resumed run may change (--max-steps, --lr, --cooldown-steps, --balance-by, "
+                        "--mixed-precision, --device, --workers)")
     p.add_argument("--image-size", type=_positive(int), default=t.image_size)
     p.add_argument("--batch-size", type=_positive(int), default=t.batch_size)
     p.add_argument("--max-steps", type=_positive(int), default=t.max_steps)
-    p.add_argument("--lr", type=_positive(float), default=None,
-                   help=f"learning rate after warm-up; if not given, {t.lr} for a new run, the run's own with --resume")
+    p.add_argument("--lr", type=_positive(float), default=t.lr, help="learning rate after warm-up")
     p.add_argument("--warmup-steps", type=_non_negative, default=t.warmup_steps)
-    p.add_argument("--cooldown-steps", type=_non_negative, default=None,
-                   help="the learning rate falls linearly to zero over the run's last this many steps; if not "
-                        f"given, {t.cooldown_steps} for a new run, the run's own with --resume")
+    p.add_argument("--cooldown-steps", type=_non_negative, default=t.cooldown_steps,
+                   help="the learning rate falls linearly to zero over the run's last this many steps")
     p.add_argument("--weight-decay", type=float, default=t.weight_decay)
     p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm; 0 turns clipping off")
     p.add_argument("--ema-decay", type=float, default=t.ema_decay)
@@ -75,9 +101,9 @@ def add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=t.seed)
     p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
     p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None,
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=t.mixed_precision,
                    help="bf16: the U-Net's matmuls and convolutions in bfloat16, weights and optimizer in float32 "
-                        "(faster on GPUs and on CPUs with AVX512-BF16 or AMX; default: no)")
+                        "(faster on GPUs and on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--channels", type=_positive(int), default=u.model_channels, help="width of the first level")
     p.add_argument("--channel-mult", type=_positive(int), nargs="+", default=list(u.channel_mult),
                    help="width multiplier of each level")
@@ -120,12 +146,13 @@ def run_train(args) -> None:
     from .text.bert import BertConfig
     from .text.clip import TextEncoderConfig
     from .models.unet import UNetConfig
-    from .schedules import get_betas
-    from .train import TrainConfig, train
+    from .training.diffusion import TrainConfig, resume, train
 
+    if args.resume:
+        names = {"timesteps": "num_timesteps", "prediction": "prediction_type", "workers": "num_workers"}
+        print(resume(args.out, **_resume_changes(args, names)))
+        return
     args.text = args.text or args.text_encoder == "minilm"
-
-    get_betas(args.schedule, args.timesteps)  # fail on a bad schedule before any work
     attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
     unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),
                       num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
@@ -133,19 +160,14 @@ def run_train(args) -> None:
                       pooled_dim=args.text_width if args.text and args.pooled else None,
                       coord_channels=args.coord_channels, mask_context_padding=args.text and args.mask_padding,
                       scale_shift_norm=args.scale_shift_norm)
-    if args.image_size % unet.downsample_factor:
-        raise UserError(f"--image-size {args.image_size} must be divisible by {unet.downsample_factor} "
-                        f"for a U-Net with {len(unet.channel_mult)} levels")
     config = TrainConfig(
         data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps,
-        lr=TrainConfig.lr if args.lr is None else args.lr,
-        cooldown_steps=TrainConfig.cooldown_steps if args.cooldown_steps is None else args.cooldown_steps,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-        ema_decay=args.ema_decay, schedule=args.schedule, num_timesteps=args.timesteps,
-        prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma, save_every=args.save_every,
-        sample_every=args.sample_every, seed=args.seed, num_workers=args.workers, device=args.device,
-        p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every, probe_every=args.probe_every,
-        balance_by=args.balance_by, mixed_precision=args.mixed_precision or TrainConfig.mixed_precision,
+        lr=args.lr, cooldown_steps=args.cooldown_steps, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule,
+        num_timesteps=args.timesteps, prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma,
+        save_every=args.save_every, sample_every=args.sample_every, seed=args.seed, num_workers=args.workers,
+        device=args.device, p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every,
+        probe_every=args.probe_every, balance_by=args.balance_by, mixed_precision=args.mixed_precision,
     )
     text = None
     if args.text_encoder == "minilm":
@@ -154,22 +176,22 @@ def run_train(args) -> None:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
                                  heads=args.text_heads, intermediate_size=4 * args.text_width,
                                  pooling=args.text_pooling, token_init_std=args.text_init_std)
-    changes = ("max_steps", *(name for name in ("lr", "cooldown_steps", "balance_by", "mixed_precision")
-                              if getattr(args, name) is not None))
-    out = train(unet, config, args.out, resume=args.resume, text_config=text, changes=changes)
-    print(f"model saved in {out}")
+    print(train(unet, config, args.out, text_config=text))
 
 
 def add_train_vae(sub) -> None:
     from .models.vae import VAEConfig
-    from .train_vae import RECONSTRUCTION_LOSSES, VAETrainConfig
+    from .training.autoencoder import RECONSTRUCTION_LOSSES, VAETrainConfig
 
     p = sub.add_parser("train-vae", help="train the autoencoder of a latent diffusion model",
                        formatter_class=DefaultsFormatter)
+    _note_given(p)
     t, v = VAETrainConfig(), VAEConfig()
     p.add_argument("--data", default=t.data, help="'shapes', 'shapes2' or a folder of images")
     p.add_argument("--out", required=True, type=Path, help="run folder (autoencoder, checkpoints, loss, samples)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its own settings but for those "
+                        "given that a resumed run may change (--max-steps, --lr, --device, --workers)")
     p.add_argument("--image-size", type=_positive(int), default=t.image_size)
     p.add_argument("--batch-size", type=_positive(int), default=t.batch_size)
     p.add_argument("--max-steps", type=_positive(int), default=t.max_steps)
@@ -193,8 +215,11 @@ def add_train_vae(sub) -> None:
 
 def run_train_vae(args) -> None:
     from .models.vae import VAEConfig
-    from .train_vae import VAETrainConfig, train_vae
+    from .training.autoencoder import VAETrainConfig, resume_vae, train_vae
 
+    if args.resume:
+        print(resume_vae(args.out, **_resume_changes(args, {"workers": "num_workers", "loss": "reconstruction"})))
+        return
     vae = VAEConfig(block_channels=tuple(args.channels), latent_channels=args.latent_channels,
                     num_res_blocks=args.num_res_blocks)
     config = VAETrainConfig(
@@ -203,8 +228,7 @@ def run_train_vae(args) -> None:
         save_every=args.save_every, sample_every=args.sample_every, seed=args.seed, num_workers=args.workers,
         device=args.device,
     )
-    out = train_vae(vae, config, args.out, resume=args.resume)
-    print(f"autoencoder saved in {out}")
+    print(train_vae(vae, config, args.out))
 
 
 def add_sample(sub) -> None:

@@ -1,0 +1,7 @@
+"""Training: one loop skeleton (`loop`) to which the diffusion training (`diffusion`) and the
+autoencoder training (`autoencoder`) each give their step.
+
+The pieces the loop is made of: `batches` (the batches of each step), `run_folder`
+(checkpoints and resume), `optimization` (learning-rate schedule, gradient step, EMA),
+`loss_log`, and `config` (what every run is configured by, and what resuming may change).
+"""

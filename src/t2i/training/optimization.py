@@ -1,0 +1,41 @@
+"""What a step does to the weights: the learning-rate schedule, the gradient step, the EMA."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import RunConfig
+
+
+def scheduled_lr(step: int, config: RunConfig) -> float:
+    """Warm-up, stable, decay: linear warm-up to `config.lr`, constant, then a linear fall to zero
+    over the last `config.cooldown_steps` of `config.max_steps` (Hägele et al. 2024: a cooldown at
+    the end matches a cosine schedule without fixing the run's length from its first step, so a run
+    can be lengthened on resuming and cooled when its budget ends)."""
+    warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    cooldown = min(1.0, (config.max_steps - step) / config.cooldown_steps) if config.cooldown_steps else 1.0
+    return config.lr * warmup * max(0.0, cooldown)
+
+
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, lr: float,
+                  grad_clip: float) -> None:
+    """One step of gradient descent on `loss`: gradients, learning rate, clipping, update."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
+    optimizer.step()
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """θ_ema ← decay θ_ema + (1 - decay) θ."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """A short warm-up of the EMA so early checkpoints are not dominated by the random init."""
+    return min(decay, (1 + step) / (10 + step))
