@@ -89,7 +89,7 @@ def time_command(args) -> None:
     times = []
     with tempfile.TemporaryDirectory() as work:
         for i in range(args.command):
-            command = [sys.executable, "-m", "t2i.cli", "generate", args.prompt, "--model", args.model,
+            command = [sys.executable, "-m", "t2i", "generate", args.prompt, "--model", args.model,
                        "--seed", str(i), "--out", str(Path(work) / f"{i}.png"), *options]
             start = time.perf_counter()
             subprocess.run(command, check=True, capture_output=True)

@@ -48,8 +48,8 @@ def test_score_samplers_recover_gaussian_data(oracle, diffusion, sampler, steps,
     step follows ‖z‖/‖s‖, a ratio that concentrates only in many dimensions, so 64 here.
     Annealed Langevin lags behind the falling noise: its std ends a few percent high."""
     model = oracle(diffusion, MU, S)
-    x = sample(model, diffusion, (1000, 64), SamplerSettings(sampler, steps), generator=torch.Generator().manual_seed(0),
-               progress=False)
+    x = sample(model, diffusion, (1000, 64), SamplerSettings(sampler, steps),
+               generator=torch.Generator().manual_seed(0), progress=False)
     assert abs(x.mean().item() - MU) < 0.03 * MU
     assert abs(x.std().item() - S) < tolerance * S
 
@@ -60,8 +60,8 @@ def test_the_corrector_corrects(oracle, diffusion):
     model = oracle(diffusion, MU, S)
     errors = {}
     for corrector_steps in (0, 2):
-        x = sample(model, diffusion, (1000, 64), SamplerSettings("pc", 25, options={"corrector_steps": corrector_steps}),
-                   generator=torch.Generator().manual_seed(0), progress=False)
+        settings = SamplerSettings("pc", 25, options={"corrector_steps": corrector_steps})
+        x = sample(model, diffusion, (1000, 64), settings, generator=torch.Generator().manual_seed(0), progress=False)
         errors[corrector_steps] = abs(x.std().item() - S)
     assert errors[2] < errors[0] / 2, errors
 
@@ -153,7 +153,8 @@ def test_karras_grid_spaces_sigma_and_keeps_it_exact(diffusion):
     # the network is asked at each σ's own (fractional) timestep, or at the nearest integer one
     torch.testing.assert_close(diffusion.sigma_at(grid.timesteps), sigmas)
     quantized = sampler_grid(diffusion, 10, "karras", discrete_time=True)
-    assert torch.equal(quantized.timesteps, grid.timesteps.round().long()) and torch.equal(quantized.sigmas, grid.sigmas)
+    assert torch.equal(quantized.timesteps, grid.timesteps.round().long())
+    assert torch.equal(quantized.sigmas, grid.sigmas)
 
 
 def test_sigma_and_timestep_are_inverse(diffusion):
@@ -183,7 +184,8 @@ def test_same_seed_same_sample_whatever_the_batch(oracle, diffusion):
     generators = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
     batch = sample(model, diffusion, (3, 1, 4, 4), SamplerSettings("ddpm", 100), generator=generators([7, 8, 9]),
                    progress=False)
-    alone = sample(model, diffusion, (1, 1, 4, 4), SamplerSettings("ddpm", 100), generator=generators([8]), progress=False)
+    alone = sample(model, diffusion, (1, 1, 4, 4), SamplerSettings("ddpm", 100), generator=generators([8]),
+                   progress=False)
     assert torch.allclose(batch[1], alone[0], atol=1e-6)
 
 

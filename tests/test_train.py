@@ -181,7 +181,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     import time
 
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "t2i.cli", "train", "--out", str(out), "--max-steps", "100000", "--save-every", "5",
+    argv = [sys.executable, "-m", "t2i", "train", "--out", str(out), "--max-steps", "100000", "--save-every", "5",
             "--sample-every", "100000", "--channels", "16", "--channel-mult", "1", "2", "--num-res-blocks", "1",
             "--image-size", "16", "--batch-size", "4", "--device", "cpu"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -170,8 +170,7 @@ class Pipeline:
         return self.vae.config.downsample_factor if self.vae is not None else 1
 
     @property
-    def inpainting_unet(self) -> bool:
-        """An inpainting U-Net reads the mask and the masked image's latents beside x_t (SD's 9 channels)."""
+    def inpainting_unet(self) -> bool:  # SD's 9 channels: x_t, the mask, the masked image's latents
         return self.vae is not None and self.unet.config.in_channels == 2 * self.latent_channels + 1
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
@@ -333,7 +332,7 @@ class Pipeline:
         return torch.cat([mask, masked], dim=1).expand(batch, -1, -1, -1)
 
     @staticmethod
-    def output(x: torch.Tensor, output_type: str, parameters: list[dict]) -> list[Image.Image] | np.ndarray | torch.Tensor:
+    def output(x: torch.Tensor, output_type: str, parameters: list[dict]):
         """Images x in [-1, 1] as `output_type` asks; each PIL image carries its generation parameters
         in `image.info["t2i"]` (what `images.save_png` writes into the file)."""
         if output_type in ("pt", "np"):

@@ -143,7 +143,8 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context, mask=context_mask)  # Rombach et al. 2022, §3.3: Q from x, K, V from text
+        # Rombach et al. 2022, §3.3: Q from x, K and V from the text
+        x = x + self.attn2(self.norm2(x), context, mask=context_mask)
         return x + self.ff(self.norm3(x))
 
 

@@ -1,0 +1,71 @@
+"""What the command groups share: argument types, help formatting, the options a resume was given, image files."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+from ..errors import UserError
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" only where it tells something: not for None, not for a flag's own
+    True/False, not where the help already names the default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or isinstance(action.default, bool) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+class _Given(argparse.Action):
+    """argparse's "store" action (and with nargs=0 its flags) that also notes the option in
+    `args.given`: a resumed run is passed the settings given, whatever their value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.given = namespace.given | {self.dest}
+
+
+def note_given(parser) -> None:
+    for name in (None, "store"):
+        parser.register("action", name, _Given)
+    parser.register("action", "store_true", functools.partial(_Given, nargs=0, const=True, default=False))
+    parser.register("action", "store_false", functools.partial(_Given, nargs=0, const=False, default=True))
+    parser.set_defaults(given=frozenset())
+
+
+def resume_changes(args, names: dict[str, str]) -> dict:
+    """The settings given to `t2i train --resume` or `train-vae --resume`, under their names in the
+    training config (`names` maps the options named otherwise)."""
+    return {names.get(dest, dest): getattr(args, dest) for dest in args.given - {"out", "resume"}}
+
+
+def open_image(path: Path | None, mode: str = "RGB"):
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"cannot read image {str(path)!r}: {error}") from None

@@ -1,0 +1,154 @@
+"""`t2i generate`, `t2i sample` and `t2i noise`: prompts (or nothing) to images, and the forward process shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .common import DefaultsFormatter, open_image, positive
+
+
+def add_generate(sub) -> None:
+    from ..pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS
+    from ..samplers import SAMPLERS
+    from ..schedules import SPACINGS
+
+    defaults = ', '.join(f'{k} {v}' for k, v in INFERENCE_DEFAULTS.items() if v is not None)
+    p = sub.add_parser("generate", help="generate images from a prompt",
+                       description="Generate images from a prompt. Settings left out take the model's defaults "
+                                   f"(else {defaults}).")
+    p.add_argument("prompt", nargs="*", help="what to draw (several: one grid row each); none for an "
+                   "unconditional sample")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder, or a Stable "
+                   f"Diffusion v1 checkpoint (.safetensors/.ckpt file or diffusers folder); default: {DEFAULT_MODEL}")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="compute in this dtype (default: float32 for SD checkpoints, as stored for ours)")
+    p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
+    p.add_argument("--cfg", type=float, nargs="+", default=None,
+                   help="guidance scale s (1 = no guidance); several: one grid row each")
+    p.add_argument("--rescale", type=float, default=None, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
+    p.add_argument("--steps", type=positive(int), default=None)
+    p.add_argument("--sampler", nargs="+", default=None,
+                   help=f"one of: {', '.join(SAMPLERS)}; several: one grid row each")
+    p.add_argument("--spacing", choices=SPACINGS, default=None,
+                   help="the sampler's grid; karras: σ spaced as Karras et al. (default: the sampler's own)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM and Euler-ancestral noise (0 = deterministic)")
+    p.add_argument("--seed", type=int, default=None, help="image i uses seed + i; default: random")
+    p.add_argument("--num", type=positive(int), default=1, help="number of images")
+    p.add_argument("--width", type=int, default=None,
+                   help="image width in pixels (default: the size the model was trained at)")
+    p.add_argument("--height", type=int, default=None,
+                   help="image height in pixels (default: the size the model was trained at)")
+    p.add_argument("--image", type=Path, default=None, help="edit this image (img2img) instead of starting from noise")
+    p.add_argument("--strength", type=float, nargs="+", default=None,
+                   help="how far to noise --image, 0..1 (default 0.8; 1 with --mask); several: one image each, "
+                        "side by side after the input")
+    p.add_argument("--mask", type=Path, default=None, help="inpaint: redraw the white region of --image")
+    p.add_argument("--zoom", type=positive(int), default=1, help="enlarge the saved images N× (nearest pixel)")
+    p.add_argument("--vae-tile", type=positive(int), default=None, metavar="N",
+                   help="decode in overlapping tiles of N latents a side: bounded memory for large images")
+    p.add_argument("--winograd", action="store_true",
+                   help="3×3 convolutions by Winograd's F(4×4, 3×3): faster on the CPU for large models")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("image.png"),
+                   help="the image; for several, a grid, and each image as NAME-i.png")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> None:
+    """One image, or a comparison grid (`t2i.comparison`) and each of its images as NAME-i.png."""
+    import torch
+
+    from ..comparison import compare
+    from ..images import enlarge, save_png
+    from ..pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    pipe.optimize(vae_tile=args.vae_tile, winograd=args.winograd)
+    image, mask = open_image(args.image), open_image(args.mask, "L")
+    comparison = compare(pipe, args.prompt or [""], args.sampler or [None], args.cfg or [None],
+                         args.strength or [None], seed=args.seed, num_images=args.num, image=image, mask=mask,
+                         negative_prompt=args.negative, steps=args.steps, guidance_rescale=args.rescale, eta=args.eta,
+                         spacing=args.spacing, width=args.width, height=args.height)
+    images = comparison.images
+    if len(images) == 1:
+        save_png(enlarge(images[0], args.zoom), args.out, images[0].info["t2i"])
+        print(f"wrote {args.out} (seed {images[0].info['t2i']['seed']})")
+        return
+    for i, im in enumerate(images):
+        save_png(enlarge(im, args.zoom), args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), im.info["t2i"])
+    save_png(comparison.grid(args.zoom), args.out)
+    count, seeds = len(comparison.rows), comparison.seeds
+    print(f"wrote {args.out} and {args.out.stem}-0..{len(images) - 1}{args.out.suffix} "
+          f"({count} combination{'s' * (count > 1)} × seeds {seeds[0]}..{seeds[-1]})")
+
+
+def add_sample(sub) -> None:
+    from ..diffusion import VARIANCES
+    from ..samplers import SAMPLERS
+    from ..schedules import SPACINGS
+
+    p = sub.add_parser("sample", help="a grid of unconditional samples from a model (the empty prompt)",
+                       formatter_class=DefaultsFormatter)
+    p.add_argument("--model", required=True, help="a model folder written by `t2i train`, or a shipped model")
+    p.add_argument("--sampler", default="ddpm", help=f"one of: {', '.join(SAMPLERS)}")
+    p.add_argument("--steps", type=positive(int), default=None, help="default: the sampler's own (T for ddpm)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
+    p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM σ_t²: β_t or β̃_t (default β̃_t)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="the sampler's grid (default: its own)")
+    p.add_argument("--no-clip", dest="clip", action="store_false",
+                   help="do not clip the predicted x_0 to [-1, 1] at each step")
+    p.add_argument("--num", type=positive(int), default=16, help="number of images")
+    p.add_argument("--batch-size", type=positive(int), default=64)
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, default=Path("samples.png"))
+    p.set_defaults(run=run_sample)
+
+
+def run_sample(args) -> None:
+    """`t2i generate ''` as a near-square grid in batches: the same path, the same images."""
+    from ..images import make_grid, save_png
+    from ..pipeline import Pipeline
+
+    pipe = Pipeline.load(args.model, args.device)
+    pipe.clip = args.clip
+    options = {"variance": args.variance} if args.variance else None
+    images = [image for start in range(0, args.num, args.batch_size)
+              for image in pipe("", steps=args.steps, sampler=args.sampler, seed=args.seed + start, eta=args.eta,
+                                num_images=min(args.batch_size, args.num - start), spacing=args.spacing,
+                                sampler_options=options)]
+    save_png(make_grid(images), args.out, {**images[0].info["t2i"], "clip": args.clip, "num": args.num})
+    print(f"wrote {args.out}")
+
+
+def add_noise(sub) -> None:
+    p = sub.add_parser("noise", help="show an image along the forward process q(x_t | x_0)",
+                       formatter_class=DefaultsFormatter)
+    p.add_argument("image", type=Path)
+    p.add_argument("--out", type=Path, default=Path("forward.png"))
+    p.add_argument("--schedule", default="linear")
+    p.add_argument("--timesteps", type=positive(int), default=1000)
+    p.add_argument("--size", type=positive(int), default=128, help="the image is resized and centre-cropped to this")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_noise)
+
+
+def run_noise(args) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    from ..data.folder import resize_center_crop
+    from ..diffusion import Diffusion
+    from ..images import save_png, to_tensor
+    from ..visualize import forward_process_figure
+
+    diffusion = Diffusion.from_schedule(args.schedule, args.timesteps)
+    try:
+        with Image.open(args.image) as image:
+            x0 = to_tensor(resize_center_crop(image, args.size))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
+        raise UserError(f"cannot read image {str(args.image)!r}: {error}") from None
+    figure, stats = forward_process_figure(x0, diffusion, seed=args.seed)
+    save_png(figure, args.out, {"image": str(args.image), "schedule": args.schedule, "seed": args.seed})
+    print(f"wrote {args.out}; pixels at t = {args.timesteps - 1}: mean {stats['mean']:.4f}, std {stats['std']:.4f} "
+          "(N(0, 1) has 0 and 1)")

@@ -1,0 +1,178 @@
+"""`t2i train` and `t2i train-vae`: the options of a run, passed to `t2i.training`; a resume passes only those given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import DefaultsFormatter, non_negative, note_given, positive, resume_changes
+
+
+def add_train(sub) -> None:
+    from ..models.unet import BLOCK_TYPES, UNetConfig
+    from ..training.diffusion import MIXED_PRECISION, TrainConfig
+
+    p = sub.add_parser("train", help="train a diffusion model on a folder of images or on 'shapes'",
+                       formatter_class=DefaultsFormatter)
+    note_given(p)
+    t, u = TrainConfig(), UNetConfig()
+    p.add_argument("--data", default=t.data,
+                   help="'shapes' (one object an image), 'shapes2' (one or two) or a folder of images")
+    p.add_argument("--out", required=True, type=Path, help="run folder (model, checkpoints, loss, samples)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its own settings but for those "
+                        "given that a resumed run may change (--max-steps, --lr, --cooldown-steps, --balance-by, "
+                        "--mixed-precision, --device, --workers)")
+    p.add_argument("--image-size", type=positive(int), default=t.image_size)
+    p.add_argument("--batch-size", type=positive(int), default=t.batch_size)
+    p.add_argument("--max-steps", type=positive(int), default=t.max_steps)
+    p.add_argument("--lr", type=positive(float), default=t.lr, help="learning rate after warm-up")
+    p.add_argument("--warmup-steps", type=non_negative, default=t.warmup_steps)
+    p.add_argument("--cooldown-steps", type=non_negative, default=t.cooldown_steps,
+                   help="the learning rate falls linearly to zero over the run's last this many steps")
+    p.add_argument("--weight-decay", type=float, default=t.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm; 0 turns clipping off")
+    p.add_argument("--ema-decay", type=float, default=t.ema_decay)
+    p.add_argument("--schedule", default=t.schedule, help="linear, scaled_linear, cosine or linear_alpha")
+    p.add_argument("--timesteps", type=positive(int), default=t.num_timesteps, help="T, the number of diffusion steps")
+    p.add_argument("--prediction", default=t.prediction_type, help="what the network predicts: epsilon or v")
+    p.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (e.g. 5)")
+    p.add_argument("--balance-by", default=None, metavar="FIELD",
+                   help="draw every value of this metadata.jsonl field equally often (e.g. emoji: one emoji's "
+                        "skin tones share one emoji's draws)")
+    p.add_argument("--save-every", type=positive(int), default=t.save_every)
+    p.add_argument("--sample-every", type=positive(int), default=t.sample_every)
+    p.add_argument("--keep-every", type=positive(int), default=None,
+                   help="also keep the model of every this many steps in snapshots/ (to evaluate it later)")
+    p.add_argument("--probe-every", type=int, default=t.probe_every,
+                   help="log the loss of fixed training and held-out examples every this many steps (0: never)")
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
+    p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=t.mixed_precision,
+                   help="bf16: the U-Net's matmuls and convolutions in bfloat16, weights and optimizer in float32 "
+                        "(faster on GPUs and on CPUs with AVX512-BF16 or AMX)")
+    p.add_argument("--channels", type=positive(int), default=u.model_channels, help="width of the first level")
+    p.add_argument("--channel-mult", type=positive(int), nargs="+", default=list(u.channel_mult),
+                   help="width multiplier of each level")
+    p.add_argument("--num-res-blocks", type=positive(int), default=u.num_res_blocks)
+    p.add_argument("--attention-levels", type=int, nargs="*", default=None,
+                   help="levels (0 = full resolution) with self-attention; default: the lowest resolution")
+    p.add_argument("--block", choices=BLOCK_TYPES, default=u.block_type)
+    p.add_argument("--dropout", type=float, default=u.dropout)
+    p.add_argument("--norm-groups", type=positive(int), default=u.norm_groups, help="GroupNorm groups (at most)")
+    p.add_argument("--scale-shift-norm", action="store_true",
+                   help="the embedding scales and shifts each ResBlock's second norm (ADM's AdaGN)")
+    p.add_argument("--coord-channels", action="store_true",
+                   help="give the U-Net each pixel's x and y as two more input channels (CoordConv)")
+    p.add_argument("--vae", default=None,
+                   help="an autoencoder folder (from `t2i train-vae`): train latent diffusion on its latents")
+    text = p.add_argument_group("text to image", "with --text, the U-Net attends to a text encoder trained with it")
+    text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images, "
+                      "or a metadata.jsonl)")
+    text.add_argument("--text-encoder", choices=("clip", "minilm"), default="clip",
+                      help="clip: a small CLIP-style encoder trained with the U-Net; minilm: all-MiniLM-L6-v2, "
+                      "pretrained and frozen (implies --text)")
+    text.add_argument("--p-uncond", type=float, default=t.p_uncond,
+                      help="probability of dropping a caption, for classifier-free guidance")
+    text.add_argument("--text-width", type=positive(int), default=128)
+    text.add_argument("--text-pooling", choices=("eos", "mean"), default="mean",
+                      help="the pooled text embedding: the end token's state (CLIP) or the mean of the tokens'")
+    text.add_argument("--text-init-std", type=positive(float), default=1.0,
+                      help="initial spread of the token embeddings (CLIP's is 0.02)")
+    text.add_argument("--text-layers", type=positive(int), default=4)
+    text.add_argument("--text-heads", type=positive(int), default=4)
+    text.add_argument("--text-length", type=positive(int), default=32, help="most tokens a caption can have")
+    text.add_argument("--no-pooled", dest="pooled", action="store_false",
+                      help="do not add the pooled text embedding to the timestep embedding")
+    text.add_argument("--mask-padding", action="store_true",
+                      help="keep cross-attention off the padding after each caption's end token")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> None:
+    from ..text.bert import BertConfig
+    from ..text.clip import TextEncoderConfig
+    from ..models.unet import UNetConfig
+    from ..training.diffusion import TrainConfig, resume, train
+
+    if args.resume:
+        names = {"timesteps": "num_timesteps", "prediction": "prediction_type", "workers": "num_workers"}
+        print(resume(args.out, **resume_changes(args, names)))
+        return
+    args.text = args.text or args.text_encoder == "minilm"
+    attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
+    unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),
+                      num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
+                      block_type=args.block, dropout=args.dropout, norm_groups=args.norm_groups,
+                      pooled_dim=args.text_width if args.text and args.pooled else None,
+                      coord_channels=args.coord_channels, mask_context_padding=args.text and args.mask_padding,
+                      scale_shift_norm=args.scale_shift_norm)
+    config = TrainConfig(
+        data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps,
+        lr=args.lr, cooldown_steps=args.cooldown_steps, warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema_decay=args.ema_decay, schedule=args.schedule,
+        num_timesteps=args.timesteps, prediction_type=args.prediction, min_snr_gamma=args.min_snr_gamma,
+        save_every=args.save_every, sample_every=args.sample_every, seed=args.seed, num_workers=args.workers,
+        device=args.device, p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every,
+        probe_every=args.probe_every, balance_by=args.balance_by, mixed_precision=args.mixed_precision,
+    )
+    text = None
+    if args.text_encoder == "minilm":
+        text = BertConfig(max_length=args.text_length)
+    elif args.text:
+        text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
+                                 heads=args.text_heads, intermediate_size=4 * args.text_width,
+                                 pooling=args.text_pooling, token_init_std=args.text_init_std)
+    print(train(unet, config, args.out, text_config=text))
+
+
+def add_train_vae(sub) -> None:
+    from ..models.vae import VAEConfig
+    from ..training.autoencoder import RECONSTRUCTION_LOSSES, VAETrainConfig
+
+    p = sub.add_parser("train-vae", help="train the autoencoder of a latent diffusion model",
+                       formatter_class=DefaultsFormatter)
+    note_given(p)
+    t, v = VAETrainConfig(), VAEConfig()
+    p.add_argument("--data", default=t.data, help="'shapes', 'shapes2' or a folder of images")
+    p.add_argument("--out", required=True, type=Path, help="run folder (autoencoder, checkpoints, loss, samples)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its own settings but for those "
+                        "given that a resumed run may change (--max-steps, --lr, --device, --workers)")
+    p.add_argument("--image-size", type=positive(int), default=t.image_size)
+    p.add_argument("--batch-size", type=positive(int), default=t.batch_size)
+    p.add_argument("--max-steps", type=positive(int), default=t.max_steps)
+    p.add_argument("--lr", type=positive(float), default=t.lr)
+    p.add_argument("--channels", type=positive(int), nargs="+", default=list(v.block_channels),
+                   help="width of each level; n levels make latents 2^(n-1) times smaller on each side")
+    p.add_argument("--latent-channels", type=positive(int), default=v.latent_channels)
+    p.add_argument("--num-res-blocks", type=positive(int), default=v.num_res_blocks)
+    p.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default=t.reconstruction, help="reconstruction loss")
+    p.add_argument("--kl-weight", type=float, default=t.kl_weight, help="β, the weight of KL(q(z|x) ‖ N(0, I))")
+    p.add_argument("--disc-weight", type=float, default=t.disc_weight,
+                   help="weight of the patch discriminator's adversarial loss; 0 turns it off")
+    p.add_argument("--disc-start", type=int, default=t.disc_start, help="step at which the discriminator starts")
+    p.add_argument("--save-every", type=positive(int), default=t.save_every)
+    p.add_argument("--sample-every", type=positive(int), default=t.sample_every)
+    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
+    p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(run=run_train_vae)
+
+
+def run_train_vae(args) -> None:
+    from ..models.vae import VAEConfig
+    from ..training.autoencoder import VAETrainConfig, resume_vae, train_vae
+
+    if args.resume:
+        print(resume_vae(args.out, **resume_changes(args, {"workers": "num_workers", "loss": "reconstruction"})))
+        return
+    vae = VAEConfig(block_channels=tuple(args.channels), latent_channels=args.latent_channels,
+                    num_res_blocks=args.num_res_blocks)
+    config = VAETrainConfig(
+        data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
+        reconstruction=args.loss, kl_weight=args.kl_weight, disc_weight=args.disc_weight, disc_start=args.disc_start,
+        save_every=args.save_every, sample_every=args.sample_every, seed=args.seed, num_workers=args.workers,
+        device=args.device,
+    )
+    print(train_vae(vae, config, args.out))
