@@ -28,6 +28,7 @@ from . import __version__
 from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
+from .files import read_json, write_json
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
 from .text.bert import BertConfig, BertEncoder
@@ -61,12 +62,6 @@ def resolve_model(name_or_path: str | Path) -> Path:
     return path
 
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
@@ -90,10 +85,7 @@ def read_config(model_dir: str | Path) -> dict:
     path = model_dir / CONFIG_NAME
     if not path.is_file():
         raise UserError(f"{str(model_dir)!r} has no {CONFIG_NAME}: not a t2i model folder (make one with `t2i train`)")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
+    config = read_json(path, "not a t2i model folder")
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"{str(path)!r} has format {config['format_version']}; "
                         f"this t2i reads up to {FORMAT_VERSION}: upgrade t2i")

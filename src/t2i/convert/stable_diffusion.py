@@ -14,7 +14,6 @@ read and cast, so loading holds the weights once (see benchmarks/load_memory.py)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping
 
@@ -23,8 +22,9 @@ from safetensors.torch import save_file
 
 from .. import __version__
 from ..checkpoints import (CONFIG_NAME, folder_config, load_components, read_config, save_model,
-                           tokenizer_from_config, write_json)
+                           tokenizer_from_config)
 from ..errors import UserError
+from ..files import read_json, write_json
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 from ..text.clip import TextEncoderConfig
@@ -78,15 +78,6 @@ def load_original(path: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CL
     return networks, model_folder_config(configs, tokenizer, dict(SD_V1_DIFFUSION), size), tokenizer
 
 
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{str(path)!r} is missing: the diffusers folder is incomplete")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
-
-
 def diffusers_weights(folder: Path) -> Weights:
     for name in DIFFUSERS_WEIGHTS:
         if (folder / name).is_file():
@@ -99,7 +90,7 @@ def diffusion_from_scheduler(folder: Path) -> dict:
     path = folder / "scheduler" / "scheduler_config.json"
     if not path.is_file():
         return dict(SD_V1_DIFFUSION)
-    values = read_json(path)
+    values = read_json(path, "the diffusers folder is incomplete")
     schedule = (values.get("beta_schedule"), values.get("beta_start"), values.get("beta_end"))
     if schedule != ("scaled_linear", 0.00085, 0.012):
         raise UserError(f"{str(path)!r}: the β schedule {schedule} is not SD v1's (scaled_linear, 0.00085, 0.012)")
@@ -114,10 +105,10 @@ def diffusion_from_scheduler(folder: Path) -> dict:
 def load_diffusers(folder: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CLIPTokenizer]:
     """(networks, our folder config, tokenizer) from a diffusers folder: unet/, vae/, text_encoder/,
     and tokenizer/ and scheduler/ when present."""
-    configs = {"unet": infer.unet_config_from_diffusers(read_json(folder / "unet" / CONFIG_NAME)),
-               "vae": infer.vae_config_from_diffusers(read_json(folder / "vae" / CONFIG_NAME)),
-               "text_encoder": infer.text_config_from_transformers(
-                   read_json(folder / "text_encoder" / CONFIG_NAME))}
+    values = {name: read_json(folder / name / CONFIG_NAME, "the diffusers folder is incomplete") for name in COMPONENTS}
+    configs = {"unet": infer.unet_config_from_diffusers(values["unet"]),
+               "vae": infer.vae_config_from_diffusers(values["vae"]),
+               "text_encoder": infer.text_config_from_transformers(values["text_encoder"])}
     names = {"unet": unet_names.foreign_names(configs["unet"], "diffusers"),
              "vae": vae_names.foreign_names(configs["vae"], "diffusers"),
              "text_encoder": clip_names.transformers_names(configs["text_encoder"])}
@@ -130,8 +121,7 @@ def load_diffusers(folder: Path, dtype: torch.dtype | None) -> tuple[dict, dict,
                                f"{str(folder / name)!r}: the weights do not fit its config.json")
     tokenizer = (CLIPTokenizer.from_folder(folder / "tokenizer") if (folder / "tokenizer").is_dir()
                  else CLIPTokenizer.shipped())
-    unet_values = read_json(folder / "unet" / CONFIG_NAME)
-    size = unet_values.get("sample_size", 64) * configs["vae"].downsample_factor
+    size = values["unet"].get("sample_size", 64) * configs["vae"].downsample_factor
     return networks, model_folder_config(configs, tokenizer, diffusion_from_scheduler(folder), size), tokenizer
 
 

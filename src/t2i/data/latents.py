@@ -10,7 +10,6 @@ encoded again rather than read stale.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -19,16 +18,15 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from ..checkpoints import load_weights, save_weights
+from ..files import short_hash
 from ..models.vae import AutoencoderKL
 
 
 def cache_key(vae: AutoencoderKL, description: dict) -> str:
     """A digest of the autoencoder's weights and of what the dataset is."""
-    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    weights = [part for name, tensor in sorted(vae.state_dict().items())
+               for part in (name, tensor.detach().float().cpu().numpy().tobytes())]
+    return short_hash(json.dumps(description, sort_keys=True), *weights)
 
 
 @torch.no_grad()

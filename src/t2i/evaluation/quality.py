@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +10,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+
+from ..files import short_hash
 
 if TYPE_CHECKING:
     from ..metrics.alignment import AlignmentResult
@@ -45,11 +46,8 @@ class SampleQualityReport:
 def files_digest(paths, salt: str = "") -> str:
     """A short hash of files' paths, sizes and modification times: what a cache of results
     computed from them is kept under, so that changed files are not read from a stale cache."""
-    digest = hashlib.sha256(salt.encode())
-    for path in paths:
-        stat = Path(path).stat()
-        digest.update(f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    stats = [(Path(path).resolve(), Path(path).stat()) for path in paths]
+    return short_hash(salt, *(f"{path}|{stat.st_size}|{stat.st_mtime_ns}" for path, stat in stats))
 
 
 def cached_features(extractor, dataset, cache_dir: Path | None, progress: bool, desc: str) -> torch.Tensor:

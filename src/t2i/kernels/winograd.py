@@ -19,7 +19,6 @@ transforms' constants, up to 8, amplify rounding) — tests/test_winograd.py and
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 import platform
@@ -33,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..files import short_hash
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ def _kernels() -> ctypes.CDLL | None:
         log.info("no C compiler found: Winograd transforms run as PyTorch operations")
         return None
     for flags in (["-O3", "-march=native"], ["-O3"]):
-        key = hashlib.sha256(source.read_bytes() + " ".join([compiler, *flags, platform.machine()]).encode())
-        library = Path.home() / ".cache" / "t2i" / "kernels" / f"winograd-{key.hexdigest()[:16]}.so"
+        key = short_hash(source.read_bytes(), " ".join([compiler, *flags, platform.machine()]))
+        library = Path.home() / ".cache" / "t2i" / "kernels" / f"winograd-{key}.so"
         try:
             if not library.exists():
                 _compile(compiler, flags, source, library)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import UserError
+from ..files import read_json
 from .tokenizer import Tokenizer
 
 START_OF_TEXT = "<|startoftext|>"
@@ -197,7 +198,7 @@ class CLIPTokenizer(Tokenizer):
                    max_length: int | None = None) -> "CLIPTokenizer":
         """From a `vocab.json` (token -> id) and a `merges.txt` (one merge "a b" a line,
         in rank order, after a "#version" header)."""
-        vocab = read_json(Path(vocab_path))
+        vocab = read_json(Path(vocab_path), MISSING)
         if not isinstance(vocab, dict):
             raise UserError(f"{str(vocab_path)!r} is not a token -> id mapping: is it a CLIP vocab.json?")
         lines = read_text(Path(merges_path)).splitlines()
@@ -216,14 +217,14 @@ class CLIPTokenizer(Tokenizer):
         settings = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the later one wins, as in transformers
             if (folder / name).is_file():
-                settings.update(read_json(folder / name))
+                settings.update(read_json(folder / name, MISSING))
         if pad_token is None:
             pad_token = settings.get("pad_token", END_OF_TEXT)
             pad_token = pad_token["content"] if isinstance(pad_token, dict) else pad_token
         if max_length is None and settings.get("model_max_length", VERY_LONG) < VERY_LONG:
             max_length = int(settings["model_max_length"])
         if not (folder / "vocab.json").is_file() and (folder / "tokenizer.json").is_file():
-            model = read_json(folder / "tokenizer.json").get("model", {})
+            model = read_json(folder / "tokenizer.json", MISSING).get("model", {})
             if model.get("type") != "BPE":
                 raise UserError(f"{str(folder / 'tokenizer.json')!r} is not a BPE tokenizer's: is it CLIP's?")
             merges = [pair.split(" ") if isinstance(pair, str) else pair for pair in model["merges"]]
@@ -278,15 +279,12 @@ def parse_merges(lines: Iterable[str], source: str | Path) -> list[tuple[str, st
     return merges
 
 
+MISSING = "a CLIP tokenizer needs vocab.json and merges.txt (copy them from the model's tokenizer folder)"
+
+
 def read_text(path: Path) -> str:
     if not path.is_file():
-        raise UserError(f"{str(path)!r} is missing: a CLIP tokenizer needs vocab.json and merges.txt "
-                        "(copy them from the model's tokenizer folder)")
+        raise UserError(f"{str(path)!r} is missing: {MISSING}")
     return path.read_text(encoding="utf-8")
 
 
-def read_json(path: Path):
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None

@@ -7,15 +7,15 @@ reads), `loss.csv` and `loss.png`, and the training's own `samples/`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
 from ..checkpoints import (load_optimizer, load_state, load_weights, replace_dir, save_model, save_optimizer,
-                           save_weights, weights_path, write_json)
+                           save_weights, weights_path)
 from ..errors import UserError
+from ..files import read_json, write_json
 
 TRAINING_DIR = "training"
 
@@ -28,9 +28,7 @@ def new_state() -> dict:
 def read_state(out: Path) -> dict:
     """The saved {"step", "seconds"} of a run's training state."""
     path = out / TRAINING_DIR / "state.json"
-    if not path.is_file():
-        raise UserError(f"{str(path.parent)!r} has no state.json: the training state is incomplete")
-    state = json.loads(path.read_text())
+    state = read_json(path, "the training state is incomplete")
     return {"step": int(state["step"]), "seconds": float(state.get("seconds", 0.0))}
 
 
