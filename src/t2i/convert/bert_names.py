@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
 
 from ..text.bert import BertConfig, BertEncoder, BertLayer
-from .naming import module_names, replace_all
+from .naming import block_table_names
 from .tensors import Renamed, Weights
 
 # Inside a layer, transformers' names where they differ from ours.
@@ -25,13 +23,7 @@ def transformers_names(config: BertConfig) -> dict[str, str]:
                 "token_type_embedding": "embeddings.token_type_embeddings",
                 "embedding_norm": "embeddings.LayerNorm",
                 **{f"layers.{i}": f"encoder.layer.{i}" for i in range(config.layers)}}
-
-    def inner(block: nn.Module | None, rest: str) -> str:
-        return replace_all(rest, _TRANSFORMERS_LAYER_NAMES) if isinstance(block, BertLayer) else rest
-
-    with torch.device("meta"):
-        model = BertEncoder(config)
-    return module_names(model, prefixes, inner)
+    return block_table_names(BertEncoder, config, prefixes, BertLayer, _TRANSFORMERS_LAYER_NAMES)
 
 
 def transformers_view(weights: Weights | Renamed) -> Renamed:

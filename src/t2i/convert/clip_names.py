@@ -3,11 +3,9 @@ and the original Stable Diffusion files use too."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
 
 from ..text.clip import CLIPTextTransformer, TextEncoderConfig, TransformerBlock
-from .naming import module_names, replace_all
+from .naming import block_table_names
 from .tensors import Renamed, Weights
 
 # Inside a block, transformers' names where they differ from ours.
@@ -23,13 +21,7 @@ def transformers_names(config: TextEncoderConfig) -> dict[str, str]:
                 "position_embedding": "text_model.embeddings.position_embedding.weight",
                 "final_norm": "text_model.final_layer_norm",
                 **{f"blocks.{i}": f"text_model.encoder.layers.{i}" for i in range(config.layers)}}
-
-    def inner(block: nn.Module | None, rest: str) -> str:
-        return replace_all(rest, _TRANSFORMERS_BLOCK_NAMES) if isinstance(block, TransformerBlock) else rest
-
-    with torch.device("meta"):
-        model = CLIPTextTransformer(config)
-    return module_names(model, prefixes, inner)
+    return block_table_names(CLIPTextTransformer, config, prefixes, TransformerBlock, _TRANSFORMERS_BLOCK_NAMES)
 
 
 def transformers_view(weights: Weights | Renamed) -> Renamed:

@@ -44,6 +44,18 @@ def module_names(network: nn.Module, prefixes: Mapping[str, str],
     return names
 
 
+def block_table_names(network: type[nn.Module], config, prefixes: Mapping[str, str], block: type[nn.Module],
+                      block_names: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """`module_names` of a stack of one kind of `block` renamed by a table (a text transformer's
+    layers), the network built on the meta device from `config` (no memory, no weights)."""
+    def inner(module: nn.Module | None, rest: str) -> str:
+        return replace_all(rest, block_names) if isinstance(module, block) else rest
+
+    with torch.device("meta"):
+        model = network(config)
+    return module_names(model, prefixes, inner)
+
+
 def fits(value: torch.Tensor, shape: torch.Size) -> bool:
     """Whether `value` is a weight of `shape` up to size-1 axes (a linear map stored as a 1×1 conv)."""
     return value.shape == shape or [n for n in value.shape if n != 1] == [n for n in shape if n != 1]
