@@ -253,7 +253,7 @@ def build_emoji_dataset(out: str | Path, tarballs: list[str | Path] | None = Non
     pinned versions (`npm pack` into `download_dir`); returns the image count per split."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise UserError(f"{str(out)!r} is not empty: pick a new --out (or remove it)")
+        raise UserError(f"{str(out)!r} is not empty: choose a new folder (or remove it)")
     if not 0 < test_fraction < 1:
         raise UserError(f"the test fraction is between 0 and 1, got {test_fraction}")
     if tarballs:

@@ -50,8 +50,8 @@ def zero_init(module: nn.Module) -> nn.Module:
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
            causal: bool = False) -> torch.Tensor:
     """`F.scaled_dot_product_attention`; for bfloat16 on the CPU it is computed in float32 (also under
-    autocast) and returned in bfloat16: the CPU's attention kernels are slower in bfloat16, forward and
-    backward (a training step's attention backward ~10× at the `emoji` U-Net's sizes; docs/benchmarks.md)."""
+    autocast) and returned in bfloat16, since the CPU's attention kernels are slower in bfloat16, forward
+    and backward (docs/benchmarks.md)."""
     if q.device.type != "cpu" or q.dtype != torch.bfloat16:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
     with torch.autocast("cpu", enabled=False):
