@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from t2i.bench import count_flops, matmul_peak_gflops
 from t2i.pipeline import DEFAULT_MODEL, Pipeline
+from t2i.samplers import SAMPLERS
 
 
 def step_flops(pipe: Pipeline, batch: int) -> int:
@@ -75,7 +76,7 @@ def main() -> None:
             pipe(args.prompt, num_images=batch, seed=i, **options)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        calls = settings["steps"]  # one batched (guided) network call per step
+        calls = SAMPLERS[settings["sampler"]].network_calls(settings["steps"])  # each a batched, guided call
         gflops = step_flops(pipe, batch) * calls / median / 1e9
         print(f"| {batch} | {median:.3f} | {min(times):.3f}–{max(times):.3f} | {median / batch:.3f} | "
               f"{gflops:.1f} | {gflops / peak:.0%} |")
