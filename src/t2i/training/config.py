@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import UserError
+from ..models.config import check_divisible
 
 
 @dataclass
@@ -52,5 +53,4 @@ class RunConfig:
 
 def check_image_size(image_size: int, factor: int, why: str) -> None:
     """Refuse an image side that the networks cannot halve down evenly (`factor` = 2^halvings)."""
-    if image_size % factor:
-        raise UserError(f"image_size {image_size} must be divisible by {factor}: {why}")
+    check_divisible(image_size, image_size, factor, "image_size", f"{why}, so training needs", "choose another")
