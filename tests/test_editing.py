@@ -39,7 +39,7 @@ def test_strength_picks_the_tail_of_the_grid():
     half = strength_grid(grid, 0.5)
     assert half.timesteps.tolist() == list(range(9, -1, -1)) and torch.equal(half.sigmas, grid.sigmas[10:])
     for bad in (-0.1, 1.5, float("nan")):
-        with pytest.raises(UserError, match="strength must be between 0 and 1"):
+        with pytest.raises(UserError, match="strength must be a finite number from 0 to 1"):
             Edit(torch.zeros(1, 1, 4, 4), bad)
 
 

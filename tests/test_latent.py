@@ -150,7 +150,7 @@ def test_latent_editing_bad_input(latent_run):
         pipe("red", image=Image.new("RGB", (18, 16)), progress=False)
     with pytest.raises(UserError, match="the mask is 8×8"):
         pipe("red", image=Image.new("RGB", (16, 16)), mask=Image.new("L", (8, 8)), progress=False)
-    with pytest.raises(UserError, match="strength must be between 0 and 1"):
+    with pytest.raises(UserError, match="strength must be a finite number from 0 to 1"):
         pipe("red", image=Image.new("RGB", (16, 16)), strength=1.5, progress=False)
 
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from .errors import UserError
 from .images import PNG_PARAMETERS_KEY, enlarge, make_grid
-from .pipeline import Pipeline, random_seed
+from .guards import random_seed
+from .pipeline import Pipeline
 from .samplers import get_sampler
 
 VARIED = ("prompt", "sampler", "cfg", "strength")

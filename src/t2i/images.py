@@ -4,15 +4,53 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from .errors import UserError
 from .metadata import INFOTEXT_KEY, from_infotext, to_infotext
 
 PNG_PARAMETERS_KEY = "t2i"
+MAX_PIXELS = 8192 * 8192  # an image file declaring more is refused before its pixels are decoded
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def read_image(path: str | Path, mode: str = "RGB") -> Image.Image:
+    """The image in `path` converted to `mode`, read with limits: a file that is not an image, a
+    decompression bomb (more than MAX_PIXELS declared) or a text chunk over PIL's limit is one
+    `UserError`. 16-bit greyscale keeps its levels (PIL's own conversion clips them to white)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise UserError(f"image {str(path)!r} is {image.width}×{image.height}, more than this reads "
+                                    f"({MAX_PIXELS // 10**6} megapixels): resize it")
+                image.load()
+                return eight_bit(image).convert(mode)
+    except UserError:
+        raise
+    except IsADirectoryError:
+        raise UserError(f"{str(path)!r} is a folder, not an image") from None
+    except FileNotFoundError:
+        raise UserError(f"image {str(path)!r} does not exist") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
+            ValueError, SyntaxError) as error:  # PIL raises all of these for malformed files
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        raise UserError(f"cannot read image {str(path)!r}: {reason}") from None
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale as 8-bit greyscale, its top byte; other images as they are."""
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    levels = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(levels).convert("L")
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -73,8 +111,8 @@ def save_png(image: Image.Image, path: str | Path, parameters: dict | None = Non
 def read_parameters(path: str | Path) -> dict:
     """The generation parameters a PNG carries: ours (saved by `save_png`), else those of
     AUTOMATIC1111's `parameters` chunk read into our names, else {}."""
-    with Image.open(path) as image:
-        ours, theirs = image.info.get(PNG_PARAMETERS_KEY), image.info.get(INFOTEXT_KEY)
+    info = read_image(path).info
+    ours, theirs = info.get(PNG_PARAMETERS_KEY), info.get(INFOTEXT_KEY)
     if ours:
         return json.loads(ours)
     return from_infotext(theirs) if theirs else {}

@@ -16,7 +16,6 @@ is the same whatever the batch it was made in. Pixel and latent models are calle
 
 from __future__ import annotations
 
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +30,11 @@ from .checkpoints import (diffusion_from_config, load_components, read_config, r
 from .devices import resolve_device
 from .diffusion import Diffusion
 from .errors import UserError
-from .images import PNG_PARAMETERS_KEY, to_pil, to_tensor
+from .images import PNG_PARAMETERS_KEY, eight_bit, to_pil, to_tensor
+from .guards import (as_image, check_finite_output, check_generation_fits, image_seeds, image_side, negative_prompts,
+                     prompt_list)
 from .kernels.winograd import use_winograd
+from .checks import real_number, whole_number
 from .models.config import check_divisible
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
@@ -47,22 +49,6 @@ INFERENCE_DEFAULTS = {"sampler": "ddim", "steps": 50, "spacing": None, "cfg": 5.
 # What a call returns, as diffusers names it: PIL images, [B, H, W, 3] numpy or [B, 3, H, W]
 # torch in [0, 1], or what the U-Net sampled (the scaled latents; the images in [-1, 1] for pixels).
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-
-
-def random_seed() -> int:
-    return secrets.randbelow(2**31)
-
-
-def image_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
-    """The seed of each of `count` images: `seed + i`, a list given whole, or a random start."""
-    if seed is None:
-        seed = random_seed()
-    if isinstance(seed, int):
-        return [seed + i for i in range(count)]
-    seeds = [int(s) for s in seed]
-    if len(seeds) != count:
-        raise UserError(f"got {len(seeds)} seeds for {count} images")
-    return seeds
 
 
 @dataclass(frozen=True)
@@ -255,7 +241,7 @@ class Pipeline:
 
     def sampler_settings(self, settings: dict, eta: float | None, options: dict | None) -> SamplerSettings:
         """The `SamplerSettings` of a call's settings, with the model's clipping and timestep convention."""
-        options = {**(options or {}), **({} if eta is None else {"eta": eta})}
+        options = {**(options or {}), **({} if eta is None else {"eta": real_number("eta", eta, 0, 1000)})}
         return SamplerSettings(settings["sampler"], settings["steps"], settings["spacing"], options, self.clip,
                                **self.timestep_convention)
 
@@ -267,13 +253,14 @@ class Pipeline:
                 raise UserError("a mask needs the image it masks: pass the image too")
             return None
         self.check_size(image.width, image.height, "the image", "resize or crop it")
-        pixels = to_tensor(image.convert("RGB"))[None].to(self.device)
+        pixels = to_tensor(eight_bit(image).convert("RGB"))[None].to(self.device)
         if mask is None:
             return EditImage(pixels)
         if mask.size != image.size:
             raise UserError(f"the mask is {mask.width}×{mask.height} and the image {image.width}×{image.height}: "
                             "they must be the same size")
-        return EditImage(pixels, (to_tensor(mask.convert("L").convert("RGB"))[:1] > 0).float()[None].to(self.device))
+        mask = (to_tensor(eight_bit(mask).convert("L").convert("RGB"))[:1] > 0).float()
+        return EditImage(pixels, mask[None].to(self.device))
 
     def check_size(self, width: int, height: int, what: str, fix: str) -> None:
         """Refuse sides that the autoencoder and the U-Net's levels cannot halve down evenly."""
@@ -295,14 +282,16 @@ class Pipeline:
         self.check_size(size[1], size[0], "the size asked for", "choose such sides")
         return size
 
-    def condition(self, prompts: list[str], negative_prompt: str | None, cfg: float,
+    def condition(self, prompts: list[str], negatives: list[str] | None, cfg: float,
                   rescale: float) -> tuple[dict[str, torch.Tensor], Guidance | None]:
-        """The U-Net's condition of each prompt, and the guidance against the negative (or empty)
+        """The U-Net's condition of each prompt, and the guidance against its negative (or the empty)
         prompt; no guidance for an unconditional model or at cfg 1."""
+        if negatives is not None and self.text_encoder is None:
+            raise UserError(f"model {self.name!r} is unconditional: it takes no negative prompt")
         cond = self.encode_prompts(prompts)
         if not cond or cfg == 1:
             return cond, None
-        return cond, Guidance(self.encode_prompts([negative_prompt or ""] * len(prompts)), cfg, rescale)
+        return cond, Guidance(self.encode_prompts(negatives or [""] * len(prompts)), cfg, rescale)
 
     def edit_inputs(self, edit: EditImage | None, strength: float, batch: int,
                     size: tuple[int, int]) -> tuple[Edit | None, torch.Tensor | None]:
@@ -343,7 +332,7 @@ class Pipeline:
         return images
 
     @torch.no_grad()
-    def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | None = None,
+    def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
                  steps: int | None = None, sampler: str | None = None, cfg: float | None = None,
                  seed: int | Sequence[int] | None = None, num_images: int = 1, guidance_rescale: float | None = None,
                  eta: float | None = None, progress: bool = True, image: Image.Image | None = None,
@@ -355,15 +344,15 @@ class Pipeline:
         editing: the noise that q(x_t | x_0) adds to the image). `width` and `height` default to the
         size the model was trained at (`image_size`).
 
-        `cfg` is the guidance scale s (1 turns guidance off); `negative_prompt` replaces the empty
-        prompt as the unconditional branch. Image i is drawn with seed `seed + i`; `seed` may also
-        list one seed per image, or be None for a random one. `sampler` is any of
-        `samplers.SAMPLERS`, on its own grid `spacing` unless one is named ("karras": σ spaced as
-        Karras et al. do, the "Karras" of other tools' sampler names); `eta` and `sampler_options`
-        are the sampler's own options.
+        `cfg` is the guidance scale s (1 turns guidance off); `negative_prompt` (one, or one per
+        prompt) replaces the empty prompt as the unconditional branch. Image i is drawn with seed
+        `seed + i`; `seed` may also list one seed per image, or be None for a random one. `sampler`
+        is any of `samplers.SAMPLERS`, on its own grid `spacing` unless one is named ("karras": σ
+        spaced as Karras et al. do, the "Karras" of other tools' sampler names); `eta` and
+        `sampler_options` are the sampler's own options.
 
-        Editing: with an `image`, generation starts from it noised to the level `strength`
-        selects (default 0.8; 1 ignores the image, 0 returns it). With a `mask` as well (white =
+        Editing: with an `image` (a PIL image or a file's path), generation starts from it noised to
+        the level `strength` selects (default 0.8; 1 ignores the image, 0 returns it). With a `mask` as well (white =
         regenerate, black = keep; default strength 1) only the white region is redrawn. Images
         keep their own size, which must be divisible by the model's downsampling factor.
         """
@@ -372,28 +361,37 @@ class Pipeline:
         sampling = self.sampler_settings(settings, eta, sampler_options)
         if output_type not in OUTPUT_TYPES:
             raise UserError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}, not {output_type!r}")
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise UserError(f"num_images must be a whole number of at least 1, got {num_images!r}")
-        prompts = [p for p in ([prompt] if isinstance(prompt, str) else list(prompt)) for _ in range(num_images)]
-        seeds = image_seeds(seed, len(prompts))
+        prompts, num_images = prompt_list("prompt", prompt), whole_number("num_images", num_images, 1)
+        negatives = negative_prompts(negative_prompt, len(prompts))
+        image, mask = as_image("image", image), as_image("mask", mask)
+        if strength is not None and image is None:
+            raise UserError("strength is how far to noise an image to edit: pass the image too, or leave it out")
         edit = self.edit_image(image, mask)
         if edit is not None:
             settings["strength"] = strength = (1.0 if mask is not None else 0.8) if strength is None else strength
             check_strength(strength)
-        size = self.output_size(width, height, edit, latents)
-        shape = (len(prompts), self.latent_channels, *(side // self.downsample_factor for side in size))
+        size = self.output_size(image_side("width", width), image_side("height", height), edit, latents)
+        count = len(prompts) * num_images
+        check_generation_fits(self.unet.config, None if self.vae is None or self.vae_tile else self.vae.config,
+                              count, *size, self.text_encoder is not None and settings["cfg"] != 1, self.device)
+        prompts = [p for p in prompts for _ in range(num_images)]
+        negatives = None if negatives is None else [n for n in negatives for _ in range(num_images)]
+        seeds = image_seeds(seed, count)
+        shape = (count, self.latent_channels, *(side // self.downsample_factor for side in size))
         if latents is not None and tuple(latents.shape) != shape:
             raise UserError(f"latents of shape {tuple(latents.shape)} given where {shape} are sampled")
 
-        cond, guidance = self.condition(prompts, negative_prompt, settings["cfg"], settings["guidance_rescale"])
-        edit_inputs, concat = self.edit_inputs(edit, strength, len(prompts), size)
+        cond, guidance = self.condition(prompts, negatives, settings["cfg"], settings["guidance_rescale"])
+        edit_inputs, concat = self.edit_inputs(edit, strength, count, size)
         z = sample(self.denoiser(concat), self.diffusion, shape, sampling, cond=cond, guidance=guidance,
                    edit=edit_inputs, generator=[torch.Generator().manual_seed(s) for s in seeds],
                    x_T=None if latents is None else latents.to(self.device, torch.float32), device=self.device,
                    progress=progress)
+        check_finite_output(z, {"unet": self.unet, "text_encoder": self.text_encoder, "vae": self.vae}, self.name)
         if output_type == "latent":
             return z
-        parameters = [{"prompt": text, "negative_prompt": negative_prompt or "", "seed": image_seed,
+        parameters = [{"prompt": text, "negative_prompt": negative, "seed": image_seed,
                        "size": list(size), "model": self.name, "eta": eta, **settings}
-                      for text, image_seed in zip(prompts, seeds)]
+                      for text, negative, image_seed in zip(prompts, negatives or [""] * count, seeds)]
         return self.output(self.decode(z, edit), output_type, parameters)
+

@@ -8,12 +8,12 @@ noise and the ε-predictor, guided or not, and hands them to the sampler's funct
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import torch
 
+from .checks import real_number, whole_number
 from .diffusion import Diffusion, Model
 from .errors import UserError
 from .samplers import SAMPLERS, Sampler, get_sampler
@@ -22,12 +22,14 @@ from .samplers.base import EpsFn, Generators, Grid, Project, noised, randn, samp
 __all__ = ["SAMPLERS", "Edit", "Guidance", "SamplerSettings", "get_sampler", "sample"]
 
 
+MAX_GUIDANCE = 1000.0  # far past any useful scale (SD: 7.5), well short of overflowing float32
+MAX_STEPS = 10_000
+
+
 def check_guidance(scale: float, rescale: float = 0.0) -> None:
-    """Refuse a guidance scale that is not a finite number >= 0, or a rescale φ outside [0, 1]."""
-    if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
-        raise UserError(f"the guidance scale (cfg) must be a number >= 0, 1 meaning no guidance; got {scale}")
-    if isinstance(rescale, bool) or not (isinstance(rescale, (int, float)) and 0 <= rescale <= 1):
-        raise UserError(f"guidance rescale must be between 0 and 1, got {rescale}")
+    """Refuse a guidance scale outside [0, MAX_GUIDANCE] (1 meaning no guidance), or a rescale φ outside [0, 1]."""
+    real_number("the guidance scale (cfg)", scale, 0, MAX_GUIDANCE)
+    real_number("guidance rescale", rescale, 0, 1)
 
 
 def classifier_free_guidance(model: Model, scale: float, cond: dict[str, torch.Tensor],
@@ -61,8 +63,7 @@ def classifier_free_guidance(model: Model, scale: float, cond: dict[str, torch.T
 
 
 def check_strength(strength: float) -> None:
-    if isinstance(strength, bool) or not (isinstance(strength, (int, float)) and 0 <= strength <= 1):
-        raise UserError(f"strength must be between 0 and 1, got {strength}")
+    real_number("strength", strength, 0, 1)
 
 
 def strength_grid(grid: Grid, strength: float) -> Grid:
@@ -127,9 +128,8 @@ class SamplerSettings:
         unknown = set(self.options) - set(entry.options)
         if unknown:
             raise UserError(f"sampler {self.sampler!r} takes no option {', '.join(sorted(unknown))}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or self.steps < 1):
-            raise UserError(f"steps must be a whole number of at least 1, got {self.steps!r}")
+        if self.steps is not None:  # frozen: an integral float such as 20.0 is stored as the int it is
+            object.__setattr__(self, "steps", whole_number("steps", self.steps, 1, MAX_STEPS))
 
     @property
     def entry(self) -> Sampler:

@@ -1,0 +1,118 @@
+"""Guards around a generation call: what it is given, checked before any network runs (prompts,
+seeds, images, sizes), and what it made, checked before it is returned.
+
+`Pipeline.__call__` normalises its arguments here, so that a wrong type or an absurd value is one
+`UserError` naming the argument, and a size that cannot fit in memory is refused from an estimate
+made from the shapes, not found by the allocator after minutes of swapping. Samples that are not
+finite (black images) are an error naming the cause, not a result.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .checks import whole_number
+from .errors import UserError
+from .images import read_image
+from .memory import check_fits
+from .models.unet import UNetConfig
+from .models.vae import VAEConfig
+
+MAX_SIDE = 16384  # pixels: more than any model here or in Stable Diffusion's family draws
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes up to 2**64 - 1; JSON and most tools, int64
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+def prompt_list(name: str, prompt) -> list[str]:
+    """A prompt or a non-empty list of prompts, as a list."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+        raise UserError(f"{name} must be a string or a list of strings, got {type(prompt).__name__}")
+    if not prompts:
+        raise UserError(f"{name} is an empty list: give at least one prompt ('' for none)")
+    return list(prompts)
+
+
+def negative_prompts(negative, count: int) -> list[str] | None:
+    """The negative prompt of each of `count` prompts (one given for all, or one each), None for none."""
+    if negative is None:
+        return None
+    negatives = prompt_list("negative_prompt", negative)
+    if len(negatives) == 1:
+        return negatives * count
+    if len(negatives) != count:
+        raise UserError(f"got {len(negatives)} negative prompts for {count} prompts: give one, or one each")
+    return negatives
+
+
+def image_seeds(seed: int | Sequence[int] | None, count: int) -> list[int]:
+    """The seed of each of `count` images: `seed + i`, a list given whole, or a random start."""
+    if seed is None:
+        seed = random_seed()
+    if isinstance(seed, (list, tuple)):
+        seeds = [whole_number("each seed", s, 0, MAX_SEED) for s in seed]
+        if len(seeds) != count:
+            raise UserError(f"got {len(seeds)} seeds for {count} images")
+        return seeds
+    seed = whole_number("seed", seed, 0, MAX_SEED - count + 1)
+    return [seed + i for i in range(count)]
+
+
+def as_image(name: str, value, mode: str = "RGB") -> Image.Image | None:
+    """A PIL image, or the image file a path names, in `mode`; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        return read_image(value, mode)
+    if not isinstance(value, Image.Image):
+        raise UserError(f"{name} must be a PIL image or an image file's path, got {type(value).__name__}")
+    return value
+
+
+def image_side(name: str, value) -> int | None:
+    return None if value is None else whole_number(name, value, 1, MAX_SIDE)
+
+
+def generation_bytes(unet: UNetConfig, vae: VAEConfig | None, batch: int, height: int, width: int,
+                     guided: bool) -> int:
+    """A rough lower bound on the memory a generation needs beyond the weights, from the shapes
+    alone: the U-Net's skip activations and a few working maps at every level (twice the batch when
+    guided), and the decoder's full-resolution maps (`vae` None: no decoder, or a tiled one).
+    Self-attention is assumed to run without materialising its (hw)² matrix, as PyTorch's fused
+    attention does."""
+    factor = vae.downsample_factor if vae is not None else 1
+    positions = (height // factor) * (width // factor)
+    unet_batch = batch * (2 if guided else 1)
+    per_position = sum((unet.num_res_blocks + 4) * unet.model_channels * mult / 4**level
+                       for level, mult in enumerate(unet.channel_mult))
+    total = unet_batch * positions * per_position
+    if vae is not None:
+        total = max(total, batch * height * width * vae.block_channels[0] * 4)
+    return int(total * 4)  # float32
+
+
+def check_generation_fits(unet: UNetConfig, vae: VAEConfig | None, batch: int, height: int, width: int,
+                          guided: bool, device: torch.device) -> None:
+    nbytes = generation_bytes(unet, vae, batch, height, width, guided)
+    check_fits(nbytes, f"generating {batch} image{'s' * (batch > 1)} of {width}×{height}",
+               "ask for fewer or smaller images (or tile the decoder: vae_tile)", device)
+
+
+def check_finite_output(z: torch.Tensor, networks: dict[str, torch.nn.Module | None], model: str) -> None:
+    """Refuse to return NaN or infinite samples; name the networks whose weights are the cause, if any."""
+    if torch.isfinite(z).all():
+        return
+    broken = [name for name, network in networks.items()
+              if network is not None and not all(torch.isfinite(p).all() for p in network.parameters())]
+    if broken:
+        raise UserError(f"model {model!r} has weights that are NaN or infinite ({', '.join(broken)}): "
+                        "re-export it from a good checkpoint, or retrain")
+    raise UserError("sampling produced NaN or infinite values: lower cfg or eta, or try another sampler")
