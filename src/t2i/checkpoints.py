@@ -192,7 +192,9 @@ def load_model(model_dir: str | Path, device="cpu") -> tuple[UNet, Diffusion, di
 
 
 def load_vae(model_dir: str | Path, device="cpu") -> AutoencoderKL:
-    """The autoencoder of a `t2i train-vae` folder or of a latent model, frozen, in eval mode."""
+    """The autoencoder of a `t2i train-vae` folder or of a latent model (or a shipped one, by name),
+    frozen, in eval mode."""
+    model_dir = resolve_model(model_dir)
     config = read_config(model_dir)
     if "vae" not in config:
         raise UserError(f"{str(model_dir)!r} holds no autoencoder: make one with `t2i train-vae`")

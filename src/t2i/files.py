@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import UserError
@@ -23,6 +24,28 @@ def read_json(path: Path, missing: str):
         raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
     except OSError as error:
         raise UserError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
+
+
+def check_writable(path: str | Path, what: str = "the output") -> Path:
+    """Refuse, before any work, an output file that cannot be written: an empty name, a folder, or a place
+    where no file can be made (a missing parent is fine: it is created). Tries a file in its folder."""
+    if str(path).strip() == "":
+        raise UserError(f"{what} path is empty: give a file name")
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {str(path)!r} is a folder: give a file name inside it")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{str(folder)!r} is a file")
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".t2i-write-test-"):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write {what} {str(path)!r}: {error.strerror or error}; choose another place") \
+            from None
+    return path
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .checkpoints import (diffusion_from_config, load_components, read_config, require_diffusion_model,
                           resolve_model, tokenizer_from_config)
-from .devices import resolve_device
+from .devices import resolve_device, resolve_dtype
 from .diffusion import Diffusion
 from .errors import UserError
 from .images import PNG_PARAMETERS_KEY, eight_bit, to_pil, to_tensor
@@ -91,20 +91,21 @@ class Pipeline:
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto",
-             dtype: torch.dtype | None = None) -> "Pipeline":
+             dtype: torch.dtype | str | None = None) -> "Pipeline":
         """A shipped model by name, one of our model folders, or a Stable Diffusion v1
         checkpoint (single file or diffusers folder; its weights cast to `dtype`, float32
         by default)."""
         from .convert.stable_diffusion import is_foreign, load_stable_diffusion
 
+        device, dtype = resolve_device(device), resolve_dtype(dtype)
         folder = resolve_model(name_or_path)
         if is_foreign(folder):
             components, config, tokenizer = load_stable_diffusion(folder, dtype or torch.float32)
-            components = {name: network.to(resolve_device(device)) for name, network in components.items()}
+            components = {name: network.to(device) for name, network in components.items()}
         else:
             config = read_config(folder)
             require_diffusion_model(config, folder)
-            components = load_components(folder, resolve_device(device), config)
+            components = load_components(folder, device, config)
             tokenizer = tokenizer_from_config(folder, config)
             if dtype is not None:
                 components = components.to(dtype)

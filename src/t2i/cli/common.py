@@ -1,12 +1,10 @@
-"""What the command groups share: argument types, help formatting, the options a resume was given, image files."""
+"""What the command groups share: argument types, help formatting, the options a resume was given."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-from pathlib import Path
 
-from ..errors import UserError
 
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -20,11 +18,17 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def positive(kind):
+def positive(kind, maximum=None):
+    """An argparse type: a positive `kind` (int or float), finite, at most `maximum` if given."""
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            kind_name = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"must be a positive {kind_name}, got {text!r}") from None
+        if not 0 < value < float("inf") or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be positive{f' and at most {maximum}' * (maximum is not None)}, "
+                                             f"got {text}")
         return value
     return parse
 
@@ -57,15 +61,3 @@ def resume_changes(args, names: dict[str, str]) -> dict:
     """The settings given to `t2i train --resume` or `train-vae --resume`, under their names in the
     training config (`names` maps the options named otherwise)."""
     return {names.get(dest, dest): getattr(args, dest) for dest in args.given - {"out", "resume"}}
-
-
-def open_image(path: Path | None, mode: str = "RGB"):
-    from PIL import Image, UnidentifiedImageError
-
-    if path is None:
-        return None
-    try:
-        with Image.open(path) as image:
-            return image.convert(mode)
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"cannot read image {str(path)!r}: {error}") from None

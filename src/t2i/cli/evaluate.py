@@ -13,7 +13,7 @@ def add_eval(sub) -> None:
     which = p.add_subparsers(dest="metric", required=True, metavar="METRIC")
     nll = which.add_parser("nll", help="negative log-likelihood (variational bound) in bits/dim on held-out data",
                            formatter_class=DefaultsFormatter)
-    nll.add_argument("--model", required=True, type=Path)
+    nll.add_argument("--model", required=True, help="a pixel-space model folder")
     nll.add_argument("--data", default="shapes", help="'shapes' or a folder of images; its test split is used")
     nll.add_argument("--split", default="test", choices=("train", "test", "all"))
     nll.add_argument("--num-images", type=positive(int), default=256)
@@ -27,7 +27,7 @@ def add_eval(sub) -> None:
 
     vae = which.add_parser("vae", help="how well an autoencoder reconstructs held-out images (PSNR)",
                            formatter_class=DefaultsFormatter)
-    vae.add_argument("--model", required=True, type=Path, help="an autoencoder or latent model folder")
+    vae.add_argument("--model", required=True, help="an autoencoder or latent model folder, or a shipped model")
     vae.add_argument("--data", default="shapes", help="'shapes' or a folder of images")
     vae.add_argument("--split", default="test", choices=("train", "test", "all"))
     vae.add_argument("--num-images", type=positive(int), default=512)
@@ -110,18 +110,20 @@ def run_eval_vae(args) -> None:
 
 def run_eval_prompts(args) -> None:
     import dataclasses
-    import json
 
     from ..data.shapes_prompts import shapes_prompt_set
+    from ..files import check_writable, write_json
     from ..evaluation import compare_cfgs
     from ..pipeline import Pipeline
 
+    if args.json is not None:
+        check_writable(args.json, "--json")
     pipe = Pipeline.load(args.model, args.device)
     report = compare_cfgs(pipe, shapes_prompt_set(args.prompts_per_pair), args.cfg or [None], args.per_prompt,
                           args.seed, args.batch_size, steps=args.steps, sampler=args.sampler)
     print(report)
     if args.json:
-        args.json.write_text(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
+        write_json(args.json, dataclasses.asdict(report))
         print(f"wrote {args.json}")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import DefaultsFormatter, open_image, positive
+from .common import DefaultsFormatter, positive
 
 
 def add_generate(sub) -> None:
@@ -57,30 +57,53 @@ def add_generate(sub) -> None:
 
 def run_generate(args) -> None:
     """One image, or a comparison grid (`t2i.comparison`) and each of its images as NAME-i.png."""
-    import torch
-
     from ..comparison import compare
-    from ..images import enlarge, save_png
+    from ..files import check_writable
+    from ..guards import MAX_SIDE
+    from ..images import enlarge, read_image
     from ..pipeline import Pipeline
 
-    pipe = Pipeline.load(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
+    check_writable(args.out, "--out")
+    image, mask = (None if path is None else read_image(path, mode) for path, mode in ((args.image, "RGB"),
+                                                                                      (args.mask, "L")))
+    pipe = Pipeline.load(args.model, args.device, args.dtype)
+    side = max(args.width or 0, args.height or 0, *(image.size if image else ()), pipe.image_size)
+    if side * args.zoom > MAX_SIDE:
+        raise UserError(f"--zoom {args.zoom} would save {side * args.zoom}-pixel sides, more than {MAX_SIDE}: "
+                        "choose a smaller zoom")
     pipe.optimize(vae_tile=args.vae_tile, winograd=args.winograd)
-    image, mask = open_image(args.image), open_image(args.mask, "L")
     comparison = compare(pipe, args.prompt or [""], args.sampler or [None], args.cfg or [None],
                          args.strength or [None], seed=args.seed, num_images=args.num, image=image, mask=mask,
                          negative_prompt=args.negative, steps=args.steps, guidance_rescale=args.rescale, eta=args.eta,
                          spacing=args.spacing, width=args.width, height=args.height)
     images = comparison.images
     if len(images) == 1:
-        save_png(enlarge(images[0], args.zoom), args.out, images[0].info["t2i"])
+        save_all([(enlarge(images[0], args.zoom), args.out, images[0].info["t2i"])])
         print(f"wrote {args.out} (seed {images[0].info['t2i']['seed']})")
         return
-    for i, im in enumerate(images):
-        save_png(enlarge(im, args.zoom), args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), im.info["t2i"])
-    save_png(comparison.grid(args.zoom), args.out)
+    save_all([(enlarge(im, args.zoom), args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), im.info["t2i"])
+              for i, im in enumerate(images)] + [(comparison.grid(args.zoom), args.out, None)])
     count, seeds = len(comparison.rows), comparison.seeds
     print(f"wrote {args.out} and {args.out.stem}-0..{len(images) - 1}{args.out.suffix} "
           f"({count} combination{'s' * (count > 1)} × seeds {seeds[0]}..{seeds[-1]})")
+
+
+def save_all(pngs: list[tuple]) -> None:
+    """Save (image, path, parameters) as PNGs; if the place fails now (a full disk), save them in a new
+    temporary folder instead and say where, so that nothing generated is lost."""
+    import tempfile
+
+    from ..images import save_png
+
+    try:
+        for image, path, parameters in pngs:
+            save_png(image, path, parameters)
+    except OSError as error:
+        rescue = Path(tempfile.mkdtemp(prefix="t2i-rescued-"))
+        for image, path, parameters in pngs:
+            save_png(image, rescue / Path(path).name, parameters)
+        raise UserError(f"could not write {str(path)!r} ({error.strerror or error}): the images are saved in "
+                        f"{rescue} instead") from None
 
 
 def add_sample(sub) -> None:
@@ -98,8 +121,8 @@ def add_sample(sub) -> None:
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="the sampler's grid (default: its own)")
     p.add_argument("--no-clip", dest="clip", action="store_false",
                    help="do not clip the predicted x_0 to [-1, 1] at each step")
-    p.add_argument("--num", type=positive(int), default=16, help="number of images")
-    p.add_argument("--batch-size", type=positive(int), default=64)
+    p.add_argument("--num", type=positive(int, 4096), default=16, help="number of images")
+    p.add_argument("--batch-size", type=positive(int, 4096), default=64)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=Path("samples.png"))
@@ -108,9 +131,11 @@ def add_sample(sub) -> None:
 
 def run_sample(args) -> None:
     """`t2i generate ''` as a near-square grid in batches: the same path, the same images."""
-    from ..images import make_grid, save_png
+    from ..files import check_writable
+    from ..images import make_grid
     from ..pipeline import Pipeline
 
+    check_writable(args.out, "--out")
     pipe = Pipeline.load(args.model, args.device)
     pipe.clip = args.clip
     options = {"variance": args.variance} if args.variance else None
@@ -118,7 +143,7 @@ def run_sample(args) -> None:
               for image in pipe("", steps=args.steps, sampler=args.sampler, seed=args.seed + start, eta=args.eta,
                                 num_images=min(args.batch_size, args.num - start), spacing=args.spacing,
                                 sampler_options=options)]
-    save_png(make_grid(images), args.out, {**images[0].info["t2i"], "clip": args.clip, "num": args.num})
+    save_all([(make_grid(images), args.out, {**images[0].info["t2i"], "clip": args.clip, "num": args.num})])
     print(f"wrote {args.out}")
 
 
@@ -128,26 +153,23 @@ def add_noise(sub) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--out", type=Path, default=Path("forward.png"))
     p.add_argument("--schedule", default="linear")
-    p.add_argument("--timesteps", type=positive(int), default=1000)
-    p.add_argument("--size", type=positive(int), default=128, help="the image is resized and centre-cropped to this")
+    p.add_argument("--timesteps", type=positive(int, 100_000), default=1000)
+    p.add_argument("--size", type=positive(int, 4096), default=128,
+                   help="the image is resized and centre-cropped to this")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run_noise)
 
 
 def run_noise(args) -> None:
-    from PIL import Image, UnidentifiedImageError
-
     from ..data.folder import resize_center_crop
     from ..diffusion import Diffusion
-    from ..images import save_png, to_tensor
+    from ..files import check_writable
+    from ..images import read_image, save_png, to_tensor
     from ..visualize import forward_process_figure
 
+    check_writable(args.out, "--out")
     diffusion = Diffusion.from_schedule(args.schedule, args.timesteps)
-    try:
-        with Image.open(args.image) as image:
-            x0 = to_tensor(resize_center_crop(image, args.size))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise UserError(f"cannot read image {str(args.image)!r}: {error}") from None
+    x0 = to_tensor(resize_center_crop(read_image(args.image), args.size))
     figure, stats = forward_process_figure(x0, diffusion, seed=args.seed)
     save_png(figure, args.out, {"image": str(args.image), "schedule": args.schedule, "seed": args.seed})
     print(f"wrote {args.out}; pixels at t = {args.timesteps - 1}: mean {stats['mean']:.4f}, std {stats['std']:.4f} "

@@ -12,7 +12,7 @@ def add_export(sub) -> None:
 
     p = sub.add_parser("export", help="copy a trained model for shipping: fp16 weights, generation defaults",
                        formatter_class=DefaultsFormatter)
-    p.add_argument("--model", required=True, type=Path, help="a model folder written by `t2i train`")
+    p.add_argument("--model", required=True, help="a model folder written by `t2i train`, or a shipped model")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     p.add_argument("--cfg", type=float, default=None, help="the model's default guidance scale")
@@ -23,9 +23,8 @@ def add_export(sub) -> None:
 
 
 def run_export(args) -> None:
-    import torch
-
-    from ..checkpoints import export_model
+    from ..checkpoints import export_model, resolve_model
+    from ..devices import resolve_dtype
     from ..sampling import check_guidance, get_sampler
 
     inference = {k: v for k, v in (("cfg", args.cfg), ("steps", args.steps), ("sampler", args.sampler),
@@ -34,7 +33,7 @@ def run_export(args) -> None:
         check_guidance(args.cfg)
     if args.sampler is not None:
         get_sampler(args.sampler)
-    out = export_model(args.model, args.out, getattr(torch, args.dtype), inference)
+    out = export_model(resolve_model(args.model), args.out, resolve_dtype(args.dtype), inference)
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     print(f"wrote {out} ({size:.1f} MiB)")
 
@@ -54,11 +53,10 @@ def add_convert(sub) -> None:
 
 
 def run_convert(args) -> None:
-    import torch
-
     from ..convert.stable_diffusion import convert
+    from ..devices import resolve_dtype
 
-    out = convert(args.src, args.dst, args.to, getattr(torch, args.dtype) if args.dtype else None)
+    out = convert(args.src, args.dst, args.to, resolve_dtype(args.dtype))
     print(f"wrote {out}")
 
 

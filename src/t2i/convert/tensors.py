@@ -100,9 +100,13 @@ class PickledWeights(StateDictWeights):
         try:
             loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except pickle.UnpicklingError as error:
+            if "Unsupported global" not in str(error):  # not a pickle at all, rather than one refused
+                raise UserError(f"{str(path)!r} is not a PyTorch checkpoint (truncated, damaged, or another kind of "
+                                "file)") from None
+            culprit = next(line for line in str(error).splitlines() if "Unsupported global" in line)
             raise UserError(f"{str(path)!r} holds pickled objects other than tensors, which may run code: "
                             "refused without running it (only plain state dicts load); "
-                            f"{str(error).splitlines()[-1].strip()[:160]}") from None
+                            f"{culprit.strip()[:160]}") from None
         except (RuntimeError, EOFError, OSError, ValueError) as error:
             raise UserError(f"{str(path)!r} is not a readable checkpoint (truncated or damaged?): "
                             f"{str(error).splitlines()[0][:160]}") from None

@@ -19,10 +19,10 @@ import zlib
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import UserError
-from ..images import to_tensor
+from ..images import read_image, to_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 SPLITS = ("train", "test", "all")
@@ -61,12 +61,20 @@ def read_metadata(path: Path) -> dict[Path, dict]:
             name, text = row["file_name"], row.get("text", "")
         except (json.JSONDecodeError, KeyError, TypeError):
             raise UserError(f"{str(path)!r} line {number} is not a JSON object with a 'file_name'") from None
-        texts = [text] if isinstance(text, str) else list(text)
-        if not all(isinstance(t, str) for t in texts):
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise UserError(f"{str(path)!r} line {number}: 'text' must be a caption or a list of captions")
         row["captions"] = [c for c in (normalise(t) for t in texts) if c] or [""]
-        entries[path.parent / name] = row
+        entries[inside(path.parent, name, f"{str(path)!r} line {number}")] = row
     return entries
+
+
+def inside(folder: Path, name, where: str) -> Path:
+    """`folder / name`, refused unless `name` is a relative path that stays inside the folder: a
+    dataset names only its own files."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise UserError(f"{where}: file_name {name!r} must be a path relative to {str(folder)!r}, inside it")
+    return folder / name
 
 
 def split_metadata(root: Path, split: str) -> dict[Path, dict] | None:
@@ -162,10 +170,5 @@ class ImageFolder(torch.utils.data.Dataset):
             raise UserError(f"cannot read caption {str(path)!r}: {error}") from None
 
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, str]:
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                image = to_tensor(resize_center_crop(image, self.image_size))
-        except (UnidentifiedImageError, OSError) as error:
-            raise UserError(f"cannot read image {str(path)!r}: {error}") from None
+        image = to_tensor(resize_center_crop(read_image(self.files[index]), self.image_size))
         return (image, CAPTION_SEPARATOR.join(self.captions(index))) if self.captioned else image

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from ..checks import whole_number
 from ..diffusion import Diffusion, Model
 
 
@@ -38,6 +39,8 @@ def nll_on_dataset(model: Model, diffusion: Diffusion, dataset, num_images: int 
     For a captioned dataset (items `(image, caption)`), `condition(captions)` gives the
     model's condition, e.g. `{"context": τ_θ(y)}`, and the bound is on -log p(x | y).
     """
+    if num_timesteps is not None:  # more terms than T would be reported as random terms of a full bound
+        whole_number("the number of terms", num_timesteps, 2, diffusion.num_timesteps)
     generator = torch.Generator().manual_seed(seed)
     num_images = min(num_images, len(dataset))
     values = []

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import load_vae, read_config
+from ..checkpoints import load_vae, read_config, resolve_model
 from ..data import load_dataset
 from ..devices import resolve_device
 from ..images import to_levels
@@ -53,7 +53,9 @@ def reconstruction_psnr(vae, dataset, num_images: int = 512, batch_size: int = 1
 def autoencoder_psnr(model: str | Path, data: str = "shapes", split: str = "test", num_images: int = 512,
                      batch_size: int = 128, device: str = "auto", progress: bool = True) -> ReconstructionResult:
     """`reconstruction_psnr` of the autoencoder in the folder `model` (an autoencoder or a latent
-    model) on `split` of `data` ("shapes" or a folder of images), at the model's image size."""
+    model, or a shipped model's name) on `split` of `data` ("shapes" or a folder of images), at the
+    model's image size."""
+    model = resolve_model(model)
     vae = load_vae(model, resolve_device(device))
     dataset = load_dataset(data, read_config(model)["image_size"], split)
     result = reconstruction_psnr(vae, dataset, num_images, batch_size, progress)
