@@ -80,6 +80,8 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 def read_config(model_dir: str | Path) -> dict:
     """The config.json of a model folder, checked for the format this version reads."""
     model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise UserError(f"{str(model_dir)!r} is a file, not a t2i model folder (config.json + safetensors)")
     if not model_dir.is_dir():
         raise UserError(f"model folder {str(model_dir)!r} does not exist")
     path = model_dir / CONFIG_NAME

@@ -34,7 +34,7 @@ from .images import PNG_PARAMETERS_KEY, eight_bit, to_pil, to_tensor
 from .guards import (as_image, check_finite_output, check_generation_fits, image_seeds, image_side, negative_prompts,
                      prompt_list)
 from .kernels.winograd import use_winograd
-from .checks import real_number, whole_number
+from .checks import whole_number
 from .models.config import check_divisible
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
@@ -242,7 +242,7 @@ class Pipeline:
 
     def sampler_settings(self, settings: dict, eta: float | None, options: dict | None) -> SamplerSettings:
         """The `SamplerSettings` of a call's settings, with the model's clipping and timestep convention."""
-        options = {**(options or {}), **({} if eta is None else {"eta": real_number("eta", eta, 0, 1000)})}
+        options = {**(options or {}), **({} if eta is None else {"eta": eta})}
         return SamplerSettings(settings["sampler"], settings["steps"], settings["spacing"], options, self.clip,
                                **self.timestep_convention)
 

@@ -24,6 +24,7 @@ __all__ = ["SAMPLERS", "Edit", "Guidance", "SamplerSettings", "get_sampler", "sa
 
 MAX_GUIDANCE = 1000.0  # far past any useful scale (SD: 7.5), well short of overflowing float32
 MAX_STEPS = 10_000
+MAX_OPTION = 1000
 
 
 def check_guidance(scale: float, rescale: float = 0.0) -> None:
@@ -103,6 +104,18 @@ def clip_denoised(eps_fn: EpsFn, diffusion: Diffusion) -> EpsFn:
     return clipped
 
 
+def check_option(name: str, value, default):
+    """A sampler option of the kind its default is: a name, or a number from 0 to MAX_OPTION (η,
+    step counts, orders and step sizes are all non-negative)."""
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise UserError(f"{name} must be a name such as {default!r}, got {value!r}")
+        return value
+    if isinstance(default, int):
+        return whole_number(name, value, 0, MAX_OPTION)
+    return real_number(name, value, 0, MAX_OPTION)
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     """Which sampler runs, on what grid, with which of its own options.
@@ -128,6 +141,8 @@ class SamplerSettings:
         unknown = set(self.options) - set(entry.options)
         if unknown:
             raise UserError(f"sampler {self.sampler!r} takes no option {', '.join(sorted(unknown))}")
+        object.__setattr__(self, "options", {name: check_option(name, value, entry.options[name])
+                                             for name, value in self.options.items()})
         if self.steps is not None:  # frozen: an integral float such as 20.0 is stored as the int it is
             object.__setattr__(self, "steps", whole_number("steps", self.steps, 1, MAX_STEPS))
 

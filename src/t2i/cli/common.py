@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+from pathlib import Path
 
 
 
@@ -31,6 +32,13 @@ def positive(kind, maximum=None):
                                              f"got {text}")
         return value
     return parse
+
+
+def path_arg(text: str) -> Path:
+    """An argparse type for a path: an empty one (which Path reads as the current folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a path")
+    return Path(text)
 
 
 def non_negative(text: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import DefaultsFormatter, positive
+from .common import DefaultsFormatter, path_arg, positive
 
 
 def add_eval(sub) -> None:
@@ -48,7 +48,7 @@ def add_eval(sub) -> None:
     prompts.add_argument("--batch-size", type=positive(int), default=64)
     prompts.add_argument("--seed", type=int, default=0)
     prompts.add_argument("--device", default="auto")
-    prompts.add_argument("--json", type=Path, default=None, help="also write the results here")
+    prompts.add_argument("--json", type=path_arg, default=None, help="also write the results here")
     prompts.set_defaults(run=run_eval_prompts)
     add_eval_fid(which)
 

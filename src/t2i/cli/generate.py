@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import DefaultsFormatter, positive
+from .common import DefaultsFormatter, path_arg, positive
 
 
 def add_generate(sub) -> None:
@@ -50,7 +50,7 @@ def add_generate(sub) -> None:
     p.add_argument("--winograd", action="store_true",
                    help="3×3 convolutions by Winograd's F(4×4, 3×3): faster on the CPU for large models")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=Path("image.png"),
+    p.add_argument("--out", type=path_arg, default=Path("image.png"),
                    help="the image; for several, a grid, and each image as NAME-i.png")
     p.set_defaults(run=run_generate)
 
@@ -68,7 +68,7 @@ def run_generate(args) -> None:
                                                                                       (args.mask, "L")))
     pipe = Pipeline.load(args.model, args.device, args.dtype)
     side = max(args.width or 0, args.height or 0, *(image.size if image else ()), pipe.image_size)
-    if side * args.zoom > MAX_SIDE:
+    if args.zoom > 1 and side * args.zoom > MAX_SIDE:
         raise UserError(f"--zoom {args.zoom} would save {side * args.zoom}-pixel sides, more than {MAX_SIDE}: "
                         "choose a smaller zoom")
     pipe.optimize(vae_tile=args.vae_tile, winograd=args.winograd)
@@ -125,7 +125,7 @@ def add_sample(sub) -> None:
     p.add_argument("--batch-size", type=positive(int, 4096), default=64)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, default=Path("samples.png"))
+    p.add_argument("--out", type=path_arg, default=Path("samples.png"))
     p.set_defaults(run=run_sample)
 
 
@@ -151,7 +151,7 @@ def add_noise(sub) -> None:
     p = sub.add_parser("noise", help="show an image along the forward process q(x_t | x_0)",
                        formatter_class=DefaultsFormatter)
     p.add_argument("image", type=Path)
-    p.add_argument("--out", type=Path, default=Path("forward.png"))
+    p.add_argument("--out", type=path_arg, default=Path("forward.png"))
     p.add_argument("--schedule", default="linear")
     p.add_argument("--timesteps", type=positive(int, 100_000), default=1000)
     p.add_argument("--size", type=positive(int, 4096), default=128,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import DefaultsFormatter, positive
+from .common import DefaultsFormatter, path_arg, positive
 
 
 def add_export(sub) -> None:
@@ -13,7 +13,7 @@ def add_export(sub) -> None:
     p = sub.add_parser("export", help="copy a trained model for shipping: fp16 weights, generation defaults",
                        formatter_class=DefaultsFormatter)
     p.add_argument("--model", required=True, help="a model folder written by `t2i train`, or a shipped model")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=path_arg)
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     p.add_argument("--cfg", type=float, default=None, help="the model's default guidance scale")
     p.add_argument("--steps", type=positive(int), default=None, help="the model's default number of steps")
@@ -67,7 +67,7 @@ def add_data(sub) -> None:
     which = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     emoji = which.add_parser("emoji", help="captioned emoji images from the Twemoji and Noto npm packages",
                              formatter_class=DefaultsFormatter)
-    emoji.add_argument("--out", required=True, type=Path, help="the dataset folder to write (new or empty)")
+    emoji.add_argument("--out", required=True, type=path_arg, help="the dataset folder to write (new or empty)")
     emoji.add_argument("--tarball", type=Path, nargs="+", default=None,
                        help="read these npm tarballs instead of fetching "
                             + " and ".join(f"{s.package}@{s.version}" for s in SOURCES) + " with npm pack")

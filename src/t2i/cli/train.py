@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from .common import DefaultsFormatter, non_negative, note_given, positive, resume_changes
+from .common import DefaultsFormatter, non_negative, note_given, path_arg, positive, resume_changes
 
 
 def add_train(sub) -> None:
@@ -17,7 +16,7 @@ def add_train(sub) -> None:
     t, u = TrainConfig(), UNetConfig()
     p.add_argument("--data", default=t.data,
                    help="'shapes' (one object an image), 'shapes2' (one or two) or a folder of images")
-    p.add_argument("--out", required=True, type=Path, help="run folder (model, checkpoints, loss, samples)")
+    p.add_argument("--out", required=True, type=path_arg, help="run folder (model, checkpoints, loss, samples)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings but for those "
                         "given that a resumed run may change (--max-steps, --lr, --cooldown-steps, --balance-by, "
@@ -135,7 +134,7 @@ def add_train_vae(sub) -> None:
     note_given(p)
     t, v = VAETrainConfig(), VAEConfig()
     p.add_argument("--data", default=t.data, help="'shapes', 'shapes2' or a folder of images")
-    p.add_argument("--out", required=True, type=Path, help="run folder (autoencoder, checkpoints, loss, samples)")
+    p.add_argument("--out", required=True, type=path_arg, help="run folder (autoencoder, checkpoints, loss, samples)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings but for those "
                         "given that a resumed run may change (--max-steps, --lr, --device, --workers)")

@@ -1,0 +1,279 @@
+"""Bad input, as a hostile but ordinary user types it: every case is one line on stderr, exit code 2,
+no traceback, no hang, and nothing allocated for an absurd size (each case runs under a time limit).
+
+The command lines run in-process through `t2i.cli.main`, on tiny random models; the Python API's
+misuses must raise `UserError` (a ValueError) with the same messages.
+"""
+
+import json
+import math
+import signal
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i.checkpoints import build_components, model_config, save_model
+from t2i.cli import main
+from t2i.errors import UserError
+from t2i.models.unet import UNetConfig
+from t2i.pipeline import Pipeline
+from t2i.text.clip import TextEncoderConfig
+from t2i.text.words import WordTokenizer
+
+LIMIT_S = 60  # a case still running after this is a hang
+TINY_TRAIN = ["--channels", "8", "--channel-mult", "1", "2", "--num-res-blocks", "1", "--attention-levels", "1",
+              "--image-size", "8", "--batch-size", "4", "--max-steps", "2", "--device", "cpu", "--sample-every", "2",
+              "--timesteps", "20", "--probe-every", "0"]
+
+
+@pytest.fixture(autouse=True)
+def time_limit():
+    def hang(signum, frame):
+        raise TimeoutError(f"still running after {LIMIT_S} s")
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(LIMIT_S)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def tiny_png(width: int, height: int, extra: bytes = b"") -> bytes:
+    """A PNG of declared size width×height (its pixel data need not match: PIL reads headers first)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"".join(b"\0" + b"\0" * 3 * min(width, 4) for _ in range(min(height, 4))))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + extra + png_chunk(b"IDAT", pixels) + \
+        png_chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Tiny random models (text-to-image and unconditional, pixel space), and bad files of every kind."""
+    root = tmp_path_factory.mktemp("bad")
+    tokenizer = WordTokenizer.build(["a red circle", "a blue square"], max_length=8)
+    text = TextEncoderConfig(vocab_size=tokenizer.vocab_size, max_length=8, width=16, layers=1, heads=2,
+                             intermediate_size=32, eos_token_id=tokenizer.eos_id)
+    unet = UNetConfig(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8,
+                      context_dim=16)
+    diffusion = {"schedule": "linear", "num_timesteps": 20}
+    for name, config in [("text", model_config(unet, diffusion, text, tokenizer, image_size=8,
+                                                inference={"steps": 2})),
+                         ("uncond", model_config(UNetConfig(model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                                                            attention_levels=()), diffusion, image_size=8,
+                                                 inference={"steps": 2}))]:
+        torch.manual_seed(0)
+        save_model(root / name, build_components(config), config)
+    nan_model = root / "nan"
+    config = json.loads((root / "uncond" / "config.json").read_text())
+    components = build_components(config)
+    with torch.no_grad():
+        next(components["unet"].parameters()).fill_(float("nan"))
+    save_model(nan_model, components, config)
+
+    Image.new("RGB", (8, 8), (200, 20, 20)).save(root / "ok.png")
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    (root / "random.ckpt").write_bytes(bytes(range(256)) * 8)
+    (root / "notes.txt").write_text("not a model")
+    (root / "bomb.png").write_bytes(tiny_png(100_000, 100_000))
+    (root / "chunk.png").write_bytes(tiny_png(8, 8, png_chunk(b"zTXt", b"t2i\0\0" + zlib.compress(b" " * 5 * 2**20))))
+    (root / "folder").mkdir()
+    data = root / "data"  # a dataset whose metadata names a file outside it
+    data.mkdir()
+    Image.new("RGB", (8, 8)).save(root / "outside.png")
+    (data / "metadata.jsonl").write_text(json.dumps({"file_name": "../outside.png", "text": "x"}) + "\n")
+    captions = root / "captions"  # a caption that is a number
+    captions.mkdir()
+    Image.new("RGB", (8, 8)).save(captions / "a.png")
+    (captions / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": 5}) + "\n")
+    broken = root / "broken"  # a dataset with a corrupt image among good ones
+    broken.mkdir()
+    for i in range(6):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(broken / f"{i}.png")
+    (broken / "3.png").write_bytes(b"not an image")
+    return root
+
+
+def run(argv: list[str], capsys) -> tuple[int, list[str]]:
+    """(exit code, the lines on stderr that are not progress bars or warnings)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse
+        code = exit.code
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines()
+                  if line.strip() and "%|" not in line and not line.startswith("t2i: warning")]
+
+
+def assert_one_line(argv: list[str], match: str, capsys) -> None:
+    code, lines = run(argv, capsys)
+    assert code == 2 and len(lines) == 1 and ": error: " in lines[0], (code, lines)
+    assert match in lines[0], lines[0]
+    assert "internal error" not in lines[0]
+
+
+GENERATE = [
+    (["--width", "100000"], "width must be a whole number from 1 to 16384, got 100000"),
+    (["--width", "16384", "--height", "16384", "--num", "64"], "needs about"),
+    (["--num", "1000000000"], "needs about"),
+    (["--width", "17"], "divisible by 2"),
+    (["--width", "abc"], "invalid int value"),
+    (["--steps", "0"], "must be positive"),
+    (["--steps", "2.5"], "must be a positive whole number"),
+    (["--steps", "100000"], "steps must be a whole number from 1 to 10000"),
+    (["--cfg", "nan"], "cfg) must be a finite number"),
+    (["--cfg", "1e308"], "from 0 to 1000"),
+    (["--cfg", "-1"], "from 0 to 1000"),
+    (["--rescale", "2"], "guidance rescale must be a finite number from 0 to 1"),
+    (["--sampler", "ddim", "--eta", "nan"], "eta must be a finite number"),
+    (["--sampler", "ddim", "--eta", "-1"], "eta must be a finite number from 0 to 1000"),
+    (["--sampler", "euler", "--eta", "0.5"], "takes no option eta"),
+    (["--sampler", "nope"], "unknown sampler 'nope'"),
+    (["--spacing", "bogus"], "invalid choice"),
+    (["--strength", "0.5"], "strength is how far to noise an image"),
+    (["--seed", "-1"], "seed must be a whole number from 0"),
+    (["--seed", str(2**64)], "seed must be a whole number from 0"),
+    (["--device", "cuda"], "no device 'cuda'"),
+    (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--dtype", "float64"], "invalid choice"),
+    (["--image", "{root}/missing.png"], "does not exist"),
+    (["--image", "{root}/folder"], "is a folder, not an image"),
+    (["--image", "{root}/corrupt.png"], "cannot read image"),
+    (["--image", "{root}/bomb.png"], "cannot read image"),
+    (["--image", "{root}/chunk.png"], "cannot read image"),
+    (["--mask", "{root}/ok.png"], "a mask needs the image"),
+    (["--image", "{root}/ok.png", "--strength", "1.5"], "strength must be a finite number from 0 to 1"),
+    (["--out", "{root}/folder"], "is a folder"),
+    (["--out", "/proc/x.png"], "cannot write --out"),
+    (["--out", "{root}/notes.txt/x.png"], "cannot write --out"),
+    (["--out", ""], "is empty: give a path"),
+    (["--zoom", "5000"], "--zoom 5000"),
+    (["--vae-tile", "0"], "must be positive"),
+    (["--model", "{root}/nowhere"], "no model"),
+    (["--model", "{root}/notes.txt"], "not a t2i model folder"),
+    (["--model", "{root}/random.ckpt"], "is not a PyTorch checkpoint"),
+    (["--model", "{root}/nan"], "weights that are NaN or infinite (unet)"),
+]
+
+
+@pytest.mark.parametrize("options,match", GENERATE, ids=[" ".join(o)[:40] for o, _ in GENERATE])
+def test_generate_refuses_in_one_line(files, tmp_path, capsys, options, match):
+    options = [o.format(root=files) for o in options]
+    editing = "--strength" in options or "--mask" in options  # an unconditional model takes no prompt
+    model = [] if "--model" in options else ["--model", str(files / ("uncond" if editing else "text"))]
+    prompt = [] if "--model" in options or editing else ["a red circle"]
+    out = [] if "--out" in options else ["--out", str(tmp_path / "x.png")]
+    assert_one_line(["generate", *prompt, *model, *out, *options], match, capsys)
+
+
+def test_an_unconditional_model_refuses_a_negative_prompt(files, tmp_path, capsys):
+    assert_one_line(["generate", "--model", str(files / "uncond"), "--negative", "blurry", "--out",
+                     str(tmp_path / "x.png")], "takes no negative prompt", capsys)
+
+
+OTHERS = [
+    (["sample", "--model", "{root}/uncond", "--num", "1000000000"], "at most 4096"),
+    (["sample", "--model", "{root}/uncond", "--out", "{root}/folder"], "is a folder"),
+    (["noise", "{root}/ok.png", "--size", "100000"], "at most 4096"),
+    (["noise", "{root}/ok.png", "--timesteps", "1000000000"], "at most 100000"),
+    (["noise", "{root}/bomb.png"], "cannot read image"),
+    (["eval", "nll", "--model", "{root}/uncond", "--data", "{root}/broken", "--terms", "1000000000"],
+     "the number of terms must be a whole number from 2 to 20"),
+    (["eval", "prompts", "--model", "{root}/text", "--json", "/proc/x.json"], "cannot write --json"),
+    (["export", "--model", "{root}/uncond", "--out", "{root}/uncond"], "its own folder"),
+    (["convert", "{root}/random.ckpt", "{root}/converted"], "is not a PyTorch checkpoint"),
+    (["train", "--out", "", *TINY_TRAIN], "is empty: give a path"),
+    (["train", "--out", "{root}/notes.txt", *TINY_TRAIN], "is a file"),
+    (["train", "--out", "{root}/r-lr", "--lr", "inf", *TINY_TRAIN], "lr"),
+    (["train", "--out", "{root}/r-lr", "--lr", "nan", *TINY_TRAIN], "lr"),
+    (["train", "--out", "{root}/r-ema", "--ema-decay", "2", *TINY_TRAIN], "ema_decay"),
+    (["train", "--out", "{root}/r-ema", "--ema-decay", "nan", *TINY_TRAIN], "ema_decay"),
+    (["train", "--out", "{root}/r-clip", "--grad-clip", "nan", *TINY_TRAIN], "grad_clip"),
+    (["train", "--out", "{root}/r-snr", "--min-snr-gamma", "-1", *TINY_TRAIN], "min_snr_gamma"),
+    (["train", "--out", "{root}/r-big", *TINY_TRAIN, "--channels", "1000000000"], "channels"),
+    (["train", "--out", "{root}/r-big", *TINY_TRAIN, "--timesteps", "1000000000"], "timesteps"),
+    (["train", "--out", "{root}/r-big", *TINY_TRAIN, "--image-size", "1048576"], "image_size"),
+    (["train", "--out", "{root}/r-big", *TINY_TRAIN, "--batch-size", "1000000000"], "batch_size"),
+    (["train", "--out", "{root}/r-dev", *TINY_TRAIN, "--device", "cuda"], "no device 'cuda'"),
+    (["train", "--out", "{root}/r-data", *TINY_TRAIN, "--data", "{root}/data"], "inside it"),
+    (["train", "--out", "{root}/r-cap", *TINY_TRAIN, "--text", "--data", "{root}/captions"], "'text' must be"),
+    (["train", "--out", "{root}/r-none", "--resume"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("argv,match", OTHERS, ids=[" ".join(a)[:50] for a, _ in OTHERS])
+def test_other_commands_refuse_in_one_line(files, capsys, argv, match):
+    assert_one_line([a.format(root=files) for a in argv], match, capsys)
+
+
+def test_a_corrupt_image_met_while_training_is_one_line(files, tmp_path, capsys):
+    assert_one_line(["train", "--out", str(tmp_path / "run"), *TINY_TRAIN, "--data", str(files / "broken")],
+                    "cannot read image", capsys)
+
+
+@pytest.fixture(scope="module")
+def pipe(files):
+    return Pipeline.load(files / "text", "cpu")
+
+
+API = [
+    ({"prompt": None}, "prompt must be a string or a list of strings"),
+    ({"prompt": []}, "empty list"),
+    ({"prompt": ["a", "b"], "negative_prompt": ["x", "y", "z"]}, "3 negative prompts for 2 prompts"),
+    ({"negative_prompt": 5}, "negative_prompt must be a string"),
+    ({"width": "32"}, "width must be a whole number"),
+    ({"width": 8.5}, "width must be a whole number"),
+    ({"image": "/nonexistent.png"}, "does not exist"),
+    ({"image": 5}, "image must be a PIL image or an image file's path"),
+    ({"seed": 2**64}, "seed must be a whole number"),
+    ({"seed": -5}, "seed must be a whole number"),
+    ({"seed": "7"}, "seed must be a whole number"),
+    ({"seed": [1, 2]}, "got 2 seeds for 1 images"),
+    ({"num_images": 0}, "num_images must be a whole number"),
+    ({"num_images": True}, "num_images must be a whole number"),
+    ({"num_images": 10**9}, "needs about"),
+    ({"steps": 0}, "steps must be a whole number"),
+    ({"steps": 2.5}, "steps must be a whole number"),
+    ({"cfg": math.nan}, "must be a finite number"),
+    ({"cfg": math.inf}, "must be a finite number"),
+    ({"guidance_rescale": -0.1}, "guidance rescale"),
+    ({"sampler": "ddim", "eta": math.nan}, "eta must be a finite number"),
+    ({"sampler": "ddim", "eta": "x"}, "eta must be a finite number"),
+    ({"sampler": "ddpm", "sampler_options": {"variance": 3}}, "variance must be a name"),
+    ({"sampler": "lms", "sampler_options": {"order": 2.5}}, "order must be a whole number"),
+    ({"strength": 0.5}, "strength is how far to noise"),
+    ({"output_type": "tensor"}, "output_type must be one of"),
+    ({"latents": torch.zeros(1, 4, 8, 8)}, "latents of shape"),
+    ({"sampler": 5}, "unknown sampler"),
+]
+
+
+@pytest.mark.parametrize("kwargs,match", API, ids=[str(k)[:40] for k, _ in API])
+def test_api_misuse_raises_user_error(pipe, kwargs, match):
+    kwargs = {"prompt": "a red circle", "progress": False, **kwargs}
+    with pytest.raises(UserError, match=match.replace("(", r"\(").replace(")", r"\)")):
+        pipe(**kwargs)
+
+
+def test_api_takes_an_image_path_and_a_dtype_name(pipe, files):
+    edited = pipe("a red circle", image=str(files / "ok.png"), strength=0.5, seed=0, progress=False)[0]
+    assert edited.size == (8, 8)
+    assert Pipeline.load(files / "text", "cpu", dtype="bfloat16").dtype == torch.bfloat16
+    with pytest.raises(UserError, match="unknown dtype 'float64'"):
+        Pipeline.load(files / "text", "cpu", dtype="float64")
+    with pytest.raises(UserError, match="no device 'cuda"):
+        Pipeline.load(files / "text", "cuda:3")
+
+
+def test_sixteen_bit_greyscale_keeps_its_levels(tmp_path):
+    from t2i.images import read_image
+
+    grey = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))
+    grey.save(tmp_path / "grey16.png")
+    assert read_image(tmp_path / "grey16.png", "L").getpixel((0, 0)) == 128
