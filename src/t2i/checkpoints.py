@@ -7,8 +7,9 @@ model `vae` (`vae.safetensors`), whose config holds the latent scaling factor. A
 autoencoder trained alone (`t2i train-vae`) is a folder with only the `vae`.
 
 Nothing here executes pickle. Optimizer state is stored as safetensors too, with its
-non-tensor parts as JSON metadata. Files are written to a temporary name and renamed,
-so an interrupted save never leaves a half-written checkpoint behind.
+non-tensor parts as JSON metadata. Files are written durably (`files.durable_write`: a
+temporary name, fsync, a rename), weights first and config.json last, so an interrupted
+save never leaves a half-written file behind, and a folder with a config is complete.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from . import __version__
 from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
-from .files import read_json, write_json
+from .files import durable_write, read_json, write_json
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
 from .text.bert import BertConfig, BertEncoder
@@ -63,9 +64,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    durable_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -205,7 +205,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
                  inference: dict | None = None) -> Path:
     """A copy of a model folder for shipping: weights cast to `dtype` (fp16 halves the size;
     they are cast back on loading), the training state left behind, and `inference` merged
-    into the config's generation defaults."""
+    into the config's generation defaults. Weights are written first, config.json last."""
+    if Path(out_dir).resolve() == Path(model_dir).resolve():
+        raise UserError(f"cannot export {str(model_dir)!r} onto itself: give another out_dir")
     config = read_config(model_dir)
     config["inference"] = {**config.get("inference", {}), **(inference or {})}
     out_dir = Path(out_dir)
