@@ -15,8 +15,6 @@ save never leaves a half-written file behind, and a folder with a config is comp
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
@@ -268,14 +266,3 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
               for group in json.loads(metadata["param_groups"])]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place, keeping the old one until the new one is there."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
