@@ -22,6 +22,7 @@ from t2i.pipeline import Pipeline
 from t2i.training.autoencoder import VAETrainConfig, measure_scaling_factor, resume_vae, train_vae
 from t2i.training.datasets import latent_dataset
 from t2i.training.diffusion import TrainConfig, train
+from t2i.training.run_folder import current_checkpoint
 
 VAE = VAEConfig(block_channels=(16, 32), latent_channels=4, norm_groups=8)  # f = 2
 UNET = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8,
@@ -58,7 +59,8 @@ def test_autoencoder_run_learns_and_measures_its_scaling_factor(vae_run, colour_
     assert rec[-1] < 0.5 * rec[0], rec
     assert float(rows[-1]["seconds"]) > 0
     for name in ("config.json", "vae.safetensors", "loss.png", "samples/step_000060.png",
-                 "training/optimizer.safetensors", "training/state.json"):
+                 "training/latest", "training/checkpoint-000060/optimizer.safetensors",
+                 "training/checkpoint-000060/state.json"):
         assert (vae_run / name).is_file(), name
     vae = load_vae(vae_run)
     dataset = ImageFolder(colour_folder, 16)
@@ -86,7 +88,7 @@ def test_adversarial_training_runs_and_resumes_with_its_discriminator(tmp_path, 
     with (tmp_path / "loss.csv").open() as f:
         header = next(csv.reader(f))
     assert {"generator", "discriminator"} <= set(header)
-    assert (tmp_path / "training" / "discriminator_optimizer.safetensors").is_file()
+    assert (current_checkpoint(tmp_path) / "discriminator_optimizer.safetensors").is_file()
 
 
 def test_latents_are_encoded_once_and_cached(latent_run, vae_run, colour_folder, monkeypatch):

@@ -18,6 +18,7 @@ from t2i.models.unet import UNet, UNetConfig
 from t2i.pipeline import Pipeline
 from t2i.training.diffusion import TrainConfig, resume, train
 from t2i.training.probes import LossProbe
+from t2i.training.run_folder import read_state
 
 UNET = UNetConfig(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_dim=8)
 TEXT = TextEncoderConfig(max_length=16, width=32, layers=1, heads=2, intermediate_size=64)
@@ -42,7 +43,8 @@ def test_loss_falls_and_the_run_folder_is_complete(trained):
     assert len(losses) == 20
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:2]) / 2
     for name in ("config.json", "unet.safetensors", "loss.png", "samples/step_000200.png",
-                 "training/optimizer.safetensors", "training/state.json"):
+                 "training/latest", "training/checkpoint-000200/optimizer.safetensors",
+                 "training/checkpoint-000200/state.json"):
         assert (trained / name).is_file(), name
     early, final = load_model(trained / "snapshots" / "step_000100")[0], load_model(trained)[0]
     assert read_config(trained / "snapshots" / "step_000100")["step"] == 100
@@ -174,7 +176,6 @@ def test_an_existing_run_is_not_overwritten(trained):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     """A stopped session sends SIGTERM: the loop finishes its step, saves, and says how to resume."""
-    import json
     import signal
     import subprocess
     import sys
@@ -186,10 +187,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
             "--image-size", "16", "--batch-size", "4", "--device", "cpu"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (out / "training" / "state.json").exists() and time.time() < deadline and process.poll() is None:
+    while not (out / "training" / "latest").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    step = json.loads((out / "training" / "state.json").read_text())["step"]
+    step = read_state(out)["step"]
     assert f"stopped at step {step}" in stdout and step >= 5

@@ -7,15 +7,14 @@ model `vae` (`vae.safetensors`), whose config holds the latent scaling factor. A
 autoencoder trained alone (`t2i train-vae`) is a folder with only the `vae`.
 
 Nothing here executes pickle. Optimizer state is stored as safetensors too, with its
-non-tensor parts as JSON metadata. Files are written to a temporary name and renamed,
-so an interrupted save never leaves a half-written checkpoint behind.
+non-tensor parts as JSON metadata. Files are written durably (`files.durable_write`: a
+temporary name, fsync, a rename), weights first and config.json last, so an interrupted
+save never leaves a half-written file behind, and a folder with a config is complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
@@ -28,7 +27,7 @@ from . import __version__
 from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
-from .files import read_json, write_json
+from .files import durable_write, read_json, write_json
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
 from .text.bert import BertConfig, BertEncoder
@@ -63,9 +62,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    durable_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -209,7 +207,9 @@ def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
                  inference: dict | None = None) -> Path:
     """A copy of a model folder for shipping: weights cast to `dtype` (fp16 halves the size;
     they are cast back on loading), the training state left behind, and `inference` merged
-    into the config's generation defaults."""
+    into the config's generation defaults. Weights are written first, config.json last."""
+    if Path(out_dir).resolve() == Path(model_dir).resolve():
+        raise UserError(f"cannot export {str(model_dir)!r} onto itself: give another out_dir")
     config = read_config(model_dir)
     config["inference"] = {**config.get("inference", {}), **(inference or {})}
     out_dir = Path(out_dir)
@@ -270,14 +270,3 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
               for group in json.loads(metadata["param_groups"])]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a fully written folder into place, keeping the old one until the new one is there."""
-    old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)

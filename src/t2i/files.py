@@ -1,15 +1,34 @@
-"""Files on disk: JSON read with a one-line error and written atomically, and the short content
-hashes that caches (latents, Inception features, compiled kernels) are kept under."""
+"""Files on disk: JSON read with a one-line error, files written durably (a temporary name,
+fsync, an atomic rename, the folder fsynced), and the short content hashes that caches
+(latents, Inception features, compiled kernels) are kept under.
+
+Every filesystem operation of a durable write calls `after_operation` once it is done, so
+that a test can stop the process or fail the disk after any one of them.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
+
+TMP_SUFFIX = ".tmp"
+
+# Called with what was just done ("write PATH", "rename A -> B", ...) after each operation of a
+# durable write; None but in tests, which kill the process or raise OSError there.
+after_operation: Callable[[str], None] | None = None
+
+
+def _done(what: str) -> None:
+    if after_operation is not None:
+        after_operation(what)
 
 
 def read_json(path: Path, missing: str):
@@ -48,11 +67,109 @@ def check_writable(path: str | Path, what: str = "the output") -> Path:
     return path
 
 
+def tmp_path(path: Path) -> Path:
+    """The temporary name a file is written under before it is renamed into place."""
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the folder's entries (a file created, renamed or removed in it) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_replace(src: Path, dst: Path) -> None:
+    """Rename `src` onto `dst` in one step: a reader sees the old file or the new one, never neither."""
+    os.replace(src, dst)
+    fsync_dir(Path(dst).parent)
+    _done(f"rename {src} -> {dst}")
+
+
+def durable_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` writes the file's content to the temporary name given it; the file is then
+    fsynced and renamed onto `path`, so `path` is the old file or the whole new one."""
+    path = Path(path)
+    tmp = tmp_path(path)
+    write(tmp)
+    fsync_file(tmp)
+    _done(f"write {tmp}")
+    atomic_replace(tmp, path)
+
+
+def durable_write_bytes(path: Path, data: bytes) -> None:
+    durable_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Write through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write durably, so a reader never sees half a file."""
+    durable_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make `dst` the file `src` is, replacing it atomically: a hard link (no bytes written),
+    or a copy where the filesystem has no hard links."""
+    tmp = tmp_path(Path(dst))
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        shutil.copyfile(src, tmp)
+        fsync_file(tmp)
+    _done(f"link {src} -> {tmp}")
+    atomic_replace(tmp, Path(dst))
+
+
+def make_dir(path: Path) -> None:
+    """A new folder (or an existing one), its entry fsynced in its parent."""
+    path.mkdir(parents=True, exist_ok=True)
+    fsync_dir(path.parent)
+    _done(f"mkdir {path}")
+
+
+def remove_file(path: Path) -> None:
+    os.unlink(path)
+    _done(f"remove {path}")
+
+
+def remove_tree(path: Path, first: str | None = None) -> None:
+    """Remove a folder file by file, the file named `first` before the others (the one whose
+    presence says the folder is complete, so that a half-removed folder never looks complete)."""
+    path = Path(path)
+    entries = sorted(path.iterdir(), key=lambda entry: entry.name != first)
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            remove_tree(entry)
+        else:
+            remove_file(entry)
+    os.rmdir(path)
+    fsync_dir(path.parent)
+    _done(f"remove {path}")
+
+
+def discard(path: Path) -> None:
+    """Remove a leftover file or folder if it is there, ignoring errors: cleaning up after a
+    failure must not hide the failure."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def short_hash(*parts: bytes | str) -> str:

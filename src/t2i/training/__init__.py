@@ -2,6 +2,7 @@
 autoencoder training (`autoencoder`) each give their step.
 
 The pieces the loop is made of: `batches` (the batches of each step), `run_folder`
-(checkpoints and resume), `optimization` (learning-rate schedule, gradient step, EMA),
-`loss_log`, and `config` (what every run is configured by, and what resuming may change).
+(checkpoints that survive any stop, resume, and the lock of a run folder), `optimization`
+(learning-rate schedule, gradient step, EMA), `loss_log`, and `config` (what every run is
+configured by, and what resuming may change).
 """

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import folder_config, read_config
+from ..checkpoints import folder_config
 from ..data import load_dataset
 from ..devices import resolve_device
 from ..errors import UserError
@@ -33,7 +33,7 @@ from .batches import step_seed
 from .config import RunConfig, check_image_size
 from .loop import Hooks, TrainResult, run_steps
 from .optimization import ema_decay_at, gradient_step, scheduled_lr, update_ema
-from .run_folder import check_new_run, new_state, restore, save_checkpoint
+from .run_folder import check_new_run, lock_run, new_state, read_run_config, restore, save_checkpoint
 from .samples import save_reconstructions
 
 RECONSTRUCTION_LOSSES = ("l1", "mse")
@@ -88,17 +88,20 @@ def train_vae(vae_config: VAEConfig, config: VAETrainConfig, out_dir: str | Path
     check_new_run(out)
     factor = vae_config.downsample_factor
     check_image_size(config.image_size, factor, f"the autoencoder downsamples by {factor}")
-    return run(out, vae_config, config, resumed=False)
+    with lock_run(out, new=True):
+        return run(out, vae_config, config, resumed=False)
 
 
 def resume_vae(out_dir: str | Path, **changes) -> TrainResult:
     """Continue the autoencoder run in `out_dir` from its last checkpoint, with its own settings
     but for `changes` (among `VAETrainConfig.RESUME_CHANGES`); any other change is refused."""
     out = Path(out_dir)
-    saved = read_config(out)
-    if "vae" not in saved or "train" not in saved or "unet" in saved:
-        raise UserError(f"{str(out)!r} is not an autoencoder training run: resume it as the run it is")
-    return run(out, VAEConfig.from_dict(saved["vae"]), VAETrainConfig.resumed(saved["train"], changes), resumed=True)
+    with lock_run(out):
+        saved = read_run_config(out)
+        if "vae" not in saved or "train" not in saved or "unet" in saved:
+            raise UserError(f"{str(out)!r} is not an autoencoder training run: resume it as the run it is")
+        return run(out, VAEConfig.from_dict(saved["vae"]), VAETrainConfig.resumed(saved["train"], changes),
+                   resumed=True)
 
 
 def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, resumed: bool) -> TrainResult:

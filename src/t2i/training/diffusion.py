@@ -30,8 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import (build_components, diffusion_from_config, load_vae, model_config, read_config, save_model,
-                           text_encoder_config)
+from ..checkpoints import build_components, diffusion_from_config, load_vae, model_config, text_encoder_config
 from ..convert.pretrained import load_frozen_encoder
 from ..data import load_dataset
 from ..data.folder import choose_caption
@@ -54,7 +53,7 @@ from .datasets import balance_weights, held_out_dataset, latent_dataset, make_to
 from .loop import Hooks, TrainResult, run_steps
 from .optimization import ema_decay_at, gradient_step, scheduled_lr, update_ema
 from .probes import loss_probes
-from .run_folder import check_new_run, new_state, restore, save_checkpoint
+from .run_folder import check_new_run, lock_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
 from .samples import sample_prompts, save_sample_grid
 
 MIXED_PRECISION = ("no", "bf16")
@@ -123,7 +122,8 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path,
             text_config = dataclasses.replace(text_config, vocab_size=tokenizer.vocab_size,
                                               eos_token_id=tokenizer.eos_id)
             unet_config = dataclasses.replace(unet_config, context_dim=text_config.width, pooled_dim=pooled_dim)
-    return run(out, unet_config, config, text_config, tokenizer, vae, dataset, device, resumed=False)
+    with lock_run(out, new=True):
+        return run(out, unet_config, config, text_config, tokenizer, vae, dataset, device, resumed=False)
 
 
 def resume(out_dir: str | Path, **changes) -> TrainResult:
@@ -132,17 +132,18 @@ def resume(out_dir: str | Path, **changes) -> TrainResult:
     run, a new learning rate after a divergence or a plateau, batches balanced over a metadata
     field ...); any other change is refused."""
     out = Path(out_dir)
-    saved = read_config(out)
-    if "unet" not in saved or "train" not in saved:
-        raise UserError(f"{str(out)!r} is not a diffusion training run: resume it as the run it is")
-    config = TrainConfig.resumed(saved["train"], changes)
-    text_config = text_encoder_config(saved["text_encoder"]) if "text_encoder" in saved else None
-    tokenizer = load_tokenizer(saved["tokenizer"], out) if text_config is not None else None
-    device = resolve_device(config.device)
-    vae = load_vae(out, device) if config.vae else None
-    dataset = load_dataset(config.data, config.image_size, "train", captioned=text_config is not None)
-    return run(out, UNetConfig.from_dict(saved["unet"]), config, text_config, tokenizer, vae, dataset, device,
-               resumed=True)
+    with lock_run(out):
+        saved = read_run_config(out)
+        if "unet" not in saved or "train" not in saved:
+            raise UserError(f"{str(out)!r} is not a diffusion training run: resume it as the run it is")
+        config = TrainConfig.resumed(saved["train"], changes)
+        text_config = text_encoder_config(saved["text_encoder"]) if "text_encoder" in saved else None
+        tokenizer = load_tokenizer(saved["tokenizer"], out) if text_config is not None else None
+        device = resolve_device(config.device)
+        vae = load_vae(out, device) if config.vae else None
+        dataset = load_dataset(config.data, config.image_size, "train", captioned=text_config is not None)
+        return run(out, UNetConfig.from_dict(saved["unet"]), config, text_config, tokenizer, vae, dataset, device,
+                   resumed=True)
 
 
 def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: TextEncoderConfig | BertConfig | None,
@@ -216,8 +217,7 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
                         run_config)
 
     def keep(k: int, seconds: float) -> None:
-        save_model(out / "snapshots" / f"step_{k:06d}", {**ema, **frozen},
-                   {**run_config, "step": k, "seconds": round(seconds, 2)})
+        save_snapshot(out, k, {**ema, **frozen}, {**run_config, "step": k, "seconds": round(seconds, 2)})
 
     def sample(k: int) -> None:
         save_sample_grid(out / "samples" / f"step_{k:06d}.png", ema["unet"], diffusion, prompts, config.image_size,

@@ -2,8 +2,10 @@
 
 `run_steps` owns what runs have in common: the batches of each step (`step_loader`), the
 seed of each step, the loss log and the progress bar, when to save, probe, keep and sample
-(`Hooks`), a stop on Ctrl-C or SIGTERM (after saving a checkpoint) and on a loss that is not
-finite (before saving, so the last checkpoint stays intact). A resumed run is the same call
+(`Hooks`), a stop on Ctrl-C or SIGTERM (after saving a checkpoint), on bad input met by a
+step (after saving the steps taken since the last checkpoint) and on a loss that is not
+finite (before saving, so the last checkpoint stays intact). A save that fails (a full disk)
+stops it with the error `run_folder.save_checkpoint` raises. A resumed run is the same call
 from the state its checkpoint holds (`run_folder.restore`): since the batches and the
 randomness of step k depend only on (seed, k), it takes the steps the uninterrupted run would.
 """
@@ -35,7 +37,8 @@ StepFn = Callable[[Any, int], Mapping[str, torch.Tensor]]
 class Hooks:
     """What a training does besides its steps, each after step k: `save` every `save_every` steps,
     at the last and on a stop request; `sample` every `sample_every` steps and at the last;
-    `probe` and `keep` at their own periods. Probing and sampling are not training time."""
+    `probe` and `keep` at their own periods. Probing and sampling are not training time. `save`
+    comes last, so that a run stopped after a checkpoint has what the steps before it made."""
 
     save: Callable[[int, float], None]  # (k, seconds of training): write the checkpoint
     sample: Callable[[int], None]  # write what the model makes at step k
@@ -118,39 +121,55 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
     log = LossLog(out, columns, start)
     if start >= config.max_steps:
         return TrainResult(out, start, start, config.max_steps)
-    loader = step_loader(dataset, config, start, device, weights)
-    k, saved_step, window = start, start, {}
-    clock = time.perf_counter() - state["seconds"]
+    batches = iter(step_loader(dataset, config, start, device, weights))
+    k, saved_step, seconds, window = start, start, state["seconds"], {}
+    clock = time.perf_counter() - seconds
+
+    def save() -> None:
+        nonlocal saved_step
+        hooks.save(k, seconds)
+        saved_step = k
+        log.plot(title)
+
     with tqdm(total=config.max_steps, initial=start, desc=desc, dynamic_ncols=True) as bar, GracefulStop() as stop:
-        for batch in loader:
-            torch.manual_seed(step_seed(config.seed, k))  # dropout, reproducible across resume
-            losses = {name: loss.item() for name, loss in step(batch, k).items()}
+        while k < config.max_steps:
+            try:  # a step meets bad input (an unreadable image) before it changes the networks
+                batch = next(batches)
+                torch.manual_seed(step_seed(config.seed, k))  # dropout, reproducible across resume
+                losses = {name: loss.item() for name, loss in step(batch, k).items()}
+            except UserError as error:
+                if k > saved_step:
+                    save()
+                if k == 0:
+                    raise
+                raise UserError(f"{error}; the checkpoint of step {k} is saved: resume once that is fixed") from None
             check_finite(losses, k, saved_step, config.lr)
             k += 1
             for name, value in losses.items():
                 window.setdefault(name, []).append(value)
             bar.update(1)
             seconds = time.perf_counter() - clock
+            row = {}
             if due(k, config.log_every) or k == config.max_steps:
-                means = {name: sum(values) / len(values) for name, values in window.items()}
-                log.append(k, seconds, means)
-                bar.set_postfix({name: f"{mean:.4g}" for name, mean in means.items()},
+                row = {name: sum(values) / len(values) for name, values in window.items()}
+                bar.set_postfix({name: f"{mean:.4g}" for name, mean in row.items()},
                                 lr=f"{scheduled_lr(k, config):.2e}")
                 window = {}
             if hooks.probe is not None and due(k, hooks.probe_every):
                 probing_started = time.perf_counter()
-                log.append(k, seconds, hooks.probe(k))
+                row.update(hooks.probe(k))
                 clock += time.perf_counter() - probing_started
-            if due(k, config.save_every) or k == config.max_steps or stop.requested:
-                hooks.save(k, seconds)
-                saved_step = k
-                log.write(title)
+            if row:
+                log.append(k, seconds, row)
+            # what step k keeps and draws comes before its checkpoint: a run stopped in between takes it again
             if hooks.keep is not None and due(k, hooks.keep_every):
                 hooks.keep(k, seconds)
             if due(k, config.sample_every) or k == config.max_steps:
                 sampling_started = time.perf_counter()
                 hooks.sample(k)
                 clock += time.perf_counter() - sampling_started
+            if due(k, config.save_every) or k == config.max_steps or stop.requested:
+                save()
             if stop.requested:
                 return TrainResult(out, start, k, config.max_steps, stopped=True)
     return TrainResult(out, start, k, config.max_steps)
