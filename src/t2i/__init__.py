@@ -1,7 +1,9 @@
 """t2i: text-to-image diffusion, written from the DDPM maths up."""
 
+from .errors import UserError
+
 __version__ = "0.2.0"
-__all__ = ["Pipeline", "__version__"]
+__all__ = ["Pipeline", "UserError", "__version__"]
 
 
 def __getattr__(name: str):

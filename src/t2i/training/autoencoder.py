@@ -84,8 +84,8 @@ def measure_scaling_factor(vae: AutoencoderKL, dataset, num_images: int = SCALE_
 
 def train_vae(vae_config: VAEConfig, config: VAETrainConfig, out_dir: str | Path) -> TrainResult:
     """Train an autoencoder on `config.data` into the new run folder `out_dir`."""
+    check_new_run(out_dir)
     out = Path(out_dir)
-    check_new_run(out)
     factor = vae_config.downsample_factor
     check_image_size(config.image_size, factor, f"the autoencoder downsamples by {factor}")
     with lock_run(out, new=True):

@@ -97,8 +97,8 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path,
     `pooled_dim` if that is set at all (any value turns the pooled embedding on). For a
     latent run its input and output channels are set to the latent's.
     """
+    check_new_run(out_dir)
     out = Path(out_dir)
-    check_new_run(out)
     device = resolve_device(config.device)
     vae = load_vae(config.vae, device) if config.vae else None
     factor = unet_config.downsample_factor

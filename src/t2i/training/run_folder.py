@@ -83,6 +83,8 @@ def is_old_layout(folder: Path) -> bool:
 
 
 def require_checkpoint(out: Path) -> Path:
+    if not Path(out).is_dir():
+        raise UserError(f"run folder {str(out)!r} does not exist: nothing to resume (start a run there instead)")
     folder = current_checkpoint(out)
     if folder is None:
         raise UserError(f"{str(out)!r} holds no checkpoint to resume (a run stopped before its first save has none): "
@@ -108,7 +110,13 @@ def read_run_config(out: Path) -> dict:
 
 
 def check_new_run(out: Path) -> None:
-    """Refuse a folder that holds a run; one stopped before its first save may start again."""
+    """Refuse a folder that holds a run (one stopped before its first save may start again), a file
+    and an empty name (which would train into the current folder)."""
+    if not str(out).strip():
+        raise UserError("out_dir is empty: name the run folder")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{str(out)!r} is a file, not a run folder: choose another out_dir")
     if current_checkpoint(out) is not None:
         raise UserError(f"{str(out)!r} already holds a training run: resume it, or choose another out_dir")
 
