@@ -186,7 +186,7 @@ OTHERS = [
     (["eval", "nll", "--model", "{root}/uncond", "--data", "{root}/broken", "--terms", "1000000000"],
      "the number of terms must be a whole number from 2 to 20"),
     (["eval", "prompts", "--model", "{root}/text", "--json", "/proc/x.json"], "cannot write --json"),
-    (["export", "--model", "{root}/uncond", "--out", "{root}/uncond"], "its own folder"),
+    (["export", "--model", "{root}/uncond", "--out", "{root}/uncond"], "onto itself"),
     (["convert", "{root}/random.ckpt", "{root}/converted"], "is not a PyTorch checkpoint"),
     (["train", "--out", "", *TINY_TRAIN], "is empty: give a path"),
     (["train", "--out", "{root}/notes.txt", *TINY_TRAIN], "is a file"),
