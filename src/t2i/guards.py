@@ -81,22 +81,32 @@ def image_side(name: str, value) -> int | None:
     return None if value is None else whole_number(name, value, 1, MAX_SIDE)
 
 
+def unet_feature_bytes(unet: UNetConfig, batch: int, height: int, width: int) -> float:
+    """A rough lower bound on the float32 feature maps one U-Net forward pass at [batch, C, height,
+    width] holds at once: the skip activations and a few working maps at every level. Self-attention
+    is assumed to run without materialising its (hw)² matrix, as PyTorch's fused attention does."""
+    per_position = sum((unet.num_res_blocks + 4) * unet.model_channels * mult / 4**level
+                       for level, mult in enumerate(unet.channel_mult))
+    return 4.0 * batch * height * width * per_position
+
+
+def vae_feature_bytes(vae: VAEConfig, batch: int, height: int, width: int) -> float:
+    """The same rough lower bound for the autoencoder's encoder or decoder at image size height × width."""
+    per_position = sum((vae.num_res_blocks + 4) * channels / 4**level for level, channels in
+                       enumerate(vae.block_channels))
+    return 4.0 * batch * height * width * per_position
+
+
 def generation_bytes(unet: UNetConfig, vae: VAEConfig | None, batch: int, height: int, width: int,
                      guided: bool) -> int:
     """A rough lower bound on the memory a generation needs beyond the weights, from the shapes
-    alone: the U-Net's skip activations and a few working maps at every level (twice the batch when
-    guided), and the decoder's full-resolution maps (`vae` None: no decoder, or a tiled one).
-    Self-attention is assumed to run without materialising its (hw)² matrix, as PyTorch's fused
-    attention does."""
+    alone: the U-Net's feature maps (twice the batch when guided) or the decoder's full-resolution
+    maps, whichever is larger (`vae` None: no decoder, or a tiled one)."""
     factor = vae.downsample_factor if vae is not None else 1
-    positions = (height // factor) * (width // factor)
-    unet_batch = batch * (2 if guided else 1)
-    per_position = sum((unet.num_res_blocks + 4) * unet.model_channels * mult / 4**level
-                       for level, mult in enumerate(unet.channel_mult))
-    total = unet_batch * positions * per_position
+    total = unet_feature_bytes(unet, batch * (2 if guided else 1), height // factor, width // factor)
     if vae is not None:
-        total = max(total, batch * height * width * vae.block_channels[0] * 4)
-    return int(total * 4)  # float32
+        total = max(total, vae_feature_bytes(vae, batch, height, width))
+    return int(total)
 
 
 def check_generation_fits(unet: UNetConfig, vae: VAEConfig | None, batch: int, height: int, width: int,

@@ -26,6 +26,8 @@ from ..checkpoints import folder_config
 from ..data import load_dataset
 from ..devices import resolve_device
 from ..errors import UserError
+from ..guards import vae_feature_bytes
+from ..memory import check_fits
 from ..models.discriminator import (DiscriminatorConfig, PatchDiscriminator, generator_loss,
                                     hinge_discriminator_loss)
 from ..models.vae import AutoencoderKL, VAEConfig
@@ -111,6 +113,14 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, resumed: bool)
     test = load_dataset(config.data, config.image_size, "test")
     shown = torch.stack([test[i] for i in range(min(config.num_samples, len(test)))])
 
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in AutoencoderKL(vae_config).parameters())
+    # as for the U-Net (`diffusion.check_training_fits`): five copies of the weights, and the encoder's
+    # and the decoder's maps kept for the backward pass
+    check_fits(20 * parameters + 8 * vae_feature_bytes(vae_config, config.batch_size, config.image_size,
+                                                      config.image_size),
+               f"training a {parameters / 1e6:.1f}M-parameter autoencoder on batches of {config.batch_size} at "
+               f"{config.image_size}×{config.image_size}", "lower batch_size or image_size, or the channels", device)
     torch.manual_seed(config.seed)
     model = torch.nn.ModuleDict({"vae": AutoencoderKL(vae_config)})
     adversarial = config.disc_weight > 0

@@ -37,7 +37,9 @@ from ..data.folder import choose_caption
 from ..data.latents import sample_latents
 from ..devices import resolve_device
 from ..errors import UserError
-from ..models.unet import UNetConfig
+from ..guards import unet_feature_bytes
+from ..memory import check_fits
+from ..models.unet import UNet, UNetConfig
 from ..models.vae import AutoencoderKL
 from ..schedules import get_betas
 from ..text.bert import BertConfig
@@ -86,6 +88,20 @@ class TrainConfig(RunConfig):
         if not 0 <= self.p_uncond < 1:
             raise UserError(f"p_uncond is a probability below 1, got {self.p_uncond}")
         get_betas(self.schedule, self.num_timesteps)  # an unknown schedule fails before any work
+
+
+def check_training_fits(unet_config: UNetConfig, config: TrainConfig, vae: AutoencoderKL | None,
+                        device: torch.device) -> None:
+    """Refuse, before building anything, a run whose U-Net, optimizer and batch cannot fit: five float32
+    copies of the weights (raw, gradient, AdamW's two moments, EMA) and, for the backward pass, about
+    four times the feature maps a forward pass holds."""
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in UNet(unet_config).parameters())
+    side = config.image_size // (vae.config.downsample_factor if vae is not None else 1)
+    needed = 20 * parameters + 4 * unet_feature_bytes(unet_config, config.batch_size, side, side)
+    check_fits(needed, f"training a {parameters / 1e6:.1f}M-parameter U-Net on batches of {config.batch_size} "
+               f"at {config.image_size}×{config.image_size}", "lower batch_size or image_size, or the U-Net's channels",
+               device)
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path,
@@ -150,6 +166,7 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
         tokenizer: Tokenizer | None, vae: AutoencoderKL | None, dataset, device: torch.device,
         resumed: bool) -> TrainResult:
     """Build the networks of a run (from its checkpoint if `resumed`) and hand its step to the loop."""
+    check_training_fits(unet_config, config, vae, device)
     captioned, frozen_text = text_config is not None, isinstance(text_config, BertConfig)
     weights = balance_weights(dataset, config.balance_by) if config.balance_by else None
     if vae is not None:
