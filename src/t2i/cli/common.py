@@ -34,6 +34,17 @@ def positive(kind, maximum=None):
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a share in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to below 1, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to below 1, got {text}")
+    return value
+
+
 def path_arg(text: str) -> Path:
     """An argparse type for a path: an empty one (which Path reads as the current folder) is refused."""
     if not text.strip():

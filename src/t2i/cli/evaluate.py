@@ -16,8 +16,8 @@ def add_eval(sub) -> None:
     nll.add_argument("--model", required=True, help="a pixel-space model folder")
     nll.add_argument("--data", default="shapes", help="'shapes' or a folder of images; its test split is used")
     nll.add_argument("--split", default="test", choices=("train", "test", "all"))
-    nll.add_argument("--num-images", type=positive(int), default=256)
-    nll.add_argument("--batch-size", type=positive(int), default=64)
+    nll.add_argument("--num-images", type=positive(int, 1_000_000), default=256)
+    nll.add_argument("--batch-size", type=positive(int, 4096), default=64)
     nll.add_argument("--terms", type=positive(int), default=None,
                      help="evaluate this many random terms of the bound (unbiased estimate); default: all T")
     nll.add_argument("--variance", default="beta", help="σ_t² of p_θ: beta (tighter bound) or beta_tilde")
@@ -30,8 +30,8 @@ def add_eval(sub) -> None:
     vae.add_argument("--model", required=True, help="an autoencoder or latent model folder, or a shipped model")
     vae.add_argument("--data", default="shapes", help="'shapes' or a folder of images")
     vae.add_argument("--split", default="test", choices=("train", "test", "all"))
-    vae.add_argument("--num-images", type=positive(int), default=512)
-    vae.add_argument("--batch-size", type=positive(int), default=128)
+    vae.add_argument("--num-images", type=positive(int, 1_000_000), default=512)
+    vae.add_argument("--batch-size", type=positive(int, 4096), default=128)
     vae.add_argument("--device", default="auto")
     vae.set_defaults(run=run_eval_vae)
 
@@ -40,12 +40,12 @@ def add_eval(sub) -> None:
     prompts.add_argument("--model", default="shapes", help="a shipped model's name or a model folder (shapes)")
     prompts.add_argument("--cfg", type=float, nargs="+", default=None,
                          help="guidance scales to compare; default: the model's")
-    prompts.add_argument("--per-prompt", type=positive(int), default=4, help="images per prompt")
-    prompts.add_argument("--prompts-per-pair", type=positive(int), default=2,
+    prompts.add_argument("--per-prompt", type=positive(int, 1024), default=4, help="images per prompt")
+    prompts.add_argument("--prompts-per-pair", type=positive(int, 100), default=2,
                          help="prompts per colour × shape pair")
     prompts.add_argument("--steps", type=positive(int), default=None)
     prompts.add_argument("--sampler", default=None)
-    prompts.add_argument("--batch-size", type=positive(int), default=64)
+    prompts.add_argument("--batch-size", type=positive(int, 4096), default=64)
     prompts.add_argument("--seed", type=int, default=0)
     prompts.add_argument("--device", default="auto")
     prompts.add_argument("--json", type=path_arg, default=None, help="also write the results here")
@@ -63,12 +63,12 @@ def add_eval_fid(which) -> None:
                      help="generate for the first N held-out captions (default: all of them)")
     fid.add_argument("--no-floor", dest="floor", action="store_false",
                      help="skip scoring N training images against the held-out split")
-    fid.add_argument("--kid-subsets", type=positive(int), default=100,
+    fid.add_argument("--kid-subsets", type=positive(int, 10_000), default=100,
                      help="random subsets of 1000 images KID is averaged over (one estimate when N ≤ 1000)")
     fid.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     fid.add_argument("--steps", type=positive(int), default=None, help="sampling steps (default: the model's)")
     fid.add_argument("--sampler", default=None, help="sampler (default: the model's)")
-    fid.add_argument("--batch-size", type=positive(int), default=32, help="images generated at once")
+    fid.add_argument("--batch-size", type=positive(int, 4096), default=32, help="images generated at once")
     fid.add_argument("--seed", type=int, default=0, help="image i of the held-out captions uses seed + i")
     fid.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "t2i" / "fid",
                      help="where the dataset's Inception features are kept")
@@ -135,13 +135,13 @@ def add_bench(sub) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder or an SD v1 "
                    "checkpoint")
     p.add_argument("--prompt", default="red apple", help="the prompt generated")
-    p.add_argument("--batch", type=positive(int), default=1, help="images per call")
-    p.add_argument("--repeats", type=positive(int), default=5, help="timed calls of each part (median)")
+    p.add_argument("--batch", type=positive(int, 4096), default=1, help="images per call")
+    p.add_argument("--repeats", type=positive(int, 1000), default=5, help="timed calls of each part (median)")
     p.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when there is a GPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC feature maps (Pipeline.optimize)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (minutes on the first call)")
     p.add_argument("--winograd", action="store_true", help="Winograd F(4×4, 3×3) convolutions (Pipeline.optimize)")
-    p.add_argument("--threads", type=positive(int), nargs="+", default=None,
+    p.add_argument("--threads", type=positive(int, 256), nargs="+", default=None,
                    help="CPU thread counts to time (default: torch's own, one per core)")
     p.set_defaults(run=run_bench)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import DefaultsFormatter, path_arg, positive
+from .common import DefaultsFormatter, fraction, path_arg, positive
 
 
 def add_export(sub) -> None:
@@ -73,8 +73,8 @@ def add_data(sub) -> None:
                             + " and ".join(f"{s.package}@{s.version}" for s in SOURCES) + " with npm pack")
     emoji.add_argument("--download-dir", type=Path, default=None,
                        help="where npm pack puts the tarballs (default: ~/.cache/t2i/npm)")
-    emoji.add_argument("--size", type=positive(int), default=IMAGE_SIZE, help="image side in pixels")
-    emoji.add_argument("--test-fraction", type=float, default=TEST_FRACTION,
+    emoji.add_argument("--size", type=positive(int, 1024), default=IMAGE_SIZE, help="image side in pixels")
+    emoji.add_argument("--test-fraction", type=fraction, default=TEST_FRACTION,
                        help="share of (style, emoji) pairs held out")
     emoji.set_defaults(run=run_data_emoji)
 
