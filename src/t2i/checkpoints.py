@@ -28,6 +28,8 @@ from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
 from .files import durable_write, read_json, write_json
+from .folder_config import check_folder_config, text_encoder_class
+from .memory import check_fits
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
 from .text.bert import BertConfig, BertEncoder
@@ -86,16 +88,20 @@ def read_config(model_dir: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{str(model_dir)!r} has no {CONFIG_NAME}: not a t2i model folder (make one with `t2i train`)")
     config = read_json(path, "not a t2i model folder")
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    version = config.get("format_version", 0) if isinstance(config, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UserError(f"{str(path)!r} is not a t2i model config: it needs a whole-number format_version")
+    if version > FORMAT_VERSION:
         raise UserError(f"{str(path)!r} has format {config['format_version']}; "
                         f"this t2i reads up to {FORMAT_VERSION}: upgrade t2i")
-    if config.get("format_version", 0) < 2:
+    if version < 2:
         raise UserError(f"{str(path)!r} was written by t2i 0.1 (format 1): rename its model.safetensors to "
                         "unet.safetensors and set format_version to 2")
     if not any(name in config for name in COMPONENTS):
         raise UserError(f"{str(path)!r} describes no network (none of: {', '.join(COMPONENTS)})")
     if "unet" in config and "diffusion" not in config:
         raise UserError(f"{str(path)!r} has a U-Net but no 'diffusion' section")
+    check_folder_config(config, path)
     return config
 
 
@@ -126,7 +132,7 @@ def model_config(unet: UNetConfig, diffusion: dict, text_encoder: TextEncoderCon
 def component_classes(name: str, section: dict) -> tuple[type[torch.nn.Module], type]:
     """The network and config classes of a component; a text encoder whose config names
     `pretrained` weights is the frozen BERT those weights fit."""
-    if name == "text_encoder" and section.get("pretrained"):
+    if name == "text_encoder" and text_encoder_class(section) is BertConfig:
         return BertEncoder, BertConfig
     return COMPONENTS[name]
 
@@ -175,6 +181,9 @@ def load_components(model_dir: str | Path, device="cpu", config: dict | None = N
     config = read_config(model_dir) if config is None else config
     with torch.device("meta"):  # tensors without storage: every weight comes from a file, none is initialised
         components = build_components(config)
+    count = sum(p.numel() for p in components.parameters())
+    check_fits(sum(p.numel() * p.element_size() for p in components.parameters()),
+               f"model {str(model_dir)!r} ({count / 1e6:.1f}M parameters)", "use a machine with more memory", device)
     for name, module in list(components.items()):
         path = weights_path(model_dir, name)
         if is_pretrained(name, config) and not path.is_file():

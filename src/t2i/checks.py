@@ -15,7 +15,7 @@ from .errors import UserError
 
 def _range_text(minimum, maximum, above: bool = False) -> str:
     if minimum is not None and maximum is not None:
-        return f" from {minimum} to {maximum}"
+        return f" above {minimum} and at most {maximum}" if above else f" from {minimum} to {maximum}"
     if minimum is not None:
         return f" above {minimum}" if above else f" of at least {minimum}"
     return f" of at most {maximum}" if maximum is not None else ""

@@ -82,6 +82,11 @@ class UNetConfig(ModelConfig):
     mask_context_padding: bool = False
     scale_shift_norm: bool = False
 
+    RANGES = {"in_channels": (1, 64), "out_channels": (1, 64), "model_channels": (1, 4096), "channel_mult": (1, 64),
+              "num_res_blocks": (1, 64), "attention_levels": (0, 63), "dropout": (0.0, 1.0), "head_dim": (1, 4096),
+              "norm_groups": (1, 4096), "convnext_mult": (1, 64), "context_dim": (1, 65536),
+              "transformer_depth": (1, 64), "num_heads": (1, 1024), "pooled_dim": (1, 65536)}
+
     @classmethod
     def sd_v1(cls) -> UNetConfig:
         """Stable Diffusion v1's U-Net (859.5M parameters) on 4-channel latents and CLIP ViT-L/14 text."""
@@ -90,8 +95,9 @@ class UNetConfig(ModelConfig):
                    norm_groups=32)
 
     def __post_init__(self):
-        self.channel_mult = tuple(self.channel_mult)
-        self.attention_levels = tuple(self.attention_levels)
+        super().__post_init__()
+        if not 1 <= len(self.channel_mult) <= 8:
+            raise UserError(f"channel_mult must list 1 to 8 levels, got {len(self.channel_mult)}")
         if self.block_type not in BLOCK_TYPES:
             raise UserError(f"unknown block type {self.block_type!r}; choose one of: {', '.join(BLOCK_TYPES)}")
         bad = [level for level in self.attention_levels if not 0 <= level < len(self.channel_mult)]

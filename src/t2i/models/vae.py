@@ -43,10 +43,13 @@ class VAEConfig(ModelConfig):
     mid_attention: bool = True
     scaling_factor: float = 1.0
 
+    RANGES = {"in_channels": (1, 64), "out_channels": (1, 64), "latent_channels": (1, 256), "block_channels": (1, 4096),
+              "num_res_blocks": (1, 64), "norm_groups": (1, 4096), "scaling_factor": (0.0, 1000.0, "above")}
+
     def __post_init__(self):
-        self.block_channels = tuple(self.block_channels)
-        if not self.block_channels:
-            raise UserError("an autoencoder needs at least one level of block_channels")
+        super().__post_init__()
+        if not 1 <= len(self.block_channels) <= 8:
+            raise UserError(f"block_channels must list 1 to 8 levels, got {len(self.block_channels)}")
 
     @property
     def downsample_factor(self) -> int:

@@ -49,7 +49,12 @@ class BertConfig(ModelConfig):
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
 
+    RANGES = {"vocab_size": (1, 1_000_000), "max_positions": (1, 65536), "max_length": (1, 65536),
+              "width": (1, 16384), "layers": (1, 256), "heads": (1, 1024), "intermediate_size": (1, 65536),
+              "type_vocab_size": (1, 1024), "layer_norm_eps": (0.0, 1.0, "above")}
+
     def __post_init__(self):
+        super().__post_init__()
         if self.width % self.heads:
             raise UserError(f"BERT width {self.width} is not divisible by its {self.heads} heads")
         if not 2 <= self.max_length <= self.max_positions:

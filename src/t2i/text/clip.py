@@ -56,7 +56,12 @@ class TextEncoderConfig(ModelConfig):
     pooling: str = "eos"
     token_init_std: float = 0.02
 
+    RANGES = {"vocab_size": (1, 1_000_000), "max_length": (1, 4096), "width": (1, 16384), "layers": (1, 256),
+              "heads": (1, 1024), "intermediate_size": (1, 65536), "layer_norm_eps": (0.0, 1.0, "above"),
+              "token_init_std": (0.0, 100.0, "above")}
+
     def __post_init__(self):
+        super().__post_init__()
         if self.activation not in ACTIVATIONS:
             raise UserError(f"unknown activation {self.activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
         if self.pooling not in POOLINGS:

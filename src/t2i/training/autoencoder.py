@@ -32,7 +32,7 @@ from ..models.discriminator import (DiscriminatorConfig, PatchDiscriminator, gen
                                     hinge_discriminator_loss)
 from ..models.vae import AutoencoderKL, VAEConfig
 from .batches import step_seed
-from .config import RunConfig, check_image_size
+from .config import STEPS, RunConfig, check_image_size
 from .loop import Hooks, TrainResult, run_steps
 from .optimization import ema_decay_at, gradient_step, scheduled_lr, update_ema
 from .run_folder import check_new_run, lock_run, new_state, read_run_config, restore, save_checkpoint
@@ -57,12 +57,13 @@ class VAETrainConfig(RunConfig):
     disc_weight: float = 0.0
     disc_start: int = 1000
 
+    RANGES = {**RunConfig.RANGES, "kl_weight": (0.0, 1e6), "disc_weight": (0.0, 1e6), "disc_start": (0, STEPS[1])}
+
     def __post_init__(self):
+        super().__post_init__()
         if self.reconstruction not in RECONSTRUCTION_LOSSES:
             raise UserError(f"unknown reconstruction loss {self.reconstruction!r}; choose one of: "
                             f"{', '.join(RECONSTRUCTION_LOSSES)}")
-        if self.kl_weight < 0 or self.disc_weight < 0:
-            raise UserError("kl_weight and disc_weight cannot be negative")
 
 
 def reconstruction_error(x: torch.Tensor, x_hat: torch.Tensor, kind: str) -> torch.Tensor:

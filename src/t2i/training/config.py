@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..models.config import check_divisible
+from ..models.config import ModelConfig, check_divisible
+
+STEPS = (1, 100_000_000)
 
 
 @dataclass
-class RunConfig:
-    """What every training run has; a training's config adds its own fields (and defaults)."""
+class RunConfig(ModelConfig):
+    """What every training run has; a training's config adds its own fields (and defaults), and
+    their ranges to `RANGES` (checked when the config is made: `ModelConfig`)."""
 
     data: str = "shapes"
     image_size: int = 32
@@ -33,12 +35,15 @@ class RunConfig:
     # What a resumed run may take from the call resuming it: a longer run, a new learning rate
     # after a divergence or a plateau, a cooldown to end on, and where it runs. The rest is the run's own.
     RESUME_CHANGES = ("max_steps", "lr", "cooldown_steps", "device", "num_workers")
+    RANGES = {"image_size": (1, 16384), "batch_size": (1, 65536), "max_steps": STEPS, "lr": (0.0, 10.0, "above"),
+              "warmup_steps": (0, STEPS[1]), "cooldown_steps": (0, STEPS[1]), "grad_clip": (0.0, 1e6),
+              "ema_decay": (0.0, 1.0), "save_every": STEPS, "sample_every": STEPS, "log_every": STEPS,
+              "num_samples": (1, 1024), "seed": (0, 2**63 - 1), "num_workers": (0, 256)}
 
-    @classmethod
-    def from_dict(cls, values: dict):
-        """The config saved in a run's config.json (keys of older versions are ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ema_decay == 1:
+            raise UserError("ema_decay must be below 1: at 1 the EMA never moves from the initial weights")
 
     @classmethod
     def resumed(cls, saved: dict, changes: dict):

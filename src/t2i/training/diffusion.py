@@ -50,7 +50,7 @@ from ..text.tokenizer import Tokenizer
 from ..text.tokenizers import load_tokenizer
 from ..text.wordpiece import WordPieceTokenizer
 from .batches import step_seed
-from .config import RunConfig, check_image_size
+from .config import STEPS, RunConfig, check_image_size
 from .datasets import balance_weights, held_out_dataset, latent_dataset, make_tokenizer
 from .loop import Hooks, TrainResult, run_steps
 from .optimization import ema_decay_at, gradient_step, scheduled_lr, update_ema
@@ -80,8 +80,12 @@ class TrainConfig(RunConfig):
 
     # and batches balanced over a metadata field, or another precision
     RESUME_CHANGES = RunConfig.RESUME_CHANGES + ("balance_by", "mixed_precision")
+    RANGES = {**RunConfig.RANGES, "weight_decay": (0.0, 100.0), "num_timesteps": (2, 100_000),
+              "min_snr_gamma": (0.0, 1e6, "above"), "p_uncond": (0.0, 1.0), "keep_every": STEPS,
+              "probe_every": (0, STEPS[1]), "probe_examples": (1, 1_000_000)}
 
     def __post_init__(self):
+        super().__post_init__()
         if self.mixed_precision not in MIXED_PRECISION:
             raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose one of: "
                             f"{', '.join(MIXED_PRECISION)}")
