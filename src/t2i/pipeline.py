@@ -27,14 +27,14 @@ from PIL import Image
 
 from .checkpoints import (diffusion_from_config, load_components, read_config, require_diffusion_model,
                           resolve_model, tokenizer_from_config)
+from .checks import whole_number
 from .devices import resolve_device, resolve_dtype
 from .diffusion import Diffusion
 from .errors import UserError
-from .images import PNG_PARAMETERS_KEY, eight_bit, to_pil, to_tensor
 from .guards import (as_image, check_finite_output, check_generation_fits, image_seeds, image_side, negative_prompts,
                      prompt_list)
+from .images import PNG_PARAMETERS_KEY, eight_bit, to_pil, to_tensor
 from .kernels.winograd import use_winograd
-from .checks import whole_number
 from .models.config import check_divisible
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
@@ -353,9 +353,10 @@ class Pipeline:
         `sampler_options` are the sampler's own options.
 
         Editing: with an `image` (a PIL image or a file's path), generation starts from it noised to
-        the level `strength` selects (default 0.8; 1 ignores the image, 0 returns it). With a `mask` as well (white =
-        regenerate, black = keep; default strength 1) only the white region is redrawn. Images
-        keep their own size, which must be divisible by the model's downsampling factor.
+        the level `strength` selects (default 0.8; 1 ignores the image, 0 returns it). With a `mask`
+        as well (white = regenerate, black = keep; default strength 1) only the white region is
+        redrawn. Images keep their own size, which must be divisible by the model's downsampling
+        factor. Every argument is checked before any network runs (`t2i.guards`).
         """
         settings = self.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,
                                  guidance_rescale=guidance_rescale)
@@ -395,4 +396,3 @@ class Pipeline:
                        "size": list(size), "model": self.name, "eta": eta, **settings}
                       for text, negative, image_seed in zip(prompts, negatives or [""] * count, seeds)]
         return self.output(self.decode(z, edit), output_type, parameters)
-
