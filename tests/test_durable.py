@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from tqdm.auto import tqdm
+from tqdm.std import TqdmDefaultWriteLock
 
 from t2i import files
 from t2i.checkpoints import export_model
@@ -109,12 +111,18 @@ def toy_config(**changes) -> RunConfig:
     return RunConfig(**{**base, **changes})
 
 
+CHILD_LIMIT_S = 120  # a child still running after this is hung: killed, and the test fails
+
+
 def start_child(work, hook=None) -> int:
-    """Run `work` in a forked process, as a training that may be killed; its PID."""
+    """Run `work` in a forked process, as a training that may be killed; its PID. The child takes a
+    fresh tqdm lock: the parent's may have been held by another thread (tqdm's monitor) at the fork,
+    and a lock copied held is never released."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            tqdm.set_lock(TqdmDefaultWriteLock())
             torch.set_num_threads(1)
             files.after_operation = hook
             work()
@@ -129,7 +137,15 @@ def start_child(work, hook=None) -> int:
 
 def wait_child(pid: int) -> int:
     """The exit code of a child: 0 when its work was done, 1 on an error, -9 when it was SIGKILLed."""
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    deadline = time.monotonic() + CHILD_LIMIT_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"a child process was still running after {CHILD_LIMIT_S} s: hung")
 
 
 def in_child(work, hook=None) -> int:

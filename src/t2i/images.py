@@ -12,6 +12,7 @@ import torch
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from .errors import UserError
+from .files import durable_write
 from .metadata import INFOTEXT_KEY, from_infotext, to_infotext
 
 PNG_PARAMETERS_KEY = "t2i"
@@ -104,7 +105,7 @@ def save_png(image: Image.Image, path: str | Path, parameters: dict | None = Non
         infotext = to_infotext(parameters)
         if infotext is not None:
             info.add_itxt(INFOTEXT_KEY, infotext)
-    image.save(path, format="PNG", pnginfo=info)
+    durable_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path
 
 

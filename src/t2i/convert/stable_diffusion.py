@@ -24,7 +24,7 @@ from .. import __version__
 from ..checkpoints import (CONFIG_NAME, folder_config, load_components, read_config, save_model,
                            tokenizer_from_config)
 from ..errors import UserError
-from ..files import read_json, write_json
+from ..files import durable_write, read_json, write_json
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 from ..text.clip import TextEncoderConfig
@@ -159,7 +159,7 @@ def save_original(networks: Mapping[str, torch.nn.Module], path: str | Path) -> 
         tensors.update({prefix + k: v for k, v in theirs.items()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path))
+    durable_write(path, lambda tmp: save_file(tensors, str(tmp)))
     return path
 
 
@@ -211,7 +211,8 @@ def save_diffusers(networks: Mapping[str, torch.nn.Module], tokenizer: CLIPToken
     for name, (config, weights_name, tensors) in parts.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
         write_json(folder / name / CONFIG_NAME, {**config, "_diffusers_version": "0.30.0"})
-        save_file(tensors, str(folder / name / weights_name), metadata={"format": "pt"})
+        durable_write(folder / name / weights_name,
+                      lambda tmp, tensors=tensors: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     tokenizer.save(folder / "tokenizer")
     write_json(folder / "tokenizer" / "tokenizer_config.json",
                {"model_max_length": text_net.config.max_length, "pad_token": tokenizer.pad_token,

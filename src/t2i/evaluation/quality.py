@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..files import short_hash
+from ..files import durable_write, short_hash
 
 if TYPE_CHECKING:
     from ..metrics.alignment import AlignmentResult
@@ -60,7 +60,7 @@ def cached_features(extractor, dataset, cache_dir: Path | None, progress: bool, 
         return load_file(str(path))["features"]
     features = extractor.of_dataset(dataset, progress=progress, desc=desc)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"features": features.contiguous()}, str(path))
+    durable_write(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
     return features
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..errors import UserError
-from ..files import read_json
+from ..files import durable_write_bytes, read_json
 from .tokenizer import Tokenizer
 
 START_OF_TEXT = "<|startoftext|>"
@@ -261,9 +261,9 @@ class CLIPTokenizer(Tokenizer):
         """Write vocab.json and merges.txt into `folder`; return the config entry."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "vocab.json").write_text(json.dumps(self.vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+        durable_write_bytes(folder / "vocab.json", (json.dumps(self.vocab, ensure_ascii=False) + "\n").encode())
         merges = "".join(f"{a} {b}\n" for a, b in self.merges)
-        (folder / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+        durable_write_bytes(folder / "merges.txt", ("#version: 0.2\n" + merges).encode())
         return self.to_dict()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import UserError
+from ..files import durable_write_bytes
 from .pretrained import pretrained_dir
 from .tokenizer import Tokenizer
 
@@ -141,7 +142,7 @@ class WordPieceTokenizer(Tokenizer):
         if not self.pretrained:
             folder = Path(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "vocab.txt").write_text("".join(p + "\n" for p in self.vocab), encoding="utf-8")
+            durable_write_bytes(folder / "vocab.txt", "".join(p + "\n" for p in self.vocab).encode())
         return self.to_dict()
 
     @classmethod
