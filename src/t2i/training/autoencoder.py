@@ -110,10 +110,6 @@ def resume_vae(out_dir: str | Path, **changes) -> TrainResult:
 def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, resumed: bool) -> TrainResult:
     """Build the networks of a run (from its checkpoint if `resumed`) and hand its step to the loop."""
     device = resolve_device(config.device)
-    dataset = load_dataset(config.data, config.image_size, "train")
-    test = load_dataset(config.data, config.image_size, "test")
-    shown = torch.stack([test[i] for i in range(min(config.num_samples, len(test)))])
-
     with torch.device("meta"):
         parameters = sum(p.numel() for p in AutoencoderKL(vae_config).parameters())
     # as for the U-Net (`diffusion.check_training_fits`): five copies of the weights, and the encoder's
@@ -122,6 +118,10 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, resumed: bool)
                                                       config.image_size),
                f"training a {parameters / 1e6:.1f}M-parameter autoencoder on batches of {config.batch_size} at "
                f"{config.image_size}×{config.image_size}", "lower batch_size or image_size, or the channels", device)
+    dataset = load_dataset(config.data, config.image_size, "train")
+    test = load_dataset(config.data, config.image_size, "test")
+    shown = torch.stack([test[i] for i in range(min(config.num_samples, len(test)))])
+
     torch.manual_seed(config.seed)
     model = torch.nn.ModuleDict({"vae": AutoencoderKL(vae_config)})
     adversarial = config.disc_weight > 0
