@@ -91,10 +91,18 @@ FILE_EDITS = [
     (lambda c: c["diffusion"].update(schedule="quadratic"), "unknown schedule 'quadratic'"),
     (lambda c: c["inference"].update(cfg=None), "section inference: cfg must be a finite number"),
     (lambda c: c["inference"].update(steps=2.5), "section inference: steps must be a whole number"),
-    (lambda c: c["tokenizer"].update(type="sentencepiece"), "section tokenizer: unknown type 'sentencepiece'"),
+    (lambda c: c["tokenizer"].update(type="sentencepiece"), "tokenizer: unknown tokenizer type 'sentencepiece'"),
     (lambda c: c["vae"].update(latent_channels=-4), "section vae: latent_channels must be a whole number"),
     (lambda c: c["text_encoder"].update(width="wide"), "section text_encoder: width must be a whole number"),
     (lambda c: c.update(format_version="2"), "needs a whole-number format_version"),
+    (lambda c: c["tokenizer"].update(max_length="abc"), "section tokenizer: max_length must be a whole number"),
+    (lambda c: c["tokenizer"].update(vocab=5), "section tokenizer: vocab must be a list"),
+    (lambda c: c["tokenizer"].update(vocab_file="../../x.txt"), "section tokenizer: vocab_file must name a file in"),
+    (lambda c: c["tokenizer"].pop("type"), r"section tokenizer: TokenizerSettings keys \['type'\] are missing"),
+    (lambda c: c.update(colour="red"), r"config.json': unknown ModelFolder keys \['colour'\]"),
+    (lambda c: c.update(step="x"), "config.json': step must be a whole number"),
+    (lambda c: c.update(train=[1]), "section train must be a JSON object"),
+    (lambda c: c["diffusion"].update(steps_offset=1000), "steps_offset 1000 must be below num_timesteps 1000"),
 ]
 
 
@@ -113,3 +121,23 @@ def test_a_bad_model_config_file_is_one_line_naming_file_section_and_key(folder,
 def test_the_shipped_models_configs_pass_unchanged():
     for name, folder in shipped_models().items():
         read_config(folder)
+
+
+def test_an_autoencoder_folder_needs_its_image_size_too(folder):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    autoencoder = {key: config[key] for key in ("format_version", "t2i_version", "vae")}
+    path.write_text(json.dumps(autoencoder))
+    with pytest.raises(UserError, match="config.json': image_size is missing"):
+        read_config(folder)
+    path.write_text(json.dumps({**autoencoder, "image_size": 32}))
+    assert read_config(folder)["image_size"] == 32
+
+
+def test_load_tokenizer_reads_its_section_through_the_schema():
+    from t2i.text.tokenizers import load_tokenizer
+
+    with pytest.raises(UserError, match="section tokenizer: max_length must be a whole number from 2"):
+        load_tokenizer({"type": "word", "vocab": ["<pad>", "<bos>", "<eos>", "<unk>"], "max_length": math.inf})
+    with pytest.raises(UserError, match="section tokenizer: must be a JSON object"):
+        load_tokenizer(["word"])

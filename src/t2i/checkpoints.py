@@ -28,7 +28,7 @@ from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
 from .files import durable_write, read_json, write_json
-from .folder_config import check_folder_config, text_encoder_class
+from .folder_config import DiffusionSettings, check_folder_config, text_encoder_class
 from .memory import check_fits
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
@@ -147,8 +147,8 @@ def is_pretrained(name: str, config: dict) -> bool:
 
 
 def diffusion_from_config(config: dict) -> Diffusion:
-    d = config["diffusion"]
-    return Diffusion.from_schedule(d["schedule"], d["num_timesteps"], d.get("prediction_type", "epsilon"))
+    d = DiffusionSettings.from_dict(config["diffusion"], "section diffusion")
+    return Diffusion.from_schedule(d.schedule, d.num_timesteps, d.prediction_type)
 
 
 def weights_path(model_dir: str | Path, component: str) -> Path:
