@@ -141,3 +141,16 @@ def test_load_tokenizer_reads_its_section_through_the_schema():
         load_tokenizer({"type": "word", "vocab": ["<pad>", "<bos>", "<eos>", "<unk>"], "max_length": math.inf})
     with pytest.raises(UserError, match="section tokenizer: must be a JSON object"):
         load_tokenizer(["word"])
+
+
+def test_a_resumed_run_names_the_file_for_its_saved_values_and_the_caller_for_its_changes():
+    saved = json.loads((shipped_models()["emoji"] / "config.json").read_text())["train"]
+    assert TrainConfig.resumed(saved, {"max_steps": 20_000}).max_steps == 20_000
+    with pytest.raises(UserError, match="section train: ema_decay must be a finite number"):
+        TrainConfig.resumed({**saved, "ema_decay": math.nan}, {})
+    with pytest.raises(UserError, match="section train: must be a JSON object of TrainConfig settings, got list"):
+        TrainConfig.resumed([saved], {})
+    with pytest.raises(UserError, match="^lr must be a finite number above 0.0"):
+        TrainConfig.resumed(saved, {"lr": math.inf})
+    with pytest.raises(UserError, match="section train: unknown prediction type 'x0'"):
+        TrainConfig.resumed({**saved, "prediction_type": "x0"}, {})
