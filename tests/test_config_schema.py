@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from t2i.checkpoints import read_config, shipped_models
+from t2i.checkpoints import build_components, load_components, load_vae, read_config, shipped_models
 from t2i.errors import UserError
 from t2i.models.unet import UNetConfig
 from t2i.models.vae import VAEConfig
@@ -154,3 +154,21 @@ def test_a_resumed_run_names_the_file_for_its_saved_values_and_the_caller_for_it
         TrainConfig.resumed(saved, {"lr": math.inf})
     with pytest.raises(UserError, match="section train: unknown prediction type 'x0'"):
         TrainConfig.resumed({**saved, "prediction_type": "x0"}, {})
+
+
+def test_networks_that_cannot_fit_are_refused_from_their_shapes(folder, monkeypatch):
+    config = read_config(folder)
+    monkeypatch.setattr("t2i.memory.available_memory", lambda device="cpu": 10**5)  # 100 kB free
+    for make in (lambda: build_components(config), lambda: load_components(folder), lambda: load_vae(folder),
+                 lambda: Pipeline.load(folder, "cpu")):
+        with pytest.raises(UserError, match=r"M parameters\) needs about .* and the cpu has 97.7 KiB free"):
+            make()
+
+
+def test_a_huge_model_in_range_is_refused_before_anything_is_allocated(folder):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["vae"].update(block_channels=[4096] * 8, num_res_blocks=64)  # 315 billion parameters
+    path.write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"the autoencoder of .* \(315135.9M parameters\) needs about 1.1 TiB"):
+        load_vae(folder)
