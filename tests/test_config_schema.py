@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from t2i.checkpoints import read_config, shipped_models
+from t2i.checkpoints import build_components, load_components, load_vae, read_config, shipped_models
 from t2i.errors import UserError
 from t2i.models.unet import UNetConfig
 from t2i.models.vae import VAEConfig
@@ -91,10 +91,18 @@ FILE_EDITS = [
     (lambda c: c["diffusion"].update(schedule="quadratic"), "unknown schedule 'quadratic'"),
     (lambda c: c["inference"].update(cfg=None), "section inference: cfg must be a finite number"),
     (lambda c: c["inference"].update(steps=2.5), "section inference: steps must be a whole number"),
-    (lambda c: c["tokenizer"].update(type="sentencepiece"), "section tokenizer: unknown type 'sentencepiece'"),
+    (lambda c: c["tokenizer"].update(type="sentencepiece"), "tokenizer: unknown tokenizer type 'sentencepiece'"),
     (lambda c: c["vae"].update(latent_channels=-4), "section vae: latent_channels must be a whole number"),
     (lambda c: c["text_encoder"].update(width="wide"), "section text_encoder: width must be a whole number"),
     (lambda c: c.update(format_version="2"), "needs a whole-number format_version"),
+    (lambda c: c["tokenizer"].update(max_length="abc"), "section tokenizer: max_length must be a whole number"),
+    (lambda c: c["tokenizer"].update(vocab=5), "section tokenizer: vocab must be a list"),
+    (lambda c: c["tokenizer"].update(vocab_file="../../x.txt"), "section tokenizer: vocab_file must name a file in"),
+    (lambda c: c["tokenizer"].pop("type"), r"section tokenizer: TokenizerSettings keys \['type'\] are missing"),
+    (lambda c: c.update(colour="red"), r"config.json': unknown ModelFolder keys \['colour'\]"),
+    (lambda c: c.update(step="x"), "config.json': step must be a whole number"),
+    (lambda c: c.update(train=[1]), "section train must be a JSON object"),
+    (lambda c: c["diffusion"].update(steps_offset=1000), "steps_offset 1000 must be below num_timesteps 1000"),
 ]
 
 
@@ -113,3 +121,54 @@ def test_a_bad_model_config_file_is_one_line_naming_file_section_and_key(folder,
 def test_the_shipped_models_configs_pass_unchanged():
     for name, folder in shipped_models().items():
         read_config(folder)
+
+
+def test_an_autoencoder_folder_needs_its_image_size_too(folder):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    autoencoder = {key: config[key] for key in ("format_version", "t2i_version", "vae")}
+    path.write_text(json.dumps(autoencoder))
+    with pytest.raises(UserError, match="config.json': image_size is missing"):
+        read_config(folder)
+    path.write_text(json.dumps({**autoencoder, "image_size": 32}))
+    assert read_config(folder)["image_size"] == 32
+
+
+def test_load_tokenizer_reads_its_section_through_the_schema():
+    from t2i.text.tokenizers import load_tokenizer
+
+    with pytest.raises(UserError, match="section tokenizer: max_length must be a whole number from 2"):
+        load_tokenizer({"type": "word", "vocab": ["<pad>", "<bos>", "<eos>", "<unk>"], "max_length": math.inf})
+    with pytest.raises(UserError, match="section tokenizer: must be a JSON object"):
+        load_tokenizer(["word"])
+
+
+def test_a_resumed_run_names_the_file_for_its_saved_values_and_the_caller_for_its_changes():
+    saved = json.loads((shipped_models()["emoji"] / "config.json").read_text())["train"]
+    assert TrainConfig.resumed(saved, {"max_steps": 20_000}).max_steps == 20_000
+    with pytest.raises(UserError, match="section train: ema_decay must be a finite number"):
+        TrainConfig.resumed({**saved, "ema_decay": math.nan}, {})
+    with pytest.raises(UserError, match="section train: must be a JSON object of TrainConfig settings, got list"):
+        TrainConfig.resumed([saved], {})
+    with pytest.raises(UserError, match="^lr must be a finite number above 0.0"):
+        TrainConfig.resumed(saved, {"lr": math.inf})
+    with pytest.raises(UserError, match="section train: unknown prediction type 'x0'"):
+        TrainConfig.resumed({**saved, "prediction_type": "x0"}, {})
+
+
+def test_networks_that_cannot_fit_are_refused_from_their_shapes(folder, monkeypatch):
+    config = read_config(folder)
+    monkeypatch.setattr("t2i.memory.available_memory", lambda device="cpu": 10**5)  # 100 kB free
+    for make in (lambda: build_components(config), lambda: load_components(folder), lambda: load_vae(folder),
+                 lambda: Pipeline.load(folder, "cpu")):
+        with pytest.raises(UserError, match=r"M parameters\) needs about .* and the cpu has 97.7 KiB free"):
+            make()
+
+
+def test_a_huge_model_in_range_is_refused_before_anything_is_allocated(folder):
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["vae"].update(block_channels=[4096] * 8, num_res_blocks=64)  # 315 billion parameters
+    path.write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"the autoencoder of .* \(315135.9M parameters\) needs about 1.1 TiB"):
+        load_vae(folder)

@@ -198,7 +198,7 @@ def test_load_tokenizer_errors(tmp_path):
         load_tokenizer({"type": "clip_bpe"})
     with pytest.raises(UserError, match="vocab.json' is missing"):
         load_tokenizer({"type": "clip_bpe"}, tmp_path)
-    with pytest.raises(UserError, match="unknown 'word' tokenizer config keys"):
+    with pytest.raises(UserError, match=r"unknown TokenizerSettings keys \['lowercase'\]"):
         load_tokenizer({"type": "word", "vocab": list(WordTokenizer.SPECIALS), "lowercase": True})
     with pytest.raises(UserError, match="must start with"):
         load_tokenizer({"type": "word", "vocab": ["cat"]})

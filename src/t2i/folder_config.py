@@ -1,9 +1,10 @@
 """A model folder's config.json checked whole, before anything is built from it.
 
 The network sections (`unet`, `vae`, `text_encoder`) read through their own configs; the
-`diffusion` and `inference` sections through the small configs below, by the same typed reader
-(`models.config.ModelConfig`); the tokenizer's section must name a known type. Every error
-names the file, the section and the key.
+`diffusion` and `inference` sections and the top-level values through the small configs below,
+the `tokenizer` section through `text.tokenizers.TokenizerSettings`, all by the same typed reader
+(`models.config.ModelConfig`); a run's `train` section must be an object (the training that resumes
+the run reads it). Every error names the file, the section and the key.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checks import whole_number
 from .diffusion import PREDICTION_TYPES
 from .errors import UserError
 from .models.config import ModelConfig
@@ -20,7 +20,7 @@ from .models.vae import VAEConfig
 from .schedules import SCHEDULES, SPACINGS
 from .text.bert import BertConfig
 from .text.clip import TextEncoderConfig
-from .text.tokenizers import TOKENIZERS
+from .text.tokenizers import TokenizerSettings
 
 
 @dataclass
@@ -42,6 +42,8 @@ class DiffusionSettings(ModelConfig):
                                    ("prediction_type", self.prediction_type, PREDICTION_TYPES)):
             if value not in known:
                 raise UserError(f"unknown {name} {value!r}; choose one of: {', '.join(known)}")
+        if self.steps_offset >= self.num_timesteps:
+            raise UserError(f"steps_offset {self.steps_offset} must be below num_timesteps {self.num_timesteps}")
 
 
 @dataclass
@@ -63,34 +65,46 @@ class InferenceSettings(ModelConfig):
             raise UserError(f"unknown spacing {self.spacing!r}; choose one of: {', '.join(SPACINGS)}")
 
 
+@dataclass
+class ModelFolder(ModelConfig):
+    """The top-level values of a model folder's config.json, beside its sections (`SECTIONS`)."""
+
+    format_version: int  # which versions this t2i reads: `checkpoints.read_config`
+    image_size: int  # the side of the images the model makes
+    t2i_version: str | None = None
+    step: int | None = None  # a run's: the training step of the weights
+    seconds: float | None = None  # and the training time they took
+
+    RANGES = {"format_version": (0, 1_000_000), "image_size": (1, 16384), "step": (0, 2**63 - 1),
+              "seconds": (0.0, 1e12)}
+
+
+# every section a config.json may hold; `train` holds a run's settings, read by the training that resumes it
+SECTIONS = ("unet", "text_encoder", "vae", "tokenizer", "diffusion", "inference", "train")
+
+
 def text_encoder_class(section: dict) -> type[ModelConfig]:
     """A text encoder whose config names `pretrained` weights is the frozen BERT they fit."""
-    return BertConfig if section.get("pretrained") else TextEncoderConfig
+    return BertConfig if isinstance(section, dict) and section.get("pretrained") else TextEncoderConfig
 
 
 def check_folder_config(config, path: Path) -> None:
-    """Refuse a config.json that is not a JSON object of well-formed sections, naming what is wrong."""
+    """Refuse a config.json that is not a JSON object of well-formed sections and top-level values
+    (unknown keys among them), naming what is wrong."""
     if not isinstance(config, dict):
         raise UserError(f"{str(path)!r} must hold a JSON object, not a {type(config).__name__}")
-    sections = {"unet": UNetConfig, "vae": VAEConfig, "diffusion": DiffusionSettings,
-                "inference": InferenceSettings}
-    for name in ("text_encoder", "tokenizer", *sections):
+    for name in SECTIONS:
         if name in config and not isinstance(config[name], dict):
             raise UserError(f"{str(path)!r}: section {name} must be a JSON object, got {config[name]!r}")
+    if "image_size" not in config:
+        raise UserError(f"{str(path)!r}: image_size is missing (the side of the images the model makes)")
+    ModelFolder.from_dict({key: value for key, value in config.items() if key not in SECTIONS}, f"{str(path)!r}")
+    sections = {"unet": UNetConfig, "vae": VAEConfig, "diffusion": DiffusionSettings, "inference": InferenceSettings,
+                "tokenizer": TokenizerSettings}
     if "text_encoder" in config:
         sections["text_encoder"] = text_encoder_class(config["text_encoder"])
     for name, kind in sections.items():
         if name in config:
             kind.from_dict(config[name], f"{str(path)!r}, section {name}")
-    if "tokenizer" in config and config["tokenizer"].get("type") not in TOKENIZERS:
-        raise UserError(f"{str(path)!r}, section tokenizer: unknown type {config['tokenizer'].get('type')!r}; "
-                        f"choose one of: {', '.join(TOKENIZERS)}")
     if ("text_encoder" in config) != ("tokenizer" in config):
         raise UserError(f"{str(path)!r}: a text encoder needs a tokenizer section, and a tokenizer a text encoder")
-    if "unet" in config:
-        if "image_size" not in config:
-            raise UserError(f"{str(path)!r}: image_size is missing (the side of the images the model makes)")
-        try:
-            whole_number("image_size", config["image_size"], 1, 16384)
-        except UserError as error:
-            raise UserError(f"{str(path)!r}: {error}") from None

@@ -15,18 +15,24 @@ from .errors import UserError
 
 
 def available_memory(device: torch.device | str = "cpu") -> int | None:
-    """Bytes free on `device`: for the CPU, MemAvailable of /proc/meminfo (None where there is none);
-    for a CUDA device, what torch's allocator reports free."""
+    """Bytes free on `device`: for the CPU, MemAvailable of /proc/meminfo, else psutil's estimate where
+    psutil is installed (None where neither is); for a CUDA device, what the driver reports free plus
+    what torch's allocator holds cached but unused (it hands that out first)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    try:
+        import psutil  # not a dependency: where installed, it knows the systems without /proc (macOS, Windows)
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
 
 
 def format_bytes(count: float) -> str:

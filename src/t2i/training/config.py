@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -46,14 +47,15 @@ class RunConfig(ModelConfig):
             raise UserError("ema_decay must be below 1: at 1 the EMA never moves from the initial weights")
 
     @classmethod
-    def resumed(cls, saved: dict, changes: dict):
+    def resumed(cls, saved: dict, changes: dict, source: str = "the run's config.json, section train"):
         """The saved config of a run with `changes` (settings by name) applied; any change
-        outside `RESUME_CHANGES` is refused, since the run's steps so far were taken without it."""
+        outside `RESUME_CHANGES` is refused, since the run's steps so far were taken without it.
+        A bad saved value is named as the file's (`source`), a bad change as the caller's."""
         refused = sorted(set(changes) - set(cls.RESUME_CHANGES))
         if refused:
             raise UserError(f"a resumed run keeps its {', '.join(refused)}; it may change only "
                             f"{', '.join(cls.RESUME_CHANGES)}")
-        return cls.from_dict({**saved, **changes})
+        return dataclasses.replace(cls.from_dict(saved, source), **changes)
 
 
 def check_image_size(image_size: int, factor: int, why: str) -> None:

@@ -36,6 +36,7 @@ from ..data import load_dataset
 from ..data.folder import choose_caption
 from ..data.latents import sample_latents
 from ..devices import resolve_device
+from ..diffusion import PREDICTION_TYPES
 from ..errors import UserError
 from ..guards import unet_feature_bytes
 from ..memory import check_fits
@@ -91,6 +92,9 @@ class TrainConfig(RunConfig):
                             f"{', '.join(MIXED_PRECISION)}")
         if not 0 <= self.p_uncond < 1:
             raise UserError(f"p_uncond is a probability below 1, got {self.p_uncond}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise UserError(f"unknown prediction type {self.prediction_type!r}; choose one of: "
+                            f"{', '.join(PREDICTION_TYPES)}")
         get_betas(self.schedule, self.num_timesteps)  # an unknown schedule fails before any work
 
 
