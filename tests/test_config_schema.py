@@ -9,6 +9,7 @@ import pytest
 
 from t2i.checkpoints import build_components, load_components, load_vae, read_config, shipped_models
 from t2i.errors import UserError
+from t2i.models.discriminator import DiscriminatorConfig
 from t2i.models.unet import UNetConfig
 from t2i.models.vae import VAEConfig
 from t2i.pipeline import Pipeline
@@ -27,6 +28,8 @@ BAD_VALUES = [
     (UNetConfig, {"channel_mult": []}, "channel_mult must list 1 to 8 levels"),
     (UNetConfig, {"dropout": math.nan}, "dropout must be a finite number"),
     (UNetConfig, {"dropout": 2.0}, "dropout must be a finite number from 0.0 to 1.0"),
+    (UNetConfig, {"dropout": 1.0}, "dropout must be below 1"),
+    (DiscriminatorConfig, {"layers": 0}, "layers must be a whole number from 1 to 8"),
     (UNetConfig, {"mid_attention": 1}, "mid_attention must be true or false"),
     (UNetConfig, {"block_type": 5}, "block_type must be a string"),
     (UNetConfig, {"context_dim": [768]}, "context_dim must be a whole number"),
@@ -120,7 +123,8 @@ def test_a_bad_model_config_file_is_one_line_naming_file_section_and_key(folder,
 
 def test_the_shipped_models_configs_pass_unchanged():
     for name, folder in shipped_models().items():
-        read_config(folder)
+        config = read_config(folder)
+        TrainConfig.resumed(config["train"], {})  # the run's settings too, as a resume reads them
 
 
 def test_an_autoencoder_folder_needs_its_image_size_too(folder):

@@ -24,6 +24,8 @@ class DiscriminatorConfig(ModelConfig):
     layers: int = 2  # stride-2 convolutions; each patch logit sees a 4·2^layers - 2 pixel window
     norm_groups: int = 8
 
+    RANGES = {"in_channels": (1, 64), "channels": (1, 4096), "layers": (1, 8), "norm_groups": (1, 4096)}
+
 
 class PatchDiscriminator(nn.Module):
     """Images [B, C, H, W] -> patch logits [B, 1, H/2^layers - 1, W/2^layers - 1]."""

@@ -100,6 +100,8 @@ class UNetConfig(ModelConfig):
             raise UserError(f"channel_mult must list 1 to 8 levels, got {len(self.channel_mult)}")
         if self.block_type not in BLOCK_TYPES:
             raise UserError(f"unknown block type {self.block_type!r}; choose one of: {', '.join(BLOCK_TYPES)}")
+        if self.dropout == 1:
+            raise UserError("dropout must be below 1: at 1 every residual branch is dropped")
         bad = [level for level in self.attention_levels if not 0 <= level < len(self.channel_mult)]
         if bad:
             raise UserError(f"attention levels {bad} do not exist: "
