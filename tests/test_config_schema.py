@@ -176,3 +176,10 @@ def test_a_huge_model_in_range_is_refused_before_anything_is_allocated(folder):
     path.write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"the autoencoder of .* \(315135.9M parameters\) needs about 1.1 TiB"):
         load_vae(folder)
+
+
+@pytest.mark.parametrize("text", ['{"format_version": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000])
+def test_a_config_json_python_cannot_parse_is_one_line(tmp_path, text):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(UserError, match="is not a config t2i reads"):
+        read_config(tmp_path)

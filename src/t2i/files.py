@@ -41,6 +41,8 @@ def read_json(path: Path, missing: str):
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{str(path)!r} is not valid JSON: {error}") from None
+    except (ValueError, RecursionError) as error:  # an integer of thousands of digits, nesting thousands deep
+        raise UserError(f"{str(path)!r} is not a config t2i reads: {str(error).splitlines()[0][:120]}") from None
     except OSError as error:
         raise UserError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
 
