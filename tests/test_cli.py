@@ -79,3 +79,24 @@ def test_bad_input_gets_one_line(model_dir, tmp_path, capsys):
                             "--channel-mult", "1", "2", "2"], "divisible by 4")
     one_line_error(capsys, ["noise", str(tmp_path / "missing.png")], "does not exist")
     one_line_error(capsys, ["train", "--out", str(tmp_path / "none"), "--resume"], "does not exist")
+
+
+def test_info_prints_the_parameters_a_png_carries(model_dir, tmp_path, capsys):
+    from PIL import PngImagePlugin
+
+    theirs = PngImagePlugin.PngInfo()
+    theirs.add_text("parameters", "a cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, "
+                                  "Size: 64x64")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=theirs)
+    assert main(["info", str(tmp_path / "a1111.png")]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["a cat", "Negative prompt: dog"]
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(model_dir), "--steps", "2", "--num", "2", "--seed", "4", "--out", str(grid),
+                 "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(grid)]) == 0
+    assert "Sampler: ddpm" in (out := capsys.readouterr().out) and "Seed: 4" in out
+    assert main(["info", str(grid), "--json"]) == 0
+    assert '"num": 2' in capsys.readouterr().out
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    one_line_error(capsys, ["info", str(tmp_path / "plain.png")], "carries no generation parameters")

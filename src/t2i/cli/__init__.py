@@ -14,7 +14,7 @@ import sys
 
 from ..errors import UserError
 from .evaluate import add_bench, add_eval
-from .generate import add_generate, add_noise, add_sample
+from .generate import add_generate, add_info, add_noise, add_sample
 from .models import add_convert, add_data, add_export
 from .train import add_train, add_train_vae
 
@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="t2i", description="Text-to-image diffusion, from the DDPM maths up.")
     parser.add_argument("--version", action="version", version=f"t2i {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_eval, add_export, add_convert,
-                add_data, add_bench):
+    for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_info, add_eval, add_export,
+                add_convert, add_data, add_bench):
         add(sub)
     return parser
 

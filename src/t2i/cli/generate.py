@@ -1,4 +1,5 @@
-"""`t2i generate`, `t2i sample` and `t2i noise`: prompts (or nothing) to images, and the forward process shown."""
+"""`t2i generate`, `t2i sample`, `t2i noise` and `t2i info`: prompts (or nothing) to images, the forward
+process shown, and the parameters a generated image carries."""
 
 from __future__ import annotations
 
@@ -174,3 +175,24 @@ def run_noise(args) -> None:
     save_png(figure, args.out, {"image": str(args.image), "schedule": args.schedule, "seed": args.seed})
     print(f"wrote {args.out}; pixels at t = {args.timesteps - 1}: mean {stats['mean']:.4f}, std {stats['std']:.4f} "
           "(N(0, 1) has 0 and 1)")
+
+
+def add_info(sub) -> None:
+    p = sub.add_parser("info", help="the generation parameters a PNG carries (ours or AUTOMATIC1111's)")
+    p.add_argument("image", type=Path)
+    p.add_argument("--json", action="store_true", help="print them as our JSON instead of AUTOMATIC1111's text")
+    p.set_defaults(run=run_info)
+
+
+def run_info(args) -> None:
+    """AUTOMATIC1111's infotext of the image's parameters (what its PNG-info tab shows), or our JSON."""
+    import json
+
+    from ..images import read_parameters
+    from ..metadata import to_infotext
+
+    parameters = read_parameters(args.image)
+    if not parameters:
+        raise UserError(f"{str(args.image)!r} carries no generation parameters (neither t2i's nor AUTOMATIC1111's)")
+    infotext = None if args.json else to_infotext(parameters)
+    print(infotext if infotext is not None else json.dumps(parameters, indent=2, sort_keys=True))
