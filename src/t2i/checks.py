@@ -12,6 +12,8 @@ import numbers
 
 from .errors import UserError
 
+MAX_SIDE = 16384  # pixels an image side: more than any model here or in Stable Diffusion's family draws
+
 
 def _range_text(minimum, maximum, above: bool = False) -> str:
     if minimum is not None and maximum is not None:

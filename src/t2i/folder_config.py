@@ -12,11 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checks import MAX_SIDE
 from .diffusion import PREDICTION_TYPES
 from .errors import UserError
 from .models.config import ModelConfig
 from .models.unet import UNetConfig
 from .models.vae import VAEConfig
+from .sampling import MAX_GUIDANCE, MAX_STEPS
 from .schedules import SCHEDULES, SPACINGS
 from .text.bert import BertConfig
 from .text.clip import TextEncoderConfig
@@ -57,7 +59,7 @@ class InferenceSettings(ModelConfig):
     cfg: float = 5.0
     guidance_rescale: float = 0.0
 
-    RANGES = {"steps": (1, 10_000), "cfg": (0.0, 1000.0), "guidance_rescale": (0.0, 1.0)}
+    RANGES = {"steps": (1, MAX_STEPS), "cfg": (0.0, MAX_GUIDANCE), "guidance_rescale": (0.0, 1.0)}
 
     def __post_init__(self):
         super().__post_init__()
@@ -75,7 +77,7 @@ class ModelFolder(ModelConfig):
     step: int | None = None  # a run's: the training step of the weights
     seconds: float | None = None  # and the training time they took
 
-    RANGES = {"format_version": (0, 1_000_000), "image_size": (1, 16384), "step": (0, 2**63 - 1),
+    RANGES = {"format_version": (0, 1_000_000), "image_size": (1, MAX_SIDE), "step": (0, 2**63 - 1),
               "seconds": (0.0, 1e12)}
 
 

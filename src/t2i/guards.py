@@ -3,8 +3,9 @@ seeds, images, sizes), and what it made, checked before it is returned.
 
 `Pipeline.__call__` normalises its arguments here, so that a wrong type or an absurd value is one
 `UserError` naming the argument, and a size that cannot fit in memory is refused from an estimate
-made from the shapes, not found by the allocator after minutes of swapping. Samples that are not
-finite (black images) are an error naming the cause, not a result.
+made from the shapes, not found by the allocator after minutes of swapping (training shares the
+feature-map estimates, `unet_feature_bytes` and `vae_feature_bytes`). Samples that are not finite
+(black images) are an error naming the cause, not a result.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .checks import whole_number
+from .checks import MAX_SIDE, whole_number
 from .errors import UserError
 from .images import read_image
 from .memory import check_fits
 from .models.unet import UNetConfig
 from .models.vae import VAEConfig
 
-MAX_SIDE = 16384  # pixels: more than any model here or in Stable Diffusion's family draws
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes up to 2**64 - 1; JSON and most tools, int64
 
 

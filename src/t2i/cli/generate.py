@@ -60,7 +60,7 @@ def run_generate(args) -> None:
     """One image, or a comparison grid (`t2i.comparison`) and each of its images as NAME-i.png."""
     from ..comparison import compare
     from ..files import check_writable
-    from ..guards import MAX_SIDE
+    from ..checks import MAX_SIDE
     from ..images import enlarge, read_image
     from ..pipeline import Pipeline
 

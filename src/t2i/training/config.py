@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..checks import MAX_SIDE
 from ..errors import UserError
 from ..models.config import ModelConfig, check_divisible
 
@@ -36,7 +37,7 @@ class RunConfig(ModelConfig):
     # What a resumed run may take from the call resuming it: a longer run, a new learning rate
     # after a divergence or a plateau, a cooldown to end on, and where it runs. The rest is the run's own.
     RESUME_CHANGES = ("max_steps", "lr", "cooldown_steps", "device", "num_workers")
-    RANGES = {"image_size": (1, 16384), "batch_size": (1, 65536), "max_steps": STEPS, "lr": (0.0, 10.0, "above"),
+    RANGES = {"image_size": (1, MAX_SIDE), "batch_size": (1, 65536), "max_steps": STEPS, "lr": (0.0, 10.0, "above"),
               "warmup_steps": (0, STEPS[1]), "cooldown_steps": (0, STEPS[1]), "grad_clip": (0.0, 1e6),
               "ema_decay": (0.0, 1.0), "save_every": STEPS, "sample_every": STEPS, "log_every": STEPS,
               "num_samples": (1, 1024), "seed": (0, 2**63 - 1), "num_workers": (0, 256)}
