@@ -6,6 +6,7 @@ import json
 import math
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -20,30 +21,32 @@ MAX_PIXELS = 8192 * 8192  # an image file declaring more is refused before its p
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def read_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """The image in `path` converted to `mode`, read with limits: a file that is not an image, a
-    decompression bomb (more than MAX_PIXELS declared) or a text chunk over PIL's limit is one
-    `UserError`. 16-bit greyscale keeps its levels (PIL's own conversion clips them to white)."""
-    path = Path(path)
+def read_image(source: str | Path | BinaryIO, mode: str = "RGB", name: str | None = None) -> Image.Image:
+    """The image in `source` (a path, or an open binary file such as an upload's bytes, called `name`
+    in errors) converted to `mode`, read with limits: a file that is not an image, a decompression
+    bomb (more than MAX_PIXELS declared) or a text chunk over PIL's limit is one `UserError`. 16-bit
+    greyscale keeps its levels (PIL's own conversion clips them to white)."""
+    source = Path(source) if isinstance(source, str) else source
+    name = name or (f"image {str(source)!r}" if isinstance(source, Path) else "the image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.width * image.height > MAX_PIXELS:
-                    raise UserError(f"image {str(path)!r} is {image.width}×{image.height}, more than this reads "
+                    raise UserError(f"{name} is {image.width}×{image.height}, more than this reads "
                                     f"({MAX_PIXELS // 10**6} megapixels): resize it")
                 image.load()
                 return eight_bit(image).convert(mode)
     except UserError:
         raise
     except IsADirectoryError:
-        raise UserError(f"{str(path)!r} is a folder, not an image") from None
+        raise UserError(f"{str(source)!r} is a folder, not an image") from None
     except FileNotFoundError:
-        raise UserError(f"image {str(path)!r} does not exist") from None
+        raise UserError(f"{name} does not exist") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
             ValueError, SyntaxError) as error:  # PIL raises all of these for malformed files
         reason = (str(error).strip() or type(error).__name__).splitlines()[0]
-        raise UserError(f"cannot read image {str(path)!r}: {reason}") from None
+        raise UserError(f"cannot read {name}: {reason}") from None
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
@@ -110,10 +113,14 @@ def save_png(image: Image.Image, path: str | Path, parameters: dict | None = Non
 
 
 def read_parameters(path: str | Path) -> dict:
-    """The generation parameters a PNG carries: ours (saved by `save_png`), else those of
-    AUTOMATIC1111's `parameters` chunk read into our names, else {}."""
-    info = read_image(path).info
-    ours, theirs = info.get(PNG_PARAMETERS_KEY), info.get(INFOTEXT_KEY)
+    """The generation parameters a PNG file carries (`image_parameters`)."""
+    return image_parameters(read_image(path))
+
+
+def image_parameters(image: Image.Image) -> dict:
+    """The generation parameters an image read from a PNG carries: ours (saved by `save_png`), else
+    those of AUTOMATIC1111's `parameters` chunk read into our names, else {}."""
+    ours, theirs = image.info.get(PNG_PARAMETERS_KEY), image.info.get(INFOTEXT_KEY)
     if ours:
         return json.loads(ours)
     return from_infotext(theirs) if theirs else {}

@@ -15,11 +15,26 @@ INFOTEXT_KEY = "parameters"
 A1111_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_ancestral": "Euler a", "heun": "Heun", "lms": "LMS",
                   "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE"}
 KARRAS = " Karras"
+KARRAS_MENU = ("dpmpp_2m", "dpmpp_2m_sde")
 
 
 def a1111_sampler(sampler: str, spacing: str | None) -> str:
     """AUTOMATIC1111's name for one of our samplers on a spacing (ours where it has none)."""
     return A1111_SAMPLERS.get(sampler, sampler) + (KARRAS if spacing == "karras" else "")
+
+
+def from_a1111_sampler(name: str) -> tuple[str, str | None]:
+    """(our sampler, "karras" or None) of AUTOMATIC1111's name for it; a name it does not know is kept."""
+    karras = name.endswith(KARRAS)
+    name = name[:-len(KARRAS)] if karras else name
+    return {theirs: ours for ours, theirs in A1111_SAMPLERS.items()}.get(name, name), "karras" if karras else None
+
+
+def sampler_menu(samplers) -> list[dict]:
+    """Each of `samplers` under AUTOMATIC1111's name, and the "… Karras" entries its menu has."""
+    menu = [{"label": a1111_sampler(name, None), "sampler": name, "spacing": None} for name in samplers]
+    return menu + [{"label": A1111_SAMPLERS[name] + KARRAS, "sampler": name, "spacing": "karras"}
+                   for name in KARRAS_MENU if name in samplers]
 
 
 def to_infotext(parameters: dict) -> str | None:
@@ -63,10 +78,7 @@ def from_infotext(text: str) -> dict:
         width, height = map(int, fields["Size"].strip().split("x"))
         out["size"] = [height, width]
     if "Sampler" in fields:
-        name = fields["Sampler"].strip()
-        karras = name.endswith(KARRAS)
-        name = name[:-len(KARRAS)] if karras else name
-        out["sampler"] = {theirs: ours for ours, theirs in A1111_SAMPLERS.items()}.get(name, name)
-        if karras:
-            out["spacing"] = "karras"
+        out["sampler"], spacing = from_a1111_sampler(fields["Sampler"].strip())
+        if spacing:
+            out["spacing"] = spacing
     return out

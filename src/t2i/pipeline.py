@@ -38,7 +38,8 @@ from .kernels.winograd import use_winograd
 from .models.config import check_divisible
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
-from .sampling import Edit, Guidance, SamplerSettings, check_guidance, check_strength, get_sampler, sample
+from .sampling import (Edit, Guidance, SamplerSettings, StepCallback, check_guidance, check_strength, get_sampler,
+                       sample)
 from .text.clip import CLIPTextTransformer
 from .text.condition import text_condition
 from .text.tokenizer import Tokenizer
@@ -320,6 +321,14 @@ class Pipeline:
         mask = F.interpolate(edit.mask, size=tuple(side // self.downsample_factor for side in size))
         return torch.cat([mask, masked], dim=1).expand(batch, -1, -1, -1)
 
+    def previewing(self, callback: StepCallback, edit: EditImage | None) -> StepCallback:
+        """`callback` given x̂_0 as decoded PIL images rather than what the U-Net samples."""
+        def decoded(x0) -> list[Image.Image] | None:
+            z = x0()
+            return None if z is None else [to_pil(x) for x in self.decode(z, edit)]
+
+        return lambda i, steps, x0: callback(i, steps, lambda: decoded(x0))
+
     @staticmethod
     def output(x: torch.Tensor, output_type: str, parameters: list[dict]):
         """Images x in [-1, 1] as `output_type` asks; each PIL image carries its generation parameters
@@ -336,7 +345,7 @@ class Pipeline:
     def __call__(self, prompt: str | Sequence[str] = "", negative_prompt: str | Sequence[str] | None = None,
                  steps: int | None = None, sampler: str | None = None, cfg: float | None = None,
                  seed: int | Sequence[int] | None = None, num_images: int = 1, guidance_rescale: float | None = None,
-                 eta: float | None = None, progress: bool = True, image: Image.Image | None = None,
+                 eta: float | None = None, progress: bool | StepCallback = True, image: Image.Image | None = None,
                  strength: float | None = None, mask: Image.Image | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", spacing: str | None = None, width: int | None = None,
                  height: int | None = None, sampler_options: dict | None = None):
@@ -357,6 +366,9 @@ class Pipeline:
         as well (white = regenerate, black = keep; default strength 1) only the white region is
         redrawn. Images keep their own size, which must be divisible by the model's downsampling
         factor. Every argument is checked before any network runs (`t2i.guards`).
+
+        `progress` shows a progress bar, or is a `sampling.StepCallback` called before each step,
+        whose x̂_0 here is decoded: PIL images of what the sampler currently predicts (a preview).
         """
         settings = self.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,
                                  guidance_rescale=guidance_rescale)
@@ -388,7 +400,7 @@ class Pipeline:
         z = sample(self.denoiser(concat), self.diffusion, shape, sampling, cond=cond, guidance=guidance,
                    edit=edit_inputs, generator=[torch.Generator().manual_seed(s) for s in seeds],
                    x_T=None if latents is None else latents.to(self.device, torch.float32), device=self.device,
-                   progress=progress)
+                   progress=self.previewing(progress, edit) if callable(progress) else progress)
         check_finite_output(z, {"unet": self.unet, "text_encoder": self.text_encoder, "vae": self.vae}, self.name)
         if output_type == "latent":
             return z

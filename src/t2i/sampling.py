@@ -9,7 +9,7 @@ noise and the ε-predictor, guided or not, and hands them to the sampler's funct
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -25,6 +25,9 @@ __all__ = ["SAMPLERS", "Edit", "Guidance", "SamplerSettings", "get_sampler", "sa
 MAX_GUIDANCE = 1000.0  # far past any useful scale (SD: 7.5), well short of overflowing float32
 MAX_STEPS = 10_000
 MAX_OPTION = 1000
+# Called before each step with (step i, steps N, x̂_0 of the latest network call, computed on demand; None
+# before the first): a server's progress events with a preview, and where it stops a cancelled job by raising.
+StepCallback = Callable[[int, int, Callable[[], torch.Tensor | None]], None]
 
 
 def check_guidance(scale: float, rescale: float = 0.0) -> None:
@@ -206,10 +209,25 @@ def noise_predictor(model: Model, diffusion: Diffusion, cond: Mapping[str, torch
     return clip_denoised(eps_fn, diffusion) if clip else eps_fn
 
 
+def watched(eps_fn: EpsFn, diffusion: Diffusion, callback: StepCallback) -> tuple[EpsFn, Callable[[int, int], None]]:
+    """`eps_fn` remembering its latest call, and the per-step report that hands `callback` its x̂_0."""
+    latest: list = []
+
+    def eps_watched(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = eps_fn(x_t, t)
+        latest[:] = [x_t, t, eps]
+        return eps
+
+    def report(i: int, steps: int) -> None:
+        callback(i, steps, lambda: diffusion.predict_x0(*latest) if latest else None)
+
+    return eps_watched, report
+
+
 def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], settings: SamplerSettings | str = "ddpm", *,
            cond: Mapping[str, torch.Tensor] | None = None, guidance: Guidance | None = None,
            edit: Edit | None = None, generator: Generators = None, x_T: torch.Tensor | None = None,
-           device=None, progress: bool = True) -> torch.Tensor:
+           device=None, progress: bool | StepCallback = True) -> torch.Tensor:
     """Draw samples x_0 of `shape` from `model(x_t, t, **cond)` (a sampler's name stands for its
     default `SamplerSettings`).
 
@@ -217,7 +235,7 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], settings: S
     seed alone; `x_T` replaces the starting noise drawn from it. With `guidance` the model is
     guided against its unconditional branch. With an `edit`, only the last ⌊strength · steps⌋
     steps run, from x_t ~ q(x_t | x_0) at the first of them: strength 1 starts from pure noise
-    (plain generation) and 0 returns `init`.
+    (plain generation) and 0 returns `init`. `progress` shows a bar, or is a `StepCallback`.
     """
     settings = SamplerSettings(settings) if isinstance(settings, str) else settings
     grid = settings.grid(diffusion)
@@ -232,5 +250,7 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], settings: S
         if edit.mask is not None:
             project = keep_known(edit.init, edit.mask, generator)
     eps_fn = noise_predictor(model, diffusion, cond or {}, guidance, settings.clip)
+    if callable(progress):
+        eps_fn, progress = watched(eps_fn, diffusion, progress)
     noise = {"generator": generator} if settings.entry.stochastic else {}
     return settings.entry.run(eps_fn, x, grid, progress=progress, project=project, **noise, **settings.options)

@@ -16,6 +16,7 @@ from ..errors import UserError
 from .evaluate import add_bench, add_eval
 from .generate import add_generate, add_info, add_noise, add_sample
 from .models import add_convert, add_data, add_export
+from .serve import add_serve
 from .train import add_train, add_train_vae
 
 TRACEBACK_VARIABLE = "T2I_TRACEBACK"  # set to 1: unexpected errors show their traceback
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"t2i {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_generate, add_train, add_train_vae, add_sample, add_noise, add_info, add_eval, add_export,
-                add_convert, add_data, add_bench):
+                add_convert, add_data, add_bench, add_serve):
         add(sub)
     return parser
 

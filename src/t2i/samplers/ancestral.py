@@ -12,12 +12,12 @@ import torch
 
 from ..diffusion import VARIANCES
 from ..errors import UserError
-from .base import EpsFn, Generators, Grid, Project, alpha_bar, randn, steps, timestep
+from .base import EpsFn, Generators, Grid, Progress, Project, alpha_bar, randn, steps, timestep
 
 
 @torch.no_grad()
 def sample_ddpm(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-                generator: Generators = None, progress: bool = True, project: Project | None = None,
+                generator: Generators = None, progress: Progress = True, project: Project | None = None,
                 variance: str = "beta_tilde") -> torch.Tensor:
     """Ancestral sampling, DDPM Algorithm 2:
 
@@ -51,7 +51,7 @@ def ancestral_step(x: torch.Tensor, eps: torch.Tensor, sigma: float, sigma_next:
 
 @torch.no_grad()
 def sample_ddim(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-                generator: Generators = None, progress: bool = True, project: Project | None = None,
+                generator: Generators = None, progress: Progress = True, project: Project | None = None,
                 eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), deterministic at η = 0:
 

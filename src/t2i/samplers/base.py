@@ -23,6 +23,9 @@ from ..schedules import karras_sigmas, timestep_grid
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t [B]) -> ε
 Project = Callable[[torch.Tensor, float], torch.Tensor]  # (x_t after a step, the σ it landed on) -> x_t
 Generators = torch.Generator | Sequence[torch.Generator] | None
+# True shows a progress bar; a function is called with (step i, steps N) before each step instead (a server's
+# progress events, and where it stops a cancelled job by raising)
+Progress = bool | Callable[[int, int], None]
 
 
 def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -92,10 +95,14 @@ def sampler_grid(diffusion: Diffusion, steps: int, spacing: str = "leading", off
     return Grid(timesteps, torch.cat([sigmas, end]))
 
 
-def steps(grid: Grid, progress: bool, name: str) -> Iterator[tuple[int, int | float, float, float]]:
-    """(i, t_i, σ_i, σ_{i+1}) along the grid, under a progress bar; t_i an int on integer grids."""
+def steps(grid: Grid, progress: Progress, name: str) -> Iterator[tuple[int, int | float, float, float]]:
+    """(i, t_i, σ_i, σ_{i+1}) along the grid, under a progress bar or reported to `progress`; t_i an
+    int on integer grids."""
     ts, sigmas = grid.timesteps.tolist(), grid.sigmas.tolist()
-    for i, t in enumerate(tqdm(ts, desc=name, disable=not progress, leave=False)):
+    report = progress if callable(progress) else None
+    for i, t in enumerate(tqdm(ts, desc=name, disable=report is not None or not progress, leave=False)):
+        if report is not None:
+            report(i, len(ts))
         yield i, t, sigmas[i], sigmas[i + 1]
 
 

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .base import EpsFn, Generators, Grid, Project, alpha_bar, randn, steps, timestep
+from .base import EpsFn, Generators, Grid, Progress, Project, alpha_bar, randn, steps, timestep
 
 
 def _data_prediction(eps_fn: EpsFn, x: torch.Tensor, t: int | float, sigma: float) -> torch.Tensor:
@@ -23,7 +23,7 @@ def _data_prediction(eps_fn: EpsFn, x: torch.Tensor, t: int | float, sigma: floa
 
 @torch.no_grad()
 def sample_dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-                    progress: bool = True, project: Project | None = None) -> torch.Tensor:
+                    progress: Progress = True, project: Project | None = None) -> torch.Tensor:
     """DPM-Solver++(2M), deterministic (Algorithm 2):
 
         x_next = (σ_VP,next/σ_VP) x_t − α_next (e^{−h} − 1) D.
@@ -36,7 +36,7 @@ def sample_dpmpp_2m(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
 
 @torch.no_grad()
 def sample_dpmpp_2m_sde(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-                        generator: Generators = None, progress: bool = True,
+                        generator: Generators = None, progress: Progress = True,
                         project: Project | None = None) -> torch.Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022, §4 and appendix; the midpoint form of k-diffusion
     and diffusers): the reverse SDE solved the same way, its noise term exact,
@@ -49,7 +49,7 @@ def sample_dpmpp_2m_sde(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
     return _multistep(eps_fn, x, grid, True, generator, progress, project)
 
 
-def _multistep(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, sde: bool, generator: Generators, progress: bool,
+def _multistep(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, sde: bool, generator: Generators, progress: Progress,
                project: Project | None) -> torch.Tensor:
     """Both solvers' loop: D = x̂_0 + (h / 2h_last)(x̂_0 − x̂_0,last) (= the module's D), then the step."""
     x0_last, h_last = None, None

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .base import EpsFn, Generators, Grid, Project, denoiser, project_ve, randn, steps, to_ve, to_vp
+from .base import EpsFn, Generators, Grid, Progress, Project, denoiser, project_ve, randn, steps, to_ve, to_vp
 
 
-def _run(step, x: torch.Tensor, grid: Grid, project: Project | None, progress: bool, name: str) -> torch.Tensor:
+def _run(step, x: torch.Tensor, grid: Grid, project: Project | None, progress: Progress, name: str) -> torch.Tensor:
     """Walk the grid with `step(i, t, σ, σ_next, x) -> x` in the form x_0 + σ ε."""
     x = to_ve(x, float(grid.sigmas[0]))
     for i, t, sigma, sigma_next in steps(grid, progress, name):
@@ -28,7 +28,7 @@ def _run(step, x: torch.Tensor, grid: Grid, project: Project | None, progress: b
 
 @torch.no_grad()
 def sample_euler(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-                 progress: bool = True, project: Project | None = None) -> torch.Tensor:
+                 progress: Progress = True, project: Project | None = None) -> torch.Tensor:
     """Euler's method on the ODE: x_next = x + (σ_next − σ) (x − D(x; σ)) / σ.
 
     First order, one network call a step; in this form it is DDIM at η = 0 written in σ
@@ -53,7 +53,7 @@ def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[
 
 @torch.no_grad()
 def sample_euler_ancestral(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-                           generator: Generators = None, progress: bool = True,
+                           generator: Generators = None, progress: Progress = True,
                            project: Project | None = None, eta: float = 1.0) -> torch.Tensor:
     """Euler ancestral: an Euler step down to σ_down, then fresh noise of std σ_up (`ancestral_split`;
     η = 0 is plain Euler). Like DDPM it forgets its errors as it goes, and so it does not
@@ -72,7 +72,7 @@ def sample_euler_ancestral(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
 
 @torch.no_grad()
 def sample_heun(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-                progress: bool = True, project: Project | None = None) -> torch.Tensor:
+                progress: Progress = True, project: Project | None = None) -> torch.Tensor:
     """Heun's second-order method (Karras et al. Algorithm 1 without churn): an Euler step to
     σ_next, then the mean of the slopes at both ends; two network calls a step, one on the
     last (an Euler step onto σ = 0, where the slope is undefined). The network is asked at
@@ -108,7 +108,7 @@ def lms_coefficients(sigmas: list[float], i: int, order: int) -> list[float]:
 
 @torch.no_grad()
 def sample_lms(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-               progress: bool = True, project: Project | None = None,
+               progress: Progress = True, project: Project | None = None,
                order: int = 4) -> torch.Tensor:
     """Linear multistep (Karras et al. §3's "linear multistep" baseline; k-diffusion's LMS): each
     step integrates the polynomial through the last `order` slopes, one network call a step."""

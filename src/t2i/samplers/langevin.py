@@ -13,13 +13,13 @@ import torch
 
 from ..errors import UserError
 from .ancestral import ancestral_step
-from .base import EpsFn, Generators, Grid, Project, alpha_bar, denoiser, project_ve, randn, steps, timestep, to_ve, \
-    to_vp
+from .base import (EpsFn, Generators, Grid, Progress, Project, alpha_bar, denoiser, project_ve, randn, steps, timestep,
+                   to_ve, to_vp)
 
 
 @torch.no_grad()
 def sample_langevin(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-                    generator: Generators = None, progress: bool = True, project: Project | None = None,
+                    generator: Generators = None, progress: Progress = True, project: Project | None = None,
                     langevin_steps: int = 2, step_size: float = 1.0) -> torch.Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) down the grid's noise levels:
     at each σ_i, `langevin_steps` steps of
@@ -52,7 +52,7 @@ def sample_langevin(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
 
 @torch.no_grad()
 def sample_pc(eps_fn: EpsFn, x: torch.Tensor, grid: Grid, *,
-              generator: Generators = None, progress: bool = True, project: Project | None = None,
+              generator: Generators = None, progress: Progress = True, project: Project | None = None,
               corrector_steps: int = 1, snr: float = 0.16) -> torch.Tensor:
     """Predictor–corrector sampling (Song et al. 2021, "Score-Based Generative Modeling through
     SDEs", Algorithms 1 and 3): at each level, `corrector_steps` Langevin steps at the level's

@@ -1,0 +1,185 @@
+"""AUTOMATIC1111's web-UI API (`/sdapi/v1/...`), so that scripts and clients written for it work here.
+
+Its calls are synchronous: `txt2img` and `img2img` queue a job like any other and answer when it
+ends, with the images as base64 PNGs, the request as `parameters`, and `info`, a JSON string of
+what was made (seeds, infotexts). Its field names map onto ours (`cfg_scale` → cfg,
+`denoising_strength` → strength, `batch_size × n_iter` → images, `sampler_name` "DPM++ 2M Karras"
+→ dpmpp_2m on Karras σ). Fields it has and we do not (`restore_faces`, `tiling`, hires fix …) are
+ignored, as its own API ignores unknown ones. One difference: where it defaults to 512×512, 50
+steps and cfg 7, we default to the chosen model's own size and settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import UserError
+from ..metadata import a1111_sampler, from_a1111_sampler, sampler_menu, to_infotext
+from ..samplers import SAMPLERS
+from .job_request import JobRequest, decode_upload, png_bytes, png_parameters
+from .store import Job
+
+
+class A1111Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int | None = None
+    cfg_scale: float | None = None
+    seed: int = -1
+    width: int | None = None
+    height: int | None = None
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # the older name of sampler_name
+    scheduler: str | None = None  # "Karras", "Automatic", …: newer versions split it from the sampler's name
+    batch_size: int = 1
+    n_iter: int = 1
+    eta: float | None = None
+    override_settings: dict = {}
+
+
+class Img2ImgRequest(A1111Request):
+    init_images: list[str] = []
+    mask: str | None = None
+    denoising_strength: float = 0.75
+    inpainting_mask_invert: int = 0
+
+
+def sampler_of(name: str | None, scheduler: str | None) -> tuple[str | None, str | None]:
+    """(our sampler, spacing) of AUTOMATIC1111's sampler name ("Euler a", "DPM++ 2M Karras") or ours, and
+    of its separate `scheduler` ("Karras")."""
+    sampler, spacing = from_a1111_sampler(name) if name else (None, None)
+    if sampler is not None and sampler not in SAMPLERS:
+        labels = [entry["label"] for entry in sampler_menu(SAMPLERS)]
+        raise UserError(f"unknown sampler_name {name!r}; choose one of: {', '.join(labels)}")
+    return sampler, "karras" if (scheduler or "").lower() == "karras" else spacing
+
+
+def job_request(body: A1111Request, model: str | None, image: str | None = None, mask: str | None = None,
+                strength: float | None = None) -> JobRequest:
+    sampler, spacing = sampler_of(body.sampler_name or body.sampler_index, body.scheduler)
+    return JobRequest(prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=sampler,
+                      spacing=spacing, steps=body.steps, cfg=body.cfg_scale, seed=body.seed,
+                      width=None if image else body.width, height=None if image else body.height,
+                      num_images=body.batch_size * body.n_iter, image=image, mask=mask, strength=strength)
+
+
+def a1111_router(server, authorize) -> APIRouter:
+    router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(authorize)], tags=["AUTOMATIC1111"])
+
+    def model_of(body: A1111Request) -> str | None:
+        return body.override_settings.get("sd_model_checkpoint")
+
+    async def answer(body: A1111Request, job: Job) -> JSONResponse:
+        job = await server.finished(job)
+        if job.state == "failed":
+            return JSONResponse({"error": "GenerationError", "detail": job.error}, status_code=500)
+        images = [base64.b64encode(server.store.image_path(job.id, i).read_bytes()).decode()
+                  for i in range(len(job.images))]
+        return JSONResponse({"images": images, "parameters": body.model_dump(exclude={"init_images", "mask"}),
+                             "info": json.dumps(info(job))})
+
+    @router.post("/txt2img")
+    async def txt2img(body: A1111Request):
+        return await answer(body, server.submit(job_request(body, model_of(body))))
+
+    @router.post("/img2img")
+    async def img2img(body: Img2ImgRequest):
+        if not body.init_images:
+            raise UserError("init_images is empty: send the image to edit as base64")
+        image = decode_upload("init_images[0]", body.init_images[0], server.limits)
+        mask = decode_upload("mask", body.mask, server.limits, "L") if body.mask else None
+        size = (body.width or image.width, body.height or image.height)
+        if image.size != size:  # AUTOMATIC1111 resizes the image to the size asked for
+            image = image.resize(size)
+        if mask is not None:
+            mask = mask.resize(size)
+            if body.inpainting_mask_invert:
+                mask = mask.point(lambda level: 255 - level)
+        request = job_request(body, model_of(body), base64.b64encode(png_bytes(image)).decode(),
+                              None if mask is None else base64.b64encode(png_bytes(mask)).decode(),
+                              body.denoising_strength)
+        return await answer(body, server.submit(request))
+
+    @router.get("/progress")
+    def progress(skip_current_image: bool = False):
+        live, queued = server.worker.live, len(server.store.queue())
+        if live is None:
+            return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
+                    "state": state(queued, 0, 0, False)}
+        done = live.step / live.steps if live.steps else 0.0
+        elapsed = time.time() - live.started
+        return {"progress": done, "eta_relative": elapsed / done - elapsed if done else 0.0,
+                "current_image": None if skip_current_image or live.preview is None
+                else live.preview.partition(",")[2],
+                "textinfo": None,
+                "state": state(queued, live.step, live.steps, live.job_id in server.worker.cancelling)}
+
+    @router.post("/interrupt")
+    def interrupt():
+        live = server.worker.live
+        if live is not None:
+            server.worker.cancel(server.job(live.job_id))
+        return {}
+
+    @router.post("/skip")
+    def skip():
+        return interrupt()
+
+    @router.get("/samplers")
+    def samplers():
+        return [{"name": entry["label"], "aliases": [entry["sampler"]], "options": {}}
+                for entry in sampler_menu(SAMPLERS)]
+
+    @router.get("/sd-models")
+    def sd_models():
+        return [{"title": model["id"], "model_name": model["id"], "hash": None, "sha256": None,
+                 "filename": model["id"], "config": None} for model in server.shelf.list()]
+
+    @router.get("/options")
+    def options():
+        return {"sd_model_checkpoint": server.shelf.default}
+
+    @router.post("/options")
+    def set_options(body: dict):
+        if "sd_model_checkpoint" in body:
+            server.shelf.default = server.shelf.resolve(body["sd_model_checkpoint"])
+        return {}
+
+    @router.post("/png-info")
+    def png_info(body: dict):
+        if not isinstance(body.get("image"), str):
+            raise UserError("send {\"image\": base64 PNG}")
+        parameters, infotext = png_parameters(body["image"], server.limits)
+        return {"info": infotext or "", "items": {}, "parameters": parameters}
+
+    return router
+
+
+def state(job_count: int, step: int, steps: int, interrupted: bool) -> dict:
+    return {"skipped": False, "interrupted": interrupted, "job": "", "job_count": job_count,
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "job_no": 0, "sampling_step": step,
+            "sampling_steps": steps}
+
+
+def info(job: Job) -> dict:
+    """AUTOMATIC1111's `info` of a finished job (its keys, our values)."""
+    settings, parameters = job.settings, [image["parameters"] for image in job.images]
+    first = parameters[0] if parameters else {}
+    return {"prompt": settings["prompt"], "all_prompts": [p["prompt"] for p in parameters],
+            "negative_prompt": settings["negative_prompt"],
+            "all_negative_prompts": [p["negative_prompt"] for p in parameters],
+            "seed": settings["seed"], "all_seeds": [p["seed"] for p in parameters], "subseed": -1,
+            "all_subseeds": [-1] * len(parameters), "width": settings["width"], "height": settings["height"],
+            "sampler_name": a1111_sampler(first["sampler"], first.get("spacing")) if first else None,
+            "cfg_scale": first.get("cfg"), "steps": first.get("steps"), "batch_size": settings["num_images"],
+            "sd_model_name": settings["model"], "denoising_strength": settings["strength"],
+            "infotexts": [to_infotext(p) for p in parameters], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "interrupted": job.state == "cancelled"}

@@ -1,0 +1,108 @@
+"""The models a server offers, by id, loaded on first use and kept within a memory budget.
+
+Requests name a model by its id in this list, never by a path: the list is fixed when the server
+starts (shipped models, `--model` arguments, the models found in `--models-dir`). Loaded pipelines
+stay in memory until the weights of those loaded would pass the budget; then the least recently
+used go first (the one being loaded always stays, however large).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import CONFIG_NAME, networks, read_config, resolve_model, shipped_models
+from ..convert.stable_diffusion import is_foreign
+from ..errors import UserError
+from ..pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS, Pipeline
+
+
+def model_id(name_or_path: str) -> str:
+    """A shipped model's name, or a folder's or file's name without its suffix."""
+    return name_or_path if name_or_path in shipped_models() else Path(name_or_path).stem
+
+
+def models_in(folder: Path) -> list[Path]:
+    """The model folders and Stable Diffusion files directly inside `folder`."""
+    if not folder.is_dir():
+        raise UserError(f"--models-dir {str(folder)!r} is not a folder")
+    return sorted(entry for entry in folder.iterdir()
+                  if (entry / CONFIG_NAME).is_file() and "unet" in read_config(entry) or is_foreign(entry))
+
+
+class ModelShelf:
+    def __init__(self, models: list[str], models_dir: Path | None = None, budget_bytes: int | None = None,
+                 device: str = "auto", dtype: str | None = None):
+        sources = list(models) or list(shipped_models())
+        sources += [str(path) for path in (models_in(models_dir) if models_dir else [])]
+        self.paths: dict[str, str] = {}
+        for source in sources:
+            resolve_model(source)  # a missing path is refused at start, not at the first request
+            self.paths.setdefault(model_id(source), source)
+        if not self.paths:
+            raise UserError("no models to serve: give --model or --models-dir")
+        self.default = model_id(models[0]) if models else (DEFAULT_MODEL if DEFAULT_MODEL in self.paths
+                                                             else next(iter(self.paths)))
+        self.budget, self.device, self.dtype = budget_bytes, device, dtype
+        self.loaded: OrderedDict[str, tuple[Pipeline, int]] = OrderedDict()
+        self.infos: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def resolve(self, model: str | None) -> str:
+        """The id of a requested model (None: the default); AUTOMATIC1111's "name [hash]" titles too."""
+        if model is None or model == "":
+            return self.default
+        name = model.split(" [")[0].strip()
+        if name not in self.paths:
+            raise UserError(f"no model {model!r} on this server: choose one of {', '.join(self.paths)}")
+        return name
+
+    def info(self, model_id: str) -> dict:
+        """What a client needs to fill a form: image size, whether it takes a prompt, the multiple
+        its sides must be, its sampling defaults. Read from the config; None where unknown until loaded."""
+        if model_id in self.loaded:
+            return self.loaded_info(model_id, self.loaded[model_id][0])
+        if model_id not in self.infos:
+            folder = resolve_model(self.paths[model_id])
+            if is_foreign(folder):
+                self.infos[model_id] = {"id": model_id, "image_size": None, "conditional": True, "size_multiple": 8,
+                                        "inference": dict(INFERENCE_DEFAULTS)}
+            else:
+                config = read_config(folder)
+                with torch.device("meta"):
+                    nets = networks(config)
+                multiple = nets["unet"].config.downsample_factor * (nets["vae"].config.downsample_factor
+                                                                    if "vae" in nets else 1)
+                self.infos[model_id] = {"id": model_id, "image_size": config["image_size"],
+                                        "conditional": "text_encoder" in config or "tokenizer" in config,
+                                        "size_multiple": multiple,
+                                        "inference": {**INFERENCE_DEFAULTS, **config.get("inference", {})}}
+        return {**self.infos[model_id], "loaded": False}
+
+    @staticmethod
+    def loaded_info(model_id: str, pipe: Pipeline) -> dict:
+        return {"id": model_id, "image_size": pipe.image_size, "conditional": pipe.text_encoder is not None,
+                "size_multiple": pipe.unet.config.downsample_factor * pipe.downsample_factor,
+                "inference": dict(pipe.defaults), "loaded": True}
+
+    def list(self) -> list[dict]:
+        return [self.info(model_id) for model_id in self.paths]
+
+    def get(self, model_id: str) -> Pipeline:
+        """The loaded pipeline of a model, loading it (and unloading others past the budget) if need be."""
+        with self.lock:
+            if model_id in self.loaded:
+                self.loaded.move_to_end(model_id)
+                return self.loaded[model_id][0]
+            pipe = Pipeline.load(self.paths[model_id], self.device, self.dtype)
+            pipe.name = model_id
+            size = sum(t.numel() * t.element_size() for net in (pipe.unet, pipe.text_encoder, pipe.vae)
+                       if net is not None for t in (*net.parameters(), *net.buffers()))
+            self.loaded[model_id] = (pipe, size)
+            while self.budget is not None and len(self.loaded) > 1 and \
+                    sum(size for _, size in self.loaded.values()) > self.budget:
+                self.loaded.popitem(last=False)
+            return pipe

@@ -1,0 +1,582 @@
+// The t2i page: a form that posts jobs to /api/jobs and follows them over server-sent events.
+// Plain browser JavaScript, no build step and nothing fetched from outside this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+// ---- Talking to the server -------------------------------------------------------------------
+
+// A token given once as ?token=T is remembered, so bookmarks need not carry it; it is taken out of
+// the address bar so that it does not end up in screenshots or shared links.
+const TOKEN_KEY = "t2i-token";
+const token = (() => {
+  const url = new URL(location.href);
+  const given = url.searchParams.get("token");
+  if (given) {
+    localStorage.setItem(TOKEN_KEY, given);
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url);
+  }
+  return given || localStorage.getItem(TOKEN_KEY);
+})();
+
+// EventSource and <img> cannot send headers, so they carry the token in the query instead.
+function withToken(url) {
+  return token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
+}
+
+class ApiError extends Error {
+  constructor(message, limit) {
+    super(message);
+    this.limit = limit;
+  }
+}
+
+// fetch() that sends JSON and the token, and turns the server's {"detail", "limit"} into an ApiError.
+async function api(path, { method = "GET", body } = {}) {
+  const headers = {};
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch {
+    throw new ApiError("cannot reach the t2i server; is it still running?");
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    // not JSON (a proxy's error page): the status line below says what there is to say
+  }
+  if (!response.ok) {
+    let detail = data && data.detail;
+    if (Array.isArray(detail)) {  // FastAPI's own validation errors are a list
+      detail = detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+    }
+    throw new ApiError(detail || `${response.status} ${response.statusText}`, data && data.limit);
+  }
+  return data;
+}
+
+function showError(error) {
+  const limit = error.limit ? ` (limit: ${error.limit})` : "";
+  $("error-text").textContent = `${error.message || error}${limit}`;
+  $("error").hidden = false;
+}
+
+function hideError() {
+  $("error").hidden = true;
+}
+
+// A small element builder, so that every piece of user text goes in as text, never as HTML.
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node[key] = value;
+  }
+  node.append(...children.filter((child) => child !== null && child !== undefined));
+  return node;
+}
+
+// The base64 payload of a data: URL (the API takes bare base64).
+const base64 = (dataUrl) => dataUrl.slice(dataUrl.indexOf(",") + 1);
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
+// ---- State -------------------------------------------------------------------------------------
+
+const state = {
+  models: [],
+  samplers: [],  // without "Model default": the <select>'s value is an index here, "" for the default
+  limits: null,
+  mine: [],  // ids of jobs this page follows, oldest first; one is watched at a time
+  watching: null,  // {id, source}
+  lastSeed: null,
+  init: null,  // the img2img start image: {dataUrl, width, height}
+  maskPainted: false,
+  historyOffset: 0,
+};
+
+// ---- The form ----------------------------------------------------------------------------------
+
+function currentModel() {
+  return state.models.find((m) => m.id === $("model").value);
+}
+
+function samplerLabel(sampler, spacing) {
+  const entry = state.samplers.find((s) => s.sampler === sampler && (s.spacing ?? null) === (spacing ?? null))
+    || state.samplers.find((s) => s.sampler === sampler && s.spacing == null);
+  return entry ? entry.label : [sampler, spacing].filter(Boolean).join(" ");
+}
+
+// The closest menu entry to a sampler and spacing read from a job or a PNG (the spacing a job
+// reports is the one that ran, which a menu entry without a spacing of its own may stand for).
+function selectSampler(sampler, spacing) {
+  const list = state.samplers;
+  let i = list.findIndex((s) => s.sampler === sampler && (s.spacing ?? null) === (spacing ?? null));
+  if (i < 0) i = list.findIndex((s) => s.sampler === sampler && s.spacing == null);
+  if (i < 0) i = list.findIndex((s) => s.sampler === sampler);
+  $("sampler").value = i < 0 ? "" : String(i);
+}
+
+// A model brings its own size and inference settings; the form starts from them.
+function applyModelDefaults() {
+  const model = currentModel();
+  if (!model) return;
+  const inference = model.inference || {};
+  for (const id of ["width", "height"]) {
+    $(id).value = model.image_size;
+    $(id).step = $(id).min = model.size_multiple || 8;
+  }
+  if (inference.steps != null) $("steps").value = inference.steps;
+  if (inference.cfg != null) $("cfg").value = inference.cfg;
+  const fallback = inference.sampler ? ` (${samplerLabel(inference.sampler, inference.spacing)})` : "";
+  $("sampler").options[0].textContent = `Model default${fallback}`;
+  $("sampler").value = "";
+}
+
+function readForm() {
+  const number = (id) => {
+    const text = $(id).value.trim();
+    return text === "" ? null : Number(text);
+  };
+  const choice = state.samplers[$("sampler").value];
+  const seed = number("seed");
+  const body = {
+    prompt: $("prompt").value,
+    negative_prompt: $("negative").value,
+    model: $("model").value || null,
+    sampler: choice ? choice.sampler : null,
+    spacing: choice ? choice.spacing : null,
+    steps: number("steps"),
+    cfg: number("cfg"),
+    seed: seed === null || seed < 0 ? null : seed,
+    width: number("width"),
+    height: number("height"),
+    num_images: number("num") ?? 1,
+    image: null,
+    mask: null,
+    strength: null,
+  };
+  if (state.init) {
+    body.image = base64(state.init.dataUrl);
+    body.strength = Number($("strength").value);
+    if (state.maskPainted) body.mask = maskPng();
+  }
+  return body;
+}
+
+// Fill the form from a job's settings or a PNG's parameters (which give size as [H, W]); what
+// they leave out stays as it is.
+function applySettings(settings) {
+  const set = (id, value) => {
+    if (value !== null && value !== undefined) $(id).value = value;
+  };
+  if (settings.model && settings.model !== $("model").value && state.models.some((m) => m.id === settings.model)) {
+    $("model").value = settings.model;
+    applyModelDefaults();
+  }
+  set("prompt", settings.prompt);
+  set("negative", settings.negative_prompt);
+  set("steps", settings.steps);
+  set("cfg", settings.cfg);
+  set("seed", settings.seed);
+  const [height, width] = settings.size || [settings.height, settings.width];
+  set("width", width);
+  set("height", height);
+  set("num", settings.num_images);
+  if (settings.sampler) selectSampler(settings.sampler, settings.spacing);
+  if (settings.strength != null) {
+    $("strength").value = settings.strength;
+    showStrength();
+  }
+}
+
+function describe(settings) {
+  const parts = [`${settings.width}×${settings.height}`, samplerLabel(settings.sampler, settings.spacing),
+    `${settings.steps} steps`, `cfg ${settings.cfg}`, `seed ${settings.seed}`];
+  if (settings.kind && settings.kind !== "txt2img") parts.push(`${settings.kind} ${settings.strength ?? ""}`.trim());
+  return parts.join(" · ");
+}
+
+const showStrength = () => { $("strength-value").textContent = $("strength").value; };
+
+// ---- img2img and the inpainting mask -----------------------------------------------------------
+
+async function loadInitImage(file) {
+  if (!file) return;
+  const image = new Image();
+  image.src = URL.createObjectURL(file);
+  try {
+    await image.decode();
+  } catch {
+    showError(new Error(`${file.name} is not an image this browser can read`));
+    return;
+  } finally {
+    URL.revokeObjectURL(image.src);
+  }
+  // Re-encoded as PNG (the API's format), scaled down here past the server's upload limit so that
+  // a phone's photo is usable rather than refused.
+  let width = image.naturalWidth;
+  let height = image.naturalHeight;
+  const maxPixels = state.limits ? state.limits.max_upload_pixels : Infinity;
+  if (width * height > maxPixels) {
+    const scale = Math.sqrt(maxPixels / (width * height));
+    width = Math.max(1, Math.floor(width * scale));
+    height = Math.max(1, Math.floor(height * scale));
+  }
+  const canvas = el("canvas", { width, height });
+  canvas.getContext("2d").drawImage(image, 0, 0, width, height);
+  state.init = { dataUrl: canvas.toDataURL("image/png"), width, height };
+  $("init-preview").src = state.init.dataUrl;
+  const mask = $("mask-canvas");
+  mask.width = width;  // the mask is drawn in the image's own pixels: the API wants them the same size
+  mask.height = height;
+  clearMask();
+  $("edit-area").hidden = false;
+}
+
+function removeInitImage() {
+  state.init = null;
+  clearMask();
+  $("init-image").value = "";
+  $("init-preview").removeAttribute("src");
+  $("edit-area").hidden = true;
+}
+
+function clearMask() {
+  const mask = $("mask-canvas");
+  mask.getContext("2d").clearRect(0, 0, mask.width, mask.height);
+  state.maskPainted = false;
+}
+
+// The canvas holds white strokes on transparent; the API wants white (redraw) on black.
+function maskPng() {
+  const mask = $("mask-canvas");
+  const out = el("canvas", { width: mask.width, height: mask.height });
+  const ctx = out.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, out.width, out.height);
+  ctx.drawImage(mask, 0, 0);
+  return base64(out.toDataURL("image/png"));
+}
+
+function setupBrush() {
+  const canvas = $("mask-canvas");
+  const ctx = canvas.getContext("2d");
+  let last = null;
+  // The canvas is shown larger than its pixels; the brush is sized in screen pixels, as it is seen.
+  const at = (event) => {
+    const box = canvas.getBoundingClientRect();
+    const scale = canvas.width / box.width;
+    return { x: (event.clientX - box.left) * scale, y: (event.clientY - box.top) * scale, scale };
+  };
+  const paint = (from, to) => {
+    const width = Number($("brush").value) * to.scale;
+    ctx.fillStyle = ctx.strokeStyle = "#fff";
+    ctx.lineWidth = width;
+    ctx.lineCap = "round";
+    ctx.beginPath();
+    ctx.arc(to.x, to.y, width / 2, 0, 2 * Math.PI);  // a click alone leaves a dot too
+    ctx.fill();
+    ctx.beginPath();
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x, to.y);
+    ctx.stroke();
+    state.maskPainted = true;
+  };
+  canvas.addEventListener("pointerdown", (event) => {
+    canvas.setPointerCapture(event.pointerId);
+    last = at(event);
+    paint(last, last);
+  });
+  canvas.addEventListener("pointermove", (event) => {
+    if (!last) return;
+    const point = at(event);
+    paint(last, point);
+    last = point;
+  });
+  for (const type of ["pointerup", "pointercancel"]) canvas.addEventListener(type, () => { last = null; });
+}
+
+// ---- Jobs: submit, follow, cancel --------------------------------------------------------------
+
+async function generate(event) {
+  event.preventDefault();
+  hideError();
+  try {
+    const job = await api("/api/jobs", { method: "POST", body: readForm() });
+    state.mine.push(job.id);
+    followNext();
+  } catch (error) {
+    showError(error);
+  }
+  refreshQueue();
+}
+
+function setProgress(step, steps, text) {
+  $("progress").max = Math.max(steps, 1);
+  $("progress").value = step;
+  $("progress-text").textContent = text;
+}
+
+// One event stream at a time: a browser opens only ~6 connections to a server over HTTP/1.1, so
+// a stream per queued job would starve the page's other requests. The queue list shows the rest.
+function followNext() {
+  if (state.watching || state.mine.length === 0) return;
+  const id = state.mine[0];
+  const source = new EventSource(withToken(`/api/jobs/${id}/events`));
+  state.watching = { id, source };
+  $("cancel").disabled = false;
+  setProgress(0, 1, "waiting");
+  source.addEventListener("queued", (event) => {
+    setProgress(0, 1, `queued, position ${JSON.parse(event.data).position}`);
+  });
+  source.addEventListener("started", () => setProgress(0, 1, "started"));
+  source.addEventListener("progress", (event) => {
+    const { step, steps, preview } = JSON.parse(event.data);
+    setProgress(step, steps, `step ${step} / ${steps}`);
+    if (preview) $("preview").src = preview;
+  });
+  for (const end of ["done", "failed", "cancelled"]) {
+    source.addEventListener(end, (event) => finished(JSON.parse(event.data)));
+  }
+  source.onerror = () => {
+    // EventSource retries a dropped connection by itself; it gives up (CLOSED) only on an HTTP
+    // error, and then the job itself says whether it ended, is unknown, or is refused to us.
+    if (source.readyState !== EventSource.CLOSED || state.watching?.source !== source) return;
+    api(`/api/jobs/${id}`).then((job) => {
+      if (["done", "failed", "cancelled"].includes(job.state)) {
+        finished(job);
+      } else {  // still waiting or running: follow it again shortly
+        state.watching = null;
+        setTimeout(followNext, 2000);
+      }
+    }, (error) => {
+      showError(error);
+      forget(id);
+    });
+  };
+}
+
+function forget(id) {
+  if (state.watching?.id === id) {
+    state.watching.source.close();
+    state.watching = null;
+  }
+  state.mine = state.mine.filter((other) => other !== id);
+  $("cancel").disabled = state.mine.length === 0;
+}
+
+// A terminal event's job, or a job found ended some other way.
+function finished(job) {
+  forget(job.id);
+  addToHistory(job);
+  if (job.state === "done") {
+    showResult(job);
+    setProgress(1, 1, "done");
+  } else {
+    setProgress(0, 1, job.state);
+    if (job.state === "failed") showError(new Error(job.error || "the job failed"));
+  }
+  $("preview").removeAttribute("src");
+  refreshQueue();
+  followNext();
+}
+
+async function cancelJob(id) {
+  try {
+    const job = await api(`/api/jobs/${id}`, { method: "DELETE" });
+    if (job.state === "cancelled") {
+      // The watched job's stream ends by itself; a job waiting its turn here has no stream yet.
+      if (state.watching?.id !== id) forget(id);
+      addToHistory(job);
+    } else if (state.watching?.id === id) {
+      setProgress($("progress").value, $("progress").max, "cancelling…");
+    }
+  } catch (error) {
+    showError(error);
+  }
+  refreshQueue();
+}
+
+function showResult(job, only = null) {
+  const images = only === null ? job.images : [job.images[only]];
+  $("result").replaceChildren(...images.map((image) => el("img", {
+    src: withToken(image.url), alt: job.settings.prompt, title: `seed ${image.seed}`,
+  })));
+  const settings = only === null ? job.settings : { ...job.settings, seed: job.images[only].seed };
+  $("result-info").textContent = `${settings.prompt} — ${describe(settings)}`;
+  state.lastSeed = settings.seed;
+}
+
+// ---- The queue ---------------------------------------------------------------------------------
+
+let queueRequest = 0;
+
+async function refreshQueue() {
+  const request = ++queueRequest;
+  let data;
+  try {
+    data = await api("/api/queue");
+  } catch {
+    return;  // the next poll tries again; an error here would repeat every two seconds
+  }
+  if (request !== queueRequest) return;  // a later answer is on its way, or already shown
+  $("queue").replaceChildren(...data.jobs.map((job) => {
+    const where = job.state === "running" ? (job.cancel_requested ? "stopping" : "running") : `#${job.position}`;
+    const item = el("li", { dataset: { jobId: job.id }, className: job.state },
+      el("span", { className: "where", textContent: where }),
+      el("span", { className: "what", textContent: job.settings.prompt || "(no prompt)", title: describe(job.settings) }),
+      el("button", {
+        type: "button", className: "cancel-job", textContent: "Cancel", disabled: job.cancel_requested,
+        onclick: () => {
+          // Marked at once, so a click is seen to land before the server's answer.
+          item.querySelector(".where").textContent = "cancelling";
+          item.querySelector("button").disabled = true;
+          cancelJob(job.id);
+        },
+      }));
+    return item;
+  }));
+}
+
+// ---- History -----------------------------------------------------------------------------------
+
+const ENDED = ["done", "failed", "cancelled"];
+
+// One card per ended job, newest first, replaced in place when the same job comes again.
+function addToHistory(job) {
+  if (!ENDED.includes(job.state)) return;
+  const settings = job.settings;
+  const card = el("div", { className: `card ${job.state}`, dataset: { jobId: job.id, created: job.created } },
+    el("div", { className: "thumbs" }, ...job.images.map((image, i) => el("img", {
+      src: withToken(image.url), alt: settings.prompt, title: `seed ${image.seed}`, loading: "lazy",
+      onclick: () => showResult(job, i),
+    }))),
+    el("div", { className: "prompt", textContent: settings.prompt || "(no prompt)" }),
+    settings.negative_prompt ? el("div", { className: "meta", textContent: `not: ${settings.negative_prompt}` }) : null,
+    el("div", { className: "meta", textContent: describe(settings) }),
+    el("div", { className: "meta" }, el("span", { className: "state", textContent: job.state }),
+      ` · ${settings.model} · ${settings.kind}`),
+    job.error ? el("div", { className: "meta", textContent: job.error }) : null,
+    el("button", { type: "button", className: "use-settings", textContent: "Use these settings",
+      onclick: () => applySettings(settings) }));
+  const list = $("history");
+  const old = list.querySelector(`[data-job-id="${CSS.escape(job.id)}"]`);
+  if (old) {
+    old.replaceWith(card);
+    return;
+  }
+  const after = [...list.children].find((other) => Number(other.dataset.created) < job.created);
+  list.insertBefore(card, after || null);
+}
+
+async function loadHistory() {
+  try {
+    const data = await api(`/api/jobs?limit=20&offset=${state.historyOffset}`);
+    data.jobs.forEach(addToHistory);
+    state.historyOffset += data.jobs.length;
+    $("history-more").hidden = state.historyOffset >= data.total;
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// ---- PNG info ----------------------------------------------------------------------------------
+
+async function readPngInfo(file) {
+  if (!file) return;
+  hideError();
+  try {
+    const info = await api("/api/png-info", { method: "POST", body: { image: base64(await readAsDataUrl(file)) } });
+    const parameters = info.parameters || {};
+    const text = info.infotext || (Object.keys(parameters).length ? JSON.stringify(parameters, null, 2) : "");
+    $("pnginfo-text").textContent = text || `${file.name} carries no generation parameters`;
+    $("pnginfo-text").hidden = false;
+    applySettings(parameters);
+    if (parameters.model && !state.models.some((m) => m.id === parameters.model)) {
+      $("pnginfo-text").textContent += `\n\n(model ${parameters.model} is not on this server: the form keeps its own)`;
+    }
+  } catch (error) {
+    showError(error);
+  }
+}
+
+// ---- Start -------------------------------------------------------------------------------------
+
+function wire() {
+  $("form").addEventListener("submit", generate);
+  $("model").addEventListener("change", applyModelDefaults);
+  $("error-close").addEventListener("click", hideError);
+  $("cancel").addEventListener("click", () => state.mine.length && cancelJob(state.watching?.id ?? state.mine[0]));
+  $("seed-random").addEventListener("click", () => { $("seed").value = -1; });
+  $("seed-reuse").addEventListener("click", () => { if (state.lastSeed !== null) $("seed").value = state.lastSeed; });
+  $("init-image").addEventListener("change", (event) => loadInitImage(event.target.files[0]));
+  $("init-remove").addEventListener("click", removeInitImage);
+  $("mask-clear").addEventListener("click", clearMask);
+  $("strength").addEventListener("input", showStrength);
+  const showBrush = () => { $("brush-value").textContent = `${$("brush").value}px`; };
+  $("brush").addEventListener("input", showBrush);
+  showBrush();
+  showStrength();
+  setupBrush();
+  $("history-more").addEventListener("click", loadHistory);
+
+  $("pnginfo-file").addEventListener("change", (event) => {
+    readPngInfo(event.target.files[0]);
+  });
+  const drop = $("pnginfo-drop");
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    readPngInfo(event.dataTransfer.files[0]);
+  });
+  // A file dropped beside the drop zone would otherwise replace the page (and lose the form).
+  for (const type of ["dragover", "drop"]) window.addEventListener(type, (event) => event.preventDefault());
+}
+
+async function start() {
+  wire();
+  try {
+    const [models, samplers, limits] = await Promise.all(
+      [api("/api/models"), api("/api/samplers"), api("/api/limits")]);
+    state.models = models.models;
+    state.samplers = samplers.samplers;
+    state.limits = limits;
+    $("model").replaceChildren(...state.models.map((m) => el("option", { value: m.id, textContent: m.id })));
+    $("model").value = models.default;
+    $("sampler").append(...state.samplers.map((s, i) => el("option", { value: String(i), textContent: s.label })));
+    $("steps").max = limits.max_steps;
+    $("num").max = limits.max_images;
+    $("prompt").maxLength = $("negative").maxLength = limits.max_prompt_chars;
+    applyModelDefaults();
+  } catch (error) {
+    showError(error);
+  }
+  loadHistory();
+  // A local lab has one person at it: after a reload the page follows the jobs still queued.
+  try {
+    const queue = await api("/api/queue");
+    state.mine.push(...queue.jobs.map((job) => job.id));
+    followNext();
+  } catch {
+    // the queue poll below shows the server's state, or keeps trying
+  }
+  refreshQueue();
+  setInterval(() => { if (!document.hidden) refreshQueue(); }, 2000);
+}
+
+start();

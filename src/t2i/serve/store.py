@@ -1,0 +1,170 @@
+"""The job store: every job and its results under the server's data folder, kept across restarts.
+
+A job is a row of an SQLite database (`jobs.sqlite`, the standard library's, in WAL mode with full
+syncs) and its images are PNG files beside it (`images/<id>/<i>.png`, written whole by
+`files.durable_write` before the row that names them is committed), so that a server killed at any
+instant leaves each job queued, running, or finished with every file it lists. At start the jobs
+that were running when the server stopped go back to the front of the queue; one interrupted twice
+is marked failed with the reason, not run a third time.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..files import durable_write_bytes
+from .limits import LimitError, Limits
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+MAX_ATTEMPTS = 2  # a job that was running at two stops is more likely the cause than the victim
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- queue order
+    id TEXT UNIQUE NOT NULL,
+    state TEXT NOT NULL,
+    settings TEXT NOT NULL,                  -- JSON: what to make, its seed resolved
+    inputs TEXT NOT NULL DEFAULT '[]',       -- JSON: names of the uploaded images kept in inputs/<id>/
+    images TEXT NOT NULL DEFAULT '[]',       -- JSON: [{"seed", "parameters"}] of images/<id>/<i>.png
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL, started REAL, finished REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    seq: int
+    state: str
+    settings: dict
+    created: float
+    inputs: list[str] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+    error: str | None = None
+    attempts: int = 0
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def finished_state(self) -> bool:
+        return self.state in FINISHED
+
+
+class JobStore:
+    """Jobs in `data_dir`: add, take the next, finish, cancel, list. Safe to call from any thread."""
+
+    def __init__(self, data_dir: str | Path, limits: Limits = Limits()):
+        self.root, self.limits = Path(data_dir), limits
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.Lock()
+        self.db = sqlite3.connect(self.root / "jobs.sqlite", check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut, not just a kill
+        self.db.executescript(SCHEMA)
+        self.recovered = self.recover()
+
+    # -- files --------------------------------------------------------------------------------
+    def image_path(self, job_id: str, index: int) -> Path:
+        return self.root / "images" / job_id / f"{index}.png"
+
+    def input_path(self, job_id: str, name: str) -> Path:
+        return self.root / "inputs" / job_id / f"{name}.png"
+
+    # -- the life of a job --------------------------------------------------------------------
+    def add(self, settings: dict, inputs: dict[str, bytes]) -> Job:
+        """Queue a job; its uploads (PNG bytes by name) are on disk before the job is."""
+        job_id = secrets.token_hex(6)
+        for name, data in inputs.items():
+            self.input_path(job_id, name).parent.mkdir(parents=True, exist_ok=True)
+            durable_write_bytes(self.input_path(job_id, name), data)
+        with self.lock:
+            waiting = self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+            if waiting >= self.limits.max_queue:
+                raise LimitError("max_queue", f"{waiting} jobs are waiting, this server's max_queue: "
+                                 "try again when some have run", status=429)
+            self.db.execute("INSERT INTO jobs (id, state, settings, inputs, created) VALUES (?, 'queued', ?, ?, ?)",
+                            (job_id, json.dumps(settings), json.dumps(list(inputs)), time.time()))
+        return self.get(job_id)
+
+    def take(self) -> Job | None:
+        """The next queued job, now marked running; None if none waits."""
+        with self.lock:
+            row = self.db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            self.db.execute("UPDATE jobs SET state = 'running', started = ?, attempts = attempts + 1 WHERE id = ?",
+                            (time.time(), row["id"]))
+        return self.get(row["id"])
+
+    def end(self, job_id: str, state: str, error: str | None = None, images: list[dict] | None = None) -> None:
+        """Finish a job: done (the files of `images` written already), failed with `error`, or cancelled."""
+        with self.lock:
+            self.db.execute("UPDATE jobs SET state = ?, error = ?, images = ?, finished = ? WHERE id = ?",
+                            (state, error, json.dumps(images or []), time.time(), job_id))
+
+    def requeue(self, job_id: str) -> None:
+        """Put a running job back at the front of the queue, not counting the attempt (a server stopping)."""
+        with self.lock:
+            self.db.execute("UPDATE jobs SET state = 'queued', started = NULL, attempts = attempts - 1 "
+                            "WHERE id = ? AND state = 'running'", (job_id,))
+
+    def cancel_queued(self, job_id: str) -> bool:
+        """Cancel a job if it is still queued (atomically: the worker cannot take it meanwhile)."""
+        with self.lock:
+            cursor = self.db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? "
+                                     "AND state = 'queued'", (time.time(), job_id))
+        return cursor.rowcount == 1
+
+    def recover(self) -> list[str]:
+        """Put back the jobs a stopped server was running (or fail those interrupted MAX_ATTEMPTS times)."""
+        rows = self.db.execute("SELECT id, attempts FROM jobs WHERE state = 'running'").fetchall()
+        for row in rows:
+            if row["attempts"] >= MAX_ATTEMPTS:
+                self.end(row["id"], "failed", f"the server stopped {row['attempts']} times while this job ran "
+                         "(killed, or out of memory?): it is not run again")
+            else:
+                self.db.execute("UPDATE jobs SET state = 'queued', started = NULL WHERE id = ?", (row["id"],))
+        return [row["id"] for row in rows]
+
+    # -- reading ------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else job_of(row)
+
+    def position(self, job: Job) -> int | None:
+        """1 for the next job to run, and so on; None for a job not queued."""
+        if job.state != "queued":
+            return None
+        return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq <= ?",
+                               (job.seq,)).fetchone()[0]
+
+    def history(self, limit: int, offset: int) -> tuple[list[Job], int]:
+        """Jobs newest first, and how many there are."""
+        rows = self.db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        return [job_of(row) for row in rows], self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+    def queue(self) -> list[Job]:
+        """The running job, then the queued ones in the order they will run."""
+        rows = self.db.execute("SELECT * FROM jobs WHERE state IN ('running', 'queued') "
+                               "ORDER BY state = 'queued', seq").fetchall()
+        return [job_of(row) for row in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def job_of(row: sqlite3.Row) -> Job:
+    return Job(row["id"], row["seq"], row["state"], json.loads(row["settings"]), row["created"],
+               json.loads(row["inputs"]), json.loads(row["images"]), row["error"], row["attempts"], row["started"],
+               row["finished"])

@@ -1,0 +1,140 @@
+"""The one worker: it runs jobs in queue order, one at a time.
+
+On a CPU one job already uses every core, so jobs run one after another and the queue absorbs load.
+While a job samples, the worker publishes a progress event before each step (with a preview of x̂_0,
+decoded, every `preview_every`-th of the steps), and stops at the next step when the job is
+cancelled. Images are written whole (`save_png`) before the job is marked done.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..images import PNG_PARAMETERS_KEY, read_image, save_png
+from .events import EventHub
+from .job_request import pipeline_arguments
+from .shelf import ModelShelf
+from .store import Job, JobStore
+
+log = logging.getLogger("t2i.serve")
+PREVIEWS = 8  # previews per job: enough to watch it form, few enough that decoding them costs little
+
+
+class Cancelled(Exception):
+    """Raised at a step boundary to stop a job whose cancellation was asked for."""
+
+
+@dataclass
+class Live:
+    """The running job as it is now: what AUTOMATIC1111's /progress and our job JSON report."""
+
+    job_id: str
+    step: int = 0
+    steps: int = 0
+    started: float = 0.0
+    preview: str | None = None  # data: URL of the latest preview PNG
+
+
+class Worker:
+    def __init__(self, store: JobStore, shelf: ModelShelf, hub: EventHub):
+        self.store, self.shelf, self.hub = store, shelf, hub
+        self.live: Live | None = None
+        self.cancelling: set[str] = set()
+        self.wake, self.stopping = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self.loop, name="t2i-worker", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current step: the running job is left running, to run again at the next start."""
+        self.stopping.set()
+        self.wake.set()
+        self.thread.join(timeout=30)
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    def cancel(self, job: Job) -> bool:
+        """Cancel a queued job now, or ask the running one to stop at its next step. False if finished."""
+        if self.store.cancel_queued(job.id):
+            self.hub.publish(job.id, "cancelled", {})
+            return True
+        if self.live is not None and self.live.job_id == job.id:
+            self.cancelling.add(job.id)
+            return True
+        return False
+
+    def loop(self) -> None:
+        while not self.stopping.is_set():
+            job = self.store.take()
+            if job is None:
+                self.wake.wait(timeout=1.0)
+                self.wake.clear()
+                continue
+            self.run(job)
+
+    def run(self, job: Job) -> None:
+        self.live = Live(job.id, started=time.time())
+        self.hub.publish(job.id, "started", {})
+        try:
+            images = self.generate(job)
+        except Cancelled:
+            if self.stopping.is_set():  # the server is stopping, not the job: it runs first at the next start
+                self.store.requeue(job.id)
+                return
+            self.finish(job, "cancelled")
+        except UserError as error:
+            self.finish(job, "failed", str(error))
+        except MemoryError:
+            self.finish(job, "failed", "out of memory: ask for fewer or smaller images")
+        except Exception as error:  # noqa: BLE001 - a bug fails its job, not the server
+            log.exception("job %s failed", job.id)
+            self.finish(job, "failed", f"internal error: {type(error).__name__}: {error}")
+        else:
+            self.finish(job, "done", images=images)
+        finally:
+            self.cancelling.discard(job.id)
+
+    def finish(self, job: Job, state: str, error: str | None = None, images: list[dict] | None = None) -> None:
+        self.store.end(job.id, state, error, images)
+        self.live = None
+        self.hub.publish(job.id, state, {"error": error} if error else {})
+
+    def generate(self, job: Job) -> list[dict]:
+        settings = job.settings
+        uploads = {name: read_image(self.store.input_path(job.id, name), "L" if name == "mask" else "RGB")
+                   for name in job.inputs}
+        pipe = self.shelf.get(settings["model"])
+        every = max(1, (settings["steps"] or pipe.defaults["steps"]) // PREVIEWS)
+
+        def on_step(i: int, steps: int, x0) -> None:
+            if job.id in self.cancelling or self.stopping.is_set():
+                raise Cancelled
+            self.live.step, self.live.steps = i, steps
+            event = {"step": i, "steps": steps}
+            if i > 0 and i % every == 0:
+                previews = x0()
+                if previews:
+                    self.live.preview = event["preview"] = data_url(previews[0])
+            self.hub.publish(job.id, "progress", event)
+
+        images = pipe(**pipeline_arguments(settings, uploads), progress=on_step)
+        results = []
+        for i, image in enumerate(images):
+            save_png(image, self.store.image_path(job.id, i))
+            parameters = image.info[PNG_PARAMETERS_KEY]
+            results.append({"seed": parameters["seed"], "parameters": parameters})
+        return results
+
+
+def data_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
