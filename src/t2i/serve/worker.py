@@ -56,7 +56,8 @@ class Worker:
         """Stop after the current step: the running job is left running, to run again at the next start."""
         self.stopping.set()
         self.wake.set()
-        self.thread.join(timeout=30)
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
 
     def notify(self) -> None:
         self.wake.set()

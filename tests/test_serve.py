@@ -1,0 +1,326 @@
+"""`t2i serve`'s HTTP API with the shipped emoji model (a few steps a job): our /api, AUTOMATIC1111's
+/sdapi/v1, server-sent events in order, cancelling, the limits as 4xx JSON naming them, the token,
+and jobs that outlive the server's process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from t2i import Pipeline  # noqa: E402
+from t2i.serve.app import ServerSettings, create_app  # noqa: E402
+from t2i.serve.limits import Limits  # noqa: E402
+from t2i.serve.store import JobStore  # noqa: E402
+
+from test_bad_input import tiny_png  # noqa: E402
+
+FAST = {"prompt": "red heart", "steps": 3, "seed": 7}
+
+
+def app_for(tmp_path, token=None, **limits):
+    return create_app(ServerSettings(tmp_path / "data", ("emoji", "shapes"), token=token, limits=Limits(**limits)))
+
+
+@pytest.fixture
+def client(tmp_path):
+    """A server with its worker running."""
+    with TestClient(app_for(tmp_path)) as client:
+        yield client
+
+
+@pytest.fixture
+def paused(tmp_path):
+    """A server whose worker has not started: jobs stay queued until the test starts it."""
+    app = app_for(tmp_path, max_queue=3)
+    client = TestClient(app)  # outside `with`: no lifespan, so no worker
+    yield client, app.state.server.worker
+    app.state.server.worker.stop()
+
+
+def finished(client, job_id, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/api/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def events(client, job_id):
+    """The (event, data) pairs of a job's server-sent-event stream, to its end."""
+    out, event = [], None
+    with client.stream("GET", f"/api/jobs/{job_id}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[len("event: "):]
+            elif line.startswith("data: "):
+                out.append((event, json.loads(line[len("data: "):])))
+    return out
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png(image: Image.Image, pnginfo=None) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=pnginfo)
+    return buffer.getvalue()
+
+
+def test_a_job_makes_the_images_the_library_makes_and_keeps_both_metadata_chunks(client):
+    job = client.post("/api/jobs", json={**FAST, "num_images": 2}).json()
+    assert job["state"] in ("queued", "running") and job["settings"]["seed"] == 7
+    job = finished(client, job["id"])
+    assert job["state"] == "done", job["error"]
+    assert [image["seed"] for image in job["images"]] == [7, 8]
+    served = [Image.open(io.BytesIO(client.get(image["url"]).content)) for image in job["images"]]
+    assert served[0].text["parameters"].startswith("red heart\nSteps: 3, Sampler: DPM++ 2M")
+    assert json.loads(served[0].text["t2i"])["seed"] == 7
+    direct = Pipeline.load("emoji")("red heart", steps=3, seed=7, num_images=2, progress=False)
+    for ours, theirs in zip(served, direct):
+        np.testing.assert_array_equal(np.asarray(ours.convert("RGB")), np.asarray(theirs))
+
+
+def test_a_random_seed_is_drawn_at_the_request_and_shown(client):
+    seeds = {client.post("/api/jobs", json={"prompt": "cat", "steps": 1, "seed": seed}).json()["settings"]["seed"]
+             for seed in (None, -1, None)}
+    assert all(isinstance(seed, int) and seed >= 0 for seed in seeds) and len(seeds) == 3
+
+
+def test_events_arrive_in_order_queued_started_progress_done(paused):
+    client, worker = paused
+    first = client.post("/api/jobs", json=FAST).json()
+    second = client.post("/api/jobs", json={**FAST, "steps": 4}).json()
+    assert (first["position"], second["position"]) == (1, 2)
+    threading.Timer(0.5, worker.start).start()  # after the stream below has subscribed
+    stream = events(client, second["id"])
+    names = [name for name, _ in stream]
+    assert names[:2] == ["queued", "started"] and names[-1] == "done"
+    assert stream[0][1] == {"position": 2}
+    steps = [data["step"] for name, data in stream if name == "progress"]
+    assert steps == [0, 1, 2, 3] and set(names[2:-1]) == {"progress"}
+    assert stream[-1][1]["state"] == "done" and len(stream[-1][1]["images"]) == 1
+    previews = [data["preview"] for name, data in stream if "preview" in data]
+    assert previews and all(p.startswith("data:image/png;base64,") for p in previews)
+
+
+def test_a_queued_job_cancelled_never_runs_and_the_queue_moves_up(paused):
+    client, worker = paused
+    jobs = [client.post("/api/jobs", json=FAST).json() for _ in range(3)]
+    cancelled = client.delete(f"/api/jobs/{jobs[1]['id']}").json()
+    assert cancelled["state"] == "cancelled"
+    assert [job["id"] for job in client.get("/api/queue").json()["jobs"]] == [jobs[0]["id"], jobs[2]["id"]]
+    assert client.get(f"/api/jobs/{jobs[2]['id']}").json()["position"] == 2
+    assert events(client, jobs[1]["id"])[-1][0] == "cancelled"
+    worker.start()
+    assert finished(client, jobs[2]["id"])["state"] == "done"
+    assert client.get(f"/api/jobs/{jobs[1]['id']}").json()["images"] == []
+    assert client.delete(f"/api/jobs/{jobs[2]['id']}").status_code == 409
+
+
+def test_a_running_job_stops_at_the_next_step_when_cancelled(client):
+    job = client.post("/api/jobs", json={**FAST, "steps": 150}).json()
+    deadline = time.time() + 60
+    while (client.get(f"/api/jobs/{job['id']}").json()["progress"] or {}).get("step", 0) < 2:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert client.delete(f"/api/jobs/{job['id']}").json()["cancel_requested"] is True
+    ended = finished(client, job["id"], timeout=30)
+    assert ended["state"] == "cancelled" and ended["images"] == []
+
+
+@pytest.mark.parametrize("body, limit, status", [
+    ({"steps": 151}, "max_steps", 422),
+    ({"num_images": 17}, "max_images", 422),
+    ({"prompt": "x" * 2001}, "max_prompt_chars", 422),
+    ({"negative_prompt": "x" * 2001}, "max_prompt_chars", 422),
+    ({"width": 2048, "height": 1024}, "max_pixels", 422),
+    ({"image": b64(tiny_png(5000, 5000))}, "max_upload_pixels", 413),
+    ({"image": "A" * (17 * 2**20 * 4 // 3)}, "max_upload_bytes", 413),
+])
+def test_each_limit_is_a_4xx_json_error_naming_it(client, body, limit, status):
+    response = client.post("/api/jobs", json={**FAST, **body})
+    assert response.status_code == status and response.json()["limit"] == limit
+    assert "\n" not in response.json()["detail"]
+
+
+def test_a_full_queue_is_429_naming_max_queue(paused):
+    client, _ = paused
+    for _ in range(3):
+        assert client.post("/api/jobs", json=FAST).status_code == 202
+    response = client.post("/api/jobs", json=FAST)
+    assert response.status_code == 429 and response.json()["limit"] == "max_queue"
+
+
+@pytest.mark.parametrize("body, match", [
+    ({"model": "/etc/passwd"}, "no model '/etc/passwd' on this server"),
+    ({"sampler": "nope"}, "unknown sampler 'nope'"),
+    ({"spacing": "nope"}, "unknown spacing"),
+    ({"width": 100}, "divisible by 16"),
+    ({"cfg": float("1e9")}, "guidance scale"),
+    ({"steps": 0}, "steps"),
+    ({"strength": 0.5}, "strength is how far to noise an image"),
+    ({"image": b64(b"not a png")}, "cannot read image"),
+    ({"image": "@@@"}, "cannot read image"),
+    ({"mask": b64(png(Image.new("L", (8, 8))))}, "a mask needs the image"),
+    ({"steps": "many"}, "steps: Input should be a valid integer"),
+    ({"stepz": 3}, "stepz: Extra inputs are not permitted"),
+    ({"model": "shapes", "width": 64, "seed": 2**63}, "seed"),
+])
+def test_bad_requests_are_one_line_422s_before_anything_is_queued(client, body, match):
+    response = client.post("/api/jobs", json={**FAST, **body})
+    assert response.status_code == 422 and match in response.json()["detail"], response.json()
+    assert client.get("/api/jobs").json()["total"] == 0
+
+
+def test_img2img_and_inpainting_keep_the_size_and_the_unmasked_pixels(client):
+    source = Image.new("RGB", (64, 64), (250, 250, 250))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inpaint = finished(client, client.post("/api/jobs", json={**FAST, "image": b64(png(source)),
+                                                               "mask": b64(png(mask))}).json()["id"])
+    edit = finished(client, client.post("/api/jobs", json={**FAST, "image": b64(png(source)),
+                                                            "strength": 0.5}).json()["id"])
+    assert (inpaint["settings"]["kind"], edit["settings"]["kind"]) == ("inpaint", "img2img")
+    out = np.asarray(Image.open(io.BytesIO(client.get(inpaint["images"][0]["url"]).content)).convert("RGB"))
+    assert out.shape == (64, 64, 3) and (out[:8] == 250).all()  # the kept border is the input's own pixels
+    assert edit["images"][0]["parameters"]["strength"] == 0.5
+
+
+def test_history_is_newest_first_and_paged(client):
+    ids = [client.post("/api/jobs", json={**FAST, "steps": 1}).json()["id"] for _ in range(3)]
+    page = client.get("/api/jobs", params={"limit": 2}).json()
+    assert page["total"] == 3 and [job["id"] for job in page["jobs"]] == ids[::-1][:2]
+    assert [job["id"] for job in client.get("/api/jobs", params={"limit": 2, "offset": 2}).json()["jobs"]] == ids[:1]
+
+
+def test_models_samplers_limits_and_offline_docs(client):
+    models = client.get("/api/models").json()
+    assert models["default"] == "emoji" and [m["id"] for m in models["models"]] == ["emoji", "shapes"]
+    assert models["models"][0]["image_size"] == 64 and models["models"][0]["size_multiple"] == 16
+    labels = [entry["label"] for entry in client.get("/api/samplers").json()["samplers"]]
+    assert {"Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"} <= set(labels)
+    assert client.get("/api/limits").json()["max_steps"] == 150
+    docs = client.get("/docs").text
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "https://" not in docs.replace("https://swagger.io", "")
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert "/api/jobs" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/").text
+    assert "<html" in page.lower() and "http://" not in page and "https://" not in page
+
+
+def test_png_info_reads_ours_and_automatic1111s(client):
+    job = finished(client, client.post("/api/jobs", json=FAST).json()["id"])
+    ours = client.post("/api/png-info", json={"image": b64(client.get(job["images"][0]["url"]).content)}).json()
+    assert ours["parameters"]["prompt"] == "red heart" and ours["parameters"]["seed"] == 7
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a castle\nNegative prompt: blurry\nSteps: 30, Sampler: DPM++ 2M Karras, "
+                                "CFG scale: 7, Seed: 42, Size: 512x768, Model: sd15")
+    theirs = client.post("/api/png-info", json={"image": b64(png(Image.new("RGB", (8, 8)), info))}).json()
+    assert theirs["parameters"] == {"prompt": "a castle", "negative_prompt": "blurry", "steps": 30, "cfg": 7.0,
+                                    "seed": 42, "model": "sd15", "size": [768, 512], "sampler": "dpmpp_2m",
+                                    "spacing": "karras"}
+    a1111 = client.post("/sdapi/v1/png-info", json={"image": b64(png(Image.new("RGB", (8, 8)), info))}).json()
+    assert a1111["info"].startswith("a castle\nNegative prompt: blurry")
+
+
+def test_automatic1111_txt2img_answers_with_images_parameters_and_info(client):
+    body = {"prompt": "red heart", "negative_prompt": "", "steps": 3, "cfg_scale": 5, "seed": 7,
+            "sampler_name": "DPM++ 2M", "batch_size": 2, "n_iter": 1, "restore_faces": False, "tiling": False}
+    response = client.post("/sdapi/v1/txt2img", json=body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"images", "parameters", "info"} and len(answer["images"]) == 2
+    info = json.loads(answer["info"])
+    assert info["all_seeds"] == [7, 8] and info["sampler_name"] == "DPM++ 2M" and info["steps"] == 3
+    assert info["infotexts"][1].startswith("red heart\nSteps: 3, Sampler: DPM++ 2M, CFG scale: 5.0, Seed: 8")
+    image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0])))
+    direct = Pipeline.load("emoji")("red heart", steps=3, seed=7, cfg=5, progress=False)[0]
+    np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(direct))
+
+
+def test_automatic1111_sampler_names_model_override_and_unknown_sampler(client):
+    answer = client.post("/sdapi/v1/txt2img", json={"prompt": "", "steps": 2, "seed": 1, "sampler_name": "Euler a",
+                                                    "override_settings": {"sd_model_checkpoint": "shapes"}}).json()
+    info = json.loads(answer["info"])
+    assert info["sd_model_name"] == "shapes" and info["sampler_name"] == "Euler a Karras" and info["width"] == 32
+    answer = client.post("/sdapi/v1/txt2img", json={"prompt": "", "steps": 2, "seed": 1,
+                                                    "sampler_name": "DPM++ 2M Karras"}).json()
+    assert "Sampler: DPM++ 2M Karras" in json.loads(answer["info"])["infotexts"][0]
+    wrong = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "sampler_name": "Euler z"})
+    assert wrong.status_code == 422 and "Euler a" in wrong.json()["detail"]
+    assert {"name": "Euler a", "aliases": ["euler_ancestral"], "options": {}} in client.get("/sdapi/v1/samplers").json()
+    assert [m["title"] for m in client.get("/sdapi/v1/sd-models").json()] == ["emoji", "shapes"]
+
+
+def test_automatic1111_img2img_resizes_to_the_size_asked_and_inverts_masks(client):
+    source = b64(png(Image.new("RGB", (32, 32), (200, 30, 30))))
+    mask = Image.new("L", (32, 32), 255)
+    body = {"prompt": "red heart", "steps": 2, "seed": 3, "init_images": [source], "denoising_strength": 0.6,
+            "width": 64, "height": 64, "mask": b64(png(mask)), "inpainting_mask_invert": 1}
+    answer = client.post("/sdapi/v1/img2img", json=body).json()
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB"))
+    assert image.shape == (64, 64, 3)
+    assert (np.abs(image.astype(int) - (200, 30, 30)) <= 1).all()  # the inverted mask keeps every pixel
+    assert json.loads(answer["info"])["denoising_strength"] == 0.6
+
+
+def test_automatic1111_progress_and_interrupt(client):
+    idle = client.get("/sdapi/v1/progress").json()
+    assert idle["progress"] == 0 and idle["state"]["job_count"] == 0
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(client.post(
+        "/sdapi/v1/txt2img", json={"prompt": "red heart", "steps": 150, "seed": 1}).json()))
+    thread.start()
+    deadline = time.time() + 60
+    while (progress := client.get("/sdapi/v1/progress").json())["state"]["sampling_step"] < 20:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 150
+    assert progress["current_image"] and Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
+    client.post("/sdapi/v1/interrupt")
+    thread.join(60)
+    assert result["images"] == [] and json.loads(result["info"])["interrupted"] is True
+
+
+def test_with_a_token_every_api_call_needs_it_but_the_page_does_not(tmp_path):
+    with TestClient(app_for(tmp_path, token="s3cret")) as client:
+        assert client.get("/api/models").status_code == 401
+        assert client.get("/sdapi/v1/sd-models").status_code == 401
+        assert client.get("/api/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/api/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert client.get("/api/models", params={"token": "s3cret"}).status_code == 200
+        assert client.get("/").status_code == 200
+
+
+def test_no_cors_unless_asked(client):
+    response = client.get("/api/models", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_the_store_puts_an_interrupted_job_back_once_then_fails_it_with_its_reason(tmp_path):
+    store = JobStore(tmp_path)
+    first, second = (store.add({"n": i}, {}) for i in range(2))
+    assert store.take().id == first.id
+    store.close()
+    store = JobStore(tmp_path)  # as after a kill: the running job is queued again, first in line
+    assert store.recovered == [first.id] and store.get(first.id).state == "queued"
+    assert store.take().id == first.id
+    store.close()
+    store = JobStore(tmp_path)
+    failed = store.get(first.id)
+    assert failed.state == "failed" and "stopped 2 times while this job ran" in failed.error
+    assert store.take().id == second.id
