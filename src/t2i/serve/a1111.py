@@ -111,6 +111,8 @@ def a1111_router(server, authorize) -> APIRouter:
     @router.get("/progress")
     def progress(skip_current_image: bool = False):
         live, queued = server.worker.live, len(server.store.queue())
+        if not skip_current_image:
+            server.worker.polled = time.time()
         if live is None:
             return {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None,
                     "state": state(queued, 0, 0, False)}

@@ -32,6 +32,10 @@ class EventHub:
             if not self.listeners[job_id]:
                 del self.listeners[job_id]
 
+    def listening(self, job_id: str) -> bool:
+        with self.lock:
+            return bool(self.listeners.get(job_id))
+
     def publish(self, job_id: str, event: str, data: dict) -> None:
         """Send to every listener of `job_id`; from any thread."""
         with self.lock:

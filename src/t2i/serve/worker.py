@@ -1,9 +1,10 @@
 """The one worker: it runs jobs in queue order, one at a time.
 
 On a CPU one job already uses every core, so jobs run one after another and the queue absorbs load.
-While a job samples, the worker publishes a progress event before each step (with a preview of x̂_0,
-decoded, every `preview_every`-th of the steps), and stops at the next step when the job is
-cancelled. Images are written whole (`save_png`) before the job is marked done.
+While a job samples, the worker publishes a progress event before each step, and stops at the next
+step when the job is cancelled. A preview of x̂_0 (decoded: as costly as a few U-Net steps on a small
+model) is made at PREVIEWS points of the job, and only while someone watches: a listener to the
+job's events, or a poll of AUTOMATIC1111's /progress in the last WATCHED seconds. Images are written whole (`save_png`) before the job is marked done.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .store import Job, JobStore
 
 log = logging.getLogger("t2i.serve")
 PREVIEWS = 8  # previews per job: enough to watch it form, few enough that decoding them costs little
+WATCHED = 5.0
 
 
 class Cancelled(Exception):
@@ -45,6 +47,7 @@ class Worker:
     def __init__(self, store: JobStore, shelf: ModelShelf, hub: EventHub):
         self.store, self.shelf, self.hub = store, shelf, hub
         self.live: Live | None = None
+        self.polled = 0.0  # when AUTOMATIC1111's /progress last asked for the current image
         self.cancelling: set[str] = set()
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self.loop, name="t2i-worker", daemon=True)
@@ -120,7 +123,8 @@ class Worker:
                 raise Cancelled
             self.live.step, self.live.steps = i, steps
             event = {"step": i, "steps": steps}
-            if i > 0 and i % every == 0:
+            watched = self.hub.listening(job.id) or time.time() - self.polled < WATCHED
+            if i > 0 and i % every == 0 and watched:
                 previews = x0()
                 if previews:
                     self.live.preview = event["preview"] = data_url(previews[0])
