@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from ..errors import UserError
 from ..metadata import sampler_menu
 from ..samplers import SAMPLERS
+from .a1111 import a1111_router
 from .events import TERMINAL, EventHub
 from .job_request import JobRequest, png_parameters, plan_job
 from .limits import LimitError, Limits
@@ -232,9 +233,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return {"parameters": parameters, "infotext": infotext}
 
     app.include_router(api)
-
-    from .a1111 import a1111_router
-
     app.include_router(a1111_router(server, authorize))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

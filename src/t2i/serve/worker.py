@@ -4,7 +4,8 @@ On a CPU one job already uses every core, so jobs run one after another and the 
 While a job samples, the worker publishes a progress event before each step, and stops at the next
 step when the job is cancelled. A preview of x̂_0 (decoded: as costly as a few U-Net steps on a small
 model) is made at PREVIEWS points of the job, and only while someone watches: a listener to the
-job's events, or a poll of AUTOMATIC1111's /progress in the last WATCHED seconds. Images are written whole (`save_png`) before the job is marked done.
+job's events, or a poll of AUTOMATIC1111's /progress in the last WATCHED seconds. Images are written
+whole (`save_png`) before the job is marked done.
 """
 
 from __future__ import annotations
