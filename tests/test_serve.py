@@ -324,3 +324,17 @@ def test_the_store_puts_an_interrupted_job_back_once_then_fails_it_with_its_reas
     failed = store.get(first.id)
     assert failed.state == "failed" and "stopped 2 times while this job ran" in failed.error
     assert store.take().id == second.id
+
+
+def test_models_load_on_first_use_and_the_least_recently_used_goes_past_the_budget():
+    from t2i.serve.shelf import ModelShelf
+
+    shelf = ModelShelf(["emoji", "shapes"], budget_bytes=1)  # room for one model at a time
+    assert [model["loaded"] for model in shelf.list()] == [False, False]
+    emoji = shelf.get("emoji")
+    assert shelf.get("emoji") is emoji and list(shelf.loaded) == ["emoji"]
+    shelf.get("shapes")
+    assert list(shelf.loaded) == ["shapes"] and [model["loaded"] for model in shelf.list()] == [False, True]
+    roomy = ModelShelf(["emoji", "shapes"], budget_bytes=None)
+    roomy.get("emoji"), roomy.get("shapes"), roomy.get("emoji")
+    assert list(roomy.loaded) == ["shapes", "emoji"]  # most recently used last

@@ -25,14 +25,7 @@ function withToken(url) {
   return token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url;
 }
 
-class ApiError extends Error {
-  constructor(message, limit) {
-    super(message);
-    this.limit = limit;
-  }
-}
-
-// fetch() that sends JSON and the token, and turns the server's {"detail", "limit"} into an ApiError.
+// fetch() that sends JSON and the token, and throws the server's one-line {"detail"} as an Error.
 async function api(path, { method = "GET", body } = {}) {
   const headers = {};
   if (token) headers.Authorization = `Bearer ${token}`;
@@ -41,7 +34,7 @@ async function api(path, { method = "GET", body } = {}) {
   try {
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   } catch {
-    throw new ApiError("cannot reach the t2i server; is it still running?");
+    throw new Error("cannot reach the t2i server; is it still running?");
   }
   let data = null;
   try {
@@ -50,18 +43,16 @@ async function api(path, { method = "GET", body } = {}) {
     // not JSON (a proxy's error page): the status line below says what there is to say
   }
   if (!response.ok) {
-    let detail = data && data.detail;
-    if (Array.isArray(detail)) {  // FastAPI's own validation errors are a list
-      detail = detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
-    }
-    throw new ApiError(detail || `${response.status} ${response.statusText}`, data && data.limit);
+    const error = new Error((data && data.detail) || `${response.status} ${response.statusText}`);
+    error.limit = data && data.limit;  // a limit's name is in the detail too; kept for the error's title
+    throw error;
   }
   return data;
 }
 
 function showError(error) {
-  const limit = error.limit ? ` (limit: ${error.limit})` : "";
-  $("error-text").textContent = `${error.message || error}${limit}`;
+  $("error-text").textContent = error.message || String(error);
+  $("error").title = error.limit ? `the server's limit ${error.limit}` : "";
   $("error").hidden = false;
 }
 
@@ -95,14 +86,15 @@ function readAsDataUrl(file) {
 
 // ---- State -------------------------------------------------------------------------------------
 
+const ENDED = ["done", "failed", "cancelled"];  // a job's terminal states, and its stream's last events
+
 const state = {
   models: [],
   samplers: [],  // without "Model default": the <select>'s value is an index here, "" for the default
-  limits: null,
   mine: [],  // ids of jobs this page follows, oldest first; one is watched at a time
   watching: null,  // {id, source}
   lastSeed: null,
-  init: null,  // the img2img start image: {dataUrl, width, height}
+  init: null,  // the img2img start image, at its own size (a canvas), scaled to width × height when sent
   maskPainted: false,
   historyOffset: 0,
 };
@@ -134,14 +126,14 @@ function applyModelDefaults() {
   const model = currentModel();
   if (!model) return;
   const inference = model.inference || {};
-  for (const id of ["width", "height"]) {
-    $(id).value = model.image_size;
-    $(id).step = $(id).min = model.size_multiple || 8;
-  }
+  const [width, height] = state.init ? fitSize(state.init.width, state.init.height) : [model.image_size, model.image_size];
+  $("width").value = width;
+  $("height").value = height;
+  for (const id of ["width", "height"]) $(id).step = $(id).min = model.size_multiple || 8;
   if (inference.steps != null) $("steps").value = inference.steps;
   if (inference.cfg != null) $("cfg").value = inference.cfg;
-  const fallback = inference.sampler ? ` (${samplerLabel(inference.sampler, inference.spacing)})` : "";
-  $("sampler").options[0].textContent = `Model default${fallback}`;
+  $("sampler").options[0].textContent = inference.sampler
+    ? `Default (${samplerLabel(inference.sampler, inference.spacing)})` : "Model default";
   $("sampler").value = "";
 }
 
@@ -168,38 +160,56 @@ function readForm() {
     mask: null,
     strength: null,
   };
-  if (state.init) {
-    body.image = base64(state.init.dataUrl);
+  if (state.init) {  // an edited image keeps its size: the image and its mask are sent at width × height
+    const [width, height] = [body.width, body.height].every((side) => side > 0)
+      ? [body.width, body.height] : fitSize(state.init.width, state.init.height);
+    body.image = pngAt(state.init, width, height);
     body.strength = Number($("strength").value);
-    if (state.maskPainted) body.mask = maskPng();
+    if (state.maskPainted) body.mask = pngAt($("mask-canvas"), width, height, "#000");  // white on black
   }
   return body;
 }
 
 // Fill the form from a job's settings or a PNG's parameters (which give size as [H, W]); what
-// they leave out stays as it is.
+// they leave out, or give in another shape (a figure's lists of prompts and scales), stays as it is.
 function applySettings(settings) {
-  const set = (id, value) => {
-    if (value !== null && value !== undefined) $(id).value = value;
+  const set = (id, value, type = "number") => {
+    if (typeof value === type) $(id).value = value;
   };
   if (settings.model && settings.model !== $("model").value && state.models.some((m) => m.id === settings.model)) {
     $("model").value = settings.model;
     applyModelDefaults();
   }
-  set("prompt", settings.prompt);
-  set("negative", settings.negative_prompt);
+  set("prompt", settings.prompt, "string");
+  set("negative", settings.negative_prompt, "string");
   set("steps", settings.steps);
   set("cfg", settings.cfg);
   set("seed", settings.seed);
-  const [height, width] = settings.size || [settings.height, settings.width];
+  const [height, width] = Array.isArray(settings.size) ? settings.size : [settings.height, settings.width];
   set("width", width);
   set("height", height);
   set("num", settings.num_images);
-  if (settings.sampler) selectSampler(settings.sampler, settings.spacing);
-  if (settings.strength != null) {
+  if (typeof settings.sampler === "string") selectSampler(settings.sampler, settings.spacing);
+  if (typeof settings.strength === "number") {
     $("strength").value = settings.strength;
     showStrength();
   }
+}
+
+// A job's settings with what the request left to the model filled in: from the image's own
+// parameters once there is one (they say what ran), else from the model's defaults.
+function effective(job, index = 0) {
+  const settings = { ...job.settings };
+  const ran = job.images[index] && job.images[index].parameters;
+  if (ran) {
+    for (const key of ["sampler", "spacing", "steps", "cfg", "seed", "strength"]) settings[key] = ran[key] ?? settings[key];
+    if (ran.size) [settings.height, settings.width] = ran.size;
+  } else {
+    const model = state.models.find((m) => m.id === settings.model);
+    const defaults = (model && model.inference) || {};
+    for (const key of ["sampler", "spacing", "steps", "cfg"]) settings[key] = settings[key] ?? defaults[key] ?? null;
+  }
+  return settings;
 }
 
 function describe(settings) {
@@ -213,43 +223,59 @@ const showStrength = () => { $("strength-value").textContent = $("strength").val
 
 // ---- img2img and the inpainting mask -----------------------------------------------------------
 
+// A size of the start image's shape with about as many pixels as the model makes, in its multiples:
+// a photo's thousands of pixels would be far too many for a small model.
+function fitSize(width, height) {
+  const model = currentModel();
+  const multiple = (model && model.size_multiple) || 8;
+  const scale = ((model && model.image_size) || 512) / Math.sqrt(width * height);
+  return [width, height].map((side) => Math.max(multiple, Math.round((side * scale) / multiple) * multiple));
+}
+
+// A picture (image or canvas) as base64 PNG of a given size, on a background where it is transparent.
+function pngAt(source, width, height, background = null) {
+  const canvas = el("canvas", { width, height });
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingQuality = "high";
+  if (background) {
+    ctx.fillStyle = background;
+    ctx.fillRect(0, 0, width, height);
+  }
+  ctx.drawImage(source, 0, 0, width, height);
+  return base64(canvas.toDataURL("image/png"));
+}
+
 async function loadInitImage(file) {
   if (!file) return;
+  const url = URL.createObjectURL(file);
   const image = new Image();
-  image.src = URL.createObjectURL(file);
+  image.src = url;
   try {
     await image.decode();
   } catch {
+    URL.revokeObjectURL(url);
     showError(new Error(`${file.name} is not an image this browser can read`));
     return;
-  } finally {
-    URL.revokeObjectURL(image.src);
   }
-  // Re-encoded as PNG (the API's format), scaled down here past the server's upload limit so that
-  // a phone's photo is usable rather than refused.
-  let width = image.naturalWidth;
-  let height = image.naturalHeight;
-  const maxPixels = state.limits ? state.limits.max_upload_pixels : Infinity;
-  if (width * height > maxPixels) {
-    const scale = Math.sqrt(maxPixels / (width * height));
-    width = Math.max(1, Math.floor(width * scale));
-    height = Math.max(1, Math.floor(height * scale));
-  }
-  const canvas = el("canvas", { width, height });
-  canvas.getContext("2d").drawImage(image, 0, 0, width, height);
-  state.init = { dataUrl: canvas.toDataURL("image/png"), width, height };
-  $("init-preview").src = state.init.dataUrl;
+  removeInitImage();
+  // Kept at its own size, so that a change of model or size scales from the original, not a copy.
+  state.init = el("canvas", { width: image.naturalWidth, height: image.naturalHeight });
+  state.init.getContext("2d").drawImage(image, 0, 0);
+  $("init-preview").src = url;
+  // The mask is painted at the image's shape, finely enough for a brush, and scaled with it when sent.
   const mask = $("mask-canvas");
-  mask.width = width;  // the mask is drawn in the image's own pixels: the API wants them the same size
-  mask.height = height;
+  const scale = Math.min(1, 1024 / Math.max(image.naturalWidth, image.naturalHeight));
+  mask.width = Math.round(image.naturalWidth * scale);
+  mask.height = Math.round(image.naturalHeight * scale);
   clearMask();
+  [$("width").value, $("height").value] = fitSize(image.naturalWidth, image.naturalHeight);
   $("edit-area").hidden = false;
 }
 
 function removeInitImage() {
+  if ($("init-preview").src) URL.revokeObjectURL($("init-preview").src);
   state.init = null;
   clearMask();
-  $("init-image").value = "";
   $("init-preview").removeAttribute("src");
   $("edit-area").hidden = true;
 }
@@ -258,17 +284,6 @@ function clearMask() {
   const mask = $("mask-canvas");
   mask.getContext("2d").clearRect(0, 0, mask.width, mask.height);
   state.maskPainted = false;
-}
-
-// The canvas holds white strokes on transparent; the API wants white (redraw) on black.
-function maskPng() {
-  const mask = $("mask-canvas");
-  const out = el("canvas", { width: mask.width, height: mask.height });
-  const ctx = out.getContext("2d");
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, out.width, out.height);
-  ctx.drawImage(mask, 0, 0);
-  return base64(out.toDataURL("image/png"));
 }
 
 function setupBrush() {
@@ -348,7 +363,7 @@ function followNext() {
     setProgress(step, steps, `step ${step} / ${steps}`);
     if (preview) $("preview").src = preview;
   });
-  for (const end of ["done", "failed", "cancelled"]) {
+  for (const end of ENDED) {
     source.addEventListener(end, (event) => finished(JSON.parse(event.data)));
   }
   source.onerror = () => {
@@ -356,7 +371,7 @@ function followNext() {
     // error, and then the job itself says whether it ended, is unknown, or is refused to us.
     if (source.readyState !== EventSource.CLOSED || state.watching?.source !== source) return;
     api(`/api/jobs/${id}`).then((job) => {
-      if (["done", "failed", "cancelled"].includes(job.state)) {
+      if (ENDED.includes(job.state)) {
         finished(job);
       } else {  // still waiting or running: follow it again shortly
         state.watching = null;
@@ -411,11 +426,11 @@ async function cancelJob(id) {
 }
 
 function showResult(job, only = null) {
-  const images = only === null ? job.images : [job.images[only]];
-  $("result").replaceChildren(...images.map((image) => el("img", {
-    src: withToken(image.url), alt: job.settings.prompt, title: `seed ${image.seed}`,
+  const indices = only === null ? job.images.map((_, i) => i) : [only];
+  $("result").replaceChildren(...indices.map((i) => el("img", {
+    src: withToken(job.images[i].url), alt: job.settings.prompt, title: `seed ${job.images[i].seed}`,
   })));
-  const settings = only === null ? job.settings : { ...job.settings, seed: job.images[only].seed };
+  const settings = effective(job, indices[0]);
   $("result-info").textContent = `${settings.prompt} — ${describe(settings)}`;
   state.lastSeed = settings.seed;
 }
@@ -437,7 +452,7 @@ async function refreshQueue() {
     const where = job.state === "running" ? (job.cancel_requested ? "stopping" : "running") : `#${job.position}`;
     const item = el("li", { dataset: { jobId: job.id }, className: job.state },
       el("span", { className: "where", textContent: where }),
-      el("span", { className: "what", textContent: job.settings.prompt || "(no prompt)", title: describe(job.settings) }),
+      el("span", { className: "what", textContent: job.settings.prompt || "(no prompt)", title: describe(effective(job)) }),
       el("button", {
         type: "button", className: "cancel-job", textContent: "Cancel", disabled: job.cancel_requested,
         onclick: () => {
@@ -453,12 +468,10 @@ async function refreshQueue() {
 
 // ---- History -----------------------------------------------------------------------------------
 
-const ENDED = ["done", "failed", "cancelled"];
-
 // One card per ended job, newest first, replaced in place when the same job comes again.
 function addToHistory(job) {
   if (!ENDED.includes(job.state)) return;
-  const settings = job.settings;
+  const settings = effective(job);
   const card = el("div", { className: `card ${job.state}`, dataset: { jobId: job.id, created: job.created } },
     el("div", { className: "thumbs" }, ...job.images.map((image, i) => el("img", {
       src: withToken(image.url), alt: settings.prompt, title: `seed ${image.seed}`, loading: "lazy",
@@ -523,7 +536,12 @@ function wire() {
   $("seed-random").addEventListener("click", () => { $("seed").value = -1; });
   $("seed-reuse").addEventListener("click", () => { if (state.lastSeed !== null) $("seed").value = state.lastSeed; });
   $("init-image").addEventListener("change", (event) => loadInitImage(event.target.files[0]));
-  $("init-remove").addEventListener("click", removeInitImage);
+  $("init-remove").addEventListener("click", () => {
+    removeInitImage();
+    $("init-image").value = "";
+    const model = currentModel();
+    if (model) $("width").value = $("height").value = model.image_size;
+  });
   $("mask-clear").addEventListener("click", clearMask);
   $("strength").addEventListener("input", showStrength);
   const showBrush = () => { $("brush-value").textContent = `${$("brush").value}px`; };
@@ -555,7 +573,6 @@ async function start() {
       [api("/api/models"), api("/api/samplers"), api("/api/limits")]);
     state.models = models.models;
     state.samplers = samplers.samplers;
-    state.limits = limits;
     $("model").replaceChildren(...state.models.map((m) => el("option", { value: m.id, textContent: m.id })));
     $("model").value = models.default;
     $("sampler").append(...state.samplers.map((s, i) => el("option", { value: String(i), textContent: s.label })));

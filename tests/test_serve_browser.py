@@ -1,0 +1,207 @@
+"""`t2i serve`'s page in a real browser (headless Chromium): generate and see the image, queue and
+cancel, inpaint with a painted mask, read a PNG's settings back, and never ask anything of a
+machine other than this one (the page must work offline).
+
+Skipped where Chromium or its driver is missing, unless CI is set: CI installs them, so there a
+missing browser is a failure, not a skip.
+"""
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "serve.png"
+GENERATION_TIMEOUT = 120  # seconds; a 4-step 64×64 image takes well under one on a laptop CPU
+
+
+def require_browser():
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium")
+    if missing:
+        message = f"the browser test needs {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}, which CI installs")
+        pytest.skip(message)
+
+
+def get_json(url: str, timeout: float = 5):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The base URL of a live `t2i serve` on a free port, with its own data directory."""
+    require_browser()
+    from t2i.serve.launch import ServerProcess
+
+    with ServerProcess(tmp_path_factory.mktemp("serve") / "data", threads=1) as live:
+        yield live.url
+
+
+@pytest.fixture(scope="module")
+def driver(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        # the viewport itself 1280×900 (the window's own frame would take some), for the README's screenshot
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def page(server, driver):
+    """The page freshly opened, with the models, samplers and limits read into the form; after
+    the test, every request the page made went to this server (or stayed in the browser)."""
+    driver.get(f"{server}/")
+    wait(driver, "return document.querySelectorAll('#model option').length > 0 && $('steps').value !== ''", 30)
+    yield driver
+    assert_local_requests(driver, server)
+    scripts = [entry["message"] for entry in driver.get_log("browser") if entry.get("source") == "javascript"]
+    assert not scripts, f"the page's script failed: {scripts}"
+    assert not error_shown(driver), driver.find_element("id", "error").text
+
+
+def assert_local_requests(driver, base):
+    messages = [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]
+    urls = [m["params"]["request"]["url"] for m in messages if m["method"] == "Network.requestWillBeSent"]
+    assert any(url.startswith(f"{base}/api/") for url in urls), "the performance log saw none of the page's requests"
+    for url in urls:
+        assert url.startswith((f"{base}/", "data:", "blob:")), f"the page asked {url} of another machine"
+
+
+def wait(driver, script: str, timeout: float = GENERATION_TIMEOUT):
+    """Wait until a JavaScript expression (with `$` the page's getElementById) is truthy; return it."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script))
+
+
+def error_shown(driver) -> bool:
+    return driver.execute_script("return !$('error').hidden")
+
+
+def fill(driver, **values):
+    for element_id, value in values.items():
+        element = driver.find_element("id", element_id)
+        element.clear()
+        element.send_keys(str(value))
+
+
+def card(state: str, job_id: str | None = None) -> str:
+    """The JavaScript for the history card of a job in a state (the newest such card without an id)."""
+    where = f'[data-job-id="{job_id}"]' if job_id else ""
+    return f"document.querySelector('#history .card.{state}{where}')"
+
+
+def image_loaded(selector: str) -> str:
+    return f"(i => i && i.complete && i.naturalWidth > 0)(document.querySelector('{selector}'))"
+
+
+def test_generate_shows_the_image_its_seed_and_keeps_it_in_history(page):
+    fill(page, prompt="red heart", steps=8, seed=7, num=2)
+    page.find_element("id", "generate").click()
+    wait(page, f"return {image_loaded('#result img:nth-child(2)')}")
+    assert "seed 7" in page.find_element("id", "result-info").text
+    wait(page, f"return {card('done')} && {image_loaded('#history .card.done img')}", 10)
+    assert "red heart" in page.execute_script(f"return {card('done')}.textContent")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.save_screenshot(str(SCREENSHOT))
+
+
+def test_queue_shows_jobs_in_order_and_cancels_a_queued_and_a_running_one(page):
+    # A long first job keeps the next two waiting; it is cancelled too, from the Cancel button.
+    steps, images = page.execute_script("return [$('steps').max, Math.min(8, $('num').max)]")
+    fill(page, prompt="red heart", steps=steps, num=images, seed=-1)
+    page.find_element("id", "generate").click()
+    fill(page, steps=4, num=1)
+    page.find_element("id", "generate").click()
+    page.find_element("id", "generate").click()
+    wait(page, "return [...document.querySelectorAll('#queue .where')].map(w => w.textContent).join() "
+               "=== 'running,#1,#2'", 30)
+    first, second, third = page.execute_script("return [...$('queue').children].map(li => li.dataset.jobId)")
+
+    page.find_element("css selector", f"#queue li[data-job-id='{third}'] .cancel-job").click()
+    wait(page, f"return {card('cancelled', third)}", 10)
+    wait(page, f"return !document.querySelector(\"#queue li[data-job-id='{third}']\")", 10)
+
+    # the running job shows its progress and a preview of x̂₀ before it is stopped
+    wait(page, "return $('progress').value > 0 && ($('preview').getAttribute('src') || '').startsWith('data:image/')")
+    page.find_element("id", "cancel").click()
+    wait(page, f"return {card('cancelled', first)}")
+    wait(page, f"return {card('done', second)}")
+    assert page.find_element("id", "progress-text").text == "done"
+
+
+def test_an_api_error_is_shown_with_the_limit_it_hit(page):
+    fill(page, prompt="red heart", steps=100000)
+    page.find_element("id", "generate").click()
+    wait(page, "return !$('error').hidden", 10)
+    assert "max_steps" in page.find_element("id", "error-text").text
+    page.find_element("id", "error-close").click()
+
+
+def test_inpainting_sends_the_painted_mask(page, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    start = tmp_path / "start.png"  # a photo's shape: sent scaled to the model's size, its mask too
+    Image.new("RGB", (200, 150), (40, 90, 200)).save(start)
+    page.execute_script("$('edit').open = true")
+    page.find_element("id", "init-image").send_keys(str(start))
+    wait(page, "return !$('edit-area').hidden && $('mask-canvas').width === 200", 10)
+    assert page.execute_script("return [$('width').value, $('height').value]") == ["80", "48"]
+    canvas = page.find_element("id", "mask-canvas")
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    ActionChains(page).move_to_element_with_offset(canvas, -40, 0).click_and_hold().move_by_offset(80, 0) \
+        .release().perform()
+    assert page.execute_script("return state.maskPainted")
+    fill(page, prompt="red heart", steps=4, num=1)
+    page.find_element("id", "generate").click()
+    done = wait(page, f"return {card('done')} && {card('done')}.textContent.includes('inpaint') && {card('done')}")
+    assert "80×48" in done.text
+    wait(page, f"return {image_loaded('#history .card.done img')}", 10)
+
+
+def test_png_info_reads_our_settings_and_automatic1111s_back_into_the_form(page, server, tmp_path):
+    jobs = get_json(f"{server}/api/jobs?limit=100")["jobs"]
+    ours = next(job for job in jobs if job["state"] == "done" and job["settings"]["kind"] == "txt2img")
+    png = tmp_path / "ours.png"
+    with urllib.request.urlopen(server + ours["images"][0]["url"], timeout=10) as response:
+        png.write_bytes(response.read())
+    fill(page, prompt="something else", steps=30)
+    page.find_element("id", "pnginfo-file").send_keys(str(png))
+    wait(page, "return $('prompt').value === 'red heart'", 10)
+    assert "red heart" in page.find_element("id", "pnginfo-text").text
+    assert page.find_element("id", "steps").get_property("value") == str(ours["settings"]["steps"])
+    assert page.find_element("id", "seed").get_property("value") == str(ours["images"][0]["seed"])
+
+    theirs = tmp_path / "theirs.png"
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("parameters", "a blue star\nNegative prompt: blurry\n"
+                                 "Steps: 12, Sampler: DDIM, CFG scale: 6.5, Seed: 42, Size: 64x48, Model: sd15")
+    Image.new("RGB", (64, 48)).save(theirs, pnginfo=chunk)
+    page.find_element("id", "pnginfo-file").send_keys(str(theirs))
+    wait(page, "return $('prompt').value === 'a blue star'", 10)
+    values = page.execute_script(
+        "return ['negative', 'steps', 'cfg', 'seed', 'width', 'height'].map(id => $(id).value)")
+    assert values == ["blurry", "12", "6.5", "42", "64", "48"]
+    assert page.execute_script("return $('sampler').selectedOptions[0].textContent") == "DDIM"
