@@ -338,3 +338,11 @@ def test_models_load_on_first_use_and_the_least_recently_used_goes_past_the_budg
     roomy = ModelShelf(["emoji", "shapes"], budget_bytes=None)
     roomy.get("emoji"), roomy.get("shapes"), roomy.get("emoji")
     assert list(roomy.loaded) == ["shapes", "emoji"]  # most recently used last
+
+
+def test_a_body_past_two_uploads_is_refused_from_its_length_before_it_is_read(tmp_path):
+    client = TestClient(app_for(tmp_path, max_upload_bytes=1000))
+    response = client.post("/api/jobs", content=b"x" * (2**20 + 4000), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["limit"] == "max_upload_bytes"
+    chunked = client.post("/api/jobs", content=iter([b"{}"]), headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 411

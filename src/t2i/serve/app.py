@@ -100,6 +100,28 @@ class Server:
             self.hub.unsubscribe(job.id, queue)
 
 
+class BodyLimit:
+    """Refuse a body past `Limits.max_body_bytes` from its Content-Length, before any of it is read
+    (a chunked body, whose length is unknown until read, is refused too)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            length = dict(scope["headers"]).get(b"content-length", b"").decode()
+            refusal = None
+            if not length.isdigit():
+                refusal = one_line(411, "send the body with its Content-Length (a chunked body is not read)")
+            elif int(length) > self.limit:
+                refusal = one_line(413, f"the request is {length} bytes, more than this server takes "
+                                   f"({self.limit}: two uploads of max_upload_bytes)", "max_upload_bytes")
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class PngInfoRequest(BaseModel):
     image: str  # base64 PNG
 
@@ -138,6 +160,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="t2i", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-image diffusion: our job API (/api) and AUTOMATIC1111's (/sdapi/v1).")
     app.state.server = server
+    app.add_middleware(BodyLimit, limit=settings.limits.max_body_bytes)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -27,6 +27,11 @@ class Limits:
     max_upload_pixels: int = 4096 * 4096  # what an uploaded image may declare before it is decoded
     max_queue: int = 100  # jobs waiting, not counting the running one
 
+    @property
+    def max_body_bytes(self) -> int:
+        """A request's body: two uploads in base64 (an image and its mask) and a megabyte for the rest."""
+        return 2 * (self.max_upload_bytes * 4 // 3 + 4) + 2**20
+
     def as_dict(self) -> dict:
         return asdict(self)
 
