@@ -346,3 +346,24 @@ def test_a_body_past_two_uploads_is_refused_from_its_length_before_it_is_read(tm
     assert response.status_code == 413 and response.json()["limit"] == "max_upload_bytes"
     chunked = client.post("/api/jobs", content=iter([b"{}"]), headers={"Content-Type": "application/json"})
     assert chunked.status_code == 411
+
+
+def test_the_command_refuses_an_open_host_without_a_token_a_busy_port_and_a_missing_extra(tmp_path, monkeypatch,
+                                                                                            capsys):
+    import socket
+    import sys
+
+    from t2i.cli import main
+
+    monkeypatch.delenv("T2I_TOKEN", raising=False)
+    data = ["--data-dir", str(tmp_path)]
+    assert main(["serve", "--host", "0.0.0.0", *data]) == 2
+    assert "--host 0.0.0.0 lets other machines in: give --token" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", "--port", str(busy.getsockname()[1]), *data]) == 2
+        assert "choose another --port" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the serve extra were not installed
+    assert main(["serve", *data]) == 2
+    assert 'pip install "t2i[serve]"' in capsys.readouterr().err

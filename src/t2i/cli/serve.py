@@ -74,7 +74,12 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def run_serve(args) -> None:
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as error:
+        raise UserError(f"t2i serve needs the serve extra ({error.name} is missing): pip install \"t2i[serve]\" "
+                        "(or, in a checkout, pip install -e \".[serve]\")") from None
 
     from ..memory import available_memory
     from ..serve.app import ServerSettings, create_app
