@@ -7,6 +7,7 @@ folder, and also as an original single file written with our inverse key mapping
 """
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -282,3 +283,23 @@ def test_damaged_files_and_code_running_pickles_are_refused(single_file, tmp_pat
         err = capsys.readouterr().err
         assert err.startswith("t2i: error: ") and err.count("\n") == 1 and message in err
     assert not marker.exists()
+
+
+def test_t2i_serve_offers_sd_files_of_its_models_dir_by_name(single_file, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from t2i.serve.app import ServerSettings, create_app
+
+    app = create_app(ServerSettings(tmp_path / "data", models_dir=single_file.parent))
+    with TestClient(app) as client:
+        models = {model["id"]: model for model in client.get("/api/models").json()["models"]}
+        assert "tiny-sd-v1" in models and models["tiny-sd-v1"]["loaded"] is False
+        job = client.post("/api/jobs", json={"prompt": PROMPT, "model": "tiny-sd-v1", "steps": 2, "seed": 1,
+                                             "width": 16, "height": 16}).json()
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.05)
+            job = client.get(f"/api/jobs/{job['id']}").json()
+        assert job["state"] == "done", job["error"]
+        assert job["images"][0]["parameters"]["model"] == "tiny-sd-v1"  # its id, not its path on the server
+        assert "tiny-sd-v1" in [model["title"] for model in client.get("/sdapi/v1/sd-models").json()]
