@@ -85,14 +85,14 @@ class JobStore:
     def add(self, settings: dict, inputs: dict[str, bytes]) -> Job:
         """Queue a job; its uploads (PNG bytes by name) are on disk before the job is."""
         job_id = secrets.token_hex(6)
-        for name, data in inputs.items():
-            self.input_path(job_id, name).parent.mkdir(parents=True, exist_ok=True)
-            durable_write_bytes(self.input_path(job_id, name), data)
-        with self.lock:
+        with self.lock:  # the count and the insert together, so the queue never passes its limit
             waiting = self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
             if waiting >= self.limits.max_queue:
                 raise LimitError("max_queue", f"{waiting} jobs are waiting, this server's max_queue: "
                                  "try again when some have run", status=429)
+            for name, data in inputs.items():
+                self.input_path(job_id, name).parent.mkdir(parents=True, exist_ok=True)
+                durable_write_bytes(self.input_path(job_id, name), data)
             self.db.execute("INSERT INTO jobs (id, state, settings, inputs, created) VALUES (?, 'queued', ?, ?, ?)",
                             (job_id, json.dumps(settings), json.dumps(list(inputs)), time.time()))
         return self.get(job_id)
