@@ -367,3 +367,23 @@ def test_the_command_refuses_an_open_host_without_a_token_a_busy_port_and_a_miss
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the serve extra were not installed
     assert main(["serve", *data]) == 2
     assert 'pip install "t2i[serve]"' in capsys.readouterr().err
+
+
+def test_a_job_that_runs_out_of_memory_or_hits_a_bug_fails_alone_and_the_next_one_runs(client, monkeypatch):
+    shelf = client.app.state.server.shelf
+    real = shelf.get("emoji")
+    errors = iter([RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"),
+                   KeyError("oops")])
+
+    class Failing:
+        defaults = {"steps": 20}
+
+        def __call__(self, *args, **kwargs):
+            raise next(errors)
+
+    monkeypatch.setattr(shelf, "get", lambda model: Failing() if model == "shapes" else real)
+    oom, bug = (finished(client, client.post("/api/jobs", json={"prompt": "", "model": "shapes"}).json()["id"])
+                for _ in range(2))
+    assert oom["state"] == "failed" and oom["error"].startswith("out of memory: ask for fewer or smaller images")
+    assert bug["state"] == "failed" and bug["error"].startswith("internal error, a bug in t2i (KeyError")
+    assert finished(client, client.post("/api/jobs", json=FAST).json()["id"])["state"] == "done"

@@ -12,7 +12,7 @@ import errno
 import os
 import sys
 
-from ..errors import UserError
+from ..errors import OUT_OF_MEMORY, UserError, out_of_memory
 from .evaluate import add_bench, add_eval
 from .generate import add_generate, add_info, add_noise, add_sample
 from .models import add_convert, add_data, add_export
@@ -49,8 +49,8 @@ def failure(error: BaseException) -> tuple[str, int]:
     """The one line (and exit status) for an error that is not a `UserError`: the machine's limits
     (memory, disk, permissions) are the user's to fix; anything else is a bug in t2i."""
     text = (str(error).strip() or type(error).__name__).splitlines()[0]
-    if isinstance(error, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
-        return "out of memory: ask for fewer or smaller images, a smaller batch or a smaller model", 2
+    if out_of_memory(error):
+        return OUT_OF_MEMORY, 2
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
                                                       errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
         where = f": {error.filename}" if error.filename else ""

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..errors import OUT_OF_MEMORY, UserError, out_of_memory
 from ..images import PNG_PARAMETERS_KEY, read_image, save_png
 from .events import EventHub
 from .job_request import pipeline_arguments
@@ -71,7 +71,7 @@ class Worker:
         if self.store.cancel_queued(job.id):
             self.hub.publish(job.id, "cancelled", {})
             return True
-        if self.live is not None and self.live.job_id == job.id:
+        if self.store.get(job.id).state == "running":  # maybe not yet live: then it stops at its first step
             self.cancelling.add(job.id)
             return True
         return False
@@ -97,11 +97,13 @@ class Worker:
             self.finish(job, "cancelled")
         except UserError as error:
             self.finish(job, "failed", str(error))
-        except MemoryError:
-            self.finish(job, "failed", "out of memory: ask for fewer or smaller images")
         except Exception as error:  # noqa: BLE001 - a bug fails its job, not the server
+            if out_of_memory(error):
+                self.finish(job, "failed", OUT_OF_MEMORY)
+                return
             log.exception("job %s failed", job.id)
-            self.finish(job, "failed", f"internal error: {type(error).__name__}: {error}")
+            self.finish(job, "failed", f"internal error, a bug in t2i ({type(error).__name__}: {error}); the "
+                        "server's log has the traceback")
         else:
             self.finish(job, "done", images=images)
         finally:
