@@ -15,3 +15,11 @@ def out_of_memory(error: BaseException) -> bool:
     """Whether an error is an allocation failing (Python's MemoryError, or torch's, CPU or CUDA)."""
     text = str(error).lower()
     return isinstance(error, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def peer_lost(error: BaseException) -> bool:
+    """Whether a collective failed because another process of a distributed run went away (gloo's and
+    NCCL's words for it): not this process's fault, and torchrun restarts the group if allowed."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(words in text for words in (
+        "Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"))

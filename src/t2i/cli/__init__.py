@@ -12,7 +12,7 @@ import errno
 import os
 import sys
 
-from ..errors import OUT_OF_MEMORY, UserError, out_of_memory
+from ..errors import OUT_OF_MEMORY, UserError, out_of_memory, peer_lost
 from .evaluate import add_bench, add_eval
 from .generate import add_generate, add_info, add_noise, add_sample
 from .models import add_convert, add_data, add_export
@@ -51,6 +51,9 @@ def failure(error: BaseException) -> tuple[str, int]:
     text = (str(error).strip() or type(error).__name__).splitlines()[0]
     if out_of_memory(error):
         return OUT_OF_MEMORY, 2
+    if peer_lost(error):
+        return ("another process of this distributed run stopped (its log says why); under torchrun "
+                "--max-restarts the group starts again from the last checkpoint"), 1
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
                                                       errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
         where = f": {error.filename}" if error.filename else ""

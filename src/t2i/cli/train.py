@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import os
 
 from .common import DefaultsFormatter, non_negative, note_given, path_arg, positive, resume_changes
+
+
+def add_batch_options(p, t) -> None:
+    p.add_argument("--batch-size", type=positive(int), default=t.batch_size,
+                   help="examples per step, however many processes share them (torchrun)")
+    p.add_argument("--micro-batch-size", type=positive(int), default=None,
+                   help="examples a process computes at once; its share of the batch is accumulated in micro-batches "
+                        "(default: the whole share, batch size / processes)")
+
+
+def report(result) -> None:
+    """The run's outcome, printed once: by torchrun's rank 0, or by the one process."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(result)
 
 
 def add_train(sub) -> None:
@@ -22,7 +37,7 @@ def add_train(sub) -> None:
                         "given that a resumed run may change (--max-steps, --lr, --cooldown-steps, --balance-by, "
                         "--mixed-precision, --device, --workers)")
     p.add_argument("--image-size", type=positive(int), default=t.image_size)
-    p.add_argument("--batch-size", type=positive(int), default=t.batch_size)
+    add_batch_options(p, t)
     p.add_argument("--max-steps", type=positive(int), default=t.max_steps)
     p.add_argument("--lr", type=positive(float), default=t.lr, help="learning rate after warm-up")
     p.add_argument("--warmup-steps", type=non_negative, default=t.warmup_steps)
@@ -96,7 +111,7 @@ def run_train(args) -> None:
 
     if args.resume:
         names = {"timesteps": "num_timesteps", "prediction": "prediction_type", "workers": "num_workers"}
-        print(resume(args.out, **resume_changes(args, names)))
+        report(resume(args.out, **resume_changes(args, names)))
         return
     args.text = args.text or args.text_encoder == "minilm"
     attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
@@ -114,6 +129,7 @@ def run_train(args) -> None:
         save_every=args.save_every, sample_every=args.sample_every, seed=args.seed, num_workers=args.workers,
         device=args.device, p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every,
         probe_every=args.probe_every, balance_by=args.balance_by, mixed_precision=args.mixed_precision,
+        micro_batch_size=args.micro_batch_size,
     )
     text = None
     if args.text_encoder == "minilm":
@@ -122,7 +138,7 @@ def run_train(args) -> None:
         text = TextEncoderConfig(max_length=args.text_length, width=args.text_width, layers=args.text_layers,
                                  heads=args.text_heads, intermediate_size=4 * args.text_width,
                                  pooling=args.text_pooling, token_init_std=args.text_init_std)
-    print(train(unet, config, args.out, text_config=text))
+    report(train(unet, config, args.out, text_config=text))
 
 
 def add_train_vae(sub) -> None:
@@ -139,7 +155,7 @@ def add_train_vae(sub) -> None:
                    help="continue the run in --out from its last checkpoint, with its own settings but for those "
                         "given that a resumed run may change (--max-steps, --lr, --device, --workers)")
     p.add_argument("--image-size", type=positive(int), default=t.image_size)
-    p.add_argument("--batch-size", type=positive(int), default=t.batch_size)
+    add_batch_options(p, t)
     p.add_argument("--max-steps", type=positive(int), default=t.max_steps)
     p.add_argument("--lr", type=positive(float), default=t.lr)
     p.add_argument("--channels", type=positive(int), nargs="+", default=list(v.block_channels),
@@ -164,7 +180,7 @@ def run_train_vae(args) -> None:
     from ..training.autoencoder import VAETrainConfig, resume_vae, train_vae
 
     if args.resume:
-        print(resume_vae(args.out, **resume_changes(args, {"workers": "num_workers", "loss": "reconstruction"})))
+        report(resume_vae(args.out, **resume_changes(args, {"workers": "num_workers", "loss": "reconstruction"})))
         return
     vae = VAEConfig(block_channels=tuple(args.channels), latent_channels=args.latent_channels,
                     num_res_blocks=args.num_res_blocks)
@@ -172,6 +188,6 @@ def run_train_vae(args) -> None:
         data=args.data, image_size=args.image_size, batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr,
         reconstruction=args.loss, kl_weight=args.kl_weight, disc_weight=args.disc_weight, disc_start=args.disc_start,
         save_every=args.save_every, sample_every=args.sample_every, seed=args.seed, num_workers=args.workers,
-        device=args.device,
+        device=args.device, micro_batch_size=args.micro_batch_size,
     )
-    print(train_vae(vae, config, args.out))
+    report(train_vae(vae, config, args.out))

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import load_weights, save_weights
 from ..files import short_hash
 from ..models.vae import AutoencoderKL
+from ..randomness import Generators, randn
 
 
 def cache_key(vae: AutoencoderKL, description: dict) -> str:
@@ -79,9 +80,9 @@ class LatentDataset(torch.utils.data.Dataset):
         return moments if self.captions is None else (moments, self.captions[index])
 
 
-def sample_latents(moments: torch.Tensor, scaling_factor: float, generator: torch.Generator | None = None
-                   ) -> torch.Tensor:
-    """z · scaling_factor with z = μ + σ ε ~ q(z | x), from a batch of `LatentDataset` moments."""
+def sample_latents(moments: torch.Tensor, scaling_factor: float, generator: Generators = None) -> torch.Tensor:
+    """z · scaling_factor with z = μ + σ ε ~ q(z | x), from a batch of `LatentDataset` moments (one
+    generator per example if a list)."""
     mean, std = moments.chunk(2, dim=1)
-    noise = torch.randn(mean.shape, generator=generator).to(mean)
+    noise = randn(mean.shape, generator).to(mean)
     return (mean + std * noise) * scaling_factor

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..randomness import Generators, randn
 from .config import ModelConfig, check_divisible
 from .layers import Downsample, ResBlock, SelfAttentionBlock, Upsample, group_norm
 
@@ -68,9 +69,9 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = μ + σ ε, ε ~ N(0, I) (the reparameterisation trick)."""
-        noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype).to(self.mean.device)
+    def sample(self, generator: Generators = None) -> torch.Tensor:
+        """z = μ + σ ε, ε ~ N(0, I) (the reparameterisation trick); one generator per example if a list."""
+        noise = randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
         return self.mean + self.std * noise
 
     def kl(self) -> torch.Tensor:
@@ -204,7 +205,7 @@ class AutoencoderKL(nn.Module):
                 norm[rows, cols] += weight
         return out / norm
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
+    def forward(self, x: torch.Tensor, generator: Generators = None
                 ) -> tuple[torch.Tensor, DiagonalGaussian]:
         """(D(z), q(z | x)) with z drawn from the posterior."""
         posterior = self.encode(x)

@@ -11,36 +11,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
 from ..diffusion import Diffusion
 from ..errors import UserError
+from ..randomness import Generators, randn  # noqa: F401 - the samplers' noise, re-exported
 from ..schedules import karras_sigmas, timestep_grid
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t [B]) -> ε
 Project = Callable[[torch.Tensor, float], torch.Tensor]  # (x_t after a step, the σ it landed on) -> x_t
-Generators = torch.Generator | Sequence[torch.Generator] | None
 # True shows a progress bar; a function is called with (step i, steps N) before each step instead (a server's
 # progress events, and where it stops a cancelled job by raising)
 Progress = bool | Callable[[int, int], None]
-
-
-def randn(shape: Sequence[int], generator: Generators = None, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Standard normal noise of `shape`, drawn on the CPU so that seeds agree across devices.
-
-    With a list of generators, sample i is drawn from generator i alone, so an image
-    depends on its own seed and not on the batch it was generated in.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        noise = torch.randn(tuple(shape), generator=generator, dtype=dtype)
-    else:
-        if len(generator) != shape[0]:
-            raise UserError(f"got {len(generator)} generators for a batch of {shape[0]}")
-        noise = torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype) for g in generator])
-    return noise.to(device)
 
 
 @dataclass(frozen=True, eq=False)

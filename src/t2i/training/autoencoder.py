@@ -24,18 +24,18 @@ import torch.nn.functional as F
 
 from ..checkpoints import folder_config
 from ..data import load_dataset
-from ..devices import resolve_device
 from ..errors import UserError
 from ..guards import vae_feature_bytes
 from ..memory import check_fits
 from ..models.discriminator import (DiscriminatorConfig, PatchDiscriminator, generator_loss,
                                     hinge_discriminator_loss)
 from ..models.vae import AutoencoderKL, VAEConfig
-from .batches import step_seed
+from .batches import example_generators
 from .config import STEPS, RunConfig, check_image_size
 from .loop import Hooks, TrainResult, run_steps
-from .optimization import ema_decay_at, gradient_step, scheduled_lr, update_ema
-from .run_folder import check_new_run, lock_run, new_state, read_run_config, restore, save_checkpoint
+from .distributed import World, accumulate, join, leave, main_locks, replicate, restarted
+from .optimization import apply_gradients, ema_decay_at, gradient_step, scheduled_lr, update_ema
+from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint
 from .samples import save_reconstructions
 
 RECONSTRUCTION_LOSSES = ("l1", "mse")
@@ -87,44 +87,53 @@ def measure_scaling_factor(vae: AutoencoderKL, dataset, num_images: int = SCALE_
 
 def train_vae(vae_config: VAEConfig, config: VAETrainConfig, out_dir: str | Path) -> TrainResult:
     """Train an autoencoder on `config.data` into the new run folder `out_dir`."""
-    check_new_run(out_dir)
     out = Path(out_dir)
+    if restarted(out):  # torchrun restarted the group after a failure: go on from the last checkpoint
+        return resume_vae(out)
+    world, device = join(config.device)
+    world.on_main(lambda: check_new_run(out))
     factor = vae_config.downsample_factor
     check_image_size(config.image_size, factor, f"the autoencoder downsamples by {factor}")
-    with lock_run(out, new=True):
-        return run(out, vae_config, config, resumed=False)
+    with main_locks(out, world, new=True):
+        return run(out, vae_config, config, world, device, resumed=False)
 
 
 def resume_vae(out_dir: str | Path, **changes) -> TrainResult:
     """Continue the autoencoder run in `out_dir` from its last checkpoint, with its own settings
     but for `changes` (among `VAETrainConfig.RESUME_CHANGES`); any other change is refused."""
     out = Path(out_dir)
-    with lock_run(out):
-        saved = read_run_config(out)
-        if "vae" not in saved or "train" not in saved or "unet" in saved:
-            raise UserError(f"{str(out)!r} is not an autoencoder training run: resume it as the run it is")
-        return run(out, VAEConfig.from_dict(saved["vae"]), VAETrainConfig.resumed(saved["train"], changes),
-                   resumed=True)
+    saved = read_run_config(out)  # the current checkpoint's, complete: read before the lock to know the device
+    if "vae" not in saved or "train" not in saved or "unet" in saved:
+        raise UserError(f"{str(out)!r} is not an autoencoder training run: resume it as the run it is")
+    config = VAETrainConfig.resumed(saved["train"], changes)
+    world, device = join(config.device)
+    with main_locks(out, world):
+        return run(out, VAEConfig.from_dict(saved["vae"]), config, world, device, resumed=True)
 
 
-def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, resumed: bool) -> TrainResult:
+def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, world: World, device: torch.device,
+        resumed: bool) -> TrainResult:
     """Build the networks of a run (from its checkpoint if `resumed`) and hand its step to the loop."""
-    device = resolve_device(config.device)
+    share = world.share(config.batch_size)
+    micro = min(config.micro_batch_size or len(share), len(share))
+    adversarial = config.disc_weight > 0
+    if adversarial and (world.distributed or micro < len(share)):
+        raise UserError("an adversarial autoencoder run (disc_weight > 0) trains in one process on whole batches: "
+                        "run it without torchrun and without micro_batch_size")
     with torch.device("meta"):
         parameters = sum(p.numel() for p in AutoencoderKL(vae_config).parameters())
     # as for the U-Net (`diffusion.check_training_fits`): five copies of the weights, and the encoder's
     # and the decoder's maps kept for the backward pass
-    check_fits(20 * parameters + 8 * vae_feature_bytes(vae_config, config.batch_size, config.image_size,
-                                                      config.image_size),
-               f"training a {parameters / 1e6:.1f}M-parameter autoencoder on batches of {config.batch_size} at "
-               f"{config.image_size}×{config.image_size}", "lower batch_size or image_size, or the channels", device)
+    check_fits(20 * parameters + 8 * vae_feature_bytes(vae_config, micro, config.image_size, config.image_size),
+               f"training a {parameters / 1e6:.1f}M-parameter autoencoder on micro-batches of {micro} at "
+               f"{config.image_size}×{config.image_size}", "lower micro_batch_size or image_size, or the channels",
+               device)
     dataset = load_dataset(config.data, config.image_size, "train")
     test = load_dataset(config.data, config.image_size, "test")
     shown = torch.stack([test[i] for i in range(min(config.num_samples, len(test)))])
 
     torch.manual_seed(config.seed)
     model = torch.nn.ModuleDict({"vae": AutoencoderKL(vae_config)})
-    adversarial = config.disc_weight > 0
     if adversarial:
         model["discriminator"] = PatchDiscriminator(DiscriminatorConfig(in_channels=vae_config.in_channels))
     model.to(device)
@@ -137,28 +146,38 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, resumed: bool)
     state = restore(out, model, {"vae": ema}, optimizers) if resumed else new_state()
     pixels = vae_config.in_channels * config.image_size**2
 
+    replica = replicate(vae, world)
+
     def step(x: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-        """The autoencoder's loss on the batch of step k and a gradient step on it; from
-        `disc_start` on, the adversarial term and the discriminator's own step; the EMA update."""
+        """The autoencoder's loss on this process's share of step k's batch (in micro-batches) and a gradient
+        step on it; from `disc_start` on, the adversarial term and the discriminator's own step; the EMA."""
         x = x.to(device, non_blocking=True)
-        generator = torch.Generator().manual_seed(step_seed(config.seed, k))
+        generators = example_generators(config.seed, k, share)  # each example's posterior sample its own
         lr = scheduled_lr(k, config)
-        x_hat, posterior = vae(x, generator)
-        losses = {"reconstruction": reconstruction_error(x, x_hat, config.reconstruction),
-                  "kl": posterior.kl().mean() / pixels}
-        loss = losses["reconstruction"] + config.kl_weight * losses["kl"]
         gan_on = adversarial and k >= config.disc_start
-        if gan_on:
-            losses["generator"] = generator_loss(model["discriminator"](x_hat))
-            loss = loss + config.disc_weight * losses["generator"]
-        gradient_step(optimizers["optimizer"], loss, vae.parameters(), lr, config.grad_clip)
-        if gan_on:
+        reconstructions = []
+
+        def loss_of(part: slice) -> dict[str, torch.Tensor]:
+            x_hat, posterior = replica(x[part], generators[part])
+            reconstructions.append(x_hat)
+            losses = {"reconstruction": reconstruction_error(x[part], x_hat, config.reconstruction),
+                      "kl": posterior.kl().mean() / pixels}
+            loss = losses["reconstruction"] + config.kl_weight * losses["kl"]
+            if gan_on:
+                losses["generator"] = generator_loss(model["discriminator"](x_hat))
+                loss = loss + config.disc_weight * losses["generator"]
+            return {"loss": loss, **losses}
+
+        optimizers["optimizer"].zero_grad(set_to_none=True)
+        losses = accumulate(loss_of, len(share), micro, [replica])
+        apply_gradients(optimizers["optimizer"], vae.parameters(), lr, config.grad_clip)
+        if gan_on:  # whole batches only (refused above otherwise): the one reconstruction is the batch's
             disc = model["discriminator"]
-            losses["discriminator"] = hinge_discriminator_loss(disc(x), disc(x_hat.detach()))
+            losses["discriminator"] = hinge_discriminator_loss(disc(x), disc(reconstructions[0].detach()))
             gradient_step(optimizers["discriminator_optimizer"], losses["discriminator"], disc.parameters(), lr,
                           config.grad_clip)
         update_ema(ema, vae, ema_decay_at(k, config.ema_decay))
-        return losses
+        return {name: value for name, value in losses.items() if name != "loss"}
 
     def save(k: int, seconds: float) -> None:
         ema.config.scaling_factor = measure_scaling_factor(ema, dataset, seed=config.seed)
@@ -171,5 +190,8 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, resumed: bool)
 
     model.train()
     columns = ("reconstruction", "kl", *(("generator", "discriminator") if adversarial else ()))
-    return run_steps(step, dataset, config, out, state, Hooks(save, sample), columns=columns, device=device,
-                     desc="train-vae", title="autoencoder training loss")
+    try:
+        return run_steps(step, dataset, config, out, state, Hooks(save, sample), columns=columns, device=device,
+                         desc="train-vae", title="autoencoder training loss", world=world)
+    finally:
+        leave(world)

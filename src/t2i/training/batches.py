@@ -18,17 +18,19 @@ class StepBatchSampler(torch.utils.data.Sampler):
     Each epoch is a fresh permutation seeded by (seed, epoch); the last partial batch of
     an epoch is dropped so that every batch has the same size. With `weights` (one per
     image), an epoch is instead `size` draws with replacement, image i with probability
-    ∝ weights[i].
+    ∝ weights[i]. With a `share` (positions in the batch), only those examples of each batch
+    are yielded: one process's part of a batch that several compute (`distributed.World.share`).
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, start: int, stop: int,
-                 weights: torch.Tensor | None = None):
+                 weights: torch.Tensor | None = None, share: range | None = None):
         if size < batch_size:
             raise UserError(f"the dataset has {size} images, fewer than one batch of {batch_size}: lower batch_size")
         if weights is not None and len(weights) != size:
             raise ValueError(f"{len(weights)} weights for {size} images")
         self.size, self.batch_size, self.seed, self.start, self.stop = size, batch_size, seed, start, stop
         self.per_epoch, self.weights = size // batch_size, weights
+        self.share = share or range(batch_size)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -46,7 +48,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
                 epoch = step // self.per_epoch
                 perm = self.epoch_order(epoch)
             offset = (step % self.per_epoch) * self.batch_size
-            yield perm[offset: offset + self.batch_size].tolist()
+            yield perm[offset + self.share.start: offset + self.share.stop].tolist()
 
 
 def group_weights(labels: Sequence) -> torch.Tensor:
@@ -57,9 +59,10 @@ def group_weights(labels: Sequence) -> torch.Tensor:
 
 
 def step_loader(dataset, config: RunConfig, start: int, device: torch.device,
-                weights: torch.Tensor | None = None) -> torch.utils.data.DataLoader:
-    """The batches of steps start..max_steps-1 (see `StepBatchSampler`)."""
-    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start, config.max_steps, weights)
+                weights: torch.Tensor | None = None, share: range | None = None) -> torch.utils.data.DataLoader:
+    """The batches of steps start..max_steps-1, or this process's `share` of each (see `StepBatchSampler`)."""
+    sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start, config.max_steps, weights,
+                               share)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                                        pin_memory=device.type == "cuda")
 
@@ -67,3 +70,10 @@ def step_loader(dataset, config: RunConfig, start: int, device: torch.device,
 def step_seed(seed: int, step: int) -> int:
     """The seed of step k's randomness (noise, timesteps, dropout, caption choice)."""
     return (seed * 1_000_003 + step) % (2**63)
+
+
+def example_generators(seed: int, step: int, positions: range | Sequence[int]) -> list[torch.Generator]:
+    """A generator for each example of step k's batch, seeded by (seed, k, its position in the batch): what
+    an example draws does not depend on which process computes it, or with which others."""
+    base = step_seed(seed, step)
+    return [torch.Generator().manual_seed((base * 1_000_033 + position) % (2**63)) for position in positions]

@@ -19,7 +19,8 @@ class RunConfig(ModelConfig):
 
     data: str = "shapes"
     image_size: int = 32
-    batch_size: int = 64
+    batch_size: int = 64  # the batch of a step, whatever the number of processes that compute it
+    micro_batch_size: int | None = None  # what one process computes at once (None: its whole share)
     max_steps: int = 10_000
     lr: float = 5e-4
     warmup_steps: int = 200
@@ -35,9 +36,11 @@ class RunConfig(ModelConfig):
     device: str = "auto"
 
     # What a resumed run may take from the call resuming it: a longer run, a new learning rate
-    # after a divergence or a plateau, a cooldown to end on, and where it runs. The rest is the run's own.
-    RESUME_CHANGES = ("max_steps", "lr", "cooldown_steps", "device", "num_workers")
-    RANGES = {"image_size": (1, MAX_SIDE), "batch_size": (1, 65536), "max_steps": STEPS, "lr": (0.0, 10.0, "above"),
+    # after a divergence or a plateau, a cooldown to end on, and where it runs (the micro-batch size
+    # too: the steps are the same with any). The rest is the run's own.
+    RESUME_CHANGES = ("max_steps", "lr", "cooldown_steps", "device", "num_workers", "micro_batch_size")
+    RANGES = {"image_size": (1, MAX_SIDE), "batch_size": (1, 65536), "micro_batch_size": (1, 65536),
+              "max_steps": STEPS, "lr": (0.0, 10.0, "above"),
               "warmup_steps": (0, STEPS[1]), "cooldown_steps": (0, STEPS[1]), "grad_clip": (0.0, 1e6),
               "ema_decay": (0.0, 1.0), "save_every": STEPS, "sample_every": STEPS, "log_every": STEPS,
               "num_samples": (1, 1024), "seed": (0, 2**63 - 1), "num_workers": (0, 256)}

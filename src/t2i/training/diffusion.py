@@ -35,13 +35,13 @@ from ..convert.pretrained import load_frozen_encoder
 from ..data import load_dataset
 from ..data.folder import choose_caption
 from ..data.latents import sample_latents
-from ..devices import resolve_device
 from ..diffusion import PREDICTION_TYPES
 from ..errors import UserError
 from ..guards import unet_feature_bytes
 from ..memory import check_fits
 from ..models.unet import UNet, UNetConfig
 from ..models.vae import AutoencoderKL
+from ..randomness import rand, randint, randn
 from ..schedules import get_betas
 from ..text.bert import BertConfig
 from ..text.cache import TextConditionCache
@@ -50,13 +50,14 @@ from ..text.condition import text_condition
 from ..text.tokenizer import Tokenizer
 from ..text.tokenizers import load_tokenizer
 from ..text.wordpiece import WordPieceTokenizer
-from .batches import step_seed
+from .batches import example_generators
 from .config import STEPS, RunConfig, check_image_size
 from .datasets import balance_weights, held_out_dataset, latent_dataset, make_tokenizer
 from .loop import Hooks, TrainResult, run_steps
-from .optimization import ema_decay_at, gradient_step, scheduled_lr, update_ema
+from .distributed import World, accumulate, join, leave, main_first, main_locks, replicate, restarted
+from .optimization import apply_gradients, ema_decay_at, scheduled_lr, update_ema
 from .probes import loss_probes
-from .run_folder import check_new_run, lock_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
+from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
 from .samples import sample_prompts, save_sample_grid
 
 MIXED_PRECISION = ("no", "bf16")
@@ -99,17 +100,17 @@ class TrainConfig(RunConfig):
 
 
 def check_training_fits(unet_config: UNetConfig, config: TrainConfig, vae: AutoencoderKL | None,
-                        device: torch.device) -> None:
-    """Refuse, before building anything, a run whose U-Net, optimizer and batch cannot fit: five float32
-    copies of the weights (raw, gradient, AdamW's two moments, EMA) and, for the backward pass, about
-    four times the feature maps a forward pass holds."""
+                        device: torch.device, micro: int) -> None:
+    """Refuse, before building anything, a run whose U-Net, optimizer and micro-batch cannot fit: five
+    float32 copies of the weights (raw, gradient, AdamW's two moments, EMA) and, for the backward pass,
+    about four times the feature maps a forward pass of `micro` examples holds."""
     with torch.device("meta"):
         parameters = sum(p.numel() for p in UNet(unet_config).parameters())
     side = config.image_size // (vae.config.downsample_factor if vae is not None else 1)
-    needed = 20 * parameters + 4 * unet_feature_bytes(unet_config, config.batch_size, side, side)
-    check_fits(needed, f"training a {parameters / 1e6:.1f}M-parameter U-Net on batches of {config.batch_size} "
-               f"at {config.image_size}×{config.image_size}", "lower batch_size or image_size, or the U-Net's channels",
-               device)
+    needed = 20 * parameters + 4 * unet_feature_bytes(unet_config, micro, side, side)
+    check_fits(needed, f"training a {parameters / 1e6:.1f}M-parameter U-Net on micro-batches of {micro} "
+               f"at {config.image_size}×{config.image_size}", "lower micro_batch_size or image_size, or the U-Net's "
+               "channels", device)
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path,
@@ -121,9 +122,11 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path,
     `pooled_dim` if that is set at all (any value turns the pooled embedding on). For a
     latent run its input and output channels are set to the latent's.
     """
-    check_new_run(out_dir)
     out = Path(out_dir)
-    device = resolve_device(config.device)
+    if restarted(out):  # torchrun restarted the group after a failure: go on from the last checkpoint
+        return resume(out)
+    world, device = join(config.device)
+    world.on_main(lambda: check_new_run(out))
     vae = load_vae(config.vae, device) if config.vae else None
     factor = unet_config.downsample_factor
     if vae is None:
@@ -146,8 +149,8 @@ def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path,
             text_config = dataclasses.replace(text_config, vocab_size=tokenizer.vocab_size,
                                               eos_token_id=tokenizer.eos_id)
             unet_config = dataclasses.replace(unet_config, context_dim=text_config.width, pooled_dim=pooled_dim)
-    with lock_run(out, new=True):
-        return run(out, unet_config, config, text_config, tokenizer, vae, dataset, device, resumed=False)
+    with main_locks(out, world, new=True):
+        return run(out, unet_config, config, text_config, tokenizer, vae, dataset, device, world, resumed=False)
 
 
 def resume(out_dir: str | Path, **changes) -> TrainResult:
@@ -156,29 +159,32 @@ def resume(out_dir: str | Path, **changes) -> TrainResult:
     run, a new learning rate after a divergence or a plateau, batches balanced over a metadata
     field ...); any other change is refused."""
     out = Path(out_dir)
-    with lock_run(out):
-        saved = read_run_config(out)
-        if "unet" not in saved or "train" not in saved:
-            raise UserError(f"{str(out)!r} is not a diffusion training run: resume it as the run it is")
-        config = TrainConfig.resumed(saved["train"], changes)
+    saved = read_run_config(out)  # the current checkpoint's, complete: read before the lock to know the device
+    if "unet" not in saved or "train" not in saved:
+        raise UserError(f"{str(out)!r} is not a diffusion training run: resume it as the run it is")
+    config = TrainConfig.resumed(saved["train"], changes)
+    world, device = join(config.device)
+    with main_locks(out, world):
         text_config = text_encoder_config(saved["text_encoder"]) if "text_encoder" in saved else None
         tokenizer = load_tokenizer(saved["tokenizer"], out) if text_config is not None else None
-        device = resolve_device(config.device)
         vae = load_vae(out, device) if config.vae else None
         dataset = load_dataset(config.data, config.image_size, "train", captioned=text_config is not None)
         return run(out, UNetConfig.from_dict(saved["unet"]), config, text_config, tokenizer, vae, dataset, device,
-                   resumed=True)
+                   world, resumed=True)
 
 
 def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: TextEncoderConfig | BertConfig | None,
-        tokenizer: Tokenizer | None, vae: AutoencoderKL | None, dataset, device: torch.device,
+        tokenizer: Tokenizer | None, vae: AutoencoderKL | None, dataset, device: torch.device, world: World,
         resumed: bool) -> TrainResult:
     """Build the networks of a run (from its checkpoint if `resumed`) and hand its step to the loop."""
-    check_training_fits(unet_config, config, vae, device)
+    share = world.share(config.batch_size)
+    micro = min(config.micro_batch_size or len(share), len(share))
+    check_training_fits(unet_config, config, vae, device, micro)
     captioned, frozen_text = text_config is not None, isinstance(text_config, BertConfig)
     weights = balance_weights(dataset, config.balance_by) if config.balance_by else None
     if vae is not None:
-        dataset = latent_dataset(dataset, vae, out, config, device)
+        with main_first(world):  # rank 0 encodes the latents into the cache, the others read it
+            dataset = latent_dataset(dataset, vae, out, config, device)
     diffusion_settings = {"schedule": config.schedule, "num_timesteps": config.num_timesteps,
                           "prediction_type": config.prediction_type}
     extra = {"vae": vae.config.to_dict()} if vae is not None else {}
@@ -196,39 +202,54 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
         text_encoder = load_frozen_encoder(text_config, device)
         text_cache = TextConditionCache(text_encoder, tokenizer, unet_config, text_config.max_length)
 
-    def condition(captions: list[str]) -> dict[str, torch.Tensor]:
-        """The U-Net's keyword arguments for a batch of captions, from the encoder being trained (or the cache)."""
+    # what the step calls: the trained networks, replicated across processes (DDP) when there are several
+    unet = replicate(model["unet"], world)
+    encoder = replicate(model["text_encoder"], world) if "text_encoder" in model else None
+    replicas = [unet] + ([encoder] if encoder is not None else [])
+
+    def condition(captions: list[str], encode=None) -> dict[str, torch.Tensor]:
+        """The U-Net's keyword arguments for a batch of captions, from the encoder being trained (or the cache);
+        `encode` is the encoder's replica in the training step."""
         if text_cache is not None:
             return text_cache(captions, device)
-        return text_condition(model["text_encoder"], tokenizer(captions, truncate=True).to(device), unet_config)
+        return text_condition(model["text_encoder"], tokenizer(captions, truncate=True).to(device), unet_config,
+                              encode)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaling_factor = vae.config.scaling_factor if vae is not None else None
-    probes = loss_probes(dataset, held_out_dataset(config, captioned, vae, out, device), diffusion,
-                         config.probe_examples, config.seed, scaling_factor) if config.probe_every else {}
+    with main_first(world):
+        held_out = held_out_dataset(config, captioned, vae, out, device) if config.probe_every else None
+    probes = loss_probes(dataset, held_out, diffusion, config.probe_examples, config.seed,
+                         scaling_factor) if config.probe_every and world.main else {}
     prompts = sample_prompts(config, captioned)
     state = restore(out, model, ema, {"optimizer": optimizer}) if resumed else new_state()
 
     def step(batch, k: int) -> dict[str, torch.Tensor]:
-        """L_simple on the batch of step k (its captions dropped with probability p_uncond), one
-        gradient step on it, and the EMA update."""
+        """L_simple on this process's share of step k's batch (captions dropped with probability p_uncond),
+        in micro-batches; one gradient step (averaged over the processes) and the EMA update."""
         x0, captions = batch if captioned else (batch, None)
         x0 = x0.to(device, non_blocking=True)
-        generator = torch.Generator().manual_seed(step_seed(config.seed, k))
+        generators = example_generators(config.seed, k, share)  # each example's own draws, in this order
         if vae is not None:
-            x0 = sample_latents(x0, vae.config.scaling_factor, generator)
-        cond = {}
+            x0 = sample_latents(x0, vae.config.scaling_factor, generators)
         if captioned:
-            picker = random.Random(step_seed(config.seed, k))  # one of an image's captions
-            captions = [choose_caption(c, picker) for c in captions]
-            dropped = (torch.rand(len(captions), generator=generator) < config.p_uncond).tolist()
-            cond = condition(["" if drop else c for c, drop in zip(captions, dropped)])
-        with torch.autocast(device.type, torch.bfloat16, enabled=config.mixed_precision == "bf16"):
-            loss = diffusion.training_loss(model["unet"], x0, generator=generator,
-                                           min_snr_gamma=config.min_snr_gamma, **cond).mean()
-        gradient_step(optimizer, loss, model.parameters(), scheduled_lr(k, config), config.grad_clip)
+            captions = [choose_caption(c, random.Random(g.initial_seed())) for c, g in zip(captions, generators)]
+            dropped = (rand(generators) < config.p_uncond).tolist()
+            captions = ["" if drop else c for c, drop in zip(captions, dropped)]
+        t = randint(diffusion.num_timesteps, generators, device)
+        noise = randn(x0.shape, generators).to(x0)
+
+        def loss_of(part: slice) -> dict[str, torch.Tensor]:
+            cond = condition(captions[part], encoder) if captioned else {}
+            with torch.autocast(device.type, torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+                return {"loss": diffusion.training_loss(unet, x0[part], t[part], noise[part],
+                                                        min_snr_gamma=config.min_snr_gamma, **cond).mean()}
+
+        optimizer.zero_grad(set_to_none=True)
+        losses = accumulate(loss_of, len(share), micro, replicas)
+        apply_gradients(optimizer, model.parameters(), scheduled_lr(k, config), config.grad_clip)
         update_ema(ema, model, ema_decay_at(k, config.ema_decay))
-        return {"loss": loss}
+        return losses
 
     def probe(k: int) -> dict[str, float]:
         model.eval()
@@ -251,5 +272,8 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
     hooks = Hooks(save, sample, probe=probe if probes else None, probe_every=config.probe_every,
                   keep=keep if config.keep_every else None, keep_every=config.keep_every or 0)
     model.train()
-    return run_steps(step, dataset, config, out, state, hooks, columns=("loss", *probes), device=device,
-                     weights=weights)
+    try:
+        return run_steps(step, dataset, config, out, state, hooks, columns=("loss", *probes), device=device,
+                         weights=weights, world=world)
+    finally:
+        leave(world)

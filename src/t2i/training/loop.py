@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from .batches import step_loader, step_seed
 from .config import RunConfig
+from .distributed import World
 from .loss_log import LossLog
 from .optimization import scheduled_lr
 
@@ -112,37 +113,45 @@ def check_finite(losses: dict[str, float], step: int, saved_step: int, lr: float
 
 def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, hooks: Hooks, *,
               columns: tuple[str, ...], device: torch.device, weights: torch.Tensor | None = None,
-              desc: str = "train", title: str = "training loss") -> TrainResult:
+              desc: str = "train", title: str = "training loss", world: World = World()) -> TrainResult:
     """Train from `state` ({"step", "seconds"}) to `config.max_steps` on batches of `dataset`
     (drawn by `weights` if given), logging the losses `columns` (those `step` returns, then
-    those `hooks.probe` returns) to loss.csv every `config.log_every` steps."""
+    those `hooks.probe` returns) to loss.csv every `config.log_every` steps. In a `world` of several
+    processes each takes its share of every batch, the losses logged are the whole batch's, and
+    rank 0 alone logs, probes, samples and saves (`training.distributed`)."""
     start = state["step"]
-    out.mkdir(parents=True, exist_ok=True)
-    log = LossLog(out, columns, start)
+    if world.main:
+        out.mkdir(parents=True, exist_ok=True)
+    log = LossLog(out, columns, start) if world.main else None
     if start >= config.max_steps:
         return TrainResult(out, start, start, config.max_steps)
-    batches = iter(step_loader(dataset, config, start, device, weights))
+    batches = iter(step_loader(dataset, config, start, device, weights, world.share(config.batch_size)))
     k, saved_step, seconds, window = start, start, state["seconds"], {}
     clock = time.perf_counter() - seconds
 
     def save() -> None:
         nonlocal saved_step
-        hooks.save(k, seconds)
+        if world.main:
+            hooks.save(k, seconds)
+            log.plot(title)
         saved_step = k
-        log.plot(title)
 
-    with tqdm(total=config.max_steps, initial=start, desc=desc, dynamic_ncols=True) as bar, GracefulStop() as stop:
+    with tqdm(total=config.max_steps, initial=start, desc=desc, dynamic_ncols=True,
+              disable=not world.main) as bar, GracefulStop() as stop:
         while k < config.max_steps:
             try:  # a step meets bad input (an unreadable image) before it changes the networks
-                batch = next(batches)
-                torch.manual_seed(step_seed(config.seed, k))  # dropout, reproducible across resume
-                losses = {name: loss.item() for name, loss in step(batch, k).items()}
+                batch, failure = next(batches), None
             except UserError as error:
+                batch, failure = None, error
+            if world.any(failure is not None):  # every process stops, not only the one whose share was bad
                 if k > saved_step:
                     save()
+                failure = failure or UserError(f"another process met bad input at step {k} (its log says which)")
                 if k == 0:
-                    raise
-                raise UserError(f"{error}; the checkpoint of step {k} is saved: resume once that is fixed") from None
+                    raise failure
+                raise UserError(f"{failure}; the checkpoint of step {k} is saved: resume once that is fixed") from None
+            torch.manual_seed(step_seed(config.seed, k))  # dropout, reproducible across resume
+            losses = world.mean({name: loss.item() for name, loss in step(batch, k).items()})
             check_finite(losses, k, saved_step, config.lr)
             k += 1
             for name, value in losses.items():
@@ -155,21 +164,22 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
                 bar.set_postfix({name: f"{mean:.4g}" for name, mean in row.items()},
                                 lr=f"{scheduled_lr(k, config):.2e}")
                 window = {}
-            if hooks.probe is not None and due(k, hooks.probe_every):
+            if hooks.probe is not None and due(k, hooks.probe_every) and world.main:
                 probing_started = time.perf_counter()
                 row.update(hooks.probe(k))
                 clock += time.perf_counter() - probing_started
-            if row:
+            if row and world.main:
                 log.append(k, seconds, row)
             # what step k keeps and draws comes before its checkpoint: a run stopped in between takes it again
-            if hooks.keep is not None and due(k, hooks.keep_every):
+            if hooks.keep is not None and due(k, hooks.keep_every) and world.main:
                 hooks.keep(k, seconds)
-            if due(k, config.sample_every) or k == config.max_steps:
+            if (due(k, config.sample_every) or k == config.max_steps) and world.main:
                 sampling_started = time.perf_counter()
                 hooks.sample(k)
                 clock += time.perf_counter() - sampling_started
-            if due(k, config.save_every) or k == config.max_steps or stop.requested:
+            stopping = world.any(stop.requested)
+            if due(k, config.save_every) or k == config.max_steps or stopping:
                 save()
-            if stop.requested:
+            if stopping:
                 return TrainResult(out, start, k, config.max_steps, stopped=True)
     return TrainResult(out, start, k, config.max_steps)

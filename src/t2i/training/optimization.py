@@ -22,6 +22,11 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, paramete
     """One step of gradient descent on `loss`: gradients, learning rate, clipping, update."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    apply_gradients(optimizer, parameters, lr, grad_clip)
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, parameters, lr: float, grad_clip: float) -> None:
+    """The update from the gradients the parameters hold: learning rate, clipping, step."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     if grad_clip > 0:
