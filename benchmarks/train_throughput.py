@@ -42,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--attention-levels", type=int, nargs="*", default=[2])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads; default: torch's")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the matmul peak and the timing then on the GPU)")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no",
                    help="bf16: forward passes under torch.autocast(bfloat16), as t2i train --mixed-precision bf16")
     return p.parse_args()
@@ -75,7 +76,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.T
 
 
 def loss_of(model, x, t, target, bf16: bool) -> torch.Tensor:
-    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
         return F.mse_loss(predict(model, x, t).float(), target)
 
 
@@ -95,7 +96,7 @@ def main() -> None:
     a = parse_args()
     if a.threads is not None:
         torch.set_num_threads(a.threads)
-    models = build_models(a)
+    models = {name: model.to(a.device) for name, model in build_models(a).items()}
     bf16 = a.mixed_precision == "bf16"
     precision = {name: bf16 for name in models}
     if bf16:  # our model in float32 too, from the same weights, as the baseline of the speed-up
@@ -104,6 +105,7 @@ def main() -> None:
     x = torch.randn(a.batch_size, 3, a.image_size, a.image_size, generator=torch.Generator().manual_seed(1))
     t = torch.randint(0, 1000, (a.batch_size,), generator=torch.Generator().manual_seed(2))
     target = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    x, t, target = x.to(a.device), t.to(a.device), target.to(a.device)
 
     shapes = {}
     for name, model in models.items():
@@ -116,10 +118,10 @@ def main() -> None:
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     steps = {name: functools.partial(train_step, model, opts[name], x, t, target, precision[name])
              for name, model in models.items()}
-    times = interleaved_times(steps, a.repeats, warmup=2)
-    peak = {False: matmul_peak_gflops()}
+    times = interleaved_times(steps, a.repeats, warmup=2, device=a.device)
+    peak = {False: matmul_peak_gflops(a.device)}
     if bf16:
-        peak[True] = matmul_peak_gflops(dtype=torch.bfloat16)
+        peak[True] = matmul_peak_gflops(a.device, dtype=torch.bfloat16)
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     ours, theirs = list(models)[:2]

@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -115,6 +116,20 @@ def test_bf16_mixed_precision_follows_the_float32_run_and_can_be_switched_on_res
     assert read_config(mixed)["train"]["mixed_precision"] == "no" and read_config(mixed)["step"] == 22
     with pytest.raises(UserError, match="unknown mixed precision 'fp8'"):
         config(mixed_precision="fp8")
+
+
+def test_fp16_mixed_precision_scales_the_loss_and_resumes_exactly_with_its_scaler(tmp_path):
+    from t2i.training.run_folder import read_state
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(UNET, config(max_steps=6, save_every=3, probe_every=0, sample_every=100, mixed_precision="fp16"), straight)
+    train(UNET, config(max_steps=3, save_every=3, probe_every=0, sample_every=100, mixed_precision="fp16"), split)
+    assert read_state(split)["grad_scaler"]["scale"] > 0  # the loss scale is part of the training state
+    resume(split, max_steps=6)
+    with (straight / "loss.csv").open() as f:
+        assert all(math.isfinite(float(row["loss"])) for row in csv.DictReader(f))
+    x, y = (load_model(run)[0].state_dict() for run in (straight, split))
+    assert all(torch.equal(x[k], y[k]) for k in x)
 
 
 def test_resume_of_a_text_run_continues_exactly(tmp_path):

@@ -64,7 +64,8 @@ def add_train(sub) -> None:
     p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=t.mixed_precision,
                    help="bf16: the U-Net's matmuls and convolutions in bfloat16, weights and optimizer in float32 "
-                        "(faster on GPUs and on CPUs with AVX512-BF16 or AMX)")
+                        "(faster on GPUs and on CPUs with AVX512-BF16 or AMX); fp16: in float16 with a loss scale "
+                        "(GPUs without bfloat16)")
     p.add_argument("--channels", type=positive(int), default=u.model_channels, help="width of the first level")
     p.add_argument("--channel-mult", type=positive(int), nargs="+", default=list(u.channel_mult),
                    help="width multiplier of each level")

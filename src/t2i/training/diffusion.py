@@ -60,7 +60,8 @@ from .probes import loss_probes
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
 from .samples import sample_prompts, save_sample_grid
 
-MIXED_PRECISION = ("no", "bf16")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -78,7 +79,9 @@ class TrainConfig(RunConfig):
     keep_every: int | None = None  # also keep the EMA model of every such step, in snapshots/step_NNNNNN
     probe_every: int = 250  # the loss of fixed training and held-out examples, every such step (0: never)
     probe_examples: int = 256
-    mixed_precision: str = "no"  # "bf16": the U-Net's matmuls and convolutions in bfloat16 (torch.autocast)
+    # "bf16"/"fp16": the U-Net's matmuls and convolutions in bfloat16 or float16 (torch.autocast); float16's
+    # narrow range needs the loss scaled (a GradScaler, its state saved with the checkpoint)
+    mixed_precision: str = "no"
 
     # and batches balanced over a metadata field, or another precision
     RESUME_CHANGES = RunConfig.RESUME_CHANGES + ("balance_by", "mixed_precision")
@@ -223,6 +226,9 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
                          scaling_factor) if config.probe_every and world.main else {}
     prompts = sample_prompts(config, captioned)
     state = restore(out, model, ema, {"optimizer": optimizer}) if resumed else new_state()
+    scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
+    if "grad_scaler" in state:
+        scaler.load_state_dict(state["grad_scaler"])
 
     def step(batch, k: int) -> dict[str, torch.Tensor]:
         """L_simple on this process's share of step k's batch (captions dropped with probability p_uncond),
@@ -241,13 +247,14 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
 
         def loss_of(part: slice) -> dict[str, torch.Tensor]:
             cond = condition(captions[part], encoder) if captioned else {}
-            with torch.autocast(device.type, torch.bfloat16, enabled=config.mixed_precision == "bf16"):
+            with torch.autocast(device.type, AUTOCAST.get(config.mixed_precision, torch.float32),
+                                enabled=config.mixed_precision in AUTOCAST):
                 return {"loss": diffusion.training_loss(unet, x0[part], t[part], noise[part],
                                                         min_snr_gamma=config.min_snr_gamma, **cond).mean()}
 
         optimizer.zero_grad(set_to_none=True)
-        losses = accumulate(loss_of, len(share), micro, replicas)
-        apply_gradients(optimizer, model.parameters(), scheduled_lr(k, config), config.grad_clip)
+        losses = accumulate(loss_of, len(share), micro, replicas, scaler.scale)
+        apply_gradients(optimizer, model.parameters(), scheduled_lr(k, config), config.grad_clip, scaler)
         update_ema(ema, model, ema_decay_at(k, config.ema_decay))
         return losses
 
@@ -259,8 +266,9 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
         return values
 
     def save(k: int, seconds: float) -> None:
-        save_checkpoint(out, {"step": k, "seconds": seconds}, model, {**ema, **frozen}, {"optimizer": optimizer},
-                        run_config)
+        scaling = {"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+        save_checkpoint(out, {"step": k, "seconds": seconds, **scaling}, model, {**ema, **frozen},
+                        {"optimizer": optimizer}, run_config)
 
     def keep(k: int, seconds: float) -> None:
         save_snapshot(out, k, {**ema, **frozen}, {**run_config, "step": k, "seconds": round(seconds, 2)})

@@ -139,10 +139,12 @@ def micro_batches(count: int, micro: int) -> list[slice]:
 
 
 def accumulate(loss_of: Callable[[slice], dict[str, torch.Tensor]], count: int, micro: int,
-               replicas: list[torch.nn.Module]) -> dict[str, torch.Tensor]:
+               replicas: list[torch.nn.Module], scale: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss
+               ) -> dict[str, torch.Tensor]:
     """Backpropagate the "loss" of every micro-batch of a process's `count` examples, weighted by its
-    share of them, with DDP's gradient averaging only after the last (`no_sync` before it); return
-    each loss's mean over the examples (detached). `loss_of(part)` returns a micro-batch's mean losses."""
+    share of them (and `scale`d: float16's loss scaling), with DDP's gradient averaging only after the
+    last (`no_sync` before it); return each loss's mean over the examples (detached). `loss_of(part)`
+    returns a micro-batch's mean losses."""
     parts = micro_batches(count, micro)
     totals: dict[str, torch.Tensor] = {}
     for i, part in enumerate(parts):
@@ -153,7 +155,7 @@ def accumulate(loss_of: Callable[[slice], dict[str, torch.Tensor]], count: int, 
                         stack.enter_context(replica.no_sync())
             losses = loss_of(part)
             weight = (part.stop - part.start) / count
-            (losses["loss"] * weight).backward()
+            scale(losses["loss"] * weight).backward()
         for name, value in losses.items():
             totals[name] = totals.get(name, 0.0) + value.detach() * weight
     return totals
@@ -181,6 +183,8 @@ def main_first(world: World) -> Iterator[None]:
 def join(device_name: str) -> tuple[World, torch.device]:
     """This process's world (joining torchrun's group) and the device it trains on."""
     device = resolve_device(device_name)
+    if device.type == "cuda":  # TF32 matmuls and convolutions: float32's range, ample precision for training
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     world = World.from_environment(device)
     return world, world.device(device)
 

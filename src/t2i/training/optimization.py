@@ -25,13 +25,23 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, paramete
     apply_gradients(optimizer, parameters, lr, grad_clip)
 
 
-def apply_gradients(optimizer: torch.optim.Optimizer, parameters, lr: float, grad_clip: float) -> None:
-    """The update from the gradients the parameters hold: learning rate, clipping, step."""
+def apply_gradients(optimizer: torch.optim.Optimizer, parameters, lr: float, grad_clip: float,
+                    scaler: torch.amp.GradScaler | None = None) -> None:
+    """The update from the gradients the parameters hold: learning rate, clipping, step. With an enabled
+    `scaler` (float16) the gradients are unscaled before clipping, and a step whose gradients overflowed
+    is skipped while the scale falls."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    scaling = scaler is not None and scaler.is_enabled()
+    if scaling:
+        scaler.unscale_(optimizer)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(list(parameters), grad_clip)
-    optimizer.step()
+    if scaling:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 @torch.no_grad()

@@ -93,9 +93,10 @@ def require_checkpoint(out: Path) -> Path:
 
 
 def state_of(folder: Path) -> dict:
-    """The saved {"step", "seconds"} of a checkpoint."""
+    """The saved {"step", "seconds"} of a checkpoint, and the float16 loss scaler's state if it has one."""
     state = read_json(folder / STATE, "the training state is incomplete")
-    return {"step": int(state["step"]), "seconds": float(state.get("seconds", 0.0))}
+    scaler = {"grad_scaler": state["grad_scaler"]} if isinstance(state.get("grad_scaler"), dict) else {}
+    return {"step": int(state["step"]), "seconds": float(state.get("seconds", 0.0)), **scaler}
 
 
 def read_state(out: Path) -> dict:
