@@ -22,8 +22,9 @@ def add_generate(sub) -> None:
                    "unconditional sample")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder, or a Stable "
                    f"Diffusion v1 checkpoint (.safetensors/.ckpt file or diffusers folder); default: {DEFAULT_MODEL}")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="compute in this dtype (default: float32 for SD checkpoints, as stored for ours)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="compute in this dtype (default: float32 for SD checkpoints, as stored for ours; float16 is "
+                        "for GPUs)")
     p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
     p.add_argument("--cfg", type=float, nargs="+", default=None,
                    help="guidance scale s (1 = no guidance); several: one grid row each")

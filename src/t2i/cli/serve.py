@@ -39,7 +39,8 @@ def add_serve(sub) -> None:
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                    help="let pages from ORIGIN call the API (default: none)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="compute in this dtype (float16 is for GPUs)")
     p.add_argument("--model-memory", type=positive(float), default=None, metavar="GB",
                    help="GB of weights kept loaded; past it the least recently used model is unloaded "
                         "(default: half the free memory)")
