@@ -29,8 +29,6 @@ import json
 import os
 import shutil
 import subprocess
-import tarfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -41,7 +39,8 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from .colours import colour_phrase, colour_words, says_a_colour
-from .emoji_sets import SETS, DrawingSet, cldr_names, drawing_set, matched, read_drawings, tarball_name
+from .emoji_sets import (SETS, DrawingSet, cldr_names, drawing_set, matched, read_drawings, read_members,
+                         tarball_name)
 from .folder import in_test_split
 
 
@@ -126,20 +125,9 @@ def read_package(path: str | Path, size: int = IMAGE_SIZE) -> EmojiPackage:
     """An emoji-datasource tarball read in one pass: package.json, emoji.json, LICENSE and the
     64 px images (the smallest set at least `size`, else the largest)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"tarball {str(path)!r} does not exist")
-    files: dict[str, bytes] = {}
+    files = read_members(path, lambda name: name in ("package.json", "emoji.json", "LICENSE")
+                         or (name.startswith("img/") and name.endswith(".png") and name.count("/") == 3))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    try:
-        with tarfile.open(path, "r|gz") as tar:
-            for member in tar:
-                name = member.name.removeprefix("package/")
-                if member.isfile() and (name in ("package.json", "emoji.json", "LICENSE")
-                                        or (name.startswith("img/") and name.endswith(".png")
-                                            and name.count("/") == 3)):
-                    files[name] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
-        raise UserError(f"{str(path)!r} is not a readable npm tarball ({error}): download it again") from None
     if "package.json" not in files or "emoji.json" not in files:
         raise UserError(f"{str(path)!r} is not an emoji-datasource package: it has no package.json and emoji.json")
     try:
@@ -270,8 +258,6 @@ ALL_SETS = (*(source.style for source in SOURCES), *(drawings.name for drawings 
 
 def tarball_package(path: str | Path) -> str:
     """The npm package a tarball holds (its package.json's name)."""
-    from .emoji_sets import read_members
-
     files = read_members(path, lambda name: name == "package.json")
     try:
         return json.loads(files["package.json"])["name"]
