@@ -205,7 +205,7 @@ def test_bad_sources_get_one_line(tarballs, tmp_path, capsys, monkeypatch):
                     reason="the real npm tarballs are not in ~/.cache/t2i/npm (t2i data emoji puts them there)")
 def test_the_real_further_sets(tmp_path):
     counts = build_emoji_dataset(tmp_path / "emoji", progress=False)
-    assert counts == {"train": 19245, "test": 728, "test-extra": 1532}
+    assert counts == {"train": 22652, "test": 728, "test-extra": 1920}
 
 
 @pytest.mark.skipif(not all((cache_dir() / f"{s.package}-{s.version}.tgz").is_file() for s in SOURCES),
@@ -254,6 +254,9 @@ def more_tarballs(tmp_path_factory):
         **{f"color/svg/{code}.svg": svg_disc(SET_COLOURS["openmoji"]) for code in codes}}
     fluent = {**package("fluentui-emoji"), "LICENSE": b"MIT License\nCopyright (c) Microsoft Corporation.\n",
               **{f"icons/modern/{s}.svg": svg_disc(SET_COLOURS["fluent"]) for s in slug},
+              # a skin tone as Fluent names it, of the emoji that has tones; and of one that has none (left out)
+              f"icons/modern/{slug[0]}-dark.svg": svg_disc(SET_COLOURS["fluent"]),
+              f"icons/modern/{slug[1]}-dark.svg": svg_disc(SET_COLOURS["fluent"]),
               **{f"icons/flat/{s}.svg": svg_disc(SET_COLOURS["fluent-flat"]) for s in slug}}
     webp = io.BytesIO()
     Image.new("RGBA", (256, 256), (*SET_COLOURS["fluent-3d"], 255)).save(webp, "WEBP")
@@ -284,7 +287,8 @@ def test_the_further_sets_are_matched_by_code_or_cldr_name_and_keep_the_comparis
     for row in rows:
         by_style.setdefault(row["style"], []).append(row)
     assert {style: len(found) for style, found in by_style.items() if style in SET_COLOURS} == \
-        {style: 12 for style in SET_COLOURS}  # every set matched all 12, "no-such-emoji" left out
+        {**{style: 12 for style in SET_COLOURS}, "fluent": 13}  # all 12 and a tone; "no-such-emoji" left out
+    assert {row["skin_tone"] for row in by_style["fluent"]} == {None, "dark skin tone"}
     assert counts["train"] + counts["test-extra"] == sum(len(found) for found in by_style.values())
     for style, rgb in SET_COLOURS.items():
         row = by_style[style][0]

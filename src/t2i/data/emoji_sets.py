@@ -248,6 +248,24 @@ def emoji_index(emoji: list[dict], cldr: dict[str, str]) -> tuple[dict, dict, di
     return by_code, by_name, by_squashed
 
 
+# how file names say a skin tone ("artist-medium-dark", "baby-dark-skin-tone"): emoji-data's modifier, or none
+TONE_SUFFIXES = {"light": "1F3FB", "medium-light": "1F3FC", "medium": "1F3FD", "medium-dark": "1F3FE",
+                 "dark": "1F3FF", "default": None}
+
+
+def name_candidates(key: str) -> Iterator[tuple[str, str | None]]:
+    """(a name to look up, the skin-tone modifier the file name adds or None) for a file's name: itself, its
+    flag written as Iconify writes it ("flag-for-flag-japan"), and its name without a skin-tone suffix."""
+    yield key, None
+    if key.startswith("flag-for-"):
+        yield key.removeprefix("flag-for-"), None
+    for suffix, tone in sorted(TONE_SUFFIXES.items(), key=lambda item: -len(item[0])):
+        for ending in (f"-{suffix}-skin-tone", f"-{suffix}"):
+            if key.endswith(ending):
+                yield key.removesuffix(ending), tone
+                return
+
+
 def matched(drawings: DrawingSet, found: list[Drawing], emoji: list[dict], cldr: dict[str, str]
             ) -> Iterator[tuple[dict, str | None, str, Drawing]]:
     """(emoji-data entry, skin-tone key or None, the image's code points, drawing) of each drawing that names an
@@ -255,8 +273,19 @@ def matched(drawings: DrawingSet, found: list[Drawing], emoji: list[dict], cldr:
     by_code, by_name, by_squashed = emoji_index(emoji, cldr)
     seen = set()
     for drawing in sorted(found, key=lambda d: d.key):
-        names = by_code if drawing.by_code else by_squashed if drawings.name == "fxemoji" else by_name
-        entry, tone = names.get(drawing.key, (None, None))
+        if drawing.by_code:
+            entry, tone = by_code.get(drawing.key, (None, None))
+        else:
+            names = by_squashed if drawings.name == "fxemoji" else by_name
+            entry, tone = None, None
+            for name, modifier in name_candidates(drawing.key):
+                entry, tone = names.get(name, (None, None))
+                if entry is not None and modifier is not None:  # the toned drawing of a toned emoji, if it has one
+                    tone = modifier if modifier in (entry.get("skin_variations") or {}) else "missing"
+                if entry is not None:
+                    break
+            if tone == "missing":
+                continue
         if entry is None:
             continue
         unified = entry["unified"] if tone is None else entry["skin_variations"][tone]["unified"]
