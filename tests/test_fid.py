@@ -137,3 +137,23 @@ def test_eval_fid_prints_the_model_and_the_floor(tmp_path, capsys):
     assert lines[0].startswith("model") and lines[1].startswith("floor")
     assert all("FID" in line and "KID" in line and "top-5" in line and "N=3" in line for line in lines)
     assert list((tmp_path / "cache").glob("inception-*.safetensors"))
+    # prompts phrased otherwise, judged against the emoji each asks for; then their names (the before)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"text": "a shiny red fruit", "emoji": "1F600", "name": "red apple"}\n'
+                       '{"text": "a thorny flower", "emoji": "1F601", "name": "rose"}\n')
+    for extra in ([], ["--canonical"]):
+        assert main(["eval", "fid", "--model", str(run), "--data", str(data), "--prompts", str(prompts), "--steps",
+                     "2", "--kid-subsets", "2", "--no-floor", "--cache", str(tmp_path / "cache"), "--device", "cpu",
+                     *extra]) == 0
+        assert capsys.readouterr().out.startswith("model    N=2 ")
+    prompts.write_text('{"text": "no emoji"}\n')
+    assert main(["eval", "fid", "--model", str(run), "--data", str(data), "--prompts", str(prompts)]) == 2
+    assert "line 1: each line is" in capsys.readouterr().err
+
+
+def test_the_shipped_phrasings_name_emoji_the_dataset_has():
+    from t2i.evaluation.quality import PHRASINGS, read_prompts
+
+    prompts = read_prompts(PHRASINGS)
+    assert len(prompts) == 80 and len({p["name"] for p in prompts}) == 40
+    assert all(p["text"] != p["name"] and p["emoji"][0] in "123" for p in prompts)

@@ -72,6 +72,11 @@ def add_eval_fid(which) -> None:
     fid.add_argument("--seed", type=int, default=0, help="image i of the held-out captions uses seed + i")
     fid.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "t2i" / "fid",
                      help="where the dataset's Inception features are kept")
+    fid.add_argument("--prompts", default=None, metavar="FILE",
+                     help="generate from these prompts instead (JSON lines of {\"text\", \"emoji\"}); 'phrasings': "
+                          "the held-out prompts phrased as people write them")
+    fid.add_argument("--canonical", action="store_true",
+                     help="with --prompts: generate from each prompt's emoji name instead (the before of a phrasing)")
     fid.add_argument("--device", default="auto")
     fid.set_defaults(run=run_eval_fid)
 
@@ -83,8 +88,19 @@ def run_eval_fid(args) -> None:
     pipe = Pipeline.load(args.model, args.device)
     if pipe.text_encoder is None:
         raise UserError(f"{args.model} is unconditional: `t2i eval fid` generates from the held-out captions")
+    prompts = None
+    if args.prompts:
+        from ..evaluation.quality import PHRASINGS, read_prompts
+
+        prompts = read_prompts(PHRASINGS if args.prompts == "phrasings" else args.prompts)
+        if args.canonical:
+            if not all(isinstance(p.get("name"), str) for p in prompts):
+                raise UserError("--canonical needs each prompt's emoji \"name\" in the file")
+            prompts = [{**p, "text": p["name"]} for p in prompts]
+    elif args.canonical:
+        raise UserError("--canonical applies to --prompts: give the prompts file too")
     print(sample_quality(pipe, str(args.data), args.num_images, args.batch_size, args.seed, args.floor, args.cache,
-                         args.kid_subsets, cfg=args.cfg, steps=args.steps, sampler=args.sampler))
+                         args.kid_subsets, prompts=prompts, cfg=args.cfg, steps=args.steps, sampler=args.sampler))
 
 
 def run_eval_nll(args) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +12,33 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..files import durable_write, short_hash
+
+# prompts phrased as people write them, none a caption of the emoji dataset ({"text", "emoji", "name"} a line)
+PHRASINGS = Path(__file__).parent / "phrasings.jsonl"
+
+
+def read_prompts(path: str | Path) -> list[dict]:
+    """A JSON-lines file of {"text": prompt, "emoji": the emoji it asks for} (`PHRASINGS`'s form)."""
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise UserError(f"cannot read prompts {str(path)!r}: {error.strerror or error}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("emoji"), str):
+            raise UserError(f"{str(path)!r}, line {number}: each line is {{\"text\": prompt, \"emoji\": code}}")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{str(path)!r} holds no prompts")
+    return rows
 
 if TYPE_CHECKING:
     from ..metrics.alignment import AlignmentResult
@@ -67,14 +94,15 @@ def cached_features(extractor, dataset, cache_dir: Path | None, progress: bool, 
 @torch.no_grad()
 def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: int = 32, seed: int = 0,
                    floor: bool = True, cache_dir: Path | None = None, kid_subsets: int = 100,
-                   progress: bool = True, **options) -> SampleQualityReport:
+                   progress: bool = True, prompts: list[dict] | None = None, **options) -> SampleQualityReport:
     """FID and KID of images generated from the held-out split's captions against its images,
     and text alignment (is a generated image's nearest training emoji the prompted one?).
 
-    Image i is generated from held-out image i's canonical caption with seed `seed + i`. With
-    `floor`, the same metrics for as many training images (drawn with `seed`), which is what a
-    model that reproduced its training set would score. Alignment needs the dataset's
-    `metadata.jsonl` to name each image's `emoji`.
+    Image i is generated from held-out image i's canonical caption with seed `seed + i`, or, given
+    `prompts` ({"text", "emoji"} each: phrasings the captions do not have, `PHRASINGS`), from prompt
+    i, its alignment judged against its "emoji". With `floor`, the same metrics for as many training
+    images (drawn with `seed`), which is what a model that reproduced its training set would score.
+    Alignment needs the dataset's `metadata.jsonl` to name each image's `emoji`.
     """
     from ..data.folder import ImageFolder
     from ..metrics.alignment import alignment
@@ -84,18 +112,20 @@ def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: i
 
     test = ImageFolder(data, pipe.image_size, "test", captioned=True)
     train = ImageFolder(data, pipe.image_size, "train", captioned=True)
-    n = min(num_images or len(test), len(test))
+    texts = [p["text"] for p in prompts] if prompts is not None else [test.caption(i) for i in range(len(test))]
+    n = min(num_images or len(texts), len(texts))
     extractor = InceptionFeatures(pipe.device)
     test_features = cached_features(extractor, test, cache_dir, progress, "inception: held-out")
     train_features = cached_features(extractor, train, cache_dir, progress, "inception: training")
     labels = [test.record(i).get("emoji") for i in range(len(test))]
     train_labels = [train.record(i).get("emoji") for i in range(len(train))]
     labelled = all(labels) and all(train_labels)
+    query_labels = [p["emoji"] for p in prompts][:n] if prompts is not None else labels[:n]
 
     generated = []
     for start in tqdm(range(0, n, batch_size), desc="generate", disable=not progress):
         indices = range(start, min(start + batch_size, n))
-        images = pipe(prompt=[test.caption(i) for i in indices], seed=[seed + i for i in indices], progress=False,
+        images = pipe(prompt=[texts[i] for i in indices], seed=[seed + i for i in indices], progress=False,
                       output_type="pt", **options) * 2 - 1
         generated.append(extractor(images).double().cpu())
     generated = torch.cat(generated)
@@ -107,7 +137,7 @@ def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: i
         return SampleQualityRow(name, len(features), fid_to_test(features),
                                 kid(features, test_features, kid_subsets, seed=seed), aligned)
 
-    rows = [row("model", generated, labels[:n])]
+    rows = [row("model", generated, query_labels)]
     if floor:
         chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
         floor_row = row("floor", train_features[chosen], [train_labels[i] for i in chosen.tolist()])
