@@ -47,6 +47,23 @@ def read_json(path: Path, missing: str):
         raise UserError(f"cannot read {str(path)!r}: {error.strerror or error}") from None
 
 
+def read_json_lines(path: Path) -> list[tuple[int, object]]:
+    """(line number, value) of each non-blank line of a JSON-lines file; a line that is not JSON has the
+    value None, for the caller to name the line in its own terms. An unreadable file is one UserError."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read {str(path)!r}: {getattr(error, 'strerror', None) or error}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append((number, json.loads(line)))
+            except (ValueError, RecursionError):  # JSONDecodeError, or an integer of thousands of digits
+                rows.append((number, None))
+    return rows
+
+
 def check_writable(path: str | Path, what: str = "the output") -> Path:
     """Refuse, before any work, an output file that cannot be written: an empty name, a folder, or a place
     where no file can be made (a missing parent is fine: it is created). Tries a file in its folder."""

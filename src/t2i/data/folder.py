@@ -13,7 +13,6 @@ item's caption; the training loop picks one at random per step (`choose_caption`
 
 from __future__ import annotations
 
-import json
 import random
 import zlib
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..files import read_json_lines
 from ..images import read_image, to_tensor
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -49,17 +49,10 @@ def read_metadata(path: Path) -> dict[Path, dict]:
     """{image path: its row} of a `metadata.jsonl`, each row's captions as a list under
     "captions"; file names are relative to the file's folder."""
     entries = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserError(f"cannot read {str(path)!r}: {error}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, row in read_json_lines(path):
         try:
-            row = json.loads(line)
             name, text = row["file_name"], row.get("text", "")
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise UserError(f"{str(path)!r} line {number} is not a JSON object with a 'file_name'") from None
         texts = [text] if isinstance(text, str) else text
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..files import durable_write, short_hash
+from ..files import durable_write, read_json_lines, short_hash
 
 # prompts phrased as people write them, none a caption of the emoji dataset ({"text", "emoji", "name"} a line)
 PHRASINGS = Path(__file__).parent / "phrasings.jsonl"
@@ -22,17 +21,7 @@ PHRASINGS = Path(__file__).parent / "phrasings.jsonl"
 def read_prompts(path: str | Path) -> list[dict]:
     """A JSON-lines file of {"text": prompt, "emoji": the emoji it asks for} (`PHRASINGS`'s form)."""
     rows = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise UserError(f"cannot read prompts {str(path)!r}: {error.strerror or error}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
+    for number, row in read_json_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("emoji"), str):
             raise UserError(f"{str(path)!r}, line {number}: each line is {{\"text\": prompt, \"emoji\": code}}")
         rows.append(row)
