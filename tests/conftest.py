@@ -25,6 +25,29 @@ def oracle():
     return GaussianOracle
 
 
+class GaussianFlowOracle:
+    """The optimal velocity for data x0 ~ N(mu, s² I) on the straight path x = (1 - τ) x_0 + τ ε:
+
+    u = E[ε | x] - E[x_0 | x], with x ~ N((1-τ) mu, (1-τ)² s² + τ²), E[ε | x] = τ r / v and
+    E[x_0 | x] = mu + (1-τ) s² r / v for r = x - (1-τ) mu, v = (1-τ)² s² + τ²; τ = σ/(1+σ) of the
+    schedule's σ(t), by another road than `Diffusion.flow_input`'s.
+    """
+
+    def __init__(self, diffusion, mu: float, s: float):
+        self.diffusion, self.mu, self.s = diffusion, mu, s
+
+    def __call__(self, x, t):
+        sigma = self.diffusion.sigma_at(t).to(x).reshape(-1, *([1] * (x.ndim - 1)))
+        tau = sigma / (1 + sigma)
+        r, v = x - (1 - tau) * self.mu, (1 - tau) ** 2 * self.s**2 + tau**2
+        return tau * r / v - (self.mu + (1 - tau) * self.s**2 * r / v)
+
+
+@pytest.fixture
+def flow_oracle():
+    return GaussianFlowOracle
+
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220), "yellow": (240, 210, 30)}
 
 

@@ -142,6 +142,49 @@ def test_v_prediction_loss_targets_v():
     assert torch.allclose(diffusion.model_eps(perfect_v, xt, t), noise, atol=1e-4)
 
 
+def test_rectified_flow_schedule_is_the_straight_path():
+    """At t the schedule's x_t, rescaled by `flow_input`, is (1 − τ) x_0 + τ ε with τ = (t+1)/(T+1)."""
+    diffusion = Diffusion.from_schedule("rectified_flow", 1000, prediction_type="flow")
+    g = torch.Generator().manual_seed(6)
+    x0, eps = torch.randn(5, 2, 4, 4, generator=g, dtype=torch.float64), torch.randn(5, 2, 4, 4, generator=g,
+                                                                                       dtype=torch.float64)
+    t = torch.tensor([0, 1, 499, 998, 999])
+    x, tau = diffusion.flow_input(diffusion.q_sample(x0, t, eps), t)
+    expected_tau = ((t + 1) / 1001).double().reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(tau, expected_tau)
+    torch.testing.assert_close(x, (1 - expected_tau) * x0 + expected_tau * eps)
+
+
+def test_flow_loss_and_model_eps_at_fractional_timesteps(flow_oracle):
+    """The true velocity u = ε − x_0 has zero loss at fractional (logit-normal) t, and model_eps turns it into ε."""
+    diffusion = Diffusion.from_schedule("rectified_flow", 1000, prediction_type="flow")
+    g = torch.Generator().manual_seed(7)
+    x0, noise = torch.randn(4, 3, 4, 4, generator=g), torch.randn(4, 3, 4, 4, generator=g)
+    t = diffusion.sample_timesteps(4, g)
+    assert t.is_floating_point() and not bool((t == t.round()).all())
+    true_u = lambda x, t_net: noise - x0  # noqa: E731 - the conditional velocity of these very x0 and noise
+    assert diffusion.training_loss(true_u, x0, t, noise).max() < 1e-10
+    zero = diffusion.training_loss(lambda x, t_net: torch.zeros_like(x), x0, t, noise)
+    torch.testing.assert_close(zero, (noise - x0).pow(2).flatten(1).mean(1))
+    signal, sigma = diffusion.scales_at(t, x0)
+    torch.testing.assert_close(diffusion.model_eps(true_u, signal * x0 + sigma * noise, t), noise, atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match="Min-SNR"):
+        diffusion.training_loss(true_u, x0, t, noise, min_snr_gamma=5.0)
+
+
+def test_flow_timesteps_are_logit_normal():
+    """logit τ of the drawn timesteps is N(0, 1) (SD3's density), inside the schedule's span."""
+    diffusion = Diffusion.from_schedule("rectified_flow", 1000, prediction_type="flow")
+    t = diffusion.sample_timesteps(20_000, torch.Generator().manual_seed(8))
+    sigma = diffusion.sigma_at(t)
+    logit = torch.log(sigma)  # τ = σ/(1+σ), so logit τ = log σ
+    assert abs(logit.mean().item()) < 0.03 and abs(logit.std().item() - 1) < 0.03
+    assert float(t.min()) >= 0 and float(t.max()) <= 999
+    per_example = diffusion.sample_timesteps(3, [torch.Generator().manual_seed(k) for k in range(3)])
+    alone = torch.cat([diffusion.sample_timesteps(1, [torch.Generator().manual_seed(k)]) for k in range(3)])
+    torch.testing.assert_close(per_example, alone)
+
+
 def test_min_snr_weighting(diffusion):
     g = torch.Generator().manual_seed(5)
     x0, noise = torch.randn(3, 1, 4, 4, generator=g), torch.randn(3, 1, 4, 4, generator=g)

@@ -122,6 +122,34 @@ def test_euler_is_ddim_written_in_sigma(oracle, diffusion, sampler):
     torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("sampler,steps", [("euler", 400), ("heun", 60), ("dpmpp_2m", 50), ("ddim", 500)])
+def test_flow_model_samples_gaussian_data(oracle, flow_oracle, sampler, steps):
+    """A network of the velocity u = ε − x_0 (flow matching) runs under every sampler through model_eps,
+    and samples what the ε-network of the same data on the same schedule samples."""
+    runs = [sample(model(Diffusion.from_schedule("rectified_flow", 1000, prediction_type=prediction), MU, S),
+                   Diffusion.from_schedule("rectified_flow", 1000, prediction_type=prediction), (10_000, 2),
+                   SamplerSettings(sampler, steps), generator=torch.Generator().manual_seed(0), progress=False)
+            for model, prediction in ((flow_oracle, "flow"), (oracle, "epsilon"))]
+    torch.testing.assert_close(runs[0], runs[1], atol=1e-4, rtol=1e-4)
+    assert abs(runs[0].mean().item() - MU) < 0.03 * MU
+    assert abs(runs[0].std().item() - S) < 0.03 * S
+
+
+def test_euler_on_a_flow_model_is_euler_on_the_straight_path(flow_oracle):
+    """Rectified flow's sampler, x ← x + (τ' − τ) u(x, t) on x = (1 − τ) x_0 + τ ε, is the Euler
+    sampler step for step (both are DDIM), so a flow model needs no sampler of its own."""
+    diffusion = Diffusion.from_schedule("rectified_flow", 1000, prediction_type="flow")
+    model, settings = flow_oracle(diffusion, MU, S), SamplerSettings("euler", 12)
+    noise = torch.randn(200, 2, generator=torch.Generator().manual_seed(1))
+    ours = sample(model, diffusion, noise.shape, settings, x_T=noise, progress=False)
+    grid = settings.grid(diffusion)
+    taus = grid.sigmas / (1 + grid.sigmas)
+    x = noise * (1 + grid.sigmas[0] ** 2).sqrt() * (1 - taus[0])  # x_T = sqrt(ᾱ)(x_0 + σ ε) → (1 − τ)(x_0 + σ ε)
+    for i, t in enumerate(grid.timesteps):
+        x = x + (taus[i + 1] - taus[i]).item() * model(x, t.expand(len(x)).float())
+    torch.testing.assert_close(ours, x, atol=1e-4, rtol=1e-4)
+
+
 def test_orders_of_convergence(oracle, diffusion):
     """Doubling the steps divides the error of a p-th order solver by about 2^p: Euler is first
     order, Heun second, LMS (order 4) and DPM-Solver++(2M) higher than first; measured against a

@@ -87,6 +87,21 @@ def test_resume_continues_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_flow_matching_run_resumes_exactly_and_generates(tmp_path):
+    """--prediction flow: fractional logit-normal timesteps drawn per example, so resume is still exact."""
+    flow = dict(prediction_type="flow", schedule="rectified_flow", sample_every=100)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(UNET, config(max_steps=6, save_every=3, **flow), straight)
+    train(UNET, config(max_steps=3, save_every=3, **flow), split)
+    resume(split, max_steps=6)
+    a, b = load_model(straight)[0].state_dict(), load_model(split)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    image = Pipeline.load(straight, "cpu")(num_images=1, steps=4, seed=0, progress=False)[0]
+    assert np.asarray(image).std() > 0
+    with pytest.raises(UserError, match="min-snr-gamma"):
+        config(min_snr_gamma=5.0, **flow)
+
+
 def test_resume_takes_a_new_learning_rate_or_cooldown_only_when_asked(tmp_path):
     train(UNET, config(max_steps=2, save_every=2, sample_every=100, lr=1e-3), tmp_path)
     resume(tmp_path, max_steps=3)  # lr not among the changes: kept

@@ -3,7 +3,8 @@
 `Diffusion` holds a schedule and nothing else; the network is always an argument
 (`model(x_t, t, **cond)`), never owned. Equation numbers refer to Ho et al. 2020
 ("DDPM"). Timesteps are 0-based: index `t` is the paper's t+1.
-Shapes: `x0`, `x_t`, `eps` are [B, ...]; `t` is an integer tensor [B].
+Shapes: `x0`, `x_t`, `eps` are [B, ...]; `t` is an integer tensor [B] (fractional, float, where a
+sampler or flow matching asks between the training timesteps).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Callable, NamedTuple
 import torch
 
 from .errors import UserError
+from .randomness import Generators, randint, randn
 
 Model = Callable[..., torch.Tensor]
 
-PREDICTION_TYPES = ("epsilon", "v")
+PREDICTION_TYPES = ("epsilon", "v", "flow")
 VARIANCES = ("beta", "beta_tilde")
 
 
@@ -64,6 +66,12 @@ def discretized_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log
     return _log_ndtr_diff(lower, upper)
 
 
+def network_time(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t as the network takes it, on x's device: integers as they are, fractions as float32."""
+    t = torch.as_tensor(t)
+    return t.to(x.device, torch.float32 if t.is_floating_point() else t.dtype)
+
+
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     """Mean over every dimension but the batch one: [B, ...] -> [B]."""
     return x.flatten(1).mean(1)
@@ -72,8 +80,12 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
 class Diffusion:
     """The forward process q and the reverse model p_θ of DDPM, for one β schedule.
 
-    `prediction_type` says what the network outputs: "epsilon" (DDPM) or "v"
-    (Salimans & Ho 2022, v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0). Everything downstream works in ε.
+    `prediction_type` says what the network outputs: "epsilon" (DDPM), "v" (Salimans & Ho
+    2022, v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0) or "flow", the velocity u = ε - x_0 of rectified flow /
+    flow matching (Liu et al. 2022; Lipman et al. 2023) on the straight path x = (1 - s) x_0 + s ε.
+    That path is x_t rescaled (`flow_input`), so a flow network works with every schedule and
+    sampler; it trains at logit-normal s (Esser et al. 2024, "SD3", §3.1), best with the
+    "rectified_flow" schedule, which spans s from 0 to 1. Everything downstream works in ε.
     """
 
     def __init__(self, betas: torch.Tensor, prediction_type: str = "epsilon"):
@@ -156,6 +168,14 @@ class Diffusion:
         return tuple((v.to(device=x.device, dtype=x.dtype).reshape(shape))
                      for v in ((1 / (1 + sigma2)).sqrt(), (sigma2 / (1 + sigma2)).sqrt()))
 
+    def flow_input(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, s): x_t as the point x = (1 - s) x_0 + s ε of the straight path, and its s shaped to broadcast.
+
+        With a = sqrt(ᾱ), b = sqrt(1 - ᾱ): x_t / (a + b) = (1 - s) x_0 + s ε for s = b / (a + b), at any t.
+        """
+        signal, sigma = self.scales_at(t, x_t)
+        return x_t / (signal + sigma), sigma / (signal + sigma)
+
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """Signal-to-noise ratio ᾱ_t / (1 - ᾱ_t), float64 [B]."""
         abar = self.alphas_cumprod[torch.as_tensor(t).long().cpu()]
@@ -203,7 +223,10 @@ class Diffusion:
     def model_eps(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         """ε_θ(x_t, t), whatever the network was trained to output."""
         t = torch.as_tensor(t)
-        out = model(x_t, t.to(x_t.device, torch.float32 if t.is_floating_point() else t.dtype), **cond)
+        if self.prediction_type == "flow":  # ε = x + (1 - s) u on the straight path
+            x, s = self.flow_input(x_t, t)
+            return x + (1 - s) * model(x, network_time(t, x), **cond)
+        out = model(x_t, network_time(t, x_t), **cond)
         if self.prediction_type == "v":
             return self.predict_eps_from_v(x_t, t, out)
         return out
@@ -213,9 +236,19 @@ class Diffusion:
         return -eps / self.scales_at(t, x_t)[1]
 
     # -- training ------------------------------------------------------------------------
-    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """t ~ U{0, ..., T-1}: Algorithm 1, line 3, with 0-based indices."""
-        return torch.randint(self.num_timesteps, (batch,), generator=generator).to(device)
+    def sample_timesteps(self, batch: int, generator: Generators = None, device=None) -> torch.Tensor:
+        """Training timesteps [B] from one generator, or one per example.
+
+        t ~ U{0, ..., T-1} (Algorithm 1, line 3, 0-based); for flow matching the fractional t of
+        s = sigmoid(n), n ~ N(0, 1), the logit-normal density that SD3 found best (its §5.1):
+        it puts the training where the velocity is hardest to predict, in the middle of the path.
+        """
+        if self.prediction_type == "flow":
+            s = torch.sigmoid(randn((batch,), generator, dtype=torch.float64))
+            return self.t_at(s / (1 - s)).to(device)
+        if generator is None or isinstance(generator, torch.Generator):
+            return torch.randint(self.num_timesteps, (batch,), generator=generator).to(device)
+        return randint(self.num_timesteps, generator, device)
 
     def training_loss(self, model: Model, x0: torch.Tensor, t: torch.Tensor | None = None,
                       noise: torch.Tensor | None = None, *, min_snr_gamma: float | None = None,
@@ -224,12 +257,20 @@ class Diffusion:
 
         ||ε - ε_θ(sqrt(ᾱ_t) x_0 + sqrt(1-ᾱ_t) ε, t)||², averaged over pixels; with v-prediction
         the target is v instead. `min_snr_gamma` applies Min-SNR-γ weighting (Hang et al. 2023):
-        the ε loss is scaled by min(SNR, γ)/SNR (v loss: min(SNR, γ)/(SNR + 1)).
+        the ε loss is scaled by min(SNR, γ)/SNR (v loss: min(SNR, γ)/(SNR + 1)). Flow matching's
+        is ||(ε - x_0) - u_θ((1 - s) x_0 + s ε, t)||² (conditional flow matching, Lipman et al.
+        2023, eq. 23), unweighted: its timestep density does that work.
         """
         if t is None:
             t = self.sample_timesteps(x0.shape[0], generator, x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator).to(x0)
+        if self.prediction_type == "flow":
+            if min_snr_gamma is not None:
+                raise UserError("Min-SNR weighting is for epsilon and v; flow matching weights by its timesteps")
+            s = self.flow_input(x0, t)[1]
+            x = (1 - s) * x0 + s * noise
+            return mean_flat((model(x, network_time(t, x), **cond) - (noise - x0)) ** 2)
         x_t = self.q_sample(x0, t, noise)
         target = noise if self.prediction_type == "epsilon" else self.get_v(x0, t, noise)
         loss = mean_flat((model(x_t, t, **cond) - target) ** 2)

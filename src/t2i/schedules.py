@@ -36,11 +36,21 @@ def _linear_alpha(num_steps: int) -> torch.Tensor:
     return 1 - torch.linspace(0.9999, 0.98, num_steps, dtype=torch.float64)
 
 
+def _rectified_flow(num_steps: int) -> torch.Tensor:
+    # The straight path x = (1 - s) x_0 + s ε of rectified flow (Liu et al. 2022; SD3, Esser et al. 2024) at
+    # s_t = (t+1)/(T+1): in the VE form x/(1-s) = x_0 + σ ε with σ = s/(1-s), so ᾱ = 1/(1+σ²). (T+1), not T,
+    # keeps the last level short of pure noise (σ_max = T), where ᾱ = 0 and β = 1 would be undefined.
+    s = torch.arange(1, num_steps + 1, dtype=torch.float64) / (num_steps + 1)
+    alphas_cumprod = (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
+    return 1 - alphas_cumprod / torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+
+
 SCHEDULES = {
     "linear": _linear,
     "scaled_linear": _scaled_linear,
     "cosine": _cosine,
     "linear_alpha": _linear_alpha,
+    "rectified_flow": _rectified_flow,
 }
 
 

@@ -46,9 +46,12 @@ def add_train(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=t.weight_decay)
     p.add_argument("--grad-clip", type=float, default=t.grad_clip, help="max gradient norm; 0 turns clipping off")
     p.add_argument("--ema-decay", type=float, default=t.ema_decay)
-    p.add_argument("--schedule", default=t.schedule, help="linear, scaled_linear, cosine or linear_alpha")
+    p.add_argument("--schedule", default=t.schedule,
+                   help="linear, scaled_linear, cosine, linear_alpha or rectified_flow")
     p.add_argument("--timesteps", type=positive(int), default=t.num_timesteps, help="T, the number of diffusion steps")
-    p.add_argument("--prediction", default=t.prediction_type, help="what the network predicts: epsilon or v")
+    p.add_argument("--prediction", default=t.prediction_type,
+                   help="what the network predicts: epsilon, v, or flow (the velocity ε - x_0, trained at "
+                        "logit-normal timesteps; best with --schedule rectified_flow)")
     p.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-γ loss weighting (e.g. 5)")
     p.add_argument("--balance-by", default=None, metavar="FIELD",
                    help="draw every value of this metadata.jsonl field equally often (e.g. emoji: one emoji's "

@@ -252,6 +252,10 @@ def convert(src: str | Path, dst: str | Path, to: str = "t2i", dtype: torch.dtyp
         networks, tokenizer = dict(load_components(src, config=config)), tokenizer_from_config(src, config)
         if not isinstance(tokenizer, CLIPTokenizer):
             raise UserError(f"{str(src)!r} uses a word tokenizer: only CLIP-tokenized models convert to SD formats")
+        diffusion = config["diffusion"]
+        if to != "t2i" and (diffusion["schedule"] != "scaled_linear" or diffusion["prediction_type"] == "flow"):
+            raise UserError(f"{str(src)!r} is a {diffusion['schedule']} model of {diffusion['prediction_type']}: "
+                            "SD formats hold scaled_linear with epsilon or v only")
         networks = {name: network.to(dtype) if dtype is not None else network for name, network in networks.items()}
     dst = Path(dst)
     if to == "original":

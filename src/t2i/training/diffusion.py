@@ -41,7 +41,7 @@ from ..guards import unet_feature_bytes
 from ..memory import check_fits
 from ..models.unet import UNet, UNetConfig
 from ..models.vae import AutoencoderKL
-from ..randomness import rand, randint, randn
+from ..randomness import rand, randn
 from ..schedules import get_betas
 from ..text.bert import BertConfig
 from ..text.cache import TextConditionCache
@@ -99,6 +99,8 @@ class TrainConfig(RunConfig):
         if self.prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unknown prediction type {self.prediction_type!r}; choose one of: "
                             f"{', '.join(PREDICTION_TYPES)}")
+        if self.prediction_type == "flow" and self.min_snr_gamma is not None:
+            raise UserError("--min-snr-gamma is for epsilon and v; flow matching weights by its timesteps' density")
         get_betas(self.schedule, self.num_timesteps)  # an unknown schedule fails before any work
 
 
@@ -242,7 +244,7 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
             captions = [choose_caption(c, random.Random(g.initial_seed())) for c, g in zip(captions, generators)]
             dropped = (rand(generators) < config.p_uncond).tolist()
             captions = ["" if drop else c for c, drop in zip(captions, dropped)]
-        t = randint(diffusion.num_timesteps, generators, device)
+        t = diffusion.sample_timesteps(len(generators), generators, device)
         noise = randn(x0.shape, generators).to(x0)
 
         def loss_of(part: slice) -> dict[str, torch.Tensor]:
