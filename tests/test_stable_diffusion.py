@@ -245,8 +245,7 @@ TO_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.w
 
 @pytest.mark.parametrize("tensors, message", [
     ({"conditioner.embedders.1.model.positional_embedding": (77, 1280)}, "an SDXL checkpoint"),
-    ({UNET_IN: (320, 4, 3, 3), "cond_stage_model.model.token_embedding.weight": (4, 4)}, "Stable Diffusion 2.x"),
-    ({UNET_IN: (320, 4, 3, 3), TO_K: (320, 1024)}, "Stable Diffusion 2.x U-Net"),
+    ({UNET_IN: (320, 4, 3, 3), TO_K: (320, 2048)}, "an SDXL U-Net \\(context width 2048\\)"),
     ({"model.diffusion_model.double_blocks.0.img_attn.qkv.weight": (3, 3)}, "a FLUX checkpoint"),
     ({"encoder.conv_in.weight": (4, 3, 3, 3)}, "autoencoder \\(VAE\\) alone"),
     ({UNET_IN: (320, 8, 3, 3), TO_K: (320, 768)}, "InstructPix2Pix"),

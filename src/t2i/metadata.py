@@ -48,7 +48,7 @@ def to_infotext(parameters: dict) -> str | None:
               "CFG scale": parameters.get("cfg"), "Seed": parameters["seed"],
               "Size": "{1}x{0}".format(*parameters["size"]) if parameters.get("size") else None,
               "Model": parameters.get("model") or None, "Denoising strength": parameters.get("strength"),
-              "Eta": parameters.get("eta")}
+              "Eta": parameters.get("eta"), "Clip skip": parameters.get("clip_skip")}
     lines = [parameters["prompt"]]
     if parameters.get("negative_prompt"):
         lines.append(f"Negative prompt: {parameters['negative_prompt']}")
@@ -58,7 +58,7 @@ def to_infotext(parameters: dict) -> str | None:
 
 def from_infotext(text: str) -> dict:
     """Our generation parameters from an infotext: prompt, negative_prompt, and of steps, sampler,
-    spacing, cfg, seed, size ([H, W]), model, strength and eta those it names."""
+    spacing, cfg, seed, size ([H, W]), model, strength, eta and clip skip those it names."""
     lines = text.strip().split("\n")
     settings_line = lines.pop() if lines and re.match(r"^\s*Steps: ", lines[-1]) else ""
     negative = [i for i, line in enumerate(lines) if line.startswith("Negative prompt:")]
@@ -67,7 +67,7 @@ def from_infotext(text: str) -> dict:
                  "negative_prompt": "\n".join(lines[cut:])[len("Negative prompt:"):].strip() if negative else ""}
     fields = dict(re.findall(r'\s*([\w ]+?): ("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', settings_line))
     readers = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("seed", int), "Model": ("model", str),
-               "Denoising strength": ("strength", float), "Eta": ("eta", float)}
+               "Denoising strength": ("strength", float), "Eta": ("eta", float), "Clip skip": ("clip_skip", int)}
     for key, (name, kind) in readers.items():
         if key in fields:
             try:

@@ -16,7 +16,9 @@ is the same whatever the batch it was made in. Pixel and latent models are calle
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -117,6 +119,24 @@ class Pipeline:
                    tokenizer, config.get("inference"), str(name_or_path),
                    vae=components["vae"] if "vae" in components else None, timestep_convention=convention)
 
+    def load_vae(self, path: str | Path) -> None:
+        """Decode and encode with another autoencoder: an SD VAE file or diffusers vae/ folder
+        (`convert.stable_diffusion.load_vae_file`), in this model's dtype. Its latents must have the
+        model's channels and downsampling; the model's latent scaling factor is kept, since the U-Net
+        was trained on latents of that scale."""
+        from .convert.stable_diffusion import load_vae_file
+
+        if self.vae is None:
+            raise UserError(f"model {self.name!r} works on pixels: it has no autoencoder to replace")
+        vae = load_vae_file(path, self.dtype)
+        ours, theirs = self.vae.config, vae.config
+        if (theirs.latent_channels, theirs.downsample_factor) != (ours.latent_channels, ours.downsample_factor):
+            raise UserError(f"{str(path)!r} makes {theirs.latent_channels}-channel latents at 1/"
+                            f"{theirs.downsample_factor} scale; model {self.name!r} takes {ours.latent_channels}-"
+                            f"channel latents at 1/{ours.downsample_factor}")
+        vae.config = dataclasses.replace(theirs, scaling_factor=ours.scaling_factor)
+        self.vae = vae.to(self.device)
+
     def optimize(self, channels_last: bool = False, compile: bool = False, vae_tile: int | None = None,
                  winograd: bool = False) -> "Pipeline":
         """Inference options that keep the outputs (fp32 differences ~1e-5) and change speed or memory
@@ -180,7 +200,7 @@ class Pipeline:
         x = x.float().clamp(-1, 1)
         return x if edit is None or edit.mask is None else torch.lerp(edit.pixels, x, edit.mask)
 
-    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def encode_prompts(self, prompts: Sequence[str], clip_skip: int = 1) -> dict[str, torch.Tensor]:
         """The U-Net's condition for each prompt, {"context": τ_θ(y) [B, L, D]} (and "pooled"
         [B, D] if the U-Net takes it); {} for an unconditional model. An over-long prompt
         is cut to the encoder's length with a warning, unknown words get one too."""
@@ -200,7 +220,8 @@ class Pipeline:
                 warnings.warn(f"model {self.name!r} never saw the words {', '.join(unknown)}: they are ignored",
                               stacklevel=3)
         ids = self.tokenizer(list(prompts), length, truncate=True).to(self.device)
-        return text_condition(self.text_encoder, ids, self.unet.config)
+        encode = partial(self.text_encoder, clip_skip=clip_skip) if clip_skip > 1 else None
+        return text_condition(self.text_encoder, ids, self.unet.config, encode)
 
     def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """The context τ_θ(y) [B, L, D] the U-Net cross-attends to, for each prompt (as diffusers' `encode_prompt`)."""
@@ -284,16 +305,25 @@ class Pipeline:
         self.check_size(size[1], size[0], "the size asked for", "choose such sides")
         return size
 
+    def check_clip_skip(self, clip_skip: int | None) -> int:
+        """A clip skip of 1 (off) to the CLIP text encoder's depth; None is 1."""
+        if clip_skip is None or clip_skip == 1:
+            return 1
+        if not isinstance(self.text_encoder, CLIPTextTransformer):
+            raise UserError(f"model {self.name!r} has no CLIP text encoder: clip skip does not apply to it")
+        c = self.text_encoder.config
+        return whole_number("clip skip", clip_skip, 1, c.layers - c.skip_layers)
+
     def condition(self, prompts: list[str], negatives: list[str] | None, cfg: float,
-                  rescale: float) -> tuple[dict[str, torch.Tensor], Guidance | None]:
+                  rescale: float, clip_skip: int = 1) -> tuple[dict[str, torch.Tensor], Guidance | None]:
         """The U-Net's condition of each prompt, and the guidance against its negative (or the empty)
         prompt; no guidance for an unconditional model or at cfg 1."""
         if negatives is not None and self.text_encoder is None:
             raise UserError(f"model {self.name!r} is unconditional: it takes no negative prompt")
-        cond = self.encode_prompts(prompts)
+        cond = self.encode_prompts(prompts, clip_skip)
         if not cond or cfg == 1:
             return cond, None
-        return cond, Guidance(self.encode_prompts(negatives or [""] * len(prompts)), cfg, rescale)
+        return cond, Guidance(self.encode_prompts(negatives or [""] * len(prompts), clip_skip), cfg, rescale)
 
     def edit_inputs(self, edit: EditImage | None, strength: float, batch: int,
                     size: tuple[int, int]) -> tuple[Edit | None, torch.Tensor | None]:
@@ -348,7 +378,7 @@ class Pipeline:
                  eta: float | None = None, progress: bool | StepCallback = True, image: Image.Image | None = None,
                  strength: float | None = None, mask: Image.Image | None = None, latents: torch.Tensor | None = None,
                  output_type: str = "pil", spacing: str | None = None, width: int | None = None,
-                 height: int | None = None, sampler_options: dict | None = None):
+                 height: int | None = None, sampler_options: dict | None = None, clip_skip: int | None = None):
         """`num_images` images of each prompt, as `output_type` says (`OUTPUT_TYPES`; PIL images by
         default). `latents` [B, C, h, w] replaces the starting noise x_T drawn from the seeds (when
         editing: the noise that q(x_t | x_0) adds to the image). `width` and `height` default to the
@@ -369,6 +399,8 @@ class Pipeline:
 
         `progress` shows a progress bar, or is a `sampling.StepCallback` called before each step,
         whose x̂_0 here is decoded: PIL images of what the sampler currently predicts (a preview).
+        `clip_skip` N > 1 conditions on a CLIP text encoder's state N - 1 blocks before its last
+        (AUTOMATIC1111's "Clip skip").
         """
         settings = self.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,
                                  guidance_rescale=guidance_rescale)
@@ -395,7 +427,8 @@ class Pipeline:
         if latents is not None and tuple(latents.shape) != shape:
             raise UserError(f"latents of shape {tuple(latents.shape)} given where {shape} are sampled")
 
-        cond, guidance = self.condition(prompts, negatives, settings["cfg"], settings["guidance_rescale"])
+        clip_skip = self.check_clip_skip(clip_skip)
+        cond, guidance = self.condition(prompts, negatives, settings["cfg"], settings["guidance_rescale"], clip_skip)
         edit_inputs, concat = self.edit_inputs(edit, strength, count, size)
         z = sample(self.denoiser(concat), self.diffusion, shape, sampling, cond=cond, guidance=guidance,
                    edit=edit_inputs, generator=[torch.Generator().manual_seed(s) for s in seeds],
@@ -405,6 +438,7 @@ class Pipeline:
         if output_type == "latent":
             return z
         parameters = [{"prompt": text, "negative_prompt": negative, "seed": image_seed,
-                       "size": list(size), "model": self.name, "eta": eta, **settings}
+                       "size": list(size), "model": self.name, "eta": eta, **settings,
+                       **({"clip_skip": clip_skip} if clip_skip > 1 else {})}
                       for text, negative, image_seed in zip(prompts, negatives or [""] * count, seeds)]
         return self.output(self.decode(z, edit), output_type, parameters)

@@ -51,6 +51,12 @@ def add_generate(sub) -> None:
                    help="decode in overlapping tiles of N latents a side: bounded memory for large images")
     p.add_argument("--winograd", action="store_true",
                    help="3×3 convolutions by Winograd's F(4×4, 3×3): faster on the CPU for large models")
+    p.add_argument("--clip-skip", type=positive(int), default=None, metavar="N",
+                   help="condition on the CLIP text encoder's state N-1 blocks before its last (AUTOMATIC1111's "
+                        "Clip skip; 1 = off)")
+    p.add_argument("--vae", type=Path, default=None, metavar="FILE",
+                   help="an autoencoder to use instead of the model's: an SD VAE file (.safetensors, .ckpt, .pt) "
+                        "or a diffusers vae/ folder")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=path_arg, default=Path("image.png"),
                    help="the image; for several, a grid, and each image as NAME-i.png")
@@ -69,6 +75,8 @@ def run_generate(args) -> None:
     image, mask = (None if path is None else read_image(path, mode) for path, mode in ((args.image, "RGB"),
                                                                                       (args.mask, "L")))
     pipe = Pipeline.load(args.model, args.device, args.dtype)
+    if args.vae is not None:
+        pipe.load_vae(args.vae)
     side = max(args.width or 0, args.height or 0, *(image.size if image else ()), pipe.image_size)
     if args.zoom > 1 and side * args.zoom > MAX_SIDE:
         raise UserError(f"--zoom {args.zoom} would save {side * args.zoom}-pixel sides, more than {MAX_SIDE}: "
@@ -77,7 +85,7 @@ def run_generate(args) -> None:
     comparison = compare(pipe, args.prompt or [""], args.sampler or [None], args.cfg or [None],
                          args.strength or [None], seed=args.seed, num_images=args.num, image=image, mask=mask,
                          negative_prompt=args.negative, steps=args.steps, guidance_rescale=args.rescale, eta=args.eta,
-                         spacing=args.spacing, width=args.width, height=args.height)
+                         spacing=args.spacing, width=args.width, height=args.height, clip_skip=args.clip_skip)
     images = comparison.images
     if len(images) == 1:
         save_all([(enlarge(images[0], args.zoom), args.out, images[0].info["t2i"])])

@@ -1,10 +1,11 @@
-"""Stable Diffusion v1 checkpoints in, and out: the original single file and diffusers folders.
+"""Stable Diffusion v1 and 2.x checkpoints in, and out: the original single file and diffusers folders.
 
 `load_stable_diffusion(path)` reads either format into our `UNet`, `AutoencoderKL` and
 `CLIPTextTransformer`, with the configs inferred from the weights (single file) or read
 from the folder's config.json files, and returns them with the config.json of one of our
 model folders, so that the rest of t2i sees an SD model as any other model. No network:
-the tokenizer is the folder's `tokenizer/` or the CLIP vocabulary that ships with t2i.
+the tokenizer is the folder's `tokenizer/` or the CLIP vocabulary that ships with t2i (SD 2's
+OpenCLIP encoder reads the same vocabulary, padded with "!").
 
 Each network comes in through `build`, which assigns its weights one by one as they are
 read and cast, so loading holds the weights once (see benchmarks/load_memory.py).
@@ -17,6 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+import re
+
 import torch
 from safetensors.torch import save_file
 
@@ -28,15 +31,17 @@ from ..files import durable_write, read_json, write_json
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
 from ..text.clip import TextEncoderConfig
-from ..text.clip_bpe import CLIPTokenizer
-from . import clip_names, infer, unet_names, vae_names
+from ..text.clip_bpe import END_OF_TEXT, CLIPTokenizer
+from . import clip_names, infer, open_clip_names, unet_names, vae_names
 from .build import build
 from .tensors import PICKLES, SAFETENSORS, Weights, open_weights, under
 
-# SD v1's noise schedule and its samplers' conventions, as its scheduler_config.json gives them.
-SD_V1_DIFFUSION = {"schedule": "scaled_linear", "num_timesteps": 1000, "prediction_type": "epsilon",
-                   "steps_offset": 1, "set_alpha_to_one": False}
-SD_V1_INFERENCE = {"sampler": "ddim", "steps": 50, "cfg": 7.5}
+# SD's noise schedule and its samplers' conventions, as v1's and 2.x's scheduler_config.json give them
+# (SD 2's 768² models predict v instead).
+SD_DIFFUSION = {"schedule": "scaled_linear", "num_timesteps": 1000, "prediction_type": "epsilon",
+                "steps_offset": 1, "set_alpha_to_one": False}
+SD_INFERENCE = {"sampler": "ddim", "steps": 50, "cfg": 7.5}
+OPEN_CLIP_PAD = "!"  # OpenCLIP pads with id 0, "!" in CLIP's vocabulary
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
                      "pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors")
 COMPONENTS = ("unet", "vae", "text_encoder")  # an SD model's networks, by their diffusers folder names
@@ -53,29 +58,44 @@ def is_foreign(path: str | Path) -> bool:
 def model_folder_config(configs: dict, tokenizer: CLIPTokenizer, diffusion: dict, image_size: int) -> dict:
     """The config.json of one of our model folders for an SD model."""
     return folder_config(**{name: c.to_dict() for name, c in configs.items()}, tokenizer=tokenizer.to_dict(),
-                         diffusion=diffusion, image_size=image_size, inference=dict(SD_V1_INFERENCE))
+                         diffusion=diffusion, image_size=image_size, inference=dict(SD_INFERENCE))
+
+
+def original_prediction(path: Path, keys) -> str:
+    """What an SD 2.x single file predicts, which its weights do not say: ε (2.x-base, 512²) or v
+    (768²). AUTOMATIC1111's convention is a .yaml of the same name beside the file (SD's
+    v2-inference-v.yaml says `parameterization: "v"`); some files carry an empty `v_pred` key.
+    With neither, ε."""
+    config = path.with_suffix(".yaml")
+    if config.is_file():
+        text = config.read_text(errors="replace")
+        return "v" if re.search(r"^\s*parameterization:\s*[\"']?v[\"']?\s*$", text, re.MULTILINE) else "epsilon"
+    return "v" if "v_pred" in keys else "epsilon"
 
 
 def load_original(path: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CLIPTokenizer]:
-    """(networks, our folder config, tokenizer) from an SD v1 single file; the architecture is read off
-    the keys and shapes. EMA copies (`model_ema.*`) are ignored, as diffusers does."""
+    """(networks, our folder config, tokenizer) from an SD v1 or 2.x single file; the architecture is
+    read off the keys and shapes. EMA copies (`model_ema.*`) are ignored, as diffusers does."""
     weights = open_weights(path)
     infer.identify_original(weights.keys(), weights.shape)
-    parts = {"unet": under(weights, infer.UNET_PREFIX), "vae": under(weights, infer.VAE_PREFIX),
-             "text_encoder": under(weights, infer.TEXT_PREFIX)}
-    parts["text_encoder"] = clip_names.transformers_view(parts["text_encoder"])
+    sd2 = infer.is_sd2(weights.keys())
+    parts = {"unet": under(weights, infer.UNET_PREFIX), "vae": under(weights, infer.VAE_PREFIX)}
+    parts["text_encoder"] = (open_clip_names.transformers_view(under(weights, infer.OPEN_CLIP_PREFIX)) if sd2 else
+                             clip_names.transformers_view(under(weights, infer.TEXT_PREFIX)))
     configs = {"unet": infer.unet_config(parts["unet"].keys(), parts["unet"].shape),
                "vae": infer.vae_config(parts["vae"].keys(), parts["vae"].shape),
-               "text_encoder": infer.text_config(parts["text_encoder"].keys(), parts["text_encoder"].shape)}
+               "text_encoder": infer.text_config(parts["text_encoder"].keys(), parts["text_encoder"].shape, sd2)}
     names = {"unet": unet_names.foreign_names(configs["unet"], "original"),
              "vae": vae_names.foreign_names(configs["vae"], "original"),
              "text_encoder": clip_names.transformers_names(configs["text_encoder"])}
     networks = {name: build(name, configs[name], parts[name], names[name], dtype,
                             f"{str(path)!r}: the {name} weights do not fit the architecture their shapes suggest")
                 for name in COMPONENTS}
-    tokenizer = CLIPTokenizer.shipped()
-    size = 64 * configs["vae"].downsample_factor  # SD v1 was trained on 64×64 latents
-    return networks, model_folder_config(configs, tokenizer, dict(SD_V1_DIFFUSION), size), tokenizer
+    tokenizer = CLIPTokenizer.shipped(OPEN_CLIP_PAD if sd2 else END_OF_TEXT)
+    diffusion = {**SD_DIFFUSION, "prediction_type": original_prediction(path, weights.keys()) if sd2 else "epsilon"}
+    # SD v1 and 2.x-base were trained on 64×64 latents, SD 2's v models on 96×96
+    size = (96 if diffusion["prediction_type"] == "v" else 64) * configs["vae"].downsample_factor
+    return networks, model_folder_config(configs, tokenizer, diffusion, size), tokenizer
 
 
 def diffusers_weights(folder: Path) -> Weights:
@@ -89,11 +109,11 @@ def diffusion_from_scheduler(folder: Path) -> dict:
     """Our diffusion config for a diffusers scheduler_config.json (SD v1's when there is none)."""
     path = folder / "scheduler" / "scheduler_config.json"
     if not path.is_file():
-        return dict(SD_V1_DIFFUSION)
+        return dict(SD_DIFFUSION)
     values = read_json(path, "the diffusers folder is incomplete")
     schedule = (values.get("beta_schedule"), values.get("beta_start"), values.get("beta_end"))
     if schedule != ("scaled_linear", 0.00085, 0.012):
-        raise UserError(f"{str(path)!r}: the β schedule {schedule} is not SD v1's (scaled_linear, 0.00085, 0.012)")
+        raise UserError(f"{str(path)!r}: the β schedule {schedule} is not SD's (scaled_linear, 0.00085, 0.012)")
     prediction = {"epsilon": "epsilon", "v_prediction": "v"}.get(values.get("prediction_type", "epsilon"))
     if prediction is None:
         raise UserError(f"{str(path)!r}: unsupported prediction type {values['prediction_type']!r}")
@@ -125,10 +145,31 @@ def load_diffusers(folder: Path, dtype: torch.dtype | None) -> tuple[dict, dict,
     return networks, model_folder_config(configs, tokenizer, diffusion_from_scheduler(folder), size), tokenizer
 
 
+def load_vae_file(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """An SD autoencoder alone, as people swap one in (e.g. SD's vae-ft-mse-840000): a single file in
+    SD's original names, with or without `first_stage_model.`, or a diffusers vae/ folder."""
+    path = Path(path)
+    if path.is_dir():
+        config = infer.vae_config_from_diffusers(read_json(path / CONFIG_NAME, "it is not a diffusers vae/ folder"))
+        return build("vae", config, diffusers_weights(path), vae_names.foreign_names(config, "diffusers"), dtype,
+                     f"{str(path)!r}: the weights do not fit its config.json")
+    weights = open_weights(path)
+    if any(key.startswith(infer.VAE_PREFIX) for key in weights):
+        weights = under(weights, infer.VAE_PREFIX)
+    if "encoder.conv_in.weight" not in weights or "decoder.conv_out.weight" not in weights:
+        raise UserError(f"{str(path)!r} is not an autoencoder (VAE) file: it has no encoder.conv_in and "
+                        "decoder.conv_out weights")
+    if any(key.startswith("encoder.down_blocks.") for key in weights):
+        raise UserError(f"{str(path)!r} is a VAE in diffusers' names: give its folder, with the config.json")
+    config = infer.vae_config(weights.keys(), weights.shape)
+    return build("vae", config, weights, vae_names.foreign_names(config, "original"), dtype,
+                 f"{str(path)!r}: the weights do not fit the autoencoder their shapes suggest")
+
+
 def load_stable_diffusion(path: str | Path, dtype: torch.dtype | None = None
                           ) -> tuple[dict[str, torch.nn.Module], dict, CLIPTokenizer]:
     """({"unet", "vae", "text_encoder"} networks, the config.json of our folder format, the
-    tokenizer) from an SD v1 single file or a diffusers folder. `dtype` casts the floating
+    tokenizer) from an SD v1 or 2.x single file or a diffusers folder. `dtype` casts the floating
     point weights (None keeps them as stored)."""
     path = Path(path)
     if path.is_file():
@@ -143,20 +184,50 @@ def state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
 
 
+def is_open_clip(config: TextEncoderConfig) -> bool:
+    """Whether a text encoder is SD 2's OpenCLIP (GELU) rather than SD v1's OpenAI CLIP (quick GELU)."""
+    return config.activation == "gelu"
+
+
+def used_text_layers(text_net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The text encoder's weights in transformers' names, without the blocks it skips: what a
+    diffusers folder holds (its `num_hidden_layers` counts the blocks that are used)."""
+    c = text_net.config
+    names = clip_names.transformers_names(c)
+    skipped = tuple(f"blocks.{i}." for i in range(c.layers - c.skip_layers, c.layers))
+    return {names[k]: v for k, v in state(text_net).items() if not k.startswith(skipped)}
+
+
+def open_clip_text_state(text_net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """SD 2's text encoder in OpenCLIP's names, which read the penultimate block: the used blocks and
+    one more, the skipped block if we hold it, else a block of zeros that nothing reads."""
+    c = text_net.config
+    used = c.layers - c.skip_layers
+    tensors = used_text_layers(text_net)
+    last = f"text_model.encoder.layers.{used - 1}."
+    if c.skip_layers:
+        names = clip_names.transformers_names(c)
+        tensors.update({names[k]: v for k, v in state(text_net).items() if k.startswith(f"blocks.{used}.")})
+    else:
+        tensors.update({key.replace(last, f"text_model.encoder.layers.{used}."): torch.zeros_like(value)
+                        for key, value in tensors.items() if key.startswith(last)})
+    return open_clip_names.open_clip_state_dict(tensors, used + 1)
+
+
 def save_original(networks: Mapping[str, torch.nn.Module], path: str | Path) -> Path:
-    """One .safetensors file in SD's original names (model.diffusion_model.*, first_stage_model.*,
-    cond_stage_model.transformer.*), as CompVis' and most other tools read it."""
-    tensors = {}
-    for name, prefix in (("unet", infer.UNET_PREFIX), ("vae", infer.VAE_PREFIX), ("text_encoder", infer.TEXT_PREFIX)):
-        network = networks[name]
-        if name == "unet":
-            theirs = unet_names.to_foreign_state_dict(state(network), network.config, "original")
-        elif name == "vae":
-            theirs = vae_names.to_foreign_state_dict(state(network), network.config, "original")
-        else:
-            names = clip_names.transformers_names(network.config)
-            theirs = {names[k]: v for k, v in state(network).items()}
-        tensors.update({prefix + k: v for k, v in theirs.items()})
+    """One .safetensors file in SD's original names (model.diffusion_model.*, first_stage_model.*, and
+    cond_stage_model.transformer.* for SD v1's CLIP or cond_stage_model.model.* for SD 2's OpenCLIP),
+    as CompVis', Stability's and most other tools read it."""
+    unet_net, vae_net, text_net = networks["unet"], networks["vae"], networks["text_encoder"]
+    tensors = {infer.UNET_PREFIX + k: v for k, v in
+               unet_names.to_foreign_state_dict(state(unet_net), unet_net.config, "original").items()}
+    tensors.update({infer.VAE_PREFIX + k: v for k, v in
+                    vae_names.to_foreign_state_dict(state(vae_net), vae_net.config, "original").items()})
+    if is_open_clip(text_net.config):
+        tensors.update({infer.OPEN_CLIP_PREFIX + k: v for k, v in open_clip_text_state(text_net).items()})
+    else:
+        names = clip_names.transformers_names(text_net.config)
+        tensors.update({infer.TEXT_PREFIX + names[k]: v for k, v in state(text_net).items()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     durable_write(path, lambda tmp: save_file(tensors, str(tmp)))
@@ -168,7 +239,9 @@ def unet_diffusers_config(c: UNetConfig, sample_size: int) -> dict:
     return {"_class_name": "UNet2DConditionModel", "sample_size": sample_size, "in_channels": c.in_channels,
             "out_channels": c.out_channels, "block_out_channels": [m * c.model_channels for m in c.channel_mult],
             "layers_per_block": c.num_res_blocks, "cross_attention_dim": c.context_dim,
-            "attention_head_dim": c.num_heads, "transformer_layers_per_block": c.transformer_depth,
+            # diffusers' "attention_head_dim" counts heads: one number (SD v1) or one a level (SD 2)
+            "attention_head_dim": c.num_heads or [c.attention_heads(m * c.model_channels)[0] for m in c.channel_mult],
+            "use_linear_projection": c.linear_projection, "transformer_layers_per_block": c.transformer_depth,
             "norm_num_groups": c.norm_groups,
             "mid_block_type": "UNetMidBlock2DCrossAttn" if c.mid_attention else "UNetMidBlock2D",
             "down_block_types": ["CrossAttnDownBlock2D" if i in c.attention_levels else "DownBlock2D" for i in levels],
@@ -188,7 +261,8 @@ def vae_diffusers_config(c: VAEConfig, sample_size: int) -> dict:
 
 def text_transformers_config(c: TextEncoderConfig) -> dict:
     return {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": c.vocab_size,
-            "max_position_embeddings": c.max_length, "hidden_size": c.width, "num_hidden_layers": c.layers,
+            "max_position_embeddings": c.max_length, "hidden_size": c.width,
+            "num_hidden_layers": c.layers - c.skip_layers,
             "num_attention_heads": c.heads, "intermediate_size": c.intermediate_size, "hidden_act": c.activation,
             "layer_norm_eps": c.layer_norm_eps, "projection_dim": c.width, "bos_token_id": 0, "pad_token_id": 1,
             "eos_token_id": 2 if c.eos_token_id is None else c.eos_token_id}  # 2: transformers' "the highest id"
@@ -205,8 +279,7 @@ def save_diffusers(networks: Mapping[str, torch.nn.Module], tokenizer: CLIPToken
                  unet_names.to_foreign_state_dict(state(unet_net), unet_net.config, "diffusers")),
         "vae": (vae_diffusers_config(vae_net.config, image_size), "diffusion_pytorch_model.safetensors",
                 vae_names.to_foreign_state_dict(state(vae_net), vae_net.config, "diffusers")),
-        "text_encoder": (text_transformers_config(text_net.config), "model.safetensors",
-                         {clip_names.transformers_names(text_net.config)[k]: v for k, v in state(text_net).items()}),
+        "text_encoder": (text_transformers_config(text_net.config), "model.safetensors", used_text_layers(text_net)),
     }
     for name, (config, weights_name, tensors) in parts.items():
         (folder / name).mkdir(parents=True, exist_ok=True)

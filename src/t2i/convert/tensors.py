@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -38,6 +38,10 @@ class Weights(Mapping[str, torch.Tensor]):
         """The tensor `key`, floating point cast to `dtype` (None: as stored)."""
         value = self[key]
         return value.to(dtype) if dtype is not None and value.is_floating_point() else value
+
+    def metadata(self) -> dict[str, str]:
+        """The file's own text fields (a safetensors header's `__metadata__`); {} where there are none."""
+        return {}
 
 
 class SafetensorsWeights(Weights):
@@ -64,6 +68,9 @@ class SafetensorsWeights(Weights):
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self.file.get_slice(key).get_shape())
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self.file.metadata() or {})
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys_)
@@ -92,24 +99,30 @@ class StateDictWeights(Weights):
         return len(self.tensors)
 
 
+def load_pickle(path: Path):
+    """What a torch.save file holds, read with `weights_only=True`: tensors, dicts, lists, strings and
+    numbers only; a pickle that names anything else (which may run code) is refused before it runs."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # not a pickle at all, rather than one refused
+            raise UserError(f"{str(path)!r} is not a PyTorch checkpoint (truncated, damaged, or another kind of "
+                            "file)") from None
+        culprit = next(line for line in str(error).splitlines() if "Unsupported global" in line)
+        raise UserError(f"{str(path)!r} holds pickled objects other than tensors, which may run code: "
+                        "refused without running it (only plain state dicts load); "
+                        f"{culprit.strip()[:160]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise UserError(f"{str(path)!r} is not a readable checkpoint (truncated or damaged?): "
+                        f"{str(error).splitlines()[0][:160]}") from None
+
+
 class PickledWeights(StateDictWeights):
     """A torch.save file. Zip files (torch ≥ 1.6) are memory-mapped, so tensors are paged
     in when read; SD's checkpoints keep their weights under "state_dict"."""
 
     def __init__(self, path: Path):
-        try:
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        except pickle.UnpicklingError as error:
-            if "Unsupported global" not in str(error):  # not a pickle at all, rather than one refused
-                raise UserError(f"{str(path)!r} is not a PyTorch checkpoint (truncated, damaged, or another kind of "
-                                "file)") from None
-            culprit = next(line for line in str(error).splitlines() if "Unsupported global" in line)
-            raise UserError(f"{str(path)!r} holds pickled objects other than tensors, which may run code: "
-                            "refused without running it (only plain state dicts load); "
-                            f"{culprit.strip()[:160]}") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as error:
-            raise UserError(f"{str(path)!r} is not a readable checkpoint (truncated or damaged?): "
-                            f"{str(error).splitlines()[0][:160]}") from None
+        loaded = load_pickle(path)
         if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
             loaded = loaded["state_dict"]
         if not isinstance(loaded, dict):
@@ -129,23 +142,39 @@ def open_weights(path: str | Path) -> Weights:
     raise UserError(f"{str(path)!r}: unknown weights format; give a .safetensors or a .ckpt file")
 
 
-class Renamed(Mapping[str, torch.Tensor]):
-    """A view of `weights` under new names: {new name: key in `weights`}."""
+class Chunk(NamedTuple):
+    """Part `index` of `count` equal parts along the first axis of tensor `key`: one of Q, K
+    and V in a fused in-projection (OpenCLIP's `in_proj_weight`)."""
 
-    def __init__(self, weights: Weights, names: Mapping[str, str]):
+    key: str
+    index: int
+    count: int
+
+
+class Renamed(Mapping[str, torch.Tensor]):
+    """A view of `weights` under new names: {new name: key in `weights`, or a `Chunk` of one}."""
+
+    def __init__(self, weights: Weights | Renamed, names: Mapping[str, str | Chunk]):
         self.weights, self.names = weights, names
 
     def __contains__(self, key) -> bool:
         return key in self.names
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        return self.weights[self.names[key]]
+        return self.get_as(key, None)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return self.weights.shape(self.names[key])
+        source = self.names[key]
+        if isinstance(source, Chunk):
+            first, *rest = self.weights.shape(source.key)
+            return (first // source.count, *rest)
+        return self.weights.shape(source)
 
     def get_as(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
-        return self.weights.get_as(self.names[key], dtype)
+        source = self.names[key]
+        if isinstance(source, Chunk):
+            return self.weights.get_as(source.key, dtype).chunk(source.count)[source.index].clone()
+        return self.weights.get_as(source, dtype)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)

@@ -152,29 +152,35 @@ class SpatialTransformer(nn.Module):
     """x + proj_out(TransformerBlocks(proj_in(GroupNorm(x)))) over the H×W positions of a
     feature map, cross-attending to `context` (Rombach et al. 2022, Stable Diffusion v1).
 
-    proj_in/proj_out are 1×1 convs as in SD v1 (SD 2's linear ones are the same map);
-    proj_out starts at zero so the block starts as the identity. The GroupNorm's eps is
-    1e-6, SD's (its ResBlocks keep 1e-5).
+    proj_in/proj_out are 1×1 convs as in SD v1, or with `linear` the Linear layers of SD 2
+    applied to the tokens: the same map, stored as SD 2's files store it. proj_out starts
+    at zero so the block starts as the identity. The GroupNorm's eps is 1e-6, SD's (its
+    ResBlocks keep 1e-5).
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int, depth: int = 1,
-                 groups: int = 32, dropout: float = 0.0):
+                 groups: int = 32, dropout: float = 0.0, linear: bool = False):
         super().__init__()
         inner = heads * head_dim
+        self.linear = linear
         self.norm = group_norm(channels, groups, eps=1e-6)
-        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(inner, heads, head_dim, context_dim, dropout) for _ in range(depth)
         )
-        self.proj_out = zero_init(nn.Conv2d(inner, channels, 1))
+        self.proj_out = zero_init(nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.proj_in(self.norm(x))
-        tokens = to_tokens(h)
+        if self.linear:
+            tokens = self.proj_in(to_tokens(self.norm(x)))
+        else:
+            tokens = to_tokens(self.proj_in(self.norm(x)))
         for block in self.transformer_blocks:
             tokens = block(tokens, context, context_mask)
-        return x + self.proj_out(from_tokens(tokens, h))
+        if self.linear:
+            return x + from_tokens(self.proj_out(tokens), x)
+        return x + self.proj_out(from_tokens(tokens, x))
 
 
 class ResBlock(nn.Module):

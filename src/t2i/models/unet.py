@@ -43,6 +43,7 @@ class UNetConfig(ModelConfig):
 
     Attention heads: `num_heads` fixed heads of width channels / num_heads (SD v1's
     choice: 8), or, when `num_heads` is None, heads of width `head_dim` (SD 2's: 64).
+    `linear_projection`: the transformers' proj_in/proj_out are Linear layers (SD 2's), not 1×1 convs.
 
     `pooled_dim` set, a pooled text embedding [B, pooled_dim] (the text encoder's state at
     the end token) is projected and added to the timestep embedding, as in GLIDE and
@@ -81,6 +82,7 @@ class UNetConfig(ModelConfig):
     coord_channels: bool = False
     mask_context_padding: bool = False
     scale_shift_norm: bool = False
+    linear_projection: bool = False
 
     RANGES = {"in_channels": (1, 64), "out_channels": (1, 64), "model_channels": (1, 4096), "channel_mult": (1, 64),
               "num_res_blocks": (1, 64), "attention_levels": (0, 63), "dropout": (0.0, 1.0), "head_dim": (1, 4096),
@@ -203,7 +205,7 @@ class UNet(nn.Module):
         if c.context_dim is None:
             return SelfAttentionBlock(channels, heads, head_dim, c.norm_groups)
         return SpatialTransformer(channels, heads, head_dim, c.context_dim, c.transformer_depth, c.norm_groups,
-                                  c.dropout)
+                                  c.dropout, c.linear_projection)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 pooled: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:

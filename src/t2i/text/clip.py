@@ -42,6 +42,10 @@ class TextEncoderConfig(ModelConfig):
     is taken instead — OpenAI CLIP's `text.argmax(-1)`, which finds <|endoftext|>
     because it is the highest id of CLIP's vocabulary (as transformers does for the old
     configs, SD v1's among them, that say `eos_token_id: 2`). Both agree on CLIP tokens.
+
+    `skip_layers` > 0 makes the output the final norm of the hidden state that many blocks
+    before the last: SD 2 reads OpenCLIP's penultimate layer (1) from its original files,
+    whose last block is stored but unused (diffusers' folders leave it out instead).
     """
 
     vocab_size: int = CLIP_VOCAB_SIZE
@@ -55,10 +59,11 @@ class TextEncoderConfig(ModelConfig):
     eos_token_id: int | None = CLIP_EOS_TOKEN_ID
     pooling: str = "eos"
     token_init_std: float = 0.02
+    skip_layers: int = 0
 
     RANGES = {"vocab_size": (1, 1_000_000), "max_length": (1, 4096), "width": (1, 16384), "layers": (1, 256),
               "heads": (1, 1024), "intermediate_size": (1, 65536), "layer_norm_eps": (0.0, 1.0, "above"),
-              "token_init_std": (0.0, 100.0, "above")}
+              "token_init_std": (0.0, 100.0, "above"), "skip_layers": (0, 255)}
 
     def __post_init__(self):
         super().__post_init__()
@@ -68,6 +73,8 @@ class TextEncoderConfig(ModelConfig):
             raise UserError(f"unknown pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}")
         if self.width % self.heads:
             raise UserError(f"text encoder width {self.width} is not divisible by its {self.heads} heads")
+        if self.skip_layers >= self.layers:
+            raise UserError(f"skip_layers {self.skip_layers} leaves none of the text encoder's {self.layers} blocks")
         if self.eos_token_id is not None and not 0 <= self.eos_token_id < self.vocab_size:
             raise UserError(f"eos_token_id {self.eos_token_id} is outside the vocabulary of {self.vocab_size} tokens")
 
@@ -136,12 +143,18 @@ class CLIPTextTransformer(nn.Module):
                 nn.init.normal_(linear.weight, std=std)
                 nn.init.zeros_(linear.bias)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        """The final norm of the last used block's hidden state; `clip_skip` N > 1 stops N - 1 blocks
+        earlier still (AUTOMATIC1111's "Clip skip", 1 = off)."""
         length, limit = input_ids.shape[-1], self.config.max_length
         if length > limit:
             raise UserError(f"the prompt is {length} tokens long; this text encoder reads at most {limit}")
+        used = len(self.blocks) - self.config.skip_layers - (clip_skip - 1)
+        if not 1 <= used <= len(self.blocks) - self.config.skip_layers:
+            raise UserError(f"clip skip {clip_skip} must be from 1 to {len(self.blocks) - self.config.skip_layers} "
+                            "for this text encoder")
         x = self.token_embedding(input_ids) + self.position_embedding[:length]
-        for block in self.blocks:
+        for block in self.blocks[:used]:
             x = block(x)
         return self.final_norm(x)
 

@@ -1,0 +1,217 @@
+"""Stable Diffusion 2.x checkpoints (ε and v-prediction) loaded offline into our networks, equal to diffusers.
+
+The peer is a tiny random diffusers pipeline of SD 2's layout: linear proj_in/proj_out, heads of
+width 64 counted per level, an OpenCLIP-style text encoder (GELU, padding with "!") and, for the
+768-v models, v-prediction. The original single file is written with our OpenCLIP names and read
+back by diffusers' own single-file loader.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2i.convert.stable_diffusion import load_stable_diffusion, save_original
+from t2i.errors import UserError
+from t2i.metadata import from_infotext, to_infotext
+from t2i.pipeline import Pipeline
+from t2i.text.clip_bpe import CLIPTokenizer
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT, NEGATIVE = "a sea turtle swimming over a coral reef", "blurry"
+SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                    steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+
+
+def randomize(module, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.1)
+    return module.eval()
+
+
+def tiny_sd2(folder, prediction):
+    """A tiny random SD 2.x diffusers pipeline, saved to `folder`."""
+    CLIPTokenizer.shipped().save(folder / "vocab")
+    torch.manual_seed(0)
+    unet = randomize(diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=(1, 2), use_linear_projection=True, norm_num_groups=32), 1)
+    vae = randomize(diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
+        sample_size=16, scaling_factor=0.18215), 2)
+    text_encoder = randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
+        max_position_embeddings=77, hidden_act="gelu", eos_token_id=2, bos_token_id=0, pad_token_id=1)), 3)
+    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab" / "vocab.json"), str(folder / "vocab" / "merges.txt"),
+                                           model_max_length=77, pad_token="!")
+    scheduler = diffusers.DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                             requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(folder / "pipe")
+    return pipe, folder / "pipe"
+
+
+@pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
+def reference(request, tmp_path_factory):
+    return tiny_sd2(tmp_path_factory.mktemp("sd2"), request.param)
+
+
+def assert_networks_match_diffusers(networks, pipe):
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 777])
+    ids = pipe.tokenizer([PROMPT, ""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        context = networks["text_encoder"](ids)
+        torch.testing.assert_close(context, pipe.text_encoder(ids).last_hidden_state, rtol=0, atol=1e-4)
+        expected = pipe.unet(x, t, encoder_hidden_states=context).sample
+        assert expected.abs().mean() > 0.1
+        torch.testing.assert_close(networks["unet"](x, t, context), expected, rtol=0, atol=1e-4)
+        torch.testing.assert_close(networks["vae"].decode(x), pipe.vae.decode(x).sample, rtol=0, atol=1e-4)
+
+
+def test_sd2_diffusers_folder_loads_and_the_pipeline_equals_diffusers(reference):
+    pipe, folder = reference
+    networks, config, tokenizer = load_stable_diffusion(folder)
+    unet = networks["unet"].config
+    assert unet.linear_projection and unet.num_heads is None and unet.head_dim == 64
+    assert config["diffusion"]["prediction_type"] == {"epsilon": "epsilon", "v_prediction": "v"}[
+        pipe.scheduler.config.prediction_type]
+    assert tokenizer.pad_token == "!"
+    assert_networks_match_diffusers(networks, pipe)
+
+    ours = Pipeline.load(folder, device="cpu")
+    torch.testing.assert_close(ours.encode_prompt([PROMPT]), pipe.encode_prompt(PROMPT, "cpu", 1, False)[0],
+                               rtol=0, atol=1e-4)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(42))
+    expected = pipe(PROMPT, negative_prompt=NEGATIVE, height=16, width=16, num_inference_steps=10,
+                    guidance_scale=7.5, latents=latents, output_type="pt").images * 2 - 1
+    image = ours(PROMPT, negative_prompt=NEGATIVE, steps=10, sampler="ddim", cfg=7.5, latents=latents,
+                 output_type="pt", progress=False) * 2 - 1
+    assert expected.std() > 0.05
+    assert (image - expected).abs().max() < 1e-3
+
+
+def test_sd2_original_file_reads_the_penultimate_block_and_diffusers_reads_it(reference, tmp_path):
+    pipe, folder = reference
+    from_folder, folder_config, _ = load_stable_diffusion(folder)
+    path = save_original(from_folder, tmp_path / "tiny-sd2.safetensors")
+    if folder_config["diffusion"]["prediction_type"] == "v":  # the file cannot say: the .yaml beside it does
+        path.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    networks, config, tokenizer = load_stable_diffusion(path)
+    text = networks["text_encoder"].config
+    assert text.layers == 3 and text.skip_layers == 1 and text.activation == "gelu" and tokenizer.pad_token == "!"
+    assert networks["unet"].config == from_folder["unet"].config
+    assert config["diffusion"] == folder_config["diffusion"]
+    assert config["image_size"] == (192 if config["diffusion"]["prediction_type"] == "v" else 128)  # 96² or 64² latents
+    assert_networks_match_diffusers(networks, pipe)
+    # the file is what diffusers' own single-file converter reads as SD 2
+    theirs = diffusers.StableDiffusionPipeline.from_single_file(str(path), config=str(folder), local_files_only=True,
+                                                                safety_checker=None)
+    for name in ("unet", "vae", "text_encoder"):
+        expected = getattr(pipe, name).state_dict()
+        for key, value in getattr(theirs, name).state_dict().items():
+            assert torch.equal(value, expected[key]), (name, key)
+    # and our file written again from it holds the same tensors
+    again = save_original(networks, tmp_path / "again.safetensors")
+    from safetensors.torch import load_file
+
+    first, second = load_file(str(path)), load_file(str(again))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_clip_skip_reads_an_earlier_block(reference):
+    """AUTOMATIC1111's "Clip skip: 2" is the final norm of the penultimate block's state (transformers'
+    hidden_states[-2]); 1 is the plain output, and a skip past the first block is refused."""
+    pipe, folder = reference
+    ours = Pipeline.load(folder, device="cpu")
+    ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hidden = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+        model = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)  # transformers 5 has no text_model
+        expected = model.final_layer_norm(hidden)
+        torch.testing.assert_close(ours.text_encoder(ids, clip_skip=2), expected, rtol=0, atol=1e-4)
+    with pytest.raises(UserError, match="clip skip 3 must be from 1 to 2"):
+        ours.text_encoder(ids, clip_skip=3)
+
+
+def test_sd2_prediction_of_a_single_file(reference, tmp_path):
+    _, folder = reference
+    networks, _, _ = load_stable_diffusion(folder)
+    path = save_original(networks, tmp_path / "model.safetensors")
+    assert load_stable_diffusion(path)[1]["diffusion"]["prediction_type"] == "epsilon"  # nothing says v
+    path.with_suffix(".yaml").write_text("model:\n  params:\n    parameterization: 'v'\n")
+    assert load_stable_diffusion(path)[1]["diffusion"]["prediction_type"] == "v"
+    path.with_suffix(".yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
+    assert load_stable_diffusion(path)[1]["diffusion"]["prediction_type"] == "epsilon"
+
+
+def test_clip_skip_in_the_pipeline_equals_diffusers_and_is_written_as_automatic1111_does(reference):
+    """Our clip_skip 2 (AUTOMATIC1111's count) against diffusers given the penultimate state's final norm as
+    prompt embeddings (its own clip_skip reads `text_model`, which transformers 5 no longer has)."""
+    pipe, folder = reference
+    ours = Pipeline.load(folder, device="cpu")
+    model = getattr(pipe.text_encoder, "text_model", pipe.text_encoder)
+
+    def penultimate(text):
+        ids = pipe.tokenizer([text], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return model.final_layer_norm(pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2])
+
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    expected = pipe(prompt_embeds=penultimate(PROMPT), negative_prompt_embeds=penultimate(""), height=16, width=16,
+                    num_inference_steps=4, guidance_scale=7.5, latents=latents, output_type="pt").images
+    image = ours(PROMPT, steps=4, sampler="ddim", cfg=7.5, latents=latents, clip_skip=2, progress=False)[0]
+    assert (torch.tensor(np.asarray(image)).permute(2, 0, 1) / 255 - expected[0]).abs().max() < 1 / 255 + 1e-3
+    assert "Clip skip: 2" in to_infotext(image.info["t2i"])
+    assert from_infotext(to_infotext(image.info["t2i"]))["clip_skip"] == 2
+    plain = ours(PROMPT, steps=4, sampler="ddim", cfg=7.5, latents=latents, clip_skip=1, progress=False)[0]
+    assert "Clip skip" not in to_infotext(plain.info["t2i"])
+    assert np.asarray(plain).tolist() != np.asarray(image).tolist()
+    with pytest.raises(UserError, match="clip skip"):
+        ours(PROMPT, steps=1, clip_skip=5, progress=False)
+
+
+def test_a_separate_vae_replaces_the_models_own(reference, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from t2i.cli import main
+    from t2i.convert import vae_names
+
+    pipe, folder = reference
+    other = randomize(diffusers.AutoencoderKL(**pipe.vae.config), 9)
+    other.save_pretrained(tmp_path / "vae")  # a diffusers vae/ folder
+    networks, _, _ = load_stable_diffusion(folder)
+    mine = networks["vae"]
+    with torch.no_grad():
+        mine.load_state_dict({ours: other.state_dict()[theirs]
+                              for ours, theirs in vae_names.foreign_names(mine.config, "diffusers").items()})
+    original = vae_names.to_foreign_state_dict(dict(mine.state_dict()), mine.config, "original")
+    save_file({k: v.contiguous() for k, v in original.items()}, str(tmp_path / "other.vae.safetensors"))
+    z = torch.randn(1, 4, 8, 8)
+    for source in (tmp_path / "vae", tmp_path / "other.vae.safetensors"):
+        ours = Pipeline.load(folder, device="cpu")
+        ours.load_vae(source)
+        with torch.no_grad():
+            torch.testing.assert_close(ours.vae.decode(z), other.decode(z).sample, rtol=0, atol=1e-4)
+        assert ours.vae.config.scaling_factor == pipe.vae.config.scaling_factor
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "not-a-vae.safetensors"))
+    with pytest.raises(UserError, match="not an autoencoder"):
+        Pipeline.load(folder, device="cpu").load_vae(tmp_path / "not-a-vae.safetensors")
+    out = tmp_path / "skip.png"
+    assert main(["generate", PROMPT, "--model", str(folder), "--steps", "2", "--seed", "0", "--width", "16",
+                 "--height", "16", "--clip-skip", "2", "--vae", str(tmp_path / "other.vae.safetensors"),
+                 "--out", str(out)]) == 0
+    assert "Clip skip: 2" in Image.open(out).info["parameters"]
+    assert main(["generate", PROMPT, "--model", str(folder), "--vae", str(tmp_path / "missing.pt"),
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
