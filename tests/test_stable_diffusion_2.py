@@ -215,3 +215,25 @@ def test_a_separate_vae_replaces_the_models_own(reference, tmp_path, capsys):
     assert main(["generate", PROMPT, "--model", str(folder), "--vae", str(tmp_path / "missing.pt"),
                  "--out", str(out)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_automatic1111_api_takes_clip_skip_from_override_settings(reference, tmp_path):
+    pytest.importorskip("fastapi")
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from t2i.serve.app import ServerSettings, create_app
+
+    _, folder = reference
+    networks, _, _ = load_stable_diffusion(folder)
+    save_original(networks, tmp_path / "models" / "tiny-sd2.safetensors")
+    app = create_app(ServerSettings(tmp_path / "data", models_dir=tmp_path / "models"))
+    with TestClient(app) as client:
+        body = {"prompt": PROMPT, "steps": 2, "seed": 1, "width": 16, "height": 16,
+                "override_settings": {"sd_model_checkpoint": "tiny-sd2", "CLIP_stop_at_last_layers": 2}}
+        answer = client.post("/sdapi/v1/txt2img", json=body)
+        assert answer.status_code == 200, answer.text
+        assert "Clip skip: 2" in json.loads(answer.json()["info"])["infotexts"][0]
+        bad = client.post("/api/jobs", json={"prompt": PROMPT, "model": "tiny-sd2", "clip_skip": 0})
+        assert bad.status_code == 422 and "clip_skip" in bad.json()["detail"]

@@ -68,7 +68,8 @@ def job_request(body: A1111Request, model: str | None, image: str | None = None,
     return JobRequest(prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=sampler,
                       spacing=spacing, steps=body.steps, cfg=body.cfg_scale, seed=body.seed,
                       width=None if image else body.width, height=None if image else body.height,
-                      num_images=body.batch_size * body.n_iter, image=image, mask=mask, strength=strength)
+                      num_images=body.batch_size * body.n_iter, image=image, mask=mask, strength=strength,
+                      clip_skip=body.override_settings.get("CLIP_stop_at_last_layers"))
 
 
 def a1111_router(server, authorize) -> APIRouter:

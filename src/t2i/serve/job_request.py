@@ -28,6 +28,8 @@ from ..schedules import SPACINGS
 from .limits import LimitError, Limits
 from .shelf import ModelShelf
 
+MAX_CLIP_SKIP = 255  # past any text encoder's depth; the model's own limit is checked when the job runs
+
 KINDS = ("txt2img", "img2img", "inpaint")
 
 
@@ -51,6 +53,7 @@ class JobRequest(BaseModel):
     mask: str | None = None  # white = redraw, black = keep; the image's size
     strength: float | None = None
     eta: float | None = None
+    clip_skip: int | None = None  # AUTOMATIC1111's "Clip skip": CLIP's state N - 1 blocks before its last
 
 
 def decode_upload(name: str, data: str, limits: Limits, mode: str = "RGB") -> Image.Image:
@@ -103,6 +106,8 @@ def plan_job(request: JobRequest, shelf: ModelShelf, limits: Limits) -> tuple[di
         limits.check_count("max_steps", "steps", whole_number("steps", request.steps, 1))
     if request.cfg is not None:
         check_guidance(request.cfg)
+    if request.clip_skip is not None:
+        whole_number("clip_skip", request.clip_skip, 1, MAX_CLIP_SKIP)
     num = whole_number("num_images", request.num_images, 1)
     limits.check_count("max_images", "num_images", num)
     image = decode_upload("image", request.image, limits) if request.image else None
@@ -144,4 +149,4 @@ def pipeline_arguments(settings: dict, uploads: dict[str, Image.Image]) -> dict:
             "cfg": settings["cfg"], "seed": settings["seed"], "num_images": settings["num_images"],
             "width": None if edit else settings["width"], "height": None if edit else settings["height"],
             "image": uploads.get("image"), "mask": uploads.get("mask"), "strength": settings["strength"],
-            "eta": settings["eta"]}
+            "eta": settings["eta"], "clip_skip": settings.get("clip_skip")}
