@@ -86,3 +86,16 @@ def test_generate_with_winograd_writes_the_same_image(tmp_path):
                      "--out", str(path), *extra]) == 0
     direct, winograd = (np.asarray(Image.open(p), dtype=np.int16) for p in paths)
     assert np.abs(direct - winograd).max() <= 1  # 8-bit rounding of outputs within ~1e-5
+
+
+def test_weights_made_under_inference_mode_work_and_refresh_is_seen():
+    """Inference tensors keep no version counter: the filters are still cached, and `refresh()` forgets them."""
+    with torch.inference_mode():
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+        layer = WinogradConv2d(conv)
+        x = torch.randn(1, 64, 12, 12, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(layer(x), F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-4, rtol=1e-4)
+        assert layer.filters() is layer.filters()  # cached
+        conv.weight.mul_(2)
+        layer.refresh()
+        torch.testing.assert_close(layer(x), F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-4, rtol=1e-4)

@@ -49,7 +49,9 @@ def to_infotext(parameters: dict) -> str | None:
               "Size": "{1}x{0}".format(*parameters["size"]) if parameters.get("size") else None,
               "Model": parameters.get("model") or None, "Denoising strength": parameters.get("strength"),
               "Eta": parameters.get("eta"), "Clip skip": parameters.get("clip_skip")}
-    lines = [parameters["prompt"]]
+    # AUTOMATIC1111 writes the LoRAs applied as <lora:name:scale> in the prompt, where its user put them
+    loras = "".join(f" <lora:{name}:{scale:g}>" for name, scale in (parameters.get("loras") or {}).items())
+    lines = [parameters["prompt"] + loras]
     if parameters.get("negative_prompt"):
         lines.append(f"Negative prompt: {parameters['negative_prompt']}")
     lines.append(", ".join(f"{key}: {value}" for key, value in fields.items() if value is not None))

@@ -29,7 +29,7 @@ from PIL import Image
 
 from .checkpoints import (diffusion_from_config, load_components, read_config, require_diffusion_model,
                           resolve_model, tokenizer_from_config)
-from .checks import whole_number
+from .checks import real_number, whole_number
 from .devices import resolve_device, resolve_dtype
 from .diffusion import Diffusion
 from .errors import UserError
@@ -38,12 +38,14 @@ from .guards import (as_image, check_finite_output, check_generation_fits, image
 from .images import PNG_PARAMETERS_KEY, eight_bit, to_pil, to_tensor
 from .kernels.winograd import use_winograd
 from .models.config import check_divisible
+from .models.lora import LoRA, LoRAStack
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
 from .sampling import (Edit, Guidance, SamplerSettings, StepCallback, check_guidance, check_strength, get_sampler,
                        sample)
 from .text.clip import CLIPTextTransformer
 from .text.condition import text_condition
+from .text.embeddings import add_word
 from .text.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "emoji"
@@ -94,10 +96,12 @@ class Pipeline:
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto",
-             dtype: torch.dtype | str | None = None) -> "Pipeline":
+             dtype: torch.dtype | str | None = None, loras: Sequence = (),
+             embeddings: Sequence = ()) -> "Pipeline":
         """A shipped model by name, one of our model folders, or a Stable Diffusion v1
         checkpoint (single file or diffusers folder; its weights cast to `dtype`, float32
-        by default)."""
+        by default). `loras` lists LoRA files to apply (`load_lora`), each a path or (path, scale);
+        `embeddings` textual-inversion files (`load_embedding`), each a path or (path, word)."""
         from .convert.stable_diffusion import is_foreign, load_stable_diffusion
 
         device, dtype = resolve_device(device), resolve_dtype(dtype)
@@ -114,10 +118,11 @@ class Pipeline:
                 components = components.to(dtype)
         convention = {key: config["diffusion"][key] for key in ("steps_offset", "set_alpha_to_one")
                       if key in config["diffusion"]}
-        return cls(components["unet"], diffusion_from_config(config), config["image_size"],
+        pipe = cls(components["unet"], diffusion_from_config(config), config["image_size"],
                    components["text_encoder"] if "text_encoder" in components else None,
                    tokenizer, config.get("inference"), str(name_or_path),
                    vae=components["vae"] if "vae" in components else None, timestep_convention=convention)
+        return pipe.load_additions(loras, embeddings)
 
     def load_vae(self, path: str | Path) -> None:
         """Decode and encode with another autoencoder: an SD VAE file or diffusers vae/ folder
@@ -148,6 +153,7 @@ class Pipeline:
         self.vae_tile = vae_tile
         if winograd:
             use_winograd(self.unet)
+            self.loras.reattach()  # the LoRA hooks were on the convolutions just replaced
             if self.vae is not None:
                 use_winograd(self.vae)
         if channels_last:
@@ -156,6 +162,75 @@ class Pipeline:
                 self.vae.to(memory_format=torch.channels_last)
         if compile:
             self.unet = torch.compile(self.unet, options={"freezing": True})
+        return self
+
+    # -- LoRAs (Hu et al. 2021) and textual-inversion words (Gal et al. 2022) --------------------
+    @property
+    def loras(self) -> LoRAStack:
+        """The LoRAs applied to the U-Net and the text encoder, by name (`load_lora`)."""
+        if "_loras" not in self.__dict__:
+            networks = {"unet": self.unet, "text_encoder": self.text_encoder}  # a compiled U-Net's own layers
+            self._loras = LoRAStack({name: getattr(net, "_orig_mod", net) for name, net in networks.items()})
+        return self._loras
+
+    def load_lora(self, path: str | Path, scale: float = 1.0, fuse: bool = False, name: str | None = None) -> str:
+        """Apply a LoRA file (kohya-ss's and AUTOMATIC1111's layout, or diffusers' and PEFT's:
+        `convert.lora_names`) to the U-Net and the text encoder, weighted by `scale`: W + scale·(α/r)·B·A.
+        Applied on the fly (the default), the weights stay as they are and `set_lora_scale` and
+        `unload_lora` act at once; `fuse` writes it into the weights instead (`fuse_loras`). Returns its
+        name: `name`, else the file's name without its extension."""
+        from .convert.lora_names import read_lora
+
+        scale = real_number("scale", scale)
+        name = Path(path).stem if name is None else str(name)
+        if name in self.loras:
+            raise UserError(f"a LoRA named {name!r} is already loaded: unload it first, or give another name")
+        self.loras.add(LoRA(name, read_lora(path, self.loras.networks), scale), fuse)
+        return name
+
+    def set_lora_scale(self, name: str, scale: float) -> None:
+        """Weigh the loaded LoRA `name` by `scale` from the next call on (0 turns it off)."""
+        self.loras.set_scale(name, real_number("scale", scale))
+
+    def unload_lora(self, name: str) -> None:
+        """Remove the LoRA `name`: the layers it changed are as they were before it (bit for bit if fused)."""
+        self.loras.remove(name)
+
+    def fuse_loras(self, names: Sequence[str] | None = None) -> None:
+        """Write the LoRAs named (all by default) into the weights at their scales: no cost per call. The
+        weights they change are kept (on the CPU), so that `unfuse_loras` restores them exactly."""
+        self.loras.fuse(names)
+
+    def unfuse_loras(self, names: Sequence[str] | None = None) -> None:
+        """Restore the weights the LoRAs named (all by default) were fused into; they apply on the fly again."""
+        self.loras.unfuse(names)
+
+    def load_embedding(self, path: str | Path, token: str | None = None) -> str:
+        """Add a textual-inversion embedding (AUTOMATIC1111's .pt/.safetensors or diffusers'
+        learned_embeds: `convert.embedding_files`): the word `token` (default: the file's name for
+        AUTOMATIC1111's files, its own word for diffusers') in a prompt then reads its learned vectors.
+        Returns the word, lower-cased as prompts are matched."""
+        from .convert.embedding_files import read_embedding
+
+        if self.text_encoder is None:
+            raise UserError(f"model {self.name!r} is unconditional: it has no text encoder to add words to")
+        word, vectors = read_embedding(path, token)
+        return add_word(self.text_encoder, self.tokenizer, word, vectors, repr(str(path)))
+
+    def additions(self) -> dict:
+        """What an image's parameters record of the LoRAs applied ({name: scale}), if any."""
+        applied = self.__dict__.get("_loras")
+        return {"loras": {name: lora.scale for name, lora in applied.loras.items()}} if applied else {}
+
+    def load_additions(self, loras: Sequence = (), embeddings: Sequence = ()) -> "Pipeline":
+        """`load_lora` for each of `loras` (a path, or (path, scale)) and `load_embedding` for each of
+        `embeddings` (a path, or (path, word)). Returns self."""
+        for entry in loras:
+            path, scale = (entry, 1.0) if isinstance(entry, (str, Path)) else entry
+            self.load_lora(path, scale)
+        for entry in embeddings:
+            path, word = (entry, None) if isinstance(entry, (str, Path)) else entry
+            self.load_embedding(path, word)
         return self
 
     @property
@@ -439,6 +514,6 @@ class Pipeline:
             return z
         parameters = [{"prompt": text, "negative_prompt": negative, "seed": image_seed,
                        "size": list(size), "model": self.name, "eta": eta, **settings,
-                       **({"clip_skip": clip_skip} if clip_skip > 1 else {})}
+                       **({"clip_skip": clip_skip} if clip_skip > 1 else {}), **self.additions()}
                       for text, negative, image_seed in zip(prompts, negatives or [""] * count, seeds)]
         return self.output(self.decode(z, edit), output_type, parameters)

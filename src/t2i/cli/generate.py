@@ -3,6 +3,8 @@ process shown, and the parameters a generated image carries."""
 
 from __future__ import annotations
 
+import argparse
+import math
 from pathlib import Path
 
 from ..errors import UserError
@@ -57,10 +59,51 @@ def add_generate(sub) -> None:
     p.add_argument("--vae", type=Path, default=None, metavar="FILE",
                    help="an autoencoder to use instead of the model's: an SD VAE file (.safetensors, .ckpt, .pt) "
                         "or a diffusers vae/ folder")
+    p.add_argument("--lora", type=lora_arg, action="append", default=[], metavar="FILE[:SCALE]",
+                   help="apply a LoRA (kohya-ss/AUTOMATIC1111 or diffusers file) weighted by SCALE (default 1); "
+                        "repeatable")
+    p.add_argument("--embedding", type=embedding_arg, action="append", default=[], metavar="FILE[:WORD]",
+                   help="a textual-inversion embedding: WORD (default: the file's name, or a diffusers file's own "
+                        "word) in the prompt reads its vectors; repeatable")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=path_arg, default=Path("image.png"),
                    help="the image; for several, a grid, and each image as NAME-i.png")
     p.set_defaults(run=run_generate)
+
+
+def split_suffix(text: str) -> tuple[str, str | None]:
+    """FILE[:SUFFIX]: the text after the last colon is a suffix unless it looks like part of a path
+    (C:\\models\\x.pt keeps its drive letter), or the whole text names a file."""
+    path, colon, suffix = text.rpartition(":")
+    if Path(text).exists() or not colon or not path or not suffix or any(sep in suffix for sep in "/\\"):
+        return text, None
+    return path, suffix
+
+
+def existing_file(text: str) -> Path:
+    path = path_arg(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    return path
+
+
+def lora_arg(text: str) -> tuple[Path, float]:
+    """An argparse type: a LoRA file and its scale, FILE or FILE:SCALE."""
+    path, scale = split_suffix(text)
+    try:
+        value = 1.0 if scale is None else float(scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the scale in {text!r} is not a number: give FILE or FILE:SCALE, "
+                                         "e.g. style.safetensors:0.7") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"the scale in {text!r} must be a finite number")
+    return existing_file(path), value
+
+
+def embedding_arg(text: str) -> tuple[Path, str | None]:
+    """An argparse type: an embedding file and the word that calls it, FILE or FILE:WORD."""
+    path, word = split_suffix(text)
+    return existing_file(path), word
 
 
 def run_generate(args) -> None:
@@ -75,6 +118,7 @@ def run_generate(args) -> None:
     image, mask = (None if path is None else read_image(path, mode) for path, mode in ((args.image, "RGB"),
                                                                                       (args.mask, "L")))
     pipe = Pipeline.load(args.model, args.device, args.dtype)
+    pipe.load_additions(args.lora, args.embedding)
     if args.vae is not None:
         pipe.load_vae(args.vae)
     side = max(args.width or 0, args.height or 0, *(image.size if image else ()), pipe.image_size)

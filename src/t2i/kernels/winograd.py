@@ -182,17 +182,26 @@ class WinogradConv2d(nn.Module):
         if not is_eligible(conv):
             raise ValueError(f"Winograd F(4×4, 3×3) needs a 3×3, stride-1, padding-1 convolution, not {conv}")
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        # the geometry of the convolution, for what reads it off a layer (a LoRA's hook: models.lora)
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.weight, self.bias = conv.weight, conv.bias
         self._U: torch.Tensor | None = None
         self._version: tuple | None = None
 
     def filters(self) -> torch.Tensor:
-        version = (self.weight._version, self.weight.data_ptr(), self.weight.dtype, self.weight.device)
+        # an inference tensor (made under torch.inference_mode) keeps no version counter, so an in-place
+        # change of it cannot be seen here: whoever makes one calls `refresh()`
+        counter = None if self.weight.is_inference() else self.weight._version
+        version = (counter, self.weight.data_ptr(), self.weight.dtype, self.weight.device)
         if self._U is None or self._version != version:
             with torch.no_grad():
                 self._U = transform_filters(self.weight)
             self._version = version
         return self._U
+
+    def refresh(self) -> None:
+        """Forget the transformed filters: the weight was changed in a way its version does not show."""
+        self._U = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         recording = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)

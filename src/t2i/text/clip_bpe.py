@@ -119,6 +119,12 @@ class CLIPTokenizer(Tokenizer):
     `pad_token` is what fills a sequence after <|endoftext|>: <|endoftext|> itself for
     SD v1, "!" (id 0) for OpenAI's own CLIP and SD v2.
 
+    `add_word` gives a new word (a textual-inversion embedding's, `text.embeddings`) ids of its
+    own after the vocabulary: the word in a prompt, in any case, becomes those ids rather than
+    its BPE pieces, where it stands as a word of its own ("style" in "a style, b" but not in
+    "styles"; a word that begins or ends in punctuation, such as "<cat-toy>", anywhere).
+    Added words are not saved with the vocabulary.
+
     Where transformers' two CLIP tokenizers disagree, this follows OpenAI's CLIP, which
     SD v1's text encoder was trained with: format characters such as the zero-width
     joiner inside emoji are kept and CJK ideographs are not split one by one (as the
@@ -146,12 +152,42 @@ class CLIPTokenizer(Tokenizer):
         self.bos_id, self.eos_id = self.vocab[START_OF_TEXT], self.vocab[END_OF_TEXT]
         self.pad_token, self.pad_id = pad_token, self.vocab[pad_token]
         self.max_length = max_length
-        self.markers = re.compile(f"({re.escape(START_OF_TEXT)}|{re.escape(END_OF_TEXT)})")
+        self.added: dict[str, list[int]] = {}  # words given ids of their own (`add_word`)
+        self.added_ids: dict[int, str] = {}  # each added word's first id -> the word; its other ids -> ""
+        self.markers = self.marker_pattern()
         self.cache: dict[str, list[str]] = {}
 
     @property
     def vocab_size(self) -> int:
-        return len(self.vocab)
+        return max(len(self.vocab), max(self.added_ids, default=-1) + 1)
+
+    def marker_pattern(self) -> re.Pattern:
+        """What a prompt is split at before BPE: the two markers and the added words, longest first,
+        an added word only where no letter or digit runs on into it (one that starts or ends in
+        punctuation, anywhere)."""
+        alternatives = []
+        for word in sorted(self.added, key=len, reverse=True):
+            before = r"(?<!\w)" if re.match(r"\w", word) else ""
+            after = r"(?!\w)" if re.search(r"\w$", word) else ""
+            alternatives.append(before + re.escape(word) + after)
+        alternatives += [re.escape(START_OF_TEXT), re.escape(END_OF_TEXT)]
+        return re.compile(f"({'|'.join(alternatives)})")
+
+    def add_word(self, word: str, ids: Sequence[int]) -> str:
+        """Give `word` (lower-cased, as prompts are) the new `ids`, numbered after the vocabulary: what
+        textual inversion's learned vectors are looked up by. Returns the word as it is matched."""
+        word = unicodedata.normalize("NFC", word).strip().lower()
+        if not word or any(marker in word for marker in (START_OF_TEXT, END_OF_TEXT)):
+            raise UserError(f"{word!r} cannot be a word of its own: give a non-empty word without CLIP's markers")
+        if word in self.added:
+            raise UserError(f"the word {word!r} was already added: give the new one another word")
+        ids = [int(i) for i in ids]
+        if not ids or min(ids) < self.vocab_size or len(set(ids)) != len(ids):
+            raise ValueError(f"new ids must be distinct and from {self.vocab_size} on, not {ids}")
+        self.added[word] = ids
+        self.added_ids.update({i: word if n == 0 else "" for n, i in enumerate(ids)})
+        self.markers = self.marker_pattern()
+        return word
 
     def bpe(self, word: str) -> list[str]:
         """The BPE symbols of one pre-token written in byte symbols, the last with `</w>`."""
@@ -169,8 +205,8 @@ class CLIPTokenizer(Tokenizer):
         ids = []
         # lower-cased before the markers are found, so "<|ENDOFTEXT|>" is one too, as in OpenAI's CLIP
         for i, part in enumerate(self.markers.split(unicodedata.normalize("NFC", text).lower())):
-            if i % 2:  # a literal marker, kept by the split's capturing group
-                ids.append(self.vocab[part])
+            if i % 2:  # a literal marker or an added word, kept by the split's capturing group
+                ids.extend(self.added.get(part) or [self.vocab[part]])
                 continue
             for word in split_words(part):
                 symbols = self.bpe("".join(self.byte_symbols[byte] for byte in word.encode("utf-8")))
@@ -178,9 +214,17 @@ class CLIPTokenizer(Tokenizer):
         return ids
 
     def ids_to_text(self, ids: list[int]) -> str:
-        symbols = "".join(self.tokens[i] for i in ids)
-        text = bytes(self.symbol_bytes[symbol] for symbol in symbols).decode("utf-8", errors="replace")
-        return text.replace(END_OF_WORD, " ").strip()
+        pieces, run = [], []
+        for i in [*ids, None]:
+            if i is not None and i not in self.added_ids:
+                run.append(i)
+                continue
+            symbols = "".join(self.tokens[j] for j in run)
+            pieces.append(bytes(self.symbol_bytes[symbol] for symbol in symbols).decode("utf-8", errors="replace")
+                          .replace(END_OF_WORD, " "))
+            pieces.append(f"{self.added_ids[i]} " if i is not None and self.added_ids[i] else "")
+            run = []
+        return "".join(pieces).strip()
 
     def to_dict(self) -> dict:
         """The config entry; the vocabulary itself stays in vocab.json and merges.txt."""
