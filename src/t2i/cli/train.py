@@ -24,6 +24,7 @@ def report(result) -> None:
 def add_train(sub) -> None:
     from ..models.unet import BLOCK_TYPES, UNetConfig
     from ..training.diffusion import MIXED_PRECISION, TrainConfig
+    from ..training.finetune import FinetuneConfig
 
     p = sub.add_parser("train", help="train a diffusion model on a folder of images or on 'shapes'",
                        formatter_class=DefaultsFormatter)
@@ -35,7 +36,7 @@ def add_train(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings but for those "
                         "given that a resumed run may change (--max-steps, --lr, --cooldown-steps, --balance-by, "
-                        "--mixed-precision, --device, --workers)")
+                        "--mixed-precision, --device, --workers, and a fine-tuning's --gradient-checkpointing)")
     p.add_argument("--image-size", type=positive(int), default=t.image_size)
     add_batch_options(p, t)
     p.add_argument("--max-steps", type=positive(int), default=t.max_steps)
@@ -104,19 +105,66 @@ def add_train(sub) -> None:
                       help="do not add the pooled text embedding to the timestep embedding")
     text.add_argument("--mask-padding", action="store_true",
                       help="keep cross-attention off the padding after each caption's end token")
-    p.set_defaults(run=run_train)
+    f = FinetuneConfig(init="-")
+    tune = p.add_argument_group(
+        "fine-tuning Stable Diffusion", "with --init, a Stable Diffusion v1/2.x model is trained further on "
+        f"--data's captions: its own architecture, schedule, text encoder and image size (--image-size may change "
+        f"it); the options left out take fine-tuning's defaults (batch {f.batch_size}, lr {f.lr:g}, "
+        f"{f.max_steps} steps, warm-up {f.warmup_steps}, a save and samples every {f.save_every})")
+    tune.add_argument("--init", type=path_arg, default=None, metavar="MODEL",
+                      help="the model to fine-tune: an SD .safetensors/.ckpt file, a diffusers folder, or a t2i "
+                           "folder of one; the whole U-Net is trained unless --lora-rank is given")
+    tune.add_argument("--lora-rank", type=positive(int), default=None, metavar="R",
+                      help="train LoRA adapters of rank R on the attention projections instead (the run folder "
+                           "then holds lora.safetensors and pytorch_lora_weights.safetensors)")
+    tune.add_argument("--lora-alpha", type=positive(float), default=None, metavar="A",
+                      help="the LoRA's α: its update is (α/R)·B·A (default: R)")
+    tune.add_argument("--lora-text-encoder", action="store_true",
+                      help="adapt the text encoder's attention projections too")
+    tune.add_argument("--gradient-checkpointing", action="store_true",
+                      help="recompute the U-Net's feature maps in the backward pass: far less memory, about a third "
+                           "more time, the same gradients")
+    p.set_defaults(run=run_train, option_names={action.dest: action.option_strings[0] for action in p._actions
+                                                if action.option_strings})
+
+
+# the options of a run from scratch, which a fine-tuning takes from its model instead
+ARCHITECTURE = ("schedule", "timesteps", "prediction", "channels", "channel_mult", "num_res_blocks",
+                "attention_levels", "block", "dropout", "norm_groups", "scale_shift_norm", "coord_channels", "vae",
+                "text", "text_encoder", "text_width", "text_pooling", "text_init_std", "text_layers", "text_heads",
+                "text_length", "pooled", "mask_padding")
+FINETUNING = ("lora_rank", "lora_alpha", "lora_text_encoder", "gradient_checkpointing")
+NAMES = {"timesteps": "num_timesteps", "prediction": "prediction_type", "workers": "num_workers"}
 
 
 def run_train(args) -> None:
+    from ..errors import UserError
     from ..text.bert import BertConfig
     from ..text.clip import TextEncoderConfig
     from ..models.unet import UNetConfig
     from ..training.diffusion import TrainConfig, resume, train
+    from ..training import finetune
+
+    def options(dests) -> str:
+        return ", ".join(args.option_names[dest] for dest in dests)
 
     if args.resume:
-        names = {"timesteps": "num_timesteps", "prediction": "prediction_type", "workers": "num_workers"}
-        report(resume(args.out, **resume_changes(args, names)))
+        continued = finetune.resume if finetune.is_finetuning_run(args.out) else resume
+        report(continued(args.out, **resume_changes(args, NAMES)))
         return
+    if args.init is not None:
+        refused = [dest for dest in ARCHITECTURE if dest in args.given]
+        if refused:
+            raise UserError(f"{options(refused)} do not apply to fine-tuning (--init): the model's architecture, "
+                            "schedule and text encoder are its own")
+        if "data" not in args.given:
+            raise UserError("--init fine-tunes a model on your captioned images: give their folder with --data")
+        settings = {NAMES.get(dest, dest): getattr(args, dest) for dest in args.given - {"out", "init"}}
+        report(finetune.finetune(finetune.FinetuneConfig(init=str(args.init), **settings), args.out))
+        return
+    given = [dest for dest in FINETUNING if dest in args.given]
+    if given:
+        raise UserError(f"{options(given)} fine-tune a Stable Diffusion model: give it with --init MODEL")
     args.text = args.text or args.text_encoder == "minilm"
     attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
     unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),

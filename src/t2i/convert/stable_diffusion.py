@@ -179,6 +179,25 @@ def load_stable_diffusion(path: str | Path, dtype: torch.dtype | None = None
     return load_diffusers(path, dtype)
 
 
+def load_sd_model(path: str | Path, dtype: torch.dtype | None = None
+                  ) -> tuple[dict[str, torch.nn.Module], dict, CLIPTokenizer]:
+    """As `load_stable_diffusion`, and also from one of our model folders that holds a latent text-to-image
+    model with a CLIP tokenizer (one `convert` or a fine-tuning wrote)."""
+    if is_foreign(path):
+        return load_stable_diffusion(path, dtype)
+    if Path(path).is_dir() and not (Path(path) / CONFIG_NAME).is_file():
+        raise UserError(f"{str(path)!r} is neither an SD single file (.safetensors, .ckpt), a diffusers folder "
+                        "nor a t2i model folder")
+    config = read_config(path)
+    if not all(name in config for name in COMPONENTS):
+        raise UserError(f"{str(path)!r} is not a latent text-to-image model (U-Net, VAE and text encoder)")
+    networks, tokenizer = dict(load_components(path, config=config)), tokenizer_from_config(path, config)
+    if not isinstance(tokenizer, CLIPTokenizer):
+        raise UserError(f"{str(path)!r} uses a word tokenizer: only CLIP-tokenized models are Stable Diffusion's")
+    networks = {name: network.to(dtype) if dtype is not None else network for name, network in networks.items()}
+    return networks, config, tokenizer
+
+
 # -- writing ----------------------------------------------------------------------------------
 def state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
@@ -316,20 +335,11 @@ def convert(src: str | Path, dst: str | Path, to: str = "t2i", dtype: torch.dtyp
     single .safetensors file; `dtype` casts the weights (None: as stored)."""
     if to not in FORMATS:
         raise UserError(f"unknown format {to!r}; choose one of: {', '.join(FORMATS)}")
-    if is_foreign(src):
-        networks, config, tokenizer = load_stable_diffusion(src, dtype)
-    else:
-        config = read_config(src)
-        if not all(name in config for name in COMPONENTS):
-            raise UserError(f"{str(src)!r} is not a latent text-to-image model (U-Net, VAE and text encoder)")
-        networks, tokenizer = dict(load_components(src, config=config)), tokenizer_from_config(src, config)
-        if not isinstance(tokenizer, CLIPTokenizer):
-            raise UserError(f"{str(src)!r} uses a word tokenizer: only CLIP-tokenized models convert to SD formats")
-        diffusion = config["diffusion"]
-        if to != "t2i" and (diffusion["schedule"] != "scaled_linear" or diffusion["prediction_type"] == "flow"):
-            raise UserError(f"{str(src)!r} is a {diffusion['schedule']} model of {diffusion['prediction_type']}: "
-                            "SD formats hold scaled_linear with epsilon or v only")
-        networks = {name: network.to(dtype) if dtype is not None else network for name, network in networks.items()}
+    networks, config, tokenizer = load_sd_model(src, dtype)
+    diffusion = config["diffusion"]
+    if to != "t2i" and (diffusion["schedule"] != "scaled_linear" or diffusion["prediction_type"] == "flow"):
+        raise UserError(f"{str(src)!r} is a {diffusion['schedule']} model of {diffusion['prediction_type']}: "
+                        "SD formats hold scaled_linear with epsilon or v only")
     dst = Path(dst)
     if to == "original":
         if dst.suffix != ".safetensors":

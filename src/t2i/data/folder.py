@@ -162,6 +162,18 @@ class ImageFolder(torch.utils.data.Dataset):
         except (OSError, UnicodeDecodeError) as error:
             raise UserError(f"cannot read caption {str(path)!r}: {error}") from None
 
+    def sizes(self) -> list[tuple[int, int] | None]:
+        """Each image's (width, height), read from its file's header (None for a file that does not read as
+        an image: loading it says why)."""
+        sizes = []
+        for path in self.files:
+            try:
+                with Image.open(path) as image:
+                    sizes.append(image.size)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                sizes.append(None)
+        return sizes
+
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, str]:
         image = to_tensor(resize_center_crop(read_image(self.files[index]), self.image_size))
         return (image, CAPTION_SEPARATOR.join(self.captions(index))) if self.captioned else image

@@ -55,15 +55,16 @@ class LatentDataset(torch.utils.data.Dataset):
 
     @classmethod
     def cached(cls, dataset, vae: AutoencoderKL, cache_dir: str | Path, description: dict, device="cpu",
-               progress: bool = True) -> "LatentDataset":
-        """The latents of `dataset` from `cache_dir`, encoding and saving them first if needed."""
+               progress: bool = True, batch_size: int = 256) -> "LatentDataset":
+        """The latents of `dataset` from `cache_dir`, encoding and saving them first if needed (`batch_size`
+        images at a time)."""
         path = Path(cache_dir) / f"latents-{cache_key(vae, description)}.safetensors"
         if path.is_file():
             tensors = load_weights(path)
             with safe_open(str(path), "pt") as f:
                 captions = json.loads(f.metadata()["captions"])
             return cls(tensors["mean"], tensors["std"], captions)
-        mean, std, captions = encode_dataset(dataset, vae, device=device, progress=progress)
+        mean, std, captions = encode_dataset(dataset, vae, batch_size, device, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_weights(path, {"mean": mean, "std": std},
                      {"captions": json.dumps(captions), "dataset": json.dumps(description)})

@@ -14,18 +14,24 @@ the weights stay as they are, so s can change, or the LoRA go, at any time; or f
 weights, which costs nothing per call. Fusing keeps each weight it changes as it was (on the CPU),
 and computes W' from that copy, so unfusing, or fusing again at other scales, restores the
 original weights bit for bit rather than to within the rounding of a subtraction.
+
+Training a LoRA (`LowRankAdapters`) makes the same `LowRankUpdate`s of trainable parameters: a
+`LoRA` of them in a `LoRAStack` applies them on the fly, and gradients flow through the hook into
+A and B while W₀ stays frozen; what is saved (`convert.lora_names.save_lora`) is their updates.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .layers import Attention
 
 Target = tuple[str, str]  # (network name, module name)
 
@@ -228,3 +234,63 @@ class LoRAStack:
             handle.remove()
         self.hooks = {target: self.layer(target).register_forward_hook(self._hook(target))
                       for target in self.on_the_fly}
+
+
+# -- training ---------------------------------------------------------------------------------
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out")
+
+
+def attention_projections(network: nn.Module, within: Sequence[str] | None = None) -> list[str]:
+    """The names of the Q, K, V and output projections of every attention in `network` (or in its
+    submodules named `within`): what LoRA adapts in SD's trainers (Hu et al. 2021, §7.1, adapt W_q
+    and W_v of a transformer; diffusers' and kohya's scripts all four)."""
+    prefixes = tuple(f"{name}." for name in within) if within is not None else ("",)
+    return [f"{name}.{projection}" for name, module in network.named_modules()
+            if isinstance(module, Attention) and name.startswith(prefixes) for projection in ATTENTION_PROJECTIONS]
+
+
+class LowRankAdapter(nn.Module):
+    """A trainable ΔW = (α/r)·B·A of a linear layer [out, in] (Hu et al. 2021, §4.1): B [out, r] zero, so
+    that ΔW = 0 and training starts from the frozen W₀, and A [r, in] random (Gaussian in the paper;
+    here Kaiming-uniform, as `nn.Linear` draws its weights and PEFT its A), so that B's first gradient,
+    which goes through A, is not zero."""
+
+    def __init__(self, layer: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        out_features, in_features = layer.weight.shape
+        self.alpha = float(alpha)
+        self.down = nn.Parameter(torch.empty(rank, in_features, device=layer.weight.device))
+        self.up = nn.Parameter(torch.zeros(out_features, rank, device=layer.weight.device))
+        nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+
+    @property
+    def update(self) -> LowRankUpdate:
+        """The update these parameters make (differentiable in them)."""
+        return LowRankUpdate(self.down, self.up, self.alpha)
+
+
+class LowRankAdapters(nn.ModuleDict):
+    """Trainable adapters of rank r and scale α on linear layers of some networks: `self[network]` holds
+    the `LowRankAdapter` of each layer (under its name with "." written "/", which module names cannot
+    hold). `updates()` is what `LoRA` applies and `save_lora` writes."""
+
+    def __init__(self, networks: Mapping[str, nn.Module], layers: Mapping[str, Sequence[str]], rank: int,
+                 alpha: float):
+        super().__init__()
+        for network, names in layers.items():
+            adapters = {}
+            for name in names:
+                layer = networks[network].get_submodule(name)
+                if not isinstance(layer, nn.Linear):
+                    raise ValueError(f"{network} layer {name} is not a linear layer")
+                width = min(layer.weight.shape)
+                if rank > width:
+                    raise UserError(f"lora_rank {rank} is larger than the {width} features of the {network}'s layer "
+                                    f"{name}: choose a rank of at most {width}")
+                adapters[name.replace(".", "/")] = LowRankAdapter(layer, rank, alpha)
+            self[network] = nn.ModuleDict(adapters)
+
+    def updates(self) -> dict[str, dict[str, LowRankUpdate]]:
+        """{network: {layer: LowRankUpdate}} of the adapters' current parameters."""
+        return {network: {name.replace("/", "."): adapter.update for name, adapter in adapters.items()}
+                for network, adapters in self.items()}

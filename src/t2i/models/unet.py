@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from .config import ModelConfig, check_divisible
@@ -147,11 +148,17 @@ class TimestepSequential(nn.ModuleList):
 
 class UNet(nn.Module):
     """ε_θ(x_t, t, c): [B, C, H, W], integer timesteps [B] and, for a text-conditioned
-    config, a context [B, L, context_dim] (and a pooled [B, pooled_dim]) -> [B, C_out, H, W]."""
+    config, a context [B, L, context_dim] (and a pooled [B, pooled_dim]) -> [B, C_out, H, W].
+
+    With `gradient_checkpointing` set (a training's choice, not the model's), a forward pass that
+    records gradients keeps only each step's input and recomputes the step's feature maps in the
+    backward pass (`torch.utils.checkpoint`): the same gradients for about a third more compute and
+    far less memory."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = c = config
+        self.gradient_checkpointing = False
         emb_dim = 4 * c.model_channels
         self.time_embed = nn.Sequential(
             nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
@@ -227,10 +234,17 @@ class UNet(nn.Module):
         h = self.conv_in(torch.cat([x, coordinates(x)], dim=1) if self.config.coord_channels else x)
         skips = [h]
         for step in self.down:
-            h = step(h, emb, context, context_mask)
+            h = self._run(step, h, emb, context, context_mask)
             skips.append(h)
-        h = self.middle(h, emb, context, context_mask)
+        h = self._run(self.middle, h, emb, context, context_mask)
         for step in self.up:
-            h = step(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            h = self._run(step, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _run(self, step: TimestepSequential, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None,
+             context_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            # non-reentrant: parameters the step reads without being given them (LoRA hooks') get gradients too
+            return checkpoint(step, h, emb, context, context_mask, use_reentrant=False)
+        return step(h, emb, context, context_mask)
 

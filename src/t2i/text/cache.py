@@ -6,6 +6,10 @@ states (float16, unpadded: [L_i, D]) and the pooled embedding. A batch is then p
 to its longest caption, with the padding masked out of cross-attention; since BERT's own
 attention masks padding, the states do not depend on how far a caption is padded.
 Memory: 2·D bytes a token, about 12 kB for a 16-token caption at D = 384.
+
+A U-Net that reads the whole padded sequence, as Stable Diffusion's does (its cross-attention sees the
+states of the padding too, and CLIP's causal attention makes them depend on the caption), is given
+the cache's `padded` states: all `max_length` of them, unmasked, what generation gives it.
 """
 
 from __future__ import annotations
@@ -19,29 +23,33 @@ from .tokenizer import Tokenizer
 
 
 class TextConditionCache:
-    """`cache(captions)` -> the U-Net's condition {"context", "context_mask"[, "pooled"]}, float32."""
+    """`cache(captions)` -> the U-Net's condition {"context", "context_mask"[, "pooled"]}, float32
+    (without "context_mask" when `padded`)."""
 
     def __init__(self, encoder: torch.nn.Module, tokenizer: Tokenizer, unet: UNetConfig, max_length: int,
-                 dtype: torch.dtype = torch.float16):
+                 dtype: torch.dtype = torch.float16, padded: bool = False):
         self.encoder, self.tokenizer, self.unet = encoder, tokenizer, unet
-        self.max_length, self.dtype = max_length, dtype
+        self.max_length, self.dtype, self.padded = max_length, dtype, padded
         self.states: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.states)
 
     @torch.no_grad()
-    def encode_missing(self, captions: Sequence[str]) -> None:
+    def encode_missing(self, captions: Sequence[str], chunk: int = 64) -> None:
+        """Encode the captions not cached yet, `chunk` at a time in their order (a fixed order gives every
+        caption the same states, whichever were encoded beside it: how a run's whole caption set is
+        encoded before its first step, so that a resumed run and every process see the same numbers)."""
         missing = list(dict.fromkeys(c for c in captions if c not in self.states))
-        if not missing:
-            return
         device = next(self.encoder.parameters()).device
-        ids = self.tokenizer(missing, self.max_length, truncate=True).to(device)
-        hidden = self.encoder(ids)
-        pooled = self.encoder.pool(hidden, ids)
-        lengths = self.encoder.padding_mask(ids).sum(1).tolist()
-        for caption, states, vector, length in zip(missing, hidden, pooled, lengths):
-            self.states[caption] = (states[:length].to("cpu", self.dtype).clone(), vector.to("cpu", self.dtype))
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            ids = self.tokenizer(part, self.max_length, truncate=True).to(device)
+            hidden = self.encoder(ids)
+            pooled = self.encoder.pool(hidden, ids)
+            lengths = [ids.shape[1]] * len(part) if self.padded else self.encoder.padding_mask(ids).sum(1).tolist()
+            for caption, states, vector, length in zip(part, hidden, pooled, lengths):
+                self.states[caption] = (states[:length].to("cpu", self.dtype).clone(), vector.to("cpu", self.dtype))
 
     def __call__(self, captions: Sequence[str], device="cpu") -> dict[str, torch.Tensor]:
         self.encode_missing(captions)
@@ -52,7 +60,9 @@ class TextConditionCache:
         for i, (states, _) in enumerate(rows):
             context[i, :len(states)] = states.float()
             mask[i, :len(states)] = True
-        cond = {"context": context.to(device), "context_mask": mask.to(device)}
+        cond = {"context": context.to(device)}
+        if not self.padded:
+            cond["context_mask"] = mask.to(device)
         if self.unet.pooled_dim is not None:
             cond["pooled"] = torch.stack([vector.float() for _, vector in rows]).to(device)
         return cond

@@ -42,10 +42,12 @@ def balance_weights(dataset, field: str) -> torch.Tensor:
 
 def latent_dataset(dataset, vae: AutoencoderKL, out: Path, config: RunConfig, device,
                    split: str = "train") -> LatentDataset:
-    """A split's posteriors under `vae`, from the run's cache (encoded on first use)."""
+    """A split's posteriors under `vae`, from the run's cache (encoded on first use, in batches of as many
+    pixels as 256 images of 64×64: SD's encoder at 512×512 holds about 1 GiB of feature maps an image)."""
     description = {"data": str(config.data), "image_size": config.image_size, "split": split, "size": len(dataset),
                    "captioned": isinstance(dataset[0], tuple)}
-    return LatentDataset.cached(dataset, vae, out / "cache", description, device)
+    batch_size = max(1, min(256, 256 * 64 * 64 // config.image_size**2))
+    return LatentDataset.cached(dataset, vae, out / "cache", description, device, batch_size=batch_size)
 
 
 def held_out_dataset(config: RunConfig, captioned: bool, vae: AutoencoderKL | None, out: Path, device):

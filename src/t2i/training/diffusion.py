@@ -27,6 +27,7 @@ import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -35,7 +36,7 @@ from ..convert.pretrained import load_frozen_encoder
 from ..data import load_dataset
 from ..data.folder import choose_caption
 from ..data.latents import sample_latents
-from ..diffusion import PREDICTION_TYPES
+from ..diffusion import PREDICTION_TYPES, Diffusion
 from ..errors import UserError
 from ..guards import unet_feature_bytes
 from ..memory import check_fits
@@ -53,10 +54,10 @@ from ..text.wordpiece import WordPieceTokenizer
 from .batches import example_generators
 from .config import STEPS, RunConfig, check_image_size
 from .datasets import balance_weights, held_out_dataset, latent_dataset, make_tokenizer
-from .loop import Hooks, TrainResult, run_steps
+from .loop import Hooks, StepFn, TrainResult, run_steps
 from .distributed import World, accumulate, join, leave, main_first, main_locks, replicate, restarted
 from .optimization import apply_gradients, ema_decay_at, scheduled_lr, update_ema
-from .probes import loss_probes
+from .probes import LossProbe, loss_probes
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
 from .samples import sample_prompts, save_sample_grid
 
@@ -65,17 +66,14 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
-class TrainConfig(RunConfig):
-    """Everything a diffusion run depends on besides the network; saved in config.json."""
+class DiffusionTrainingConfig(RunConfig):
+    """What every diffusion training is configured by besides the networks, from scratch (`TrainConfig`)
+    or from a checkpoint (`training.finetune.FinetuneConfig`); saved in config.json."""
 
     weight_decay: float = 0.0
-    schedule: str = "linear"
-    num_timesteps: int = 1000
-    prediction_type: str = "epsilon"
     min_snr_gamma: float | None = None
     p_uncond: float = 0.1
     balance_by: str | None = None  # a field of the data's metadata.jsonl: its every value drawn equally often
-    vae: str | None = None  # an autoencoder's folder: train on its latents
     keep_every: int | None = None  # also keep the EMA model of every such step, in snapshots/step_NNNNNN
     probe_every: int = 250  # the loss of fixed training and held-out examples, every such step (0: never)
     probe_examples: int = 256
@@ -85,9 +83,9 @@ class TrainConfig(RunConfig):
 
     # and batches balanced over a metadata field, or another precision
     RESUME_CHANGES = RunConfig.RESUME_CHANGES + ("balance_by", "mixed_precision")
-    RANGES = {**RunConfig.RANGES, "weight_decay": (0.0, 100.0), "num_timesteps": (2, 100_000),
-              "min_snr_gamma": (0.0, 1e6, "above"), "p_uncond": (0.0, 1.0), "keep_every": STEPS,
-              "probe_every": (0, STEPS[1]), "probe_examples": (1, 1_000_000)}
+    RANGES = {**RunConfig.RANGES, "weight_decay": (0.0, 100.0), "min_snr_gamma": (0.0, 1e6, "above"),
+              "p_uncond": (0.0, 1.0), "keep_every": STEPS, "probe_every": (0, STEPS[1]),
+              "probe_examples": (1, 1_000_000)}
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,6 +94,21 @@ class TrainConfig(RunConfig):
                             f"{', '.join(MIXED_PRECISION)}")
         if not 0 <= self.p_uncond < 1:
             raise UserError(f"p_uncond is a probability below 1, got {self.p_uncond}")
+
+
+@dataclass
+class TrainConfig(DiffusionTrainingConfig):
+    """Everything a diffusion run from scratch depends on besides the network; saved in config.json."""
+
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+    vae: str | None = None  # an autoencoder's folder: train on its latents
+
+    RANGES = {**DiffusionTrainingConfig.RANGES, "num_timesteps": (2, 100_000)}
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.prediction_type not in PREDICTION_TYPES:
             raise UserError(f"unknown prediction type {self.prediction_type!r}; choose one of: "
                             f"{', '.join(PREDICTION_TYPES)}")
@@ -104,18 +117,30 @@ class TrainConfig(RunConfig):
         get_betas(self.schedule, self.num_timesteps)  # an unknown schedule fails before any work
 
 
-def check_training_fits(unet_config: UNetConfig, config: TrainConfig, vae: AutoencoderKL | None,
-                        device: torch.device, micro: int) -> None:
-    """Refuse, before building anything, a run whose U-Net, optimizer and micro-batch cannot fit: five
-    float32 copies of the weights (raw, gradient, AdamW's two moments, EMA) and, for the backward pass,
-    about four times the feature maps a forward pass of `micro` examples holds."""
+def check_training_fits(unet_config: UNetConfig, config: DiffusionTrainingConfig, vae: AutoencoderKL | None,
+                        device: torch.device, micro: int, trained: int | None = None, frozen: int = 0,
+                        loaded: bool = False, checkpointing: bool = False) -> None:
+    """Refuse, before training starts, a run whose networks, optimizer and micro-batch cannot fit: four
+    float32 copies of the `trained` parameters besides the weights (gradient, AdamW's two moments, EMA;
+    all the U-Net's by default), the weights of the U-Net and of `frozen` more parameters unless they are
+    `loaded` in that memory already, and, for the backward pass, about four times the feature maps a
+    forward pass of `micro` examples holds (about one time with gradient `checkpointing`, which keeps a
+    step's input and recomputes the rest)."""
     with torch.device("meta"):
         parameters = sum(p.numel() for p in UNet(unet_config).parameters())
+    trained = parameters if trained is None else trained
     side = config.image_size // (vae.config.downsample_factor if vae is not None else 1)
-    needed = 20 * parameters + 4 * unet_feature_bytes(unet_config, micro, side, side)
-    check_fits(needed, f"training a {parameters / 1e6:.1f}M-parameter U-Net on micro-batches of {micro} "
-               f"at {config.image_size}×{config.image_size}", "lower micro_batch_size or image_size, or the U-Net's "
-               "channels", device)
+    weights = 0 if loaded else 4 * (parameters + frozen)
+    maps = (1 if checkpointing else 4) * unet_feature_bytes(unet_config, micro, side, side)
+    what = (f"a {parameters / 1e6:.1f}M-parameter U-Net" if trained == parameters else
+            f"{trained / 1e6:.1f}M adapter parameters on a {parameters / 1e6:.1f}M-parameter U-Net")
+    fix = "lower micro_batch_size or image_size"
+    if not frozen:  # a U-Net of one's own
+        fix += ", or the U-Net's channels"
+    elif not checkpointing:
+        fix += ", or turn gradient checkpointing on"
+    check_fits(weights + 16 * trained + maps, f"training {what} on micro-batches of {micro} at "
+               f"{config.image_size}×{config.image_size}", fix, device)
 
 
 def train(unet_config: UNetConfig, config: TrainConfig, out_dir: str | Path,
@@ -167,6 +192,9 @@ def resume(out_dir: str | Path, **changes) -> TrainResult:
     saved = read_run_config(out)  # the current checkpoint's, complete: read before the lock to know the device
     if "unet" not in saved or "train" not in saved:
         raise UserError(f"{str(out)!r} is not a diffusion training run: resume it as the run it is")
+    if "init" in saved["train"]:
+        raise UserError(f"{str(out)!r} is a fine-tuning run (`t2i train --init`): resume it with "
+                        "training.finetune.resume")
     config = TrainConfig.resumed(saved["train"], changes)
     world, device = join(config.device)
     with main_locks(out, world):
@@ -221,20 +249,93 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
                               encode)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scaling_factor = vae.config.scaling_factor if vae is not None else None
-    with main_first(world):
-        held_out = held_out_dataset(config, captioned, vae, out, device) if config.probe_every else None
-    probes = loss_probes(dataset, held_out, diffusion, config.probe_examples, config.seed,
-                         scaling_factor) if config.probe_every and world.main else {}
+    probes = run_probes(dataset, config, captioned, vae, diffusion, out, device, world)
     prompts = sample_prompts(config, captioned)
     state = restore(out, model, ema, {"optimizer": optimizer}) if resumed else new_state()
+    scaler = grad_scaler(config, device, state)
+    step = diffusion_step(config, diffusion, share, micro, device, replicas,
+                          (lambda captions: condition(captions, encoder)) if captioned else None,
+                          optimizer, model, ema, scaler, vae)
+
+    def save(k: int, seconds: float) -> None:
+        save_checkpoint(out, {"step": k, "seconds": seconds, **scaler_state(scaler)}, model, {**ema, **frozen},
+                        {"optimizer": optimizer}, run_config)
+
+    def keep(k: int, seconds: float) -> None:
+        save_snapshot(out, k, {**ema, **frozen}, {**run_config, "step": k, "seconds": round(seconds, 2)})
+
+    def sample(k: int) -> None:
+        save_sample_grid(out / "samples" / f"step_{k:06d}.png", ema["unet"], diffusion, prompts, config.image_size,
+                         config.seed, k, text_encoder, tokenizer, vae)
+
+    hooks = Hooks(save, sample, probe=probe_hook(probes, diffusion, model["unet"], condition, config, device, model),
+                  probe_every=config.probe_every, keep=keep if config.keep_every else None,
+                  keep_every=config.keep_every or 0)
+    model.train()
+    try:
+        return run_steps(step, dataset, config, out, state, hooks, columns=("loss", *probes), device=device,
+                         weights=weights, world=world)
+    finally:
+        leave(world)
+
+
+# -- what a diffusion run from scratch and a fine-tuning run (`training.finetune`) share ---------------------
+def grad_scaler(config: DiffusionTrainingConfig, device: torch.device, state: dict) -> torch.amp.GradScaler:
+    """float16's loss scaler (disabled otherwise), as the checkpoint left it if it holds one."""
     scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
     if "grad_scaler" in state:
         scaler.load_state_dict(state["grad_scaler"])
+    return scaler
+
+
+def scaler_state(scaler: torch.amp.GradScaler) -> dict:
+    """What a checkpoint's state keeps of the loss scaler: {"grad_scaler": its state} when it is enabled."""
+    return {"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+
+
+def run_probes(dataset, config: DiffusionTrainingConfig, captioned: bool, vae: AutoencoderKL | None,
+               diffusion: Diffusion, out: Path, device: torch.device, world: World) -> dict[str, LossProbe]:
+    """The run's loss probes (`training.probes`), rank 0's alone; {} when `probe_every` is 0."""
+    with main_first(world):  # rank 0 encodes the held-out latents into the cache, the others read it
+        held_out = held_out_dataset(config, captioned, vae, out, device) if config.probe_every else None
+    if not config.probe_every or not world.main:
+        return {}
+    return loss_probes(dataset, held_out, diffusion, config.probe_examples, config.seed,
+                       vae.config.scaling_factor if vae is not None else None)
+
+
+def probe_hook(probes: dict[str, LossProbe], diffusion: Diffusion, unet: torch.nn.Module,
+               condition: Callable[[list[str]], dict] | None, config: DiffusionTrainingConfig, device: torch.device,
+               trained: torch.nn.Module) -> Callable[[int], dict[str, float]] | None:
+    """`Hooks.probe`: the probes' losses of `unet` as it trains (`trained` in eval mode meanwhile), or None
+    without probes."""
+    if not probes:
+        return None
+
+    def probe(k: int) -> dict[str, float]:
+        trained.eval()
+        values = {name: loss_probe(diffusion, unet, condition, config.batch_size, device, config.min_snr_gamma)
+                  for name, loss_probe in probes.items()}
+        trained.train()
+        return values
+
+    return probe
+
+
+def diffusion_step(config: DiffusionTrainingConfig, diffusion: Diffusion, share: range, micro: int,
+                   device: torch.device, replicas: list[torch.nn.Module],
+                   condition: Callable[[list[str]], dict] | None, optimizer: torch.optim.Optimizer,
+                   trained: torch.nn.Module, ema: torch.nn.Module, scaler: torch.amp.GradScaler,
+                   vae: AutoencoderKL | None = None) -> StepFn:
+    """The step of a diffusion run: L_simple on this process's share of step k's batch, in micro-batches of
+    `micro`, through `replicas[0]`, the U-Net (the networks that take gradients, replicated across processes
+    when there are several: `distributed.replicate`); one gradient step of the `trained` parameters
+    (averaged over the processes) and the update of their average `ema`. `condition(captions)` gives the
+    U-Net's keyword arguments of a batch's captions (each dropped with probability p_uncond), None for an
+    unconditional run; with a `vae` the batch holds latent moments (`data.latents`)."""
+    unet, captioned = replicas[0], condition is not None
 
     def step(batch, k: int) -> dict[str, torch.Tensor]:
-        """L_simple on this process's share of step k's batch (captions dropped with probability p_uncond),
-        in micro-batches; one gradient step (averaged over the processes) and the EMA update."""
         x0, captions = batch if captioned else (batch, None)
         x0 = x0.to(device, non_blocking=True)
         generators = example_generators(config.seed, k, share)  # each example's own draws, in this order
@@ -248,7 +349,7 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
         noise = randn(x0.shape, generators).to(x0)
 
         def loss_of(part: slice) -> dict[str, torch.Tensor]:
-            cond = condition(captions[part], encoder) if captioned else {}
+            cond = condition(captions[part]) if captioned else {}
             with torch.autocast(device.type, AUTOCAST.get(config.mixed_precision, torch.float32),
                                 enabled=config.mixed_precision in AUTOCAST):
                 return {"loss": diffusion.training_loss(unet, x0[part], t[part], noise[part],
@@ -256,34 +357,8 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
 
         optimizer.zero_grad(set_to_none=True)
         losses = accumulate(loss_of, len(share), micro, replicas, scaler.scale)
-        apply_gradients(optimizer, model.parameters(), scheduled_lr(k, config), config.grad_clip, scaler)
-        update_ema(ema, model, ema_decay_at(k, config.ema_decay))
+        apply_gradients(optimizer, trained.parameters(), scheduled_lr(k, config), config.grad_clip, scaler)
+        update_ema(ema, trained, ema_decay_at(k, config.ema_decay))
         return losses
 
-    def probe(k: int) -> dict[str, float]:
-        model.eval()
-        values = {name: loss_probe(diffusion, model["unet"], condition, config.batch_size, device,
-                                   config.min_snr_gamma) for name, loss_probe in probes.items()}
-        model.train()
-        return values
-
-    def save(k: int, seconds: float) -> None:
-        scaling = {"grad_scaler": scaler.state_dict()} if scaler.is_enabled() else {}
-        save_checkpoint(out, {"step": k, "seconds": seconds, **scaling}, model, {**ema, **frozen},
-                        {"optimizer": optimizer}, run_config)
-
-    def keep(k: int, seconds: float) -> None:
-        save_snapshot(out, k, {**ema, **frozen}, {**run_config, "step": k, "seconds": round(seconds, 2)})
-
-    def sample(k: int) -> None:
-        save_sample_grid(out / "samples" / f"step_{k:06d}.png", ema["unet"], diffusion, prompts, config.image_size,
-                         config.seed, k, text_encoder, tokenizer, vae)
-
-    hooks = Hooks(save, sample, probe=probe if probes else None, probe_every=config.probe_every,
-                  keep=keep if config.keep_every else None, keep_every=config.keep_every or 0)
-    model.train()
-    try:
-        return run_steps(step, dataset, config, out, state, hooks, columns=("loss", *probes), device=device,
-                         weights=weights, world=world)
-    finally:
-        leave(world)
+    return step

@@ -1,7 +1,8 @@
 """A run folder, which survives being stopped at any moment, even by SIGKILL or a power cut.
 
     RUN/
-      config.json, <component>.safetensors   the model to use: the current checkpoint's EMA networks
+      config.json, <component>.safetensors   the model to use: the current checkpoint's EMA networks (and its
+                                             other model files: a fine-tuning's LoRA files, its tokenizer's)
       loss.csv, loss.png, samples/, snapshots/step_NNNNNN/
       training/
         lock                  held by the process that trains in the folder (its PID inside)
@@ -27,7 +28,7 @@ import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -45,6 +46,9 @@ RAW_WEIGHTS = "model.safetensors"
 SNAPSHOTS = "snapshots"
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 OLD_SWAP_DIRS = ("training.old", "training.tmp")  # earlier versions swapped training/ through these
+# a model's files besides its networks' weights (a LoRA's, in the layouts people load): written into the
+# folder given, their names returned
+ModelFiles = Callable[[Path], Iterable[str]]
 
 
 def checkpoint_name(step: int) -> str:
@@ -187,9 +191,10 @@ def tidy(out: Path, current: Path | None) -> None:
 
 
 def publish(out: Path, folder: Path) -> None:
-    """Make the run folder's model (config.json + EMA weights) the checkpoint's: hard links
-    (or copies), config.json last so that a folder with a config is complete."""
-    names = [f"{name}.safetensors" for name in read_json(folder / STATE, "the checkpoint is incomplete")["ema"]]
+    """Make the run folder's model (config.json + EMA weights, and the checkpoint's other model files)
+    the checkpoint's: hard links (or copies), config.json last so that a folder with a config is complete."""
+    state = read_json(folder / STATE, "the checkpoint is incomplete")
+    names = [f"{name}.safetensors" for name in state["ema"]] + list(state.get("files", []))
     for name in [*names, CONFIG_NAME]:
         target = out / name
         if not (target.exists() and os.path.samefile(folder / name, target)):
@@ -197,9 +202,11 @@ def publish(out: Path, folder: Path) -> None:
 
 
 def save_checkpoint(out: Path, state: dict, model: torch.nn.Module, ema: Mapping[str, torch.nn.Module],
-                    optimizers: Mapping[str, torch.optim.Optimizer], config: dict) -> None:
+                    optimizers: Mapping[str, torch.optim.Optimizer], config: dict,
+                    files: ModelFiles | None = None) -> None:
     """The checkpoint of step state["step"] (`state` holds "step" and "seconds"): raw weights,
-    optimizers, EMA networks and `config`, made current in one step, then the run folder's model."""
+    optimizers, EMA networks, the model's other `files` and `config`, made current in one step, then
+    the run folder's model."""
     out = Path(out)
     previous = current_checkpoint(out)
     folder = out / TRAINING_DIR / checkpoint_name(state["step"])
@@ -214,8 +221,9 @@ def save_checkpoint(out: Path, state: dict, model: torch.nn.Module, ema: Mapping
             save_optimizer(folder / f"{name}.safetensors", optimizer)
         for name, module in ema.items():
             save_weights(weights_path(folder, name), module.state_dict())
+        written = {"files": list(files(folder))} if files is not None else {}
         write_json(folder / CONFIG_NAME, {**config, "step": state["step"]})
-        write_json(folder / STATE, {**state, "ema": list(ema)})
+        write_json(folder / STATE, {**state, "ema": list(ema), **written})
         durable_write_bytes(out / TRAINING_DIR / POINTER, f"{folder.name}\n".encode())
         publish(out, folder)
         tidy(out, folder)
@@ -264,13 +272,18 @@ def restore(out: Path, model: torch.nn.Module, ema: Mapping[str, torch.nn.Module
     return state_of(folder)
 
 
-def save_snapshot(out: Path, step: int, components: Mapping[str, torch.nn.Module], config: dict) -> None:
-    """The model of step `step` kept in snapshots/step_NNNNNN: written aside and renamed in whole."""
+def save_snapshot(out: Path, step: int, components: Mapping[str, torch.nn.Module], config: dict,
+                  files: ModelFiles | None = None) -> None:
+    """The model of step `step` (networks, other `files`, config) kept in snapshots/step_NNNNNN: written aside
+    and renamed in whole."""
     final = Path(out) / SNAPSHOTS / f"step_{step:06d}"
     tmp = tmp_path(final)
     try:
         if tmp.exists():
             remove_tree(tmp)
+        if files is not None:
+            make_dir(tmp)
+            files(tmp)
         save_model(tmp, components, config)
         if final.exists():  # kept by a run stopped before its next checkpoint: the same model
             remove_tree(final)

@@ -9,6 +9,7 @@ import torch
 
 from ..data import load_dataset
 from ..diffusion import Diffusion
+from ..errors import UserError
 from ..images import make_grid, save_png
 from ..models.unet import UNet
 from ..models.vae import AutoencoderKL
@@ -21,21 +22,26 @@ GRID_SAMPLER, GRID_STEPS, GRID_CFG = "ddim", 50, 5.0  # the pipeline's defaults 
 
 
 def sample_prompts(config: RunConfig, captioned: bool) -> list[str]:
-    """What the sample grids show: captions of the first test images, or nothing (unconditional)."""
+    """What the sample grids show: captions of the first test images (of the first training images when
+    a small folder holds none out), or nothing (unconditional)."""
     if not captioned:
         return [""] * config.num_samples
-    test = load_dataset(config.data, config.image_size, "test", captioned=True)
-    return [test.caption(i % len(test)) for i in range(config.num_samples)]
+    try:
+        shown = load_dataset(config.data, config.image_size, "test", captioned=True)
+    except UserError:
+        shown = load_dataset(config.data, config.image_size, "train", captioned=True)
+    return [shown.caption(i % len(shown)) for i in range(config.num_samples)]
 
 
 @torch.no_grad()
 def save_sample_grid(path: Path, unet: UNet, diffusion: Diffusion, prompts: list[str], image_size: int, seed: int,
                      step: int, text_encoder: torch.nn.Module | None = None, tokenizer: Tokenizer | None = None,
-                     vae: AutoencoderKL | None = None) -> None:
+                     vae: AutoencoderKL | None = None, convention: dict | None = None) -> None:
     """A fixed-seed grid of EMA samples to watch training: DDIM, 50 steps, image i drawn with
     seed `seed + i`, guided at scale `GRID_CFG` against the empty caption for a text model; a
-    latent model's samples decoded by `vae`. These are the images `Pipeline` draws for the same
-    networks and seed."""
+    latent model's samples decoded by `vae`; on the grid of the model's timestep `convention`
+    (SD's `steps_offset` and `set_alpha_to_one`, as `Pipeline` keeps them). These are the images
+    `Pipeline` draws for the same networks and seed."""
     device = next(unet.parameters()).device
     steps = min(GRID_STEPS, diffusion.num_timesteps)
     cond, uncond = {}, None
@@ -49,7 +55,8 @@ def save_sample_grid(path: Path, unet: UNet, diffusion: Diffusion, prompts: list
     channels = vae.config.latent_channels if vae is not None else unet.config.in_channels
     shape = (len(prompts), channels, image_size // factor, image_size // factor)
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    x = sample(unet, diffusion, shape, SamplerSettings(GRID_SAMPLER, steps, clip=vae is None), cond=cond,
+    settings = SamplerSettings(GRID_SAMPLER, steps, clip=vae is None, **(convention or {}))
+    x = sample(unet, diffusion, shape, settings, cond=cond,
                guidance=None if uncond is None else Guidance(uncond, GRID_CFG), generator=generators, device=device,
                progress=False)
     if vae is not None:
