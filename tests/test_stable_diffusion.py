@@ -6,7 +6,6 @@ blocks per level, CLIP with quick GELU and heads of width 64), saved as a diffus
 folder, and also as an original single file written with our inverse key mapping.
 """
 
-import os
 import time
 
 import numpy as np
@@ -21,22 +20,9 @@ from t2i.pipeline import Pipeline
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from tiny_sd import SD_SCHEDULER, randomize  # noqa: E402  (needs diffusers)
 
 PROMPT, NEGATIVE = "a drawing of a dragon sitting on its hind legs", "blurry, low quality"
-SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                    steps_offset=1, set_alpha_to_one=False, clip_sample=False)  # SD v1.5's scheduler_config.json
-
-
-def randomize(module, seed):
-    """Weights away from the zero and identity inits that hide naming mistakes."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.1)
-    return module.eval()
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A tiny random diffusers StableDiffusionPipeline and the folder it saved itself to."""

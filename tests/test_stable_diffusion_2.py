@@ -6,8 +6,6 @@ width 64 counted per level, an OpenCLIP-style text encoder (GELU, padding with "
 back by diffusers' own single-file loader.
 """
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -17,54 +15,18 @@ from t2i.convert.stable_diffusion import load_stable_diffusion, save_original
 from t2i.errors import UserError
 from t2i.metadata import from_infotext, to_infotext
 from t2i.pipeline import Pipeline
-from t2i.text.clip_bpe import CLIPTokenizer
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from tiny_sd import load_reference, randomize, tiny_sd_folder  # noqa: E402  (needs diffusers)
 
 PROMPT, NEGATIVE = "a sea turtle swimming over a coral reef", "blurry"
-SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                    steps_offset=1, set_alpha_to_one=False, clip_sample=False)
-
-
-def randomize(module, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=generator) * 0.1)
-    return module.eval()
-
-
-def tiny_sd2(folder, prediction):
-    """A tiny random SD 2.x diffusers pipeline, saved to `folder`."""
-    CLIPTokenizer.shipped().save(folder / "vocab")
-    torch.manual_seed(0)
-    unet = randomize(diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64, attention_head_dim=(1, 2), use_linear_projection=True, norm_num_groups=32), 1)
-    vae = randomize(diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
-        sample_size=16, scaling_factor=0.18215), 2)
-    text_encoder = randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
-        max_position_embeddings=77, hidden_act="gelu", eos_token_id=2, bos_token_id=0, pad_token_id=1)), 3)
-    tokenizer = transformers.CLIPTokenizer(str(folder / "vocab" / "vocab.json"), str(folder / "vocab" / "merges.txt"),
-                                           model_max_length=77, pad_token="!")
-    scheduler = diffusers.DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction)
-    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.save_pretrained(folder / "pipe")
-    return pipe, folder / "pipe"
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
 def reference(request, tmp_path_factory):
-    return tiny_sd2(tmp_path_factory.mktemp("sd2"), request.param)
+    folder = tiny_sd_folder(tmp_path_factory.mktemp("sd2"), sd2=True, prediction=request.param)
+    return load_reference(folder), folder
 
 
 def assert_networks_match_diffusers(networks, pipe):

@@ -22,9 +22,11 @@ def randomize(module, seed):
     return module.eval()
 
 
-def tiny_sd_folder(folder, sd2: bool = False):
+def tiny_sd_folder(folder, sd2: bool = False, prediction: str = "epsilon"):
     """Save a tiny random `StableDiffusionPipeline` into `folder`/pipe; return that folder. `sd2`: SD 2.x's
-    layout instead (linear proj_in/proj_out, heads of width 64 — here 1 and 2 heads —, GELU in CLIP)."""
+    layout instead (linear proj_in/proj_out, heads of width 64 — here 1 and 2 heads —, GELU in CLIP, padding
+    with "!"); `prediction` its scheduler's ("epsilon" or "v_prediction"). CLIP's heads are 64 wide, the rule
+    an original file's text encoder is read by."""
     import diffusers
     import transformers
 
@@ -41,13 +43,14 @@ def tiny_sd_folder(folder, sd2: bool = False):
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
         sample_size=16, scaling_factor=0.18215), 2)
     text_encoder = randomize(transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1,
         max_position_embeddings=77, hidden_act="gelu" if sd2 else "quick_gelu", eos_token_id=2, bos_token_id=0,
         pad_token_id=1)), 3)
     tokenizer = transformers.CLIPTokenizer(str(folder / "vocab" / "vocab.json"), str(folder / "vocab" / "merges.txt"),
-                                           model_max_length=77)
+                                           model_max_length=77, **({"pad_token": "!"} if sd2 else {}))
+    scheduler = diffusers.DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction)
     pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                             scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER), safety_checker=None,
+                                             scheduler=scheduler, safety_checker=None,
                                              feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(folder / "pipe")
     return folder / "pipe"
