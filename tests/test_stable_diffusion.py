@@ -20,7 +20,7 @@ from t2i.pipeline import Pipeline
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-from tiny_sd import SD_SCHEDULER, randomize  # noqa: E402  (needs diffusers)
+from tiny_sd import SD_SCHEDULER, assert_pipeline_matches, randomize  # noqa: E402  (needs diffusers)
 
 PROMPT, NEGATIVE = "a drawing of a dragon sitting on its hind legs", "blurry, low quality"
 @pytest.fixture(scope="module")
@@ -134,13 +134,7 @@ def test_pipeline_equals_stable_diffusion_pipeline(reference):
         theirs_embeds, theirs_negative = pipe.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE)
     torch.testing.assert_close(ours.encode_prompt([PROMPT]), theirs_embeds, rtol=0, atol=1e-4)
     torch.testing.assert_close(ours.encode_prompt(NEGATIVE), theirs_negative, rtol=0, atol=1e-4)
-    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(42))
-    expected = pipe(PROMPT, negative_prompt=NEGATIVE, height=16, width=16, num_inference_steps=10,
-                    guidance_scale=7.5, latents=latents, output_type="pt").images * 2 - 1
-    image = ours(PROMPT, negative_prompt=NEGATIVE, steps=10, sampler="ddim", cfg=7.5, latents=latents,
-                 output_type="pt", progress=False) * 2 - 1
-    assert expected.std() > 0.05
-    assert (image - expected).abs().max() < 1e-3
+    assert_pipeline_matches(ours, pipe, PROMPT, NEGATIVE)
 
 
 def test_img2img_equals_stable_diffusion_img2img_pipeline(reference):

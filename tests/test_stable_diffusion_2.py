@@ -18,7 +18,7 @@ from t2i.pipeline import Pipeline
 
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
-from tiny_sd import load_reference, randomize, tiny_sd_folder  # noqa: E402  (needs diffusers)
+from tiny_sd import assert_pipeline_matches, load_reference, randomize, tiny_sd_folder  # noqa: E402  (needs diffusers)
 
 PROMPT, NEGATIVE = "a sea turtle swimming over a coral reef", "blurry"
 
@@ -54,13 +54,7 @@ def test_sd2_diffusers_folder_loads_and_the_pipeline_equals_diffusers(reference)
     ours = Pipeline.load(folder, device="cpu")
     torch.testing.assert_close(ours.encode_prompt([PROMPT]), pipe.encode_prompt(PROMPT, "cpu", 1, False)[0],
                                rtol=0, atol=1e-4)
-    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(42))
-    expected = pipe(PROMPT, negative_prompt=NEGATIVE, height=16, width=16, num_inference_steps=10,
-                    guidance_scale=7.5, latents=latents, output_type="pt").images * 2 - 1
-    image = ours(PROMPT, negative_prompt=NEGATIVE, steps=10, sampler="ddim", cfg=7.5, latents=latents,
-                 output_type="pt", progress=False) * 2 - 1
-    assert expected.std() > 0.05
-    assert (image - expected).abs().max() < 1e-3
+    assert_pipeline_matches(ours, pipe, PROMPT, NEGATIVE)
 
 
 def test_sd2_original_file_reads_the_penultimate_block_and_diffusers_reads_it(reference, tmp_path):

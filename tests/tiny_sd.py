@@ -63,3 +63,15 @@ def load_reference(folder):
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def assert_pipeline_matches(ours, pipe, prompt, negative):
+    """Our `Pipeline` against diffusers' with the same prompt, negative prompt, initial latents and scheduler
+    (DDIM, 10 steps, cfg 7.5, 16×16): within 1e-3 in [-1, 1]."""
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(42))
+    expected = pipe(prompt, negative_prompt=negative, height=16, width=16, num_inference_steps=10,
+                    guidance_scale=7.5, latents=latents, output_type="pt").images * 2 - 1
+    image = ours(prompt, negative_prompt=negative, steps=10, sampler="ddim", cfg=7.5, latents=latents,
+                 output_type="pt", progress=False) * 2 - 1
+    assert expected.std() > 0.05
+    assert (image - expected).abs().max() < 1e-3
