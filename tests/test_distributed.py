@@ -102,7 +102,8 @@ def test_two_nodes_rendezvous_and_train_together(one_process, colour_folder, tmp
     nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
              for _ in range(2)]
     results = [node.communicate(timeout=TIMEOUT) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(
+        f"node {i}:\n{err[-5000:]}" for i, (_, err) in enumerate(results))
     assert_same_weights(raw_weights(one_process), raw_weights(out))
 
 

@@ -33,7 +33,7 @@ from ..models.vae import AutoencoderKL, VAEConfig
 from .batches import example_generators
 from .config import STEPS, RunConfig, check_image_size
 from .loop import Hooks, TrainResult, run_steps
-from .distributed import World, accumulate, join, leave, main_locks, replicate, restarted
+from .distributed import World, accumulate, join, leaving, main_locks, replicate, restarted
 from .optimization import apply_gradients, ema_decay_at, gradient_step, scheduled_lr, update_ema
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint
 from .samples import save_reconstructions
@@ -190,8 +190,6 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, world: World, 
 
     model.train()
     columns = ("reconstruction", "kl", *(("generator", "discriminator") if adversarial else ()))
-    try:
+    with leaving(world):
         return run_steps(step, dataset, config, out, state, Hooks(save, sample), columns=columns, device=device,
-                         desc="train-vae", title="autoencoder training loss", world=world)
-    finally:
-        leave(world)
+                        desc="train-vae", title="autoencoder training loss", world=world)

@@ -55,7 +55,7 @@ from .batches import example_generators
 from .config import STEPS, RunConfig, check_image_size
 from .datasets import balance_weights, held_out_dataset, latent_dataset, make_tokenizer
 from .loop import Hooks, StepFn, TrainResult, run_steps
-from .distributed import World, accumulate, join, leave, main_first, main_locks, replicate, restarted
+from .distributed import World, accumulate, join, leaving, main_first, main_locks, replicate, restarted
 from .optimization import apply_gradients, ema_decay_at, scheduled_lr, update_ema
 from .probes import LossProbe, loss_probes
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
@@ -272,11 +272,9 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
                   probe_every=config.probe_every, keep=keep if config.keep_every else None,
                   keep_every=config.keep_every or 0)
     model.train()
-    try:
+    with leaving(world):
         return run_steps(step, dataset, config, out, state, hooks, columns=("loss", *probes), device=device,
-                         weights=weights, world=world)
-    finally:
-        leave(world)
+                        weights=weights, world=world)
 
 
 # -- what a diffusion run from scratch and a fine-tuning run (`training.finetune`) share ---------------------

@@ -208,6 +208,14 @@ def restarted(out: Path) -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and current_checkpoint(Path(out)) is not None
 
 
-def leave(world: World) -> None:
-    if world.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def leaving(world: World) -> Iterator[None]:
+    """The group is left when the run ends. A run that finished waits first for every rank to finish too:
+    a rank that closed its connections while another still used them (rank 0 writing the last checkpoint)
+    could abort that one at exit. A failed run does not wait, as the others may never come."""
+    try:
+        yield
+        world.barrier()
+    finally:
+        if world.distributed and dist.is_initialized():
+            dist.destroy_process_group()

@@ -50,7 +50,7 @@ from .config import check_image_size
 from .datasets import balance_weights, latent_dataset
 from .diffusion import (AUTOCAST, DiffusionTrainingConfig, check_training_fits, diffusion_step, grad_scaler, probe_hook,
                         run_probes, scaler_state)
-from .distributed import World, join, leave, main_first, main_locks, replicate, restarted
+from .distributed import World, join, leaving, main_first, main_locks, replicate, restarted
 from .loop import Hooks, TrainResult, run_steps
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
 from .samples import sample_prompts, save_sample_grid
@@ -311,8 +311,6 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
                   probe_every=config.probe_every, keep=keep if config.keep_every else None,
                   keep_every=config.keep_every or 0)
     trained.train()
-    try:
+    with leaving(world):
         return run_steps(step, dataset, config, out, state, hooks, columns=("loss", *probes), device=device,
-                         weights=weights, desc="fine-tune", world=world)
-    finally:
-        leave(world)
+                        weights=weights, desc="fine-tune", world=world)
