@@ -1,90 +1,111 @@
-"""Stable Diffusion v1's U-Net at full size on the CPU: ours against diffusers', same weights.
+"""Stable Diffusion v1's U-Net at full size on the CPU: ours against diffusers and OpenVINO, same weights.
 
 One guided denoising step of SD v1 at 512×512 is one U-Net call on a batch of 2 latents
-[2, 4, 64, 64] (conditional and unconditional) with a [2, 77, 768] text context. Both networks
-hold the same random weights (ours is built on diffusers' tensors, no copy). Variants of ours:
-plain (NCHW), Winograd F(4×4, 3×3) 3×3 convolutions (`t2i.kernels.winograd`), channels_last, and
-channels_last + torch.compile (inductor, frozen weights; compiled once before timing, its compile
-time reported); diffusers plain and channels_last. GFLOP/s count the direct convolution's FLOPs
-for every variant (Winograd's are "effective": it does fewer multiplications for the same output).
-Each variant's output is compared with diffusers' plain output (max abs difference), its
-FLOPs counted (`t2i.bench.count_flops`), and the calls interleaved (`t2i.bench.interleaved_times`).
+[2, 4, 64, 64] (conditional and unconditional) with a [2, 77, 768] text context. Every variant reads
+the same random SD v1 folder (`t2i.bench.random_sd_v1_folder`, float16 on disk; see `peers.py`):
+diffusers in float32 and bfloat16, OpenVINO compiled in f32 and bf16, ours in float32 and in the
+precision `Pipeline.load` picks with no flags ("t2i default": bfloat16 where the CPU has it natively).
+Each variant's output is compared with diffusers float32's (relative L2), the calls interleaved
+(`t2i.bench.interleaved_times`), and each variant's peak memory measured in a process of its own
+(loading and one call). GFLOP/s count the direct convolutions' FLOPs for every variant.
 
-Run:  python benchmarks/sd_unet_speed.py [--size 512] [--repeats 3] [--no-compile]
+Run:  python benchmarks/sd_unet_speed.py [--dir /tmp/t2i-bench] [--repeats 3] [--winograd] [--channels-last]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import platform
 import shlex
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import diffusers
+import openvino
 import torch
 
-from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops, random_sd_v1_unet, ours_from
-from t2i.kernels.winograd import WinogradConv2d, use_winograd
+from peers import (diffusers_unet, measure_peak, openvino_compiled, our_unet, peak_rss, sd_folder,
+                   unet_inputs)
+from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops
+from t2i.devices import cpu_flags, default_dtype
+
+
+def load(folder: Path, variant: str):
+    """The variant's U-Net as a function of (x, t, context) giving float32."""
+    x, t, context = unet_inputs()
+    if variant.startswith("diffusers"):
+        dtype = torch.bfloat16 if variant.endswith("bf16") else torch.float32
+        unet = diffusers_unet(folder, dtype)
+        return lambda: unet(x.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample.float()
+    if variant.startswith("OpenVINO"):
+        call = openvino_compiled(folder, "unet", variant.split()[-1])
+        return lambda: call(x, t, context)
+    if variant.startswith("t2i"):
+        unet = our_unet(folder, torch.float32 if "fp32" in variant else None)
+        dtype = next(unet.parameters()).dtype
+        if "winograd" in variant:
+            from t2i.kernels.winograd import use_winograd
+
+            use_winograd(unet)
+        inputs = x.to(dtype), context.to(dtype)
+        if "channels_last" in variant:
+            unet = unet.to(memory_format=torch.channels_last)
+            inputs = inputs[0].contiguous(memory_format=torch.channels_last), inputs[1]
+        return lambda: unet(inputs[0], t, inputs[1]).float()
+    raise ValueError(variant)
+
+
+def child(folder: Path, variant: str) -> None:
+    with torch.no_grad():
+        load(folder, variant)()
+    print(json.dumps({"peak": peak_rss()}))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=512, help="image side (latents are size/8)")
+    p.add_argument("--dir", type=Path, default=Path("/tmp/t2i-bench"), help="where the random SD folder is kept")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--winograd", action="store_true", help="also time ours with Winograd convolutions (fp32)")
+    p.add_argument("--channels-last", action="store_true", help="also time ours bf16 in channels_last")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        return child(Path(args.child[0]), args.child[1])
 
-    theirs = random_sd_v1_unet()
-    ours = ours_from(theirs)
-    side = args.size // 8
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 4, side, side, generator=generator)
-    t = torch.tensor([500, 500])
-    context = torch.randn(2, 77, 768, generator=generator)
-    ours_winograd = ours_from(theirs)
-    replaced = use_winograd(ours_winograd)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    # channels_last copies: .to() gives the 4-d weights new NHWC tensors, the plain networks keep theirs
-    ours_cl = ours_from(theirs).to(memory_format=torch.channels_last)
-    theirs_cl = copy.deepcopy(theirs).to(memory_format=torch.channels_last)
-    variants = {
-        "diffusers": lambda: theirs(x, t, encoder_hidden_states=context).sample,
-        "t2i": lambda: ours(x, t, context),
-    }
+    args.dir.mkdir(parents=True, exist_ok=True)
+    folder = sd_folder(args.dir)
+    default = str(default_dtype(our_unet(folder, torch.float32), torch.device("cpu"))).removeprefix("torch.")
+    names = ["diffusers fp32", "diffusers bf16", "t2i fp32", f"t2i default ({default})", "OpenVINO f32",
+             "OpenVINO bf16"]
+    names += ["t2i fp32, winograd"] * args.winograd + ["t2i bf16, channels_last"] * args.channels_last
+    peaks = {name: measure_peak(__file__, folder, name) for name in names}
     with torch.no_grad():
-        flops = count_flops(variants["t2i"])
-        reference = variants["diffusers"]()
-        variants["t2i, winograd"] = lambda: ours_winograd(x, t, context)
-        filters = sum(m.filters().numel() for m in ours_winograd.modules() if isinstance(m, WinogradConv2d))
-        variants["t2i, channels_last"] = lambda: ours_cl(x_cl, t, context)
-        variants["diffusers, channels_last"] = lambda: theirs_cl(x_cl, t, encoder_hidden_states=context).sample
-        compile_seconds = None
-        if args.compile:
-            compiled = torch.compile(ours_cl, options={"freezing": True})
-            start = time.perf_counter()
-            compiled(x_cl, t, context)
-            compile_seconds = time.perf_counter() - start
-            variants["t2i, channels_last + compile"] = lambda: compiled(x_cl, t, context)
-        differences = {name: (fn() - reference).abs().max().item() for name, fn in variants.items()}
+        variants = {name: load(folder, name) for name in names}
+        flops = count_flops(variants["t2i fp32"])
+        outputs = {name: fn() for name, fn in variants.items()}
+        reference = outputs["diffusers fp32"]
+        differences = {name: ((out - reference).norm() / reference.norm()).item() for name, out in outputs.items()}
+        del outputs
         times = interleaved_times(variants, args.repeats, warmup=0)
-    peak = matmul_peak_gflops()
+    peak32, peak16 = matmul_peak_gflops(), matmul_peak_gflops(dtype=torch.bfloat16)
 
+    flags = sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "avx2"})
     print(f"Command: `{shlex.join(['python', 'benchmarks/sd_unet_speed.py', *sys.argv[1:]])}`")
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, {torch.get_num_threads()} threads; "
-          f"SD v1 U-Net ({sum(q.numel() for q in ours.parameters()):,} parameters), input [2, 4, {side}, {side}] "
-          f"+ context [2, 77, 768], {flops / 1e9:.0f} GFLOP per call; fp32 matmul peak ~{peak:.0f} GFLOP/s "
-          f"(2048² torch.mm); median of {args.repeats} interleaved calls"
-          + (f"; compiling took {compile_seconds:.0f} s" if compile_seconds else "")
-          + f"; Winograd: {replaced} convolutions, transformed filters {filters * 4 / 2**30:.1f} GiB\n")
-    base = statistics.median(times["diffusers"])
-    print("| network | median s/call | × diffusers' time | GFLOP/s | of peak | max abs diff to diffusers |")
+    print(f"{platform.processor() or platform.machine()}, flags {' '.join(flags)}; torch {torch.__version__}, "
+          f"diffusers {diffusers.__version__}, OpenVINO {openvino.__version__.split('-')[0]}, "
+          f"{torch.get_num_threads()} threads; SD v1 U-Net, input [2, 4, 64, 64] + context [2, 77, 768], "
+          f"{flops / 1e9:.0f} GFLOP per call; matmul peak ~{peak32:.0f} GFLOP/s fp32, ~{peak16:.0f} bf16 "
+          f"(2048² torch.mm); median of {args.repeats} interleaved calls; peak memory: each variant loading and "
+          f"calling once in a process of its own\n")
+    base = statistics.median(times["diffusers fp32"])
+    print("| U-Net | median s/call | × diffusers fp32 | GFLOP/s | relative L2 to diffusers fp32 | peak RSS GiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, ts in times.items():
         seconds = statistics.median(ts)
-        print(f"| {name} | {seconds:.2f} | {seconds / base:.3f} | {flops / 1e9 / seconds:.1f} | "
-              f"{flops / 1e9 / seconds / peak:.0%} | {differences[name]:.1e} |")
+        print(f"| {name} | {seconds:.2f} | {seconds / base:.3f} | {flops / 1e9 / seconds:.0f} | "
+              f"{differences[name]:.2e} | {peaks[name] / 2**30:.2f} |")
 
 
 if __name__ == "__main__":

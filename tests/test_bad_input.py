@@ -273,7 +273,7 @@ def test_api_takes_an_image_path_and_a_dtype_name(pipe, files):
     edited = pipe("a red circle", image=str(files / "ok.png"), strength=0.5, seed=0, progress=False)[0]
     assert edited.size == (8, 8)
     assert Pipeline.load(files / "text", "cpu", dtype="bfloat16").dtype == torch.bfloat16
-    with pytest.raises(UserError, match="unknown dtype 'float64'"):
+    with pytest.raises(UserError, match="unknown precision 'float64': choose one of fp32"):
         Pipeline.load(files / "text", "cpu", dtype="float64")
     with pytest.raises(UserError, match="no device 'cuda"):
         Pipeline.load(files / "text", "cuda:3")

@@ -92,14 +92,21 @@ def test_scale_shift_norm_is_adagn():
     assert UNet(UNetConfig(**TINY, scale_shift_norm=True))(torch.randn(1, 3, 8, 8), torch.tensor([3])).shape[1] == 3
 
 
-def test_bfloat16_attention_on_the_cpu_is_computed_in_float32_even_under_autocast():
+@pytest.mark.parametrize("amx", [False, True])
+def test_bfloat16_attention_on_the_cpu_is_computed_in_float32_where_its_kernels_are_slower(amx, monkeypatch):
+    """Float32 (even under autocast) for gradients, and without AMX for inference too; bfloat16's own kernel
+    in inference with AMX."""
+    monkeypatch.setattr("t2i.models.layers.amx", lambda device: amx)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 16, 8, generator=generator).bfloat16() for _ in range(3))
     mask = torch.ones(2, 1, 1, 16, dtype=torch.bool)
     mask[1, ..., 5:] = False
+    in_float32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).bfloat16()
+    in_bfloat16 = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert not torch.equal(in_bfloat16, in_float32)
     with torch.autocast("cpu", torch.bfloat16):
-        out = attend(q, k, v, mask)
-    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, expected.bfloat16())
-    in_bfloat16 = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # the kernel attend avoids
-    assert not torch.equal(in_bfloat16, out)
+        inference = attend(q, k, v, mask)
+        training = attend(q.requires_grad_(), k, v, mask)
+    assert inference.dtype == training.dtype == torch.bfloat16
+    assert torch.equal(inference, in_bfloat16 if amx else in_float32)
+    assert torch.equal(training, in_float32)

@@ -30,7 +30,7 @@ from PIL import Image
 from .checkpoints import (diffusion_from_config, load_components, lora_base, read_config, require_diffusion_model,
                           resolve_model, tokenizer_from_config)
 from .checks import real_number, whole_number
-from .devices import resolve_device, resolve_dtype
+from .devices import default_dtype, resolve_device, resolve_dtype
 from .diffusion import Diffusion
 from .errors import UserError
 from .folder_config import LORA_FILE
@@ -99,18 +99,19 @@ class Pipeline:
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto",
              dtype: torch.dtype | str | None = None, loras: Sequence = (),
              embeddings: Sequence = ()) -> "Pipeline":
-        """A shipped model by name, one of our model folders, or a Stable Diffusion v1
-        checkpoint (single file or diffusers folder; its weights cast to `dtype`, float32
-        by default); a LoRA's run folder loads as its base with the LoRA applied. `loras` lists
-        LoRA files to apply (`load_lora`), each a path or (path, scale);
-        `embeddings` textual-inversion files (`load_embedding`), each a path or (path, word)."""
+        """A shipped model by name, one of our model folders, or a Stable Diffusion v1 or 2
+        checkpoint (single file or diffusers folder); a LoRA's run folder loads as its base with the
+        LoRA applied. The networks compute in `dtype` ("fp32", "bf16", "fp16" or a torch dtype); by
+        default in bfloat16 for large networks on a device where it is native, float32 otherwise
+        (`devices.default_dtype`). `loras` lists LoRA files to apply (`load_lora`), each a path or
+        (path, scale); `embeddings` textual-inversion files (`load_embedding`), each a path or (path, word)."""
         from .convert.stable_diffusion import is_foreign, load_stable_diffusion
 
         device, dtype = resolve_device(device), resolve_dtype(dtype)
         folder = resolve_model(name_or_path)
         if is_foreign(folder):
-            components, config, tokenizer = load_stable_diffusion(folder, dtype or torch.float32)
-            components = {name: network.to(device) for name, network in components.items()}
+            components, config, tokenizer = load_stable_diffusion(folder)  # as stored: one copy in memory
+            components = torch.nn.ModuleDict(components)
         else:
             config = read_config(folder)
             if "lora" in config:  # a LoRA's run folder (`t2i train --init BASE --lora-rank R`): BASE, the LoRA applied
@@ -118,8 +119,7 @@ class Pipeline:
             require_diffusion_model(config, folder)
             components = load_components(folder, device, config)
             tokenizer = tokenizer_from_config(folder, config)
-            if dtype is not None:
-                components = components.to(dtype)
+        components = components.to(device, dtype or default_dtype(components["unet"], device))
         convention = {key: config["diffusion"][key] for key in ("steps_offset", "set_alpha_to_one")
                       if key in config["diffusion"]}
         pipe = cls(components["unet"], diffusion_from_config(config), config["image_size"],

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..errors import UserError
-from .common import DefaultsFormatter, path_arg, positive
+from .common import DefaultsFormatter, add_precision, path_arg, positive
 
 
 def add_generate(sub) -> None:
@@ -24,9 +24,7 @@ def add_generate(sub) -> None:
                    "unconditional sample")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder, or a Stable "
                    f"Diffusion v1 checkpoint (.safetensors/.ckpt file or diffusers folder); default: {DEFAULT_MODEL}")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="compute in this dtype (default: float32 for SD checkpoints, as stored for ours; float16 is "
-                        "for GPUs)")
+    add_precision(p)
     p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
     p.add_argument("--cfg", type=float, nargs="+", default=None,
                    help="guidance scale s (1 = no guidance); several: one grid row each")

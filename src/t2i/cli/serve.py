@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 from ..errors import UserError
-from .common import positive
+from .common import add_precision, positive
 
 TOKEN_VARIABLE = "T2I_TOKEN"  # the token from the environment keeps it out of the process list
 
@@ -39,8 +39,7 @@ def add_serve(sub) -> None:
     p.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                    help="let pages from ORIGIN call the API (default: none)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="compute in this dtype (float16 is for GPUs)")
+    add_precision(p)
     p.add_argument("--model-memory", type=positive(float), default=None, metavar="GB",
                    help="GB of weights kept loaded; past it the least recently used model is unloaded "
                         "(default: half the free memory)")

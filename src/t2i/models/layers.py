@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import amx
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps, [B] -> [B, dim].
@@ -49,14 +51,17 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
            causal: bool = False) -> torch.Tensor:
-    """`F.scaled_dot_product_attention`; for bfloat16 on the CPU it is computed in float32 (also under
-    autocast) and returned in bfloat16, since the CPU's attention kernels are slower in bfloat16, forward
-    and backward (docs/benchmarks.md)."""
-    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
-    with torch.autocast("cpu", enabled=False):
-        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask, is_causal=causal)
-    return out.to(torch.bfloat16)
+    """`F.scaled_dot_product_attention`. For bfloat16 on the CPU it is computed in float32 (also under
+    autocast) and returned in bfloat16 where the CPU's bfloat16 kernels are slower: the backward pass
+    always, the forward pass without AMX (docs/benchmarks.md)."""
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        if backward or not amx(q.device):
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
+                                                     is_causal=causal)
+            return out.to(torch.bfloat16)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
 
 
 class Attention(nn.Module):
