@@ -5,7 +5,7 @@
 - OpenVINO: the same diffusers networks converted by `openvino.convert_model` to IR files once (float32
   weights), then read and compiled for the CPU with `INFERENCE_PRECISION_HINT` f32 or bf16, as a CPU user
   who picks OpenVINO for speed runs them;
-- ours: the U-Net built as `Pipeline.load` builds it, in the precision it picks by default.
+- ours: `Pipeline.load`'s networks, in the precision and layout it picks by default or in float32.
 
 Peak memory is each variant's own: `measure_peak` runs a variant's loading and one call in a fresh process.
 """
@@ -51,20 +51,6 @@ def diffusers_vae(folder: Path, dtype: torch.dtype):
     import diffusers
 
     return diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype).eval()
-
-
-def our_unet(folder: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """Our U-Net from the folder's unet/, as `Pipeline.load` builds it, in `dtype` or the default precision."""
-    from t2i.convert import infer, unet_names
-    from t2i.convert.build import build
-    from t2i.convert.stable_diffusion import diffusers_weights
-    from t2i.devices import default_dtype
-    from t2i.files import read_json
-
-    config = infer.unet_config_from_diffusers(read_json(folder / "unet" / "config.json", "no U-Net config"))
-    unet = build("unet", config, diffusers_weights(folder / "unet"), unet_names.foreign_names(config, "diffusers"),
-                 None, "the weights do not fit")
-    return unet.to(dtype or default_dtype(unet, torch.device("cpu"))).eval()
 
 
 class _UNetCall(torch.nn.Module):

@@ -2,13 +2,15 @@
 
 One 512×512 image with DPM-Solver++(2M), 20 steps, classifier-free guidance 7.5: the text encoder,
 20 guided U-Net calls and the decoder, from the same random SD v1 folder (`peers.py`). Variants:
-diffusers float32 and bfloat16 (`StableDiffusionPipeline`, `DPMSolverMultistepScheduler`); OpenVINO
-bf16 and f32 (that diffusers pipeline with its U-Net and decoder compiled by OpenVINO, the text
-encoder left in torch float32, which is ~0.1% of the time); ours with no flags ("t2i default") and in
-float32. The whole calls are timed interleaved. Quality: PSNR of our default image against our float32
+diffusers float32 (`StableDiffusionPipeline`, `DPMSolverMultistepScheduler`); OpenVINO bf16 (that
+diffusers pipeline with its U-Net and decoder compiled by OpenVINO, the text encoder left in torch
+float32, a small part of the time); ours with no flags ("t2i default") and in float32 (`--all`: also
+diffusers bf16 and OpenVINO f32). The whole calls are timed interleaved, the
+first call included (over 20 steps a first call's setup is a small part; at 2 threads one round of
+the four default variants takes ~8 minutes). Quality: PSNR of our default image against our float32
 image from the same seed, and of each peer's image against diffusers float32's from the same generator.
 
-Run:  python benchmarks/sd_image_speed.py [--dir /tmp/t2i-bench] [--repeats 2]
+Run:  python benchmarks/sd_image_speed.py [--dir /tmp/t2i-bench] [--repeats 1] [--all]
 """
 
 from __future__ import annotations
@@ -70,18 +72,25 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", type=Path, default=Path("/tmp/t2i-bench"), help="where the random SD folder is kept")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--all", action="store_true", help="also diffusers bf16 and OpenVINO f32")
     args = p.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     folder = sd_folder(args.dir)
     default, dtype = ours(folder, None)
     variants = {"diffusers fp32": diffusers_pipeline(folder, torch.float32),
-                "diffusers bf16": diffusers_pipeline(folder, torch.bfloat16),
-                "OpenVINO f32": openvino_pipeline(folder, "f32"), "OpenVINO bf16": openvino_pipeline(folder, "bf16"),
-                "t2i fp32": ours(folder, "fp32")[0], f"t2i default ({str(dtype).removeprefix('torch.')})": default}
+                "OpenVINO bf16": openvino_pipeline(folder, "bf16"), "t2i fp32": ours(folder, "fp32")[0],
+                f"t2i default ({str(dtype).removeprefix('torch.')})": default}
+    if args.all:
+        variants |= {"diffusers bf16": diffusers_pipeline(folder, torch.bfloat16),
+                     "OpenVINO f32": openvino_pipeline(folder, "f32")}
+    images = {}
+
+    def keeping(name, fn):  # each timed call's image is kept: no untimed calls
+        return lambda: images.__setitem__(name, fn())
+
     with torch.no_grad():
-        images = {name: fn() for name, fn in variants.items()}
-        times = interleaved_times(variants, args.repeats, warmup=0)
+        times = interleaved_times({name: keeping(name, fn) for name, fn in variants.items()}, args.repeats, warmup=0)
     references = {name: "t2i fp32" if name.startswith("t2i") else "diffusers fp32" for name in variants}
 
     flags = sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "avx2"})

@@ -4,12 +4,13 @@ One guided denoising step of SD v1 at 512×512 is one U-Net call on a batch of 2
 [2, 4, 64, 64] (conditional and unconditional) with a [2, 77, 768] text context. Every variant reads
 the same random SD v1 folder (`t2i.bench.random_sd_v1_folder`, float16 on disk; see `peers.py`):
 diffusers in float32 and bfloat16, OpenVINO compiled in f32 and bf16, ours in float32 and in the
-precision `Pipeline.load` picks with no flags ("t2i default": bfloat16 where the CPU has it natively).
+precision and layout `Pipeline.load` picks with no flags ("t2i default": bfloat16 and channels_last where the
+CPU has bfloat16 natively; its peak memory includes the VAE and text encoder `Pipeline.load` loads too).
 Each variant's output is compared with diffusers float32's (relative L2), the calls interleaved
 (`t2i.bench.interleaved_times`), and each variant's peak memory measured in a process of its own
 (loading and one call). GFLOP/s count the direct convolutions' FLOPs for every variant.
 
-Run:  python benchmarks/sd_unet_speed.py [--dir /tmp/t2i-bench] [--repeats 3] [--winograd] [--channels-last]
+Run:  python benchmarks/sd_unet_speed.py [--dir /tmp/t2i-bench] [--repeats 3] [--winograd]
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ import diffusers
 import openvino
 import torch
 
-from peers import (diffusers_unet, measure_peak, openvino_compiled, our_unet, peak_rss, sd_folder,
-                   unet_inputs)
+from peers import diffusers_unet, measure_peak, openvino_compiled, peak_rss, sd_folder, unet_inputs
 from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops
-from t2i.devices import cpu_flags, default_dtype
+from t2i.devices import cpu_flags
+from t2i.pipeline import Pipeline
 
 
 def load(folder: Path, variant: str):
@@ -42,18 +43,12 @@ def load(folder: Path, variant: str):
     if variant.startswith("OpenVINO"):
         call = openvino_compiled(folder, "unet", variant.split()[-1])
         return lambda: call(x, t, context)
-    if variant.startswith("t2i"):
-        unet = our_unet(folder, torch.float32 if "fp32" in variant else None)
-        dtype = next(unet.parameters()).dtype
+    if variant.startswith("t2i"):  # the U-Net as `Pipeline.load` leaves it (its layout, its precision)
+        pipe = Pipeline.load(folder, "cpu", "fp32" if "fp32" in variant else None)
         if "winograd" in variant:
-            from t2i.kernels.winograd import use_winograd
-
-            use_winograd(unet)
-        inputs = x.to(dtype), context.to(dtype)
-        if "channels_last" in variant:
-            unet = unet.to(memory_format=torch.channels_last)
-            inputs = inputs[0].contiguous(memory_format=torch.channels_last), inputs[1]
-        return lambda: unet(inputs[0], t, inputs[1]).float()
+            pipe.optimize(winograd=True)
+        x, context = x.to(pipe.dtype), context.to(pipe.dtype)
+        return lambda: pipe.unet(x, t, context).float()
     raise ValueError(variant)
 
 
@@ -68,7 +63,6 @@ def main() -> None:
     p.add_argument("--dir", type=Path, default=Path("/tmp/t2i-bench"), help="where the random SD folder is kept")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--winograd", action="store_true", help="also time ours with Winograd convolutions (fp32)")
-    p.add_argument("--channels-last", action="store_true", help="also time ours bf16 in channels_last")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -76,10 +70,12 @@ def main() -> None:
 
     args.dir.mkdir(parents=True, exist_ok=True)
     folder = sd_folder(args.dir)
-    default = str(default_dtype(our_unet(folder, torch.float32), torch.device("cpu"))).removeprefix("torch.")
-    names = ["diffusers fp32", "diffusers bf16", "t2i fp32", f"t2i default ({default})", "OpenVINO f32",
-             "OpenVINO bf16"]
-    names += ["t2i fp32, winograd"] * args.winograd + ["t2i bf16, channels_last"] * args.channels_last
+    default = Pipeline.load(folder, "cpu")
+    layout = "channels_last" if default.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last) \
+        else "NCHW"
+    names = ["diffusers fp32", "diffusers bf16", "t2i fp32", "t2i default", "OpenVINO f32", "OpenVINO bf16"]
+    names += ["t2i fp32, winograd"] * args.winograd
+    default = f"{str(default.dtype).removeprefix('torch.')}, {layout}"
     peaks = {name: measure_peak(__file__, folder, name) for name in names}
     with torch.no_grad():
         variants = {name: load(folder, name) for name in names}
@@ -98,7 +94,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; SD v1 U-Net, input [2, 4, 64, 64] + context [2, 77, 768], "
           f"{flops / 1e9:.0f} GFLOP per call; matmul peak ~{peak32:.0f} GFLOP/s fp32, ~{peak16:.0f} bf16 "
           f"(2048² torch.mm); median of {args.repeats} interleaved calls; peak memory: each variant loading and "
-          f"calling once in a process of its own\n")
+          f"calling once in a process of its own; t2i default: {default}\n")
     base = statistics.median(times["diffusers fp32"])
     print("| U-Net | median s/call | × diffusers fp32 | GFLOP/s | relative L2 to diffusers fp32 | peak RSS GiB |")
     print("|---|---:|---:|---:|---:|---:|")

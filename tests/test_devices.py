@@ -52,7 +52,12 @@ def test_a_pipeline_computes_in_bfloat16_by_default_unless_asked_otherwise(tmp_p
     pipe = Pipeline.load(folder, "cpu")
     assert {p.dtype for network in (pipe.unet, pipe.vae, pipe.text_encoder) for p in network.parameters()} \
         == {torch.bfloat16}
-    assert Pipeline.load(folder, "cpu", dtype="fp32").dtype == torch.float32
+    channels_last = torch.channels_last
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=channels_last)  # oneDNN's fast bf16 layout
+    full = Pipeline.load(folder, "cpu", dtype="fp32")
+    assert full.dtype == torch.float32 and not full.unet.conv_in.weight.is_contiguous(memory_format=channels_last)
+    images = [p("tiny prompt", steps=2, seed=0, output_type="pt", progress=False) for p in (pipe, full)]
+    assert -10 * torch.log10((images[0] - images[1]).pow(2).mean()) > 30  # dB: the same image to bf16's rounding
     out = tmp_path / "image.png"
     assert main(["generate", "tiny prompt", "--model", str(folder), "--precision", "fp32", "--steps", "2",
                  "--width", "32", "--height", "32", "--out", str(out), "--device", "cpu"]) == 0
