@@ -151,6 +151,11 @@ def diffusion_from_config(config: dict) -> Diffusion:
     return Diffusion.from_schedule(d.schedule, d.num_timesteps, d.prediction_type)
 
 
+def timestep_convention(config: dict) -> dict:
+    """The `steps_offset` and `set_alpha_to_one` a model's diffusion section sets (`sampling.SamplerSettings`)."""
+    return {key: config["diffusion"][key] for key in ("steps_offset", "set_alpha_to_one") if key in config["diffusion"]}
+
+
 def weights_path(model_dir: str | Path, component: str) -> Path:
     return Path(model_dir) / f"{component}.safetensors"
 

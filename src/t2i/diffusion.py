@@ -231,6 +231,20 @@ class Diffusion:
             return self.predict_eps_from_v(x_t, t, out)
         return out
 
+    def model_x0(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        """x̂_0(x_t, t), whatever the network was trained to output; `predict_x0` of `model_eps`, but read off
+        v (x̂_0 = sqrt(ᾱ_t) x_t - sqrt(1 - ᾱ_t) v) or flow's u (x̂_0 = x - s u on the straight path) directly,
+        which spares dividing by a small sqrt(ᾱ_t) at high noise (progressive distillation regresses on it)."""
+        t = torch.as_tensor(t)
+        if self.prediction_type == "flow":
+            x, s = self.flow_input(x_t, t)
+            return x - s * model(x, network_time(t, x), **cond)
+        out = model(x_t, network_time(t, x_t), **cond)
+        if self.prediction_type == "v":
+            signal, sigma = self.scales_at(t, x_t)
+            return signal * x_t - sigma * out
+        return self.predict_x0(x_t, t, out)
+
     def score(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """∇ log q(x_t) ≈ s_θ(x_t, t) = -ε_θ(x_t, t) / sqrt(1 - ᾱ_t)  (Song et al. 2021, the score view)."""
         return -eps / self.scales_at(t, x_t)[1]

@@ -90,9 +90,28 @@ class LoRABase(ModelConfig):
     base: str
 
 
+@dataclass
+class Distillation(ModelConfig):
+    """The `distillation` section of a student of progressive distillation (`t2i train --distill TEACHER`): the
+    teacher it was distilled from, the classifier-free guidance scale folded into its network (it takes cfg 1
+    only), and the DDIM grid it was trained for: `steps` of `spacing`, what its `inference` section says."""
+
+    teacher: str
+    guidance_scale: float
+    steps: int
+    spacing: str = "trailing"
+
+    RANGES = {"guidance_scale": (0.0, MAX_GUIDANCE), "steps": (1, MAX_STEPS)}
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.spacing not in SPACINGS:
+            raise UserError(f"unknown spacing {self.spacing!r}; choose one of: {', '.join(SPACINGS)}")
+
+
 LORA_FILE = "lora.safetensors"  # kohya's layout; diffusers' beside it is `convert.lora_names.FOLDER_FILES[0]`
 # every section a config.json may hold; `train` holds a run's settings, read by the training that resumes it
-SECTIONS = ("unet", "text_encoder", "vae", "tokenizer", "diffusion", "inference", "train", "lora")
+SECTIONS = ("unet", "text_encoder", "vae", "tokenizer", "diffusion", "inference", "train", "lora", "distillation")
 
 
 def text_encoder_class(section: dict) -> type[ModelConfig]:
@@ -112,7 +131,7 @@ def check_folder_config(config, path: Path) -> None:
         raise UserError(f"{str(path)!r}: image_size is missing (the side of the images the model makes)")
     ModelFolder.from_dict({key: value for key, value in config.items() if key not in SECTIONS}, f"{str(path)!r}")
     sections = {"unet": UNetConfig, "vae": VAEConfig, "diffusion": DiffusionSettings, "inference": InferenceSettings,
-                "tokenizer": TokenizerSettings, "lora": LoRABase}
+                "tokenizer": TokenizerSettings, "lora": LoRABase, "distillation": Distillation}
     if "text_encoder" in config:
         sections["text_encoder"] = text_encoder_class(config["text_encoder"])
     for name, kind in sections.items():

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoints import (diffusion_from_config, load_components, lora_base, read_config, require_diffusion_model,
-                          resolve_model, tokenizer_from_config)
+                          resolve_model, timestep_convention, tokenizer_from_config)
 from .checks import real_number, whole_number
 from .devices import default_dtype, resolve_device, resolve_dtype
 from .diffusion import Diffusion
@@ -80,12 +80,15 @@ class Pipeline:
     clips x̂₀ to [-1, 1] while sampling; it defaults to on for pixels, off for latents.
     `timestep_convention` holds a model's `steps_offset` and `set_alpha_to_one`
     (`sampling.SamplerSettings`): SD v1's grids start at 1 and its DDIM ends at ᾱ_0.
+    `folded_guidance` is the guidance scale a distilled student has in its network
+    (`training.distill`): it then takes cfg 1 only.
     """
 
     def __init__(self, unet: UNet, diffusion: Diffusion, image_size: int,
                  text_encoder: CLIPTextTransformer | None = None, tokenizer: Tokenizer | None = None,
                  inference: dict | None = None, name: str = "", clip: bool | None = None,
-                 vae: AutoencoderKL | None = None, timestep_convention: dict | None = None):
+                 vae: AutoencoderKL | None = None, timestep_convention: dict | None = None,
+                 folded_guidance: float | None = None):
         if (text_encoder is None) != (tokenizer is None):
             raise ValueError("a text encoder needs a tokenizer, and a tokenizer a text encoder")
         self.unet, self.diffusion, self.image_size = unet, diffusion, image_size
@@ -93,6 +96,7 @@ class Pipeline:
         self.defaults = {**INFERENCE_DEFAULTS, **(inference or {})}
         self.name, self.clip = name, vae is None if clip is None else clip
         self.timestep_convention = dict(timestep_convention or {})
+        self.folded_guidance = folded_guidance
         self.vae_tile: int | None = None  # see `optimize`
 
     @classmethod
@@ -121,12 +125,12 @@ class Pipeline:
             tokenizer = tokenizer_from_config(folder, config)
         dtype = dtype or default_dtype(components["unet"], device)
         components = components.to(device, dtype)
-        convention = {key: config["diffusion"][key] for key in ("steps_offset", "set_alpha_to_one")
-                      if key in config["diffusion"]}
+        convention = timestep_convention(config)
         pipe = cls(components["unet"], diffusion_from_config(config), config["image_size"],
                    components["text_encoder"] if "text_encoder" in components else None,
                    tokenizer, config.get("inference"), str(name_or_path),
-                   vae=components["vae"] if "vae" in components else None, timestep_convention=convention)
+                   vae=components["vae"] if "vae" in components else None, timestep_convention=convention,
+                   folded_guidance=config.get("distillation", {}).get("guidance_scale"))
         # oneDNN's bfloat16 convolutions run fastest on NHWC feature maps (SD's U-Net step 0.73x the time)
         pipe.optimize(channels_last=device.type == "cpu" and dtype == torch.bfloat16)
         return pipe.load_additions(loras, embeddings)
@@ -342,6 +346,10 @@ class Pipeline:
             chosen["spacing"] = chosen["spacing"] or sampler.spacing
         if "cfg" in chosen:
             check_guidance(chosen["cfg"], chosen.get("guidance_rescale", 0.0))
+            if self.folded_guidance is not None and chosen["cfg"] != 1:
+                # its network has no unconditional branch to guide against: it learned only the guided one
+                raise UserError(f"model {self.name!r} is distilled with guidance {self.folded_guidance:g} in its "
+                                "network: it takes cfg 1 only (leave cfg out)")
         return chosen
 
     def sampler_settings(self, settings: dict, eta: float | None, options: dict | None) -> SamplerSettings:

@@ -24,6 +24,7 @@ def report(result) -> None:
 def add_train(sub) -> None:
     from ..models.unet import BLOCK_TYPES, UNetConfig
     from ..training.diffusion import MIXED_PRECISION, TrainConfig
+    from ..training.distill import DistillConfig
     from ..training.finetune import FinetuneConfig
 
     p = sub.add_parser("train", help="train a diffusion model on a folder of images or on 'shapes'",
@@ -36,7 +37,8 @@ def add_train(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings but for those "
                         "given that a resumed run may change (--max-steps, --lr, --cooldown-steps, --balance-by, "
-                        "--mixed-precision, --device, --workers, and a fine-tuning's --gradient-checkpointing)")
+                        "--mixed-precision, --device, --workers, and a fine-tuning's --gradient-checkpointing); a "
+                        "distillation's --max-steps may not pass its last round's end")
     p.add_argument("--image-size", type=positive(int), default=t.image_size)
     add_batch_options(p, t)
     p.add_argument("--max-steps", type=positive(int), default=t.max_steps)
@@ -124,6 +126,23 @@ def add_train(sub) -> None:
     tune.add_argument("--gradient-checkpointing", action="store_true",
                       help="recompute the U-Net's feature maps in the backward pass: far less memory, about a third "
                            "more time, the same gradients")
+    d = DistillConfig(teacher="-")
+    distil = p.add_argument_group(
+        "progressive distillation", "with --distill, one of our text-to-image models teaches students of fewer and "
+        "fewer DDIM steps on --data's captions (Salimans & Ho 2022), its classifier-free guidance folded in: each "
+        "round halves the steps, each student is kept in --out's students/steps-N/ and generates with cfg 1; the "
+        f"options left out take distillation's defaults (batch {d.batch_size}, lr {d.lr:g}, warm-up "
+        f"{d.warmup_steps} a round, a save and samples every {d.save_every})")
+    distil.add_argument("--distill", type=path_arg, default=None, metavar="TEACHER",
+                        help="the model to distil: a latent text-to-image model folder of ours, or a shipped model")
+    distil.add_argument("--distill-start-steps", type=positive(int), default=d.start_steps, metavar="N",
+                        help="the first student's steps (its teacher takes 2N)")
+    distil.add_argument("--distill-final-steps", type=positive(int), default=d.final_steps, metavar="M",
+                        help="the last student's steps; N must be M times a power of two")
+    distil.add_argument("--distill-steps-per-round", type=positive(int), default=d.steps_per_round, metavar="K",
+                        help="training steps of each round (the run takes them all unless --max-steps stops it)")
+    distil.add_argument("--distill-cfg", type=float, default=None, metavar="W",
+                        help="the guidance scale folded into the students (default: the teacher's own cfg)")
     p.set_defaults(run=run_train, option_names={action.dest: action.option_strings[0] for action in p._actions
                                                 if action.option_strings})
 
@@ -134,7 +153,12 @@ ARCHITECTURE = ("schedule", "timesteps", "prediction", "channels", "channel_mult
                 "text", "text_encoder", "text_width", "text_pooling", "text_init_std", "text_layers", "text_heads",
                 "text_length", "pooled", "mask_padding")
 FINETUNING = ("lora_rank", "lora_alpha", "lora_text_encoder", "gradient_checkpointing")
-NAMES = {"timesteps": "num_timesteps", "prediction": "prediction_type", "workers": "num_workers"}
+# a distillation's own options, and those of a diffusion run it has no use for (its image size is the teacher's)
+DISTILLING = ("distill_start_steps", "distill_final_steps", "distill_steps_per_round", "distill_cfg")
+NOT_DISTILLING = ("image_size", "p_uncond", "min_snr_gamma", "keep_every", "probe_every")
+NAMES = {"timesteps": "num_timesteps", "prediction": "prediction_type", "workers": "num_workers",
+         "distill_start_steps": "start_steps", "distill_final_steps": "final_steps",
+         "distill_steps_per_round": "steps_per_round", "distill_cfg": "cfg"}
 
 
 def run_train(args) -> None:
@@ -143,23 +167,41 @@ def run_train(args) -> None:
     from ..text.clip import TextEncoderConfig
     from ..models.unet import UNetConfig
     from ..training.diffusion import TrainConfig, resume, train
-    from ..training import finetune
+    from ..training import distill, finetune
 
     def options(dests) -> str:
         return ", ".join(args.option_names[dest] for dest in dests)
 
     if args.resume:
-        continued = finetune.resume if finetune.is_finetuning_run(args.out) else resume
+        continued = (finetune.resume if finetune.is_finetuning_run(args.out) else
+                     distill.resume if distill.is_distillation_run(args.out) else resume)
         report(continued(args.out, **resume_changes(args, NAMES)))
         return
-    if args.init is not None:
-        refused = [dest for dest in ARCHITECTURE if dest in args.given]
+    def started_from(dest: str, not_applying, what: str, why: str, does: str) -> dict:
+        """The settings of a run that starts from a model (--init, --distill): the options that do not apply
+        to it refused, --data required."""
+        option = args.option_names[dest]
+        refused = [name for name in not_applying if name in args.given]
         if refused:
-            raise UserError(f"{options(refused)} do not apply to fine-tuning (--init): the model's architecture, "
-                            "schedule and text encoder are its own")
+            raise UserError(f"{options(refused)} do not apply to {what} ({option}): {why}")
         if "data" not in args.given:
-            raise UserError("--init fine-tunes a model on your captioned images: give their folder with --data")
-        settings = {NAMES.get(dest, dest): getattr(args, dest) for dest in args.given - {"out", "init"}}
+            raise UserError(f"{option} {does} a model on your captioned images: give their folder with --data")
+        return {NAMES.get(name, name): getattr(args, name) for name in args.given - {"out", dest}}
+
+    if args.distill is not None:
+        if args.init is not None:
+            raise UserError("--init fine-tunes a model and --distill distils one: give one of them")
+        settings = started_from("distill", (*ARCHITECTURE, *FINETUNING, *NOT_DISTILLING), "distillation",
+                                "the students are the teacher's networks at its image size, trained on its steps",
+                                "distils")
+        report(distill.distill(distill.DistillConfig(teacher=str(args.distill), **settings), args.out))
+        return
+    given = [dest for dest in DISTILLING if dest in args.given]
+    if given:
+        raise UserError(f"{options(given)} set a distillation: give its teacher with --distill TEACHER")
+    if args.init is not None:
+        settings = started_from("init", ARCHITECTURE, "fine-tuning",
+                                "the model's architecture, schedule and text encoder are its own", "fine-tunes")
         report(finetune.finetune(finetune.FinetuneConfig(init=str(args.init), **settings), args.out))
         return
     given = [dest for dest in FINETUNING if dest in args.given]

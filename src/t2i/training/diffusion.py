@@ -195,6 +195,9 @@ def resume(out_dir: str | Path, **changes) -> TrainResult:
     if "init" in saved["train"]:
         raise UserError(f"{str(out)!r} is a fine-tuning run (`t2i train --init`): resume it with "
                         "training.finetune.resume")
+    if "teacher" in saved["train"]:
+        raise UserError(f"{str(out)!r} is a distillation run (`t2i train --distill`): resume it with "
+                        "training.distill.resume")
     config = TrainConfig.resumed(saved["train"], changes)
     world, device = join(config.device)
     with main_locks(out, world):
@@ -320,6 +323,24 @@ def probe_hook(probes: dict[str, LossProbe], diffusion: Diffusion, unet: torch.n
     return probe
 
 
+def step_examples(batch, k: int, config: DiffusionTrainingConfig, share: range, device: torch.device,
+                  captioned: bool, vae: AutoencoderKL | None = None
+                  ) -> tuple[torch.Tensor, list[str] | None, list[torch.Generator]]:
+    """This process's share of step k's examples: x_0 on `device` (with a `vae`, latents drawn from the batch's
+    moments), one phrasing of each caption, dropped to "" with probability p_uncond (None unconditional), and
+    each example's generator, which its further draws (timestep, noise) come from after these."""
+    x0, captions = batch if captioned else (batch, None)
+    x0 = x0.to(device, non_blocking=True)
+    generators = example_generators(config.seed, k, share)  # each example's own draws, in this order
+    if vae is not None:
+        x0 = sample_latents(x0, vae.config.scaling_factor, generators)
+    if captioned:
+        captions = [choose_caption(c, random.Random(g.initial_seed())) for c, g in zip(captions, generators)]
+        dropped = (rand(generators) < config.p_uncond).tolist()
+        captions = ["" if drop else c for c, drop in zip(captions, dropped)]
+    return x0, captions, generators
+
+
 def diffusion_step(config: DiffusionTrainingConfig, diffusion: Diffusion, share: range, micro: int,
                    device: torch.device, replicas: list[torch.nn.Module],
                    condition: Callable[[list[str]], dict] | None, optimizer: torch.optim.Optimizer,
@@ -334,15 +355,7 @@ def diffusion_step(config: DiffusionTrainingConfig, diffusion: Diffusion, share:
     unet, captioned = replicas[0], condition is not None
 
     def step(batch, k: int) -> dict[str, torch.Tensor]:
-        x0, captions = batch if captioned else (batch, None)
-        x0 = x0.to(device, non_blocking=True)
-        generators = example_generators(config.seed, k, share)  # each example's own draws, in this order
-        if vae is not None:
-            x0 = sample_latents(x0, vae.config.scaling_factor, generators)
-        if captioned:
-            captions = [choose_caption(c, random.Random(g.initial_seed())) for c, g in zip(captions, generators)]
-            dropped = (rand(generators) < config.p_uncond).tolist()
-            captions = ["" if drop else c for c, drop in zip(captions, dropped)]
+        x0, captions, generators = step_examples(batch, k, config, share, device, captioned, vae)
         t = diffusion.sample_timesteps(len(generators), generators, device)
         noise = randn(x0.shape, generators).to(x0)
 

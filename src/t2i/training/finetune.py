@@ -32,7 +32,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..checkpoints import diffusion_from_config, folder_config
+from ..checkpoints import diffusion_from_config, folder_config, timestep_convention
 from ..convert import unet_names
 from ..convert.lora_names import FOLDER_FILES, save_lora
 from ..convert.stable_diffusion import load_sd_model
@@ -279,8 +279,7 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
     step = diffusion_step(config, diffusion, share, micro, device, replicas,
                           lambda captions: condition(captions, encoder), optimizer, trained, ema, scaler, vae)
     frozen = {"vae": vae, "text_encoder": text_encoder}
-    convention = {key: value for key, value in base.config["diffusion"].items()
-                  if key in ("steps_offset", "set_alpha_to_one")}
+    convention = timestep_convention(base.config)
 
     def model_files(folder: Path) -> list[str]:
         """A LoRA run's model: the EMA adapters in kohya's and diffusers' layouts; a whole U-Net's: the

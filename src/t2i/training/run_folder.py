@@ -3,7 +3,7 @@
     RUN/
       config.json, <component>.safetensors   the model to use: the current checkpoint's EMA networks (and its
                                              other model files: a fine-tuning's LoRA files, its tokenizer's)
-      loss.csv, loss.png, samples/, snapshots/step_NNNNNN/
+      loss.csv, loss.png, samples/, snapshots/step_NNNNNN/, students/steps-N/ (a distillation's)
       training/
         lock                  held by the process that trains in the folder (its PID inside)
         latest                the name of the current checkpoint
@@ -44,6 +44,7 @@ POINTER = "latest"
 STATE = "state.json"
 RAW_WEIGHTS = "model.safetensors"
 SNAPSHOTS = "snapshots"
+STUDENTS = "students"  # a distillation's students, one model folder a round (`training.distill`)
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 OLD_SWAP_DIRS = ("training.old", "training.tmp")  # earlier versions swapped training/ through these
 # a model's files besides its networks' weights (a LoRA's, in the layouts people load): written into the
@@ -176,7 +177,7 @@ def leftovers(out: Path, current: Path | None) -> list[Path]:
                 continue  # the files of an earlier version's checkpoint
             found.append(entry)
     found += [out / name for name in OLD_SWAP_DIRS if (out / name).exists() and out / name != current]
-    for folder in (out, out / SNAPSHOTS):
+    for folder in (out, out / SNAPSHOTS, out / STUDENTS):
         found += sorted(folder.glob("*" + TMP_SUFFIX)) if folder.is_dir() else []
     return list(dict.fromkeys(found))  # training.tmp is found twice
 
@@ -274,9 +275,15 @@ def restore(out: Path, model: torch.nn.Module, ema: Mapping[str, torch.nn.Module
 
 def save_snapshot(out: Path, step: int, components: Mapping[str, torch.nn.Module], config: dict,
                   files: ModelFiles | None = None) -> None:
-    """The model of step `step` (networks, other `files`, config) kept in snapshots/step_NNNNNN: written aside
-    and renamed in whole."""
-    final = Path(out) / SNAPSHOTS / f"step_{step:06d}"
+    """The model of step `step` (networks, other `files`, config) kept in snapshots/step_NNNNNN."""
+    save_model_folder(Path(out) / SNAPSHOTS / f"step_{step:06d}", components, config, files,
+                      f"the model of step {step}")
+
+
+def save_model_folder(final: Path, components: Mapping[str, torch.nn.Module], config: dict,
+                      files: ModelFiles | None = None, what: str = "the model") -> None:
+    """A model folder (networks, other `files`, config) that a run keeps beside its checkpoints, at `final`:
+    written aside and renamed in whole, over the same model kept by a run stopped before its next checkpoint."""
     tmp = tmp_path(final)
     try:
         if tmp.exists():
@@ -285,10 +292,10 @@ def save_snapshot(out: Path, step: int, components: Mapping[str, torch.nn.Module
             make_dir(tmp)
             files(tmp)
         save_model(tmp, components, config)
-        if final.exists():  # kept by a run stopped before its next checkpoint: the same model
+        if final.exists():
             remove_tree(final)
         atomic_replace(tmp, final)
     except OSError as error:
         discard(tmp)
-        raise UserError(f"could not keep the model of step {step} in {str(final)!r}: {error.strerror or error}; "
+        raise UserError(f"could not keep {what} in {str(final)!r}: {error.strerror or error}; "
                         "make room and resume") from None
