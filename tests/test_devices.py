@@ -62,3 +62,9 @@ def test_a_pipeline_computes_in_bfloat16_by_default_unless_asked_otherwise(tmp_p
     assert main(["generate", "tiny prompt", "--model", str(folder), "--precision", "fp32", "--steps", "2",
                  "--width", "32", "--height", "32", "--out", str(out), "--device", "cpu"]) == 0
     assert out.is_file()
+
+
+def test_channels_last_pays_for_bfloat16_on_the_cpu_only():
+    assert devices.channels_last_pays(CPU, torch.bfloat16)
+    assert not devices.channels_last_pays(CPU, torch.float32)
+    assert not devices.channels_last_pays(torch.device("cuda"), torch.bfloat16)

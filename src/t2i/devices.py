@@ -82,3 +82,9 @@ def default_dtype(networks: torch.nn.Module, device: torch.device) -> torch.dtyp
     native (`fast_bfloat16`), float32 otherwise."""
     parameters = sum(p.numel() for p in networks.parameters())
     return torch.bfloat16 if parameters >= BFLOAT16_PARAMETERS and fast_bfloat16(device) else torch.float32
+
+
+def channels_last_pays(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether convolutions run faster on NHWC feature maps: oneDNN's bfloat16 kernels on the CPU (SD's U-Net
+    step 0.73x the time of NCHW's, the emoji U-Net's training step 0.84x: docs/benchmarks.md)."""
+    return device.type == "cpu" and dtype == torch.bfloat16

@@ -37,6 +37,7 @@ from ..data import load_dataset
 from ..data.folder import choose_caption
 from ..data.latents import sample_latents
 from ..diffusion import PREDICTION_TYPES, Diffusion
+from ..devices import channels_last_pays
 from ..errors import UserError
 from ..guards import unet_feature_bytes
 from ..memory import check_fits
@@ -231,6 +232,8 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
     torch.manual_seed(config.seed)
     not_trained = ("vae", "text_encoder") if frozen_text else ("vae",)
     model = build_components({k: v for k, v in run_config.items() if k not in not_trained}).to(device)
+    if channels_last_pays(device, AUTOCAST.get(config.mixed_precision, torch.float32)):
+        model["unet"].to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     frozen = {"vae": vae} if vae is not None else {}  # saved with the model; a pretrained encoder is not
     text_encoder, text_cache = ema["text_encoder"] if "text_encoder" in ema else None, None
