@@ -48,8 +48,13 @@ class TextConditionCache:
             hidden = self.encoder(ids)
             pooled = self.encoder.pool(hidden, ids)
             lengths = [ids.shape[1]] * len(part) if self.padded else self.encoder.padding_mask(ids).sum(1).tolist()
-            for caption, states, vector, length in zip(part, hidden, pooled, lengths):
-                self.states[caption] = (states[:length].to("cpu", self.dtype).clone(), vector.to("cpu", self.dtype))
+            # one block a chunk, the captions' states and pooled vectors views into it: two small tensors a
+            # caption, kept for the whole run between the encoder's large transient ones, left glibc's heap
+            # fragmented (a distillation's 37,731 captions held 6 GB of resident memory for ~0.5 GB of states)
+            block = torch.cat([*(states[:n] for states, n in zip(hidden, lengths)), pooled]).to("cpu", self.dtype)
+            rows = block[:sum(lengths)].split(lengths)
+            for caption, states, vector in zip(part, rows, block[sum(lengths):]):
+                self.states[caption] = (states, vector)
 
     def __call__(self, captions: Sequence[str], device="cpu") -> dict[str, torch.Tensor]:
         self.encode_missing(captions)
