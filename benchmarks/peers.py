@@ -13,6 +13,7 @@ Peak memory is each variant's own: `measure_peak` runs a variant's loading and o
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,17 @@ def measure_peak(script: str, folder: Path, variant: str) -> int:
     out = subprocess.run([sys.executable, script, "--child", str(folder), variant], check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak"]
+
+
+def setup() -> str:
+    """The machine and the versions a result was measured with: CPU flags that decide the kernels, torch,
+    diffusers, OpenVINO, threads."""
+    import diffusers
+    import openvino
+
+    from t2i.devices import cpu_flags
+
+    flags = " ".join(sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+    return (f"{platform.processor() or platform.machine()}, flags {flags}; torch {torch.__version__}, diffusers "
+            f"{diffusers.__version__}, OpenVINO {openvino.__version__.split('-')[0]}, "
+            f"{torch.get_num_threads()} threads")

@@ -16,7 +16,6 @@ Run:  python benchmarks/sd_image_speed.py [--dir /tmp/t2i-bench] [--repeats 1] [
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import statistics
 import sys
@@ -24,12 +23,10 @@ from pathlib import Path
 
 import diffusers
 import numpy as np
-import openvino
 import torch
 
-from peers import openvino_compiled, sd_folder
+from peers import openvino_compiled, sd_folder, setup
 from t2i.bench import interleaved_times
-from t2i.devices import cpu_flags
 from t2i.pipeline import Pipeline
 
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -93,11 +90,8 @@ def main() -> None:
         times = interleaved_times({name: keeping(name, fn) for name, fn in variants.items()}, args.repeats, warmup=0)
     references = {name: "t2i fp32" if name.startswith("t2i") else "diffusers fp32" for name in variants}
 
-    flags = sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "avx2"})
     print(f"Command: `{shlex.join(['python', 'benchmarks/sd_image_speed.py', *sys.argv[1:]])}`")
-    print(f"{platform.processor() or platform.machine()}, flags {' '.join(flags)}; torch {torch.__version__}, "
-          f"diffusers {diffusers.__version__}, OpenVINO {openvino.__version__.split('-')[0]}, "
-          f"{torch.get_num_threads()} threads; SD v1 (random weights), 512×512, DPM-Solver++(2M) {STEPS} steps, "
+    print(f"{setup()}; SD v1 (random weights), 512×512, DPM-Solver++(2M) {STEPS} steps, "
           f"cfg {CFG}; median of {args.repeats} interleaved whole calls (text encoder, {STEPS} guided steps, "
           f"decoder)\n")
     base = statistics.median(times["diffusers fp32"])

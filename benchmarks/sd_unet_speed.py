@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
 import sys
 from pathlib import Path
 
-import diffusers
-import openvino
 import torch
 
-from peers import diffusers_unet, measure_peak, openvino_compiled, peak_rss, sd_folder, unet_inputs
+from peers import diffusers_unet, measure_peak, openvino_compiled, peak_rss, sd_folder, setup, unet_inputs
 from t2i.bench import count_flops, interleaved_times, matmul_peak_gflops
-from t2i.devices import cpu_flags
 from t2i.pipeline import Pipeline
 
 
@@ -87,11 +83,8 @@ def main() -> None:
         times = interleaved_times(variants, args.repeats, warmup=0)
     peak32, peak16 = matmul_peak_gflops(), matmul_peak_gflops(dtype=torch.bfloat16)
 
-    flags = sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16", "avx2"})
     print(f"Command: `{shlex.join(['python', 'benchmarks/sd_unet_speed.py', *sys.argv[1:]])}`")
-    print(f"{platform.processor() or platform.machine()}, flags {' '.join(flags)}; torch {torch.__version__}, "
-          f"diffusers {diffusers.__version__}, OpenVINO {openvino.__version__.split('-')[0]}, "
-          f"{torch.get_num_threads()} threads; SD v1 U-Net, input [2, 4, 64, 64] + context [2, 77, 768], "
+    print(f"{setup()}; SD v1 U-Net, input [2, 4, 64, 64] + context [2, 77, 768], "
           f"{flops / 1e9:.0f} GFLOP per call; matmul peak ~{peak32:.0f} GFLOP/s fp32, ~{peak16:.0f} bf16 "
           f"(2048² torch.mm); median of {args.repeats} interleaved calls; peak memory: each variant loading and "
           f"calling once in a process of its own; t2i default: {default}\n")
