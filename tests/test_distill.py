@@ -180,6 +180,31 @@ def tiny_model(folder, text: bool, vae: bool) -> str:
     return str(folder)
 
 
+def test_a_model_hands_a_call_for_its_students_steps_to_the_student(distilled, teacher, tmp_path, monkeypatch):
+    """A teacher with its students beside it (students/steps-N) draws a call for N steps that leaves sampler, cfg and
+    grid to it with the student, exactly as the student's own folder does, and names the student in the image's
+    parameters by a name that loads it; any other call stays the teacher's."""
+    model = tmp_path / "toy"
+    shutil.copytree(teacher, model)
+    shutil.copytree(distilled / "students", model / "students")
+    monkeypatch.setattr("t2i.checkpoints.shipped_models", lambda: {"toy": model})
+    pipe = Pipeline.load("toy", "cpu")
+    assert sorted(pipe.students) == [1, 2]
+    for steps in (1, 2):
+        own = Pipeline.load(distilled / "students" / f"steps-{steps}", "cpu")("red", seed=3, progress=False)[0]
+        routed = pipe("red", steps=steps, seed=3, progress=False)[0]
+        assert np.array_equal(np.asarray(own), np.asarray(routed))
+        assert routed.info["t2i"]["model"] == f"toy/students/steps-{steps}"
+        assert Pipeline.load(routed.info["t2i"]["model"], "cpu").students == {}  # the name loads the student
+    plain = Pipeline.load(teacher, "cpu")
+    for call in ({"steps": 2, "cfg": 3.0}, {"steps": 2, "sampler": "ddim"}, {"steps": 3}, {}):
+        mine, teachers = (p("red", seed=3, progress=False, output_type="pt", **call) for p in (pipe, plain))
+        assert torch.equal(mine, teachers), call
+    out = tmp_path / "one-step.png"
+    assert main(["generate", "--model", str(model), "red", "--steps", "1", "--seed", "3", "--out", str(out)]) == 0
+    assert read_parameters(out)["model"] == str(model / "students" / "steps-1")
+
+
 def test_bad_input_is_refused_in_one_line(teacher, distilled, colour_folder, tmp_path):
     for changes, message in (
             ({"start_steps": 3, "final_steps": 2}, "final_steps times a power of two"),

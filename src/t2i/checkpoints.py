@@ -38,6 +38,7 @@ from .text.tokenizer import Tokenizer
 from .text.tokenizers import load_tokenizer
 
 CONFIG_NAME = "config.json"
+STUDENTS = "students"  # a model's students of progressive distillation, one model folder each: students/steps-N/
 FORMAT_VERSION = 2  # 1: the U-Net's weights in model.safetensors
 COMPONENTS = {"unet": (UNet, UNetConfig), "text_encoder": (CLIPTextTransformer, TextEncoderConfig),
               "vae": (AutoencoderKL, VAEConfig)}
@@ -52,15 +53,31 @@ def shipped_models() -> dict[str, Path]:
 
 
 def resolve_model(name_or_path: str | Path) -> Path:
-    """The folder of a shipped model's name, or the given path."""
+    """The folder of a shipped model's name, of a folder inside one ("emoji/students/steps-4"), or the given path."""
     shipped = shipped_models()
-    if str(name_or_path) in shipped:
-        return shipped[str(name_or_path)]
+    name, _, inside = str(name_or_path).replace("\\", "/").partition("/")
+    if name in shipped and (shipped[name] / inside).is_dir():
+        return shipped[name] / inside
     path = Path(name_or_path)
     if not path.exists():
         names = ", ".join(sorted(shipped)) or "none"
         raise UserError(f"no model {str(name_or_path)!r}: give a model folder or a shipped model ({names})")
     return path
+
+
+def student_folder(folder: Path, steps: int) -> Path:
+    """Where a model folder keeps its distilled student of `steps` steps."""
+    return folder / STUDENTS / f"steps-{steps}"
+
+
+def student_folders(folder: Path) -> dict[int, Path]:
+    """The distilled students a model folder holds (`training.distill`), by their steps: students/steps-N/."""
+    found = {}
+    for entry in (folder / STUDENTS).glob("steps-*"):
+        steps = entry.name.removeprefix("steps-")
+        if steps.isdigit() and (entry / CONFIG_NAME).is_file():
+            found[int(steps)] = entry
+    return found
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

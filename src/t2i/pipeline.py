@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoints import (diffusion_from_config, load_components, lora_base, read_config, require_diffusion_model,
-                          resolve_model, timestep_convention, tokenizer_from_config)
+                          resolve_model, student_folders, timestep_convention, tokenizer_from_config)
 from .checks import real_number, whole_number
 from .devices import channels_last_pays, default_dtype, resolve_device, resolve_dtype
 from .diffusion import Diffusion
@@ -98,6 +98,8 @@ class Pipeline:
         self.timestep_convention = dict(timestep_convention or {})
         self.folded_guidance = folded_guidance
         self.vae_tile: int | None = None  # see `optimize`
+        self.students: dict[int, Path] = {}  # distilled students by steps (`student`); `load` finds a folder's
+        self._loaded_students: dict[int, Pipeline] = {}
 
     @classmethod
     def load(cls, name_or_path: str | Path = DEFAULT_MODEL, device: str | torch.device = "auto",
@@ -131,8 +133,26 @@ class Pipeline:
                    tokenizer, config.get("inference"), str(name_or_path),
                    vae=components["vae"] if "vae" in components else None, timestep_convention=convention,
                    folded_guidance=config.get("distillation", {}).get("guidance_scale"))
+        pipe.students = {} if is_foreign(folder) else student_folders(folder)
         pipe.optimize(channels_last=channels_last_pays(device, dtype))
         return pipe.load_additions(loras, embeddings)
+
+    def student(self, steps: int | None, sampler: str | None = None, cfg: float | None = None,
+                spacing: str | None = None) -> "Pipeline | None":
+        """The distilled student of `steps` steps that this model folder holds (students/steps-N/, `training.distill`),
+        for a call that asks for that many steps and leaves sampler, guidance and grid to the model: the student
+        draws in N network calls what its teacher draws in ~20 guided ones. None otherwise, and with LoRAs applied
+        (the student was not made with them). It shares this pipeline's text encoder, tokenizer and autoencoder, so
+        embeddings and `load_vae` carry over."""
+        if steps not in self.students or (sampler, cfg, spacing) != (None, None, None) or self.additions():
+            return None
+        if steps not in self._loaded_students:
+            student = Pipeline.load(self.students[steps], self.device, self.dtype)
+            student.name = str(Path(self.name) / self.students[steps].relative_to(self.students[steps].parents[1]))
+            student.text_encoder, student.tokenizer, student.vae = self.text_encoder, self.tokenizer, self.vae
+            self._loaded_students[steps] = student
+        self._loaded_students[steps].vae_tile = self.vae_tile
+        return self._loaded_students[steps]
 
     def load_vae(self, path: str | Path) -> None:
         """Decode and encode with another autoencoder: an SD VAE file or diffusers vae/ folder
@@ -490,7 +510,14 @@ class Pipeline:
         whose x̂_0 here is decoded: PIL images of what the sampler currently predicts (a preview).
         `clip_skip` N > 1 conditions on a CLIP text encoder's state N - 1 blocks before its last
         (AUTOMATIC1111's "Clip skip").
+
+        A model with a distilled student of `steps` steps (`student`) hands it a call that names no sampler,
+        cfg or spacing; the images' parameters then name the student as their model.
         """
+        arguments = dict(locals())  # first, before any other local: this call's arguments, for a student
+        student = self.student(steps, sampler, cfg, spacing)
+        if student is not None:
+            return student(**{name: value for name, value in arguments.items() if name != "self"})
         settings = self.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,
                                  guidance_rescale=guidance_rescale)
         sampling = self.sampler_settings(settings, eta, sampler_options)

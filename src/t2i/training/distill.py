@@ -42,7 +42,8 @@ import torch
 from torch import nn
 
 from ..checkpoints import (diffusion_from_config, folder_config, is_pretrained, load_components, read_config,
-                           require_diffusion_model, resolve_model, timestep_convention, tokenizer_from_config)
+                           require_diffusion_model, resolve_model, student_folder, timestep_convention,
+                           tokenizer_from_config)
 from ..data import captions_of, load_dataset
 from ..diffusion import Diffusion, mean_flat
 from ..errors import UserError
@@ -60,7 +61,7 @@ from .diffusion import AUTOCAST, DiffusionTrainingConfig, check_training_fits, g
 from .distributed import World, accumulate, join, leaving, main_first, main_locks, replicate, restarted
 from .loop import Hooks, StepFn, TrainResult, run_steps
 from .optimization import apply_gradients, ema_decay_at, scheduled_lr, update_ema
-from .run_folder import (STUDENTS, check_new_run, new_state, read_run_config, restore, save_checkpoint,
+from .run_folder import (check_new_run, new_state, read_run_config, restore, save_checkpoint,
                          save_model_folder)
 from .samples import sample_prompts, save_sample_grid
 
@@ -350,7 +351,7 @@ def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset
 
     def keep(k: int, seconds: float) -> None:  # a round ended: its student is a model of its own
         steps = config.student_steps(config.round_of(k - 1))
-        save_model_folder(out / STUDENTS / f"steps-{steps}", published,
+        save_model_folder(student_folder(out, steps), published,
                           student_config(k, step=k, seconds=round(seconds, 2)), model_files,
                           f"the student of {steps} steps")
 

@@ -32,8 +32,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from ..checkpoints import (CONFIG_NAME, load_optimizer, load_state, load_weights, read_config, save_model,
-                           save_optimizer, save_weights, weights_path)
+from ..checkpoints import (CONFIG_NAME, STUDENTS, load_optimizer, load_state, load_weights, read_config,
+                           save_model, save_optimizer, save_weights, weights_path)
 from ..errors import UserError
 from ..files import (TMP_SUFFIX, atomic_replace, discard, durable_write_bytes, link_or_copy, make_dir, read_json,
                      remove_file, remove_tree, tmp_path, write_json)
@@ -44,7 +44,6 @@ POINTER = "latest"
 STATE = "state.json"
 RAW_WEIGHTS = "model.safetensors"
 SNAPSHOTS = "snapshots"
-STUDENTS = "students"  # a distillation's students, one model folder a round (`training.distill`)
 CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 OLD_SWAP_DIRS = ("training.old", "training.tmp")  # earlier versions swapped training/ through these
 # a model's files besides its networks' weights (a LoRA's, in the layouts people load): written into the
