@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ..models.unet import UNetConfig
 from .tokenizer import Tokenizer
@@ -36,25 +37,32 @@ class TextConditionCache:
         return len(self.states)
 
     @torch.no_grad()
-    def encode_missing(self, captions: Sequence[str], chunk: int = 64) -> None:
-        """Encode the captions not cached yet, `chunk` at a time in their order (a fixed order gives every
-        caption the same states, whichever were encoded beside it: how a run's whole caption set is
-        encoded before its first step, so that a resumed run and every process see the same numbers)."""
+    def encode_missing(self, captions: Sequence[str], chunk: int = 64, progress: bool = False) -> None:
+        """Encode the captions not cached yet, `chunk` at a time, shortest first, each chunk padded only to its
+        longest caption (the encoder masks padding, so a caption's states do not depend on it; `padded` states
+        are all `max_length` of them). A fixed set gives every caption the same states whichever were encoded
+        beside it: how a run's whole caption set is encoded before its first step, so that a resumed run and
+        every process see the same numbers."""
         missing = list(dict.fromkeys(c for c in captions if c not in self.states))
+        if not missing:
+            return
         device = next(self.encoder.parameters()).device
-        for start in range(0, len(missing), chunk):
-            part = missing[start:start + chunk]
-            ids = self.tokenizer(part, self.max_length, truncate=True).to(device)
-            hidden = self.encoder(ids)
-            pooled = self.encoder.pool(hidden, ids)
-            lengths = [ids.shape[1]] * len(part) if self.padded else self.encoder.padding_mask(ids).sum(1).tolist()
+        ids = self.tokenizer(missing, self.max_length, truncate=True)
+        lengths = torch.full((len(missing),), ids.shape[1]) if self.padded else self.encoder.padding_mask(ids).sum(1)
+        order = sorted(range(len(missing)), key=lambda i: (lengths[i].item(), missing[i]))
+        starts = range(0, len(order), chunk)
+        for start in tqdm(starts, desc="encode captions", disable=not progress or len(starts) < 10):
+            part = order[start:start + chunk]
+            rows = lengths[part].tolist()
+            part_ids = ids[part, :max(rows)].to(device)
+            hidden = self.encoder(part_ids)
+            pooled = self.encoder.pool(hidden, part_ids)
             # one block a chunk, the captions' states and pooled vectors views into it: two small tensors a
             # caption, kept for the whole run between the encoder's large transient ones, left glibc's heap
             # fragmented (a distillation's 37,731 captions held 6 GB of resident memory for ~0.5 GB of states)
-            block = torch.cat([*(states[:n] for states, n in zip(hidden, lengths)), pooled]).to("cpu", self.dtype)
-            rows = block[:sum(lengths)].split(lengths)
-            for caption, states, vector in zip(part, rows, block[sum(lengths):]):
-                self.states[caption] = (states, vector)
+            block = torch.cat([*(states[:n] for states, n in zip(hidden, rows)), pooled]).to("cpu", self.dtype)
+            for i, states, vector in zip(part, block[:sum(rows)].split(rows), block[sum(rows):]):
+                self.states[missing[i]] = (states, vector)
 
     def __call__(self, captions: Sequence[str], device="cpu") -> dict[str, torch.Tensor]:
         self.encode_missing(captions)

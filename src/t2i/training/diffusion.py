@@ -33,7 +33,7 @@ import torch
 
 from ..checkpoints import build_components, diffusion_from_config, load_vae, model_config, text_encoder_config
 from ..convert.pretrained import load_frozen_encoder
-from ..data import load_dataset
+from ..data import captions_of, load_dataset
 from ..data.folder import choose_caption
 from ..data.latents import sample_latents
 from ..diffusion import PREDICTION_TYPES, Diffusion
@@ -219,6 +219,7 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
     check_training_fits(unet_config, config, vae, device, micro)
     captioned, frozen_text = text_config is not None, isinstance(text_config, BertConfig)
     weights = balance_weights(dataset, config.balance_by) if config.balance_by else None
+    every_caption = sorted({"", *captions_of(dataset)}) if frozen_text else []
     if vae is not None:
         with main_first(world):  # rank 0 encodes the latents into the cache, the others read it
             dataset = latent_dataset(dataset, vae, out, config, device)
@@ -240,6 +241,8 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
     if frozen_text:
         text_encoder = load_frozen_encoder(text_config, device)
         text_cache = TextConditionCache(text_encoder, tokenizer, unet_config, text_config.max_length)
+        # all of them, in one order: the same states whatever resumes or shares, and no encoding between steps
+        text_cache.encode_missing(every_caption, progress=world.main)
 
     # what the step calls: the trained networks, replicated across processes (DDP) when there are several
     unet = replicate(model["unet"], world)

@@ -318,7 +318,7 @@ def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset
     cache = TextConditionCache(text_encoder, tokenizer, teacher.config, text_encoder.config.max_length,
                                AUTOCAST.get(config.mixed_precision, torch.float32),
                                padded=not teacher.config.mask_context_padding)
-    cache.encode_missing(every_caption)  # all of them, in one order: the same states whatever resumes or shares
+    cache.encode_missing(every_caption, progress=world.main)  # all of them, in one order, whatever resumes or shares
 
     optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     prompts = sample_prompts(config, True)

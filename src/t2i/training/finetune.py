@@ -265,7 +265,8 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
         # kept in the precision the U-Net's projections read them in (autocast's), which loses nothing
         cache = TextConditionCache(text_encoder, tokenizer, unet.config, text_encoder.config.max_length,
                                    AUTOCAST.get(config.mixed_precision, torch.float32), padded=True)
-        cache.encode_missing(every_caption)  # all of them, in one order: the same states whatever resumes or shares
+        # all of them, in one order: the same states whatever resumes or shares
+        cache.encode_missing(every_caption, progress=world.main)
 
         def condition(captions: list[str], encode=None) -> dict[str, torch.Tensor]:
             return cache(captions, device)
