@@ -9,8 +9,7 @@ forward+backward (`torch.utils.flop_counter.FlopCounterMode`), the GFLOP/s achie
 fraction of the GFLOP/s a 2048x2048 `torch.mm` reaches on this machine (a practical peak) in the
 step's precision.
 With `--mixed-precision bf16` both forward passes run under `torch.autocast(bfloat16)`, as
-`t2i train --mixed-precision bf16` runs them, and the float32 steps of our model are timed too. With
-`--compile`, our model's steps through `torch.compile` as well (`t2i train --compile`).
+`t2i train --mixed-precision bf16` runs them, and the float32 steps of our model are timed too.
 
 Run:  python benchmarks/train_throughput.py            (see --help for the shape options)
 """
@@ -46,8 +45,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (the matmul peak and the timing then on the GPU)")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no",
                    help="bf16: forward passes under torch.autocast(bfloat16), as t2i train --mixed-precision bf16")
-    p.add_argument("--compile", action="store_true",
-                   help="also our model through torch.compile, as t2i train --compile (its compilation not timed)")
     return p.parse_args()
 
 
@@ -105,9 +102,6 @@ def main() -> None:
     if bf16:  # our model in float32 too, from the same weights, as the baseline of the speed-up
         models["t2i UNet, float32"] = copy.deepcopy(models["t2i UNet"])
         precision["t2i UNet, float32"] = False
-    if a.compile:  # the same weights, their step compiled
-        models["t2i UNet, compiled"] = torch.compile(copy.deepcopy(models["t2i UNet"]))
-        precision["t2i UNet, compiled"] = bf16
     x = torch.randn(a.batch_size, 3, a.image_size, a.image_size, generator=torch.Generator().manual_seed(1))
     t = torch.randint(0, 1000, (a.batch_size,), generator=torch.Generator().manual_seed(2))
     target = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
@@ -120,9 +114,7 @@ def main() -> None:
             shapes[name] = tuple(predict(model, x, t).shape)
     assert len(set(shapes.values())) == 1, f"output shapes differ: {shapes}"
 
-    flops = {name: step_flops(m, x, t, target) for name, m in models.items() if "compiled" not in name}
-    if a.compile:  # the same arithmetic as ours (FlopCounterMode does not see into compiled kernels)
-        flops["t2i UNet, compiled"] = flops["t2i UNet"]
+    flops = {name: step_flops(m, x, t, target) for name, m in models.items()}
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
     steps = {name: functools.partial(train_step, model, opts[name], x, t, target, precision[name])
              for name, model in models.items()}
@@ -150,9 +142,6 @@ def main() -> None:
     if bf16:
         print(f"Ratio float32/bf16 time per step of t2i: {med['t2i UNet, float32'] / med[ours]:.3f} "
               "(> 1 means mixed precision is faster)")
-    if a.compile:
-        print(f"Ratio eager/compiled time per step of t2i: {med[ours] / med['t2i UNet, compiled']:.3f} "
-              "(> 1 means compiled is faster)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file
 
 from t2i import Pipeline
-from t2i.checkpoints import read_config
 from t2i.cli import main
 from t2i.convert import bert_names
 from t2i.convert.build import build
@@ -122,31 +121,6 @@ def test_a_run_on_minilm_stopped_and_resumed_ends_as_one_that_ran_straight(colou
     train(tmp_path / "stopped", 4, "--resume")
     straight, resumed = (load_file(str(tmp_path / run / "unet.safetensors")) for run in ("straight", "stopped"))
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
-
-
-def test_a_compiled_run_takes_the_uncompiled_runs_steps_and_resumes_either_way(colour_folder, tmp_path, monkeypatch):
-    """--compile hands the step's U-Net to torch.compile (here dynamo's capture with the eager backend: the
-    graph, not inductor's minutes of code generation) with every batch's context padded to one length; the
-    weights follow the plain run's, and a resume may turn it off."""
-    calls = []
-
-    def capture(network, **options):
-        calls.append(type(network).__name__)
-        return real_compile(network, backend="eager", **options)
-
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", capture)
-    common = ["--data", str(colour_folder), "--text-encoder", "minilm", "--channels", "8", "--channel-mult", "1",
-              "2", "--num-res-blocks", "1", "--attention-levels", "1", "--image-size", "16", "--batch-size", "8",
-              "--timesteps", "20", "--sample-every", "100", "--probe-every", "0", "--save-every", "2",
-              "--mask-padding", "--device", "cpu"]
-    for run, extra in (("plain", []), ("compiled", ["--compile"])):
-        assert main(["train", "--out", str(tmp_path / run), "--max-steps", "3", *common, *extra]) == 0
-    assert calls == ["UNet"]
-    plain, compiled = (load_file(str(tmp_path / run / "unet.safetensors")) for run in ("plain", "compiled"))
-    assert all(torch.allclose(plain[k], compiled[k], rtol=0, atol=1e-5) for k in plain)
-    assert main(["train", "--out", str(tmp_path / "compiled"), "--resume", "--max-steps", "4", "--no-compile"]) == 0
-    assert calls == ["UNet"] and read_config(tmp_path / "compiled")["train"]["compile"] is False
 
 
 def test_training_with_minilm_keeps_it_out_of_the_model_folder(colour_folder, tmp_path):

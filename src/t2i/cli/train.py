@@ -72,10 +72,6 @@ def add_train(sub) -> None:
                    help="bf16: the U-Net's matmuls and convolutions in bfloat16, weights and optimizer in float32 "
                         "(faster on GPUs and on CPUs with AVX512-BF16 or AMX); fp16: in float16 with a loss scale "
                         "(GPUs without bfloat16)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the step's networks: a few minutes to compile at every start or resume, then "
-                        "faster steps (docs/benchmarks.md)")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="turn --compile off (on --resume)")
     p.add_argument("--channels", type=positive(int), default=u.model_channels, help="width of the first level")
     p.add_argument("--channel-mult", type=positive(int), nargs="+", default=list(u.channel_mult),
                    help="width multiplier of each level")
@@ -227,7 +223,7 @@ def run_train(args) -> None:
         save_every=args.save_every, sample_every=args.sample_every, seed=args.seed, num_workers=args.workers,
         device=args.device, p_uncond=args.p_uncond, vae=args.vae, keep_every=args.keep_every,
         probe_every=args.probe_every, balance_by=args.balance_by, mixed_precision=args.mixed_precision,
-        micro_batch_size=args.micro_batch_size, compile=args.compile,
+        micro_batch_size=args.micro_batch_size,
     )
     text = None
     if args.text_encoder == "minilm":

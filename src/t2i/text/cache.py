@@ -64,11 +64,10 @@ class TextConditionCache:
             for i, states, vector in zip(part, block[:sum(rows)].split(rows), block[sum(rows):]):
                 self.states[missing[i]] = (states, vector)
 
-    def __call__(self, captions: Sequence[str], device="cpu", length: int | None = None) -> dict[str, torch.Tensor]:
-        """Padded to the longest caption, or to `length` (the same shape for every batch)."""
+    def __call__(self, captions: Sequence[str], device="cpu") -> dict[str, torch.Tensor]:
         self.encode_missing(captions)
         rows = [self.states[c] for c in captions]
-        longest = max(length or 0, *(len(states) for states, _ in rows))
+        longest = max(len(states) for states, _ in rows)
         context = torch.zeros(len(rows), longest, rows[0][0].shape[-1])
         mask = torch.zeros(len(rows), longest, dtype=torch.bool)
         for i, (states, _) in enumerate(rows):

@@ -57,7 +57,7 @@ from .config import STEPS, RunConfig, check_image_size
 from .datasets import balance_weights, held_out_dataset, latent_dataset, make_tokenizer
 from .loop import Hooks, StepFn, TrainResult, run_steps
 from .distributed import World, accumulate, join, leaving, main_first, main_locks, replicate, restarted
-from .optimization import apply_gradients, compiled, ema_decay_at, scheduled_lr, update_ema
+from .optimization import apply_gradients, ema_decay_at, scheduled_lr, update_ema
 from .probes import LossProbe, loss_probes
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
 from .samples import sample_prompts, save_sample_grid
@@ -81,11 +81,9 @@ class DiffusionTrainingConfig(RunConfig):
     # "bf16"/"fp16": the U-Net's matmuls and convolutions in bfloat16 or float16 (torch.autocast); float16's
     # narrow range needs the loss scaled (a GradScaler, its state saved with the checkpoint)
     mixed_precision: str = "no"
-    # the step's networks handed to torch.compile: minutes to compile at every start, faster steps after
-    compile: bool = False
 
-    # and batches balanced over a metadata field, another precision, or compiled steps
-    RESUME_CHANGES = RunConfig.RESUME_CHANGES + ("balance_by", "mixed_precision", "compile")
+    # and batches balanced over a metadata field, or another precision
+    RESUME_CHANGES = RunConfig.RESUME_CHANGES + ("balance_by", "mixed_precision")
     RANGES = {**RunConfig.RANGES, "weight_decay": (0.0, 100.0), "min_snr_gamma": (0.0, 1e6, "above"),
               "p_uncond": (0.0, 1.0), "keep_every": STEPS, "probe_every": (0, STEPS[1]),
               "probe_examples": (1, 1_000_000)}
@@ -254,8 +252,8 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
     def condition(captions: list[str], encode=None) -> dict[str, torch.Tensor]:
         """The U-Net's keyword arguments for a batch of captions, from the encoder being trained (or the cache);
         `encode` is the encoder's replica in the training step."""
-        if text_cache is not None:  # padded to one length when compiled: one shape, one compilation
-            return text_cache(captions, device, text_config.max_length if config.compile else None)
+        if text_cache is not None:
+            return text_cache(captions, device)
         return text_condition(model["text_encoder"], tokenizer(captions, truncate=True).to(device), unet_config,
                               encode)
 
@@ -360,7 +358,7 @@ def diffusion_step(config: DiffusionTrainingConfig, diffusion: Diffusion, share:
     (averaged over the processes) and the update of their average `ema`. `condition(captions)` gives the
     U-Net's keyword arguments of a batch's captions (each dropped with probability p_uncond), None for an
     unconditional run; with a `vae` the batch holds latent moments (`data.latents`)."""
-    unet, captioned = compiled(replicas[0], config.compile), condition is not None
+    unet, captioned = replicas[0], condition is not None
 
     def step(batch, k: int) -> dict[str, torch.Tensor]:
         x0, captions, generators = step_examples(batch, k, config, share, device, captioned, vae)

@@ -60,7 +60,7 @@ from .datasets import balance_weights, latent_dataset
 from .diffusion import AUTOCAST, DiffusionTrainingConfig, check_training_fits, grad_scaler, scaler_state, step_examples
 from .distributed import World, accumulate, join, leaving, main_first, main_locks, replicate, restarted
 from .loop import Hooks, StepFn, TrainResult, run_steps
-from .optimization import apply_gradients, compiled, ema_decay_at, scheduled_lr, update_ema
+from .optimization import apply_gradients, ema_decay_at, scheduled_lr, update_ema
 from .run_folder import (check_new_run, new_state, read_run_config, restore, save_checkpoint,
                          save_model_folder)
 from .samples import sample_prompts, save_sample_grid
@@ -324,9 +324,8 @@ def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset
     prompts = sample_prompts(config, True)
     state = restore(out, model, ema, {"optimizer": optimizer}) if resumed else new_state()
     scaler = grad_scaler(config, device, state)
-    length = text_encoder.config.max_length if config.compile else None  # compiled: one shape, one compilation
     step = distill_step(config, diffusion, grids, share, micro, device, replicate(trained["unet"], world), teacher,
-                        lambda captions: cache(captions, device, length), optimizer, trained, ema, scaler, vae)
+                        lambda captions: cache(captions, device), optimizer, trained, ema, scaler, vae)
     frozen = {"vae": vae, **({} if is_pretrained("text_encoder", base.config) else {"text_encoder": text_encoder})}
     published = {**ema, **frozen}
 
@@ -389,7 +388,6 @@ def distill_step(config: DistillConfig, diffusion: Diffusion, grids: list[tuple[
     arguments of a batch's captions."""
     per_round = dataclasses.replace(config, max_steps=config.steps_per_round)  # its warm-up and cooldown
     precision = AUTOCAST.get(config.mixed_precision, torch.float32)
-    calls, teaches = compiled(student, config.compile), compiled(teacher, config.compile)
 
     def step(batch, k: int) -> dict[str, torch.Tensor]:
         r, j = divmod(k, config.steps_per_round)
@@ -410,9 +408,9 @@ def distill_step(config: DistillConfig, diffusion: Diffusion, grids: list[tuple[
             z = level[0] * x0[part] + level[1] * noise[part]
             with torch.autocast(device.type, precision, enabled=config.mixed_precision in AUTOCAST):
                 with torch.no_grad():
-                    eps_fn = noise_predictor(teaches, diffusion, cond, guidance, clip=False)
+                    eps_fn = noise_predictor(teacher, diffusion, cond, guidance, clip=False)
                     target = distillation_target(z, teacher_steps(eps_fn, z, at, teacher_grid), level, end_level)
-                x0_hat = diffusion.model_x0(calls, z, grid.timesteps[at], **cond)
+                x0_hat = diffusion.model_x0(student, z, grid.timesteps[at], **cond)
             error = mean_flat((x0_hat.float() - target.float()) ** 2)
             return {"loss": (truncated_snr(grid.sigmas[at]).to(error) * error).mean()}
 

@@ -54,9 +54,3 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 def ema_decay_at(step: int, decay: float) -> float:
     """A short warm-up of the EMA so early checkpoints are not dominated by the random init."""
     return min(decay, (1 + step) / (10 + step))
-
-
-def compiled(network: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """`network` through torch.compile when `enabled` (a training step's forward and backward as generated
-    kernels; the module and its parameters stay the ones saved), else itself."""
-    return torch.compile(network) if enabled else network
