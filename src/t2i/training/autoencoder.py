@@ -34,7 +34,7 @@ from .batches import example_generators
 from .config import STEPS, RunConfig, check_image_size
 from .loop import Hooks, TrainResult, run_steps
 from .distributed import World, accumulate, join, leaving, main_locks, replicate, restarted
-from .optimization import apply_gradients, ema_decay_at, gradient_step, scheduled_lr, update_ema
+from .optimization import adamw, apply_gradients, ema_decay_at, gradient_step, scheduled_lr, update_ema
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint
 from .samples import save_reconstructions
 
@@ -139,10 +139,9 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, world: World, 
     model.to(device)
     vae = model["vae"]
     ema = copy.deepcopy(vae).requires_grad_(False).eval()
-    optimizers = {"optimizer": torch.optim.AdamW(vae.parameters(), lr=config.lr, betas=(0.5, 0.9))}
+    optimizers = {"optimizer": adamw(vae.parameters(), config.lr, betas=(0.5, 0.9))}
     if adversarial:
-        optimizers["discriminator_optimizer"] = torch.optim.AdamW(model["discriminator"].parameters(), lr=config.lr,
-                                                                  betas=(0.5, 0.9))
+        optimizers["discriminator_optimizer"] = adamw(model["discriminator"].parameters(), config.lr, betas=(0.5, 0.9))
     state = restore(out, model, {"vae": ema}, optimizers) if resumed else new_state()
     pixels = vae_config.in_channels * config.image_size**2
 

@@ -57,7 +57,7 @@ from .config import STEPS, RunConfig, check_image_size
 from .datasets import balance_weights, held_out_dataset, latent_dataset, make_tokenizer
 from .loop import Hooks, StepFn, TrainResult, run_steps
 from .distributed import World, accumulate, join, leaving, main_first, main_locks, replicate, restarted
-from .optimization import apply_gradients, ema_decay_at, scheduled_lr, update_ema
+from .optimization import adamw, apply_gradients, ema_decay_at, scheduled_lr, update_ema
 from .probes import LossProbe, loss_probes
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
 from .samples import sample_prompts, save_sample_grid
@@ -257,7 +257,7 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
         return text_condition(model["text_encoder"], tokenizer(captions, truncate=True).to(device), unet_config,
                               encode)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(model.parameters(), config.lr, config.weight_decay)
     probes = run_probes(dataset, config, captioned, vae, diffusion, out, device, world)
     prompts = sample_prompts(config, captioned)
     state = restore(out, model, ema, {"optimizer": optimizer}) if resumed else new_state()

@@ -60,7 +60,7 @@ from .datasets import balance_weights, latent_dataset
 from .diffusion import AUTOCAST, DiffusionTrainingConfig, check_training_fits, grad_scaler, scaler_state, step_examples
 from .distributed import World, accumulate, join, leaving, main_first, main_locks, replicate, restarted
 from .loop import Hooks, StepFn, TrainResult, run_steps
-from .optimization import apply_gradients, ema_decay_at, scheduled_lr, update_ema
+from .optimization import adamw, apply_gradients, ema_decay_at, scheduled_lr, update_ema
 from .run_folder import (check_new_run, new_state, read_run_config, restore, save_checkpoint,
                          save_model_folder)
 from .samples import sample_prompts, save_sample_grid
@@ -320,7 +320,7 @@ def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset
                                padded=not teacher.config.mask_context_padding)
     cache.encode_missing(every_caption, progress=world.main)  # all of them, in one order, whatever resumes or shares
 
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(trained.parameters(), config.lr, config.weight_decay)
     prompts = sample_prompts(config, True)
     state = restore(out, model, ema, {"optimizer": optimizer}) if resumed else new_state()
     scaler = grad_scaler(config, device, state)

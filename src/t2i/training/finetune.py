@@ -52,6 +52,7 @@ from .diffusion import (AUTOCAST, DiffusionTrainingConfig, check_training_fits, 
                         run_probes, scaler_state)
 from .distributed import World, join, leaving, main_first, main_locks, replicate, restarted
 from .loop import Hooks, TrainResult, run_steps
+from .optimization import adamw
 from .run_folder import check_new_run, new_state, read_run_config, restore, save_checkpoint, save_snapshot
 from .samples import sample_prompts, save_sample_grid
 
@@ -271,7 +272,7 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
         def condition(captions: list[str], encode=None) -> dict[str, torch.Tensor]:
             return cache(captions, device)
 
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(trained.parameters(), config.lr, config.weight_decay)
     probes = run_probes(dataset, config, True, vae, diffusion, out, device, world)
     prompts = sample_prompts(config, True)
     state = restore(out, model, {} if lora else ema, {"optimizer": optimizer}) if resumed else new_state()
