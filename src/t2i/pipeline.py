@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoints import (diffusion_from_config, load_components, lora_base, read_config, require_diffusion_model,
-                          resolve_model, student_folders, timestep_convention, tokenizer_from_config)
+                          resolve_model, student_folder, student_folders, timestep_convention, tokenizer_from_config)
 from .checks import real_number, whole_number
 from .devices import channels_last_pays, default_dtype, resolve_device, resolve_dtype
 from .diffusion import Diffusion
@@ -148,7 +148,7 @@ class Pipeline:
             return None
         if steps not in self._loaded_students:
             student = Pipeline.load(self.students[steps], self.device, self.dtype)
-            student.name = str(Path(self.name) / self.students[steps].relative_to(self.students[steps].parents[1]))
+            student.name = str(student_folder(Path(self.name), steps))  # a name that loads it, shipped ones too
             student.text_encoder, student.tokenizer, student.vae = self.text_encoder, self.tokenizer, self.vae
             self._loaded_students[steps] = student
         self._loaded_students[steps].vae_tile = self.vae_tile
