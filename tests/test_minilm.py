@@ -107,6 +107,36 @@ def test_the_cached_condition_equals_encoding_each_batch(minilm):
             assert mine.shape == theirs.shape and (mine - theirs).abs().max() < 1e-5
 
 
+def test_a_runs_captions_are_encoded_once_into_its_cache_folder(minilm, tmp_path, monkeypatch):
+    encoder, tokenizer, _ = minilm
+    unet = UNetConfig(context_dim=384, pooled_dim=384, mask_context_padding=True)
+    captions = ["", "red apple", "a drawing of a dragon sitting on its hind legs", "red apple"]
+    written = TextConditionCache(encoder, tokenizer, unet, 32)
+    written.encode_all(captions, tmp_path)
+    files = list(tmp_path.glob("captions-*.safetensors"))
+    assert len(files) == 1
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the states should have been read, not encoded")
+
+    read = TextConditionCache(encoder, tokenizer, unet, 32)
+    monkeypatch.setattr(read, "encode_missing", no_encoding)
+    read.encode_all(captions, tmp_path)
+    assert read.states.keys() == written.states.keys()
+    for caption in read.states:
+        assert all(torch.equal(mine, theirs) for mine, theirs in zip(read.states[caption], written.states[caption]))
+    monkeypatch.undo()
+    # other captions, or other settings, are another file; a damaged file is encoded again and rewritten
+    TextConditionCache(encoder, tokenizer, unet, 32).encode_all(captions[:2], tmp_path)
+    TextConditionCache(encoder, tokenizer, unet, 16).encode_all(captions, tmp_path)
+    assert len(list(tmp_path.glob("captions-*.safetensors"))) == 3
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    again = TextConditionCache(encoder, tokenizer, unet, 32)
+    again.encode_all(captions, tmp_path)
+    assert torch.equal(again.states["red apple"][0], written.states["red apple"][0])
+    assert files[0].stat().st_size > 100
+
+
 def test_a_run_on_minilm_stopped_and_resumed_ends_as_one_that_ran_straight(colour_folder, tmp_path):
     """Every caption's states are encoded before the first step, in one order, so a resumed run's cache holds the
     numbers the uninterrupted run's did."""

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from .errors import UserError
 
@@ -191,10 +191,16 @@ def discard(path: Path) -> None:
             pass
 
 
-def short_hash(*parts: bytes | str) -> str:
+def short_hash(*parts: bytes | str | Mapping) -> str:
     """16 hex digits of the SHA-256 of the parts in order: the name a cache entry computed from
-    them is kept under, so that changed inputs never read a stale entry."""
+    them is kept under, so that changed inputs never read a stale entry. A mapping part is a network's
+    state dict: each tensor's name and float32 bytes, in the names' order."""
     digest = hashlib.sha256()
     for part in parts:
-        digest.update(part.encode() if isinstance(part, str) else part)
+        if isinstance(part, Mapping):
+            for name, tensor in sorted(part.items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        else:
+            digest.update(part.encode() if isinstance(part, str) else part)
     return digest.hexdigest()[:16]

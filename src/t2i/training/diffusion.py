@@ -241,8 +241,10 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
     if frozen_text:
         text_encoder = load_frozen_encoder(text_config, device)
         text_cache = TextConditionCache(text_encoder, tokenizer, unet_config, text_config.max_length)
-        # all of them, in one order: the same states whatever resumes or shares, and no encoding between steps
-        text_cache.encode_missing(every_caption, progress=world.main)
+        # all of them, in one order: the same states whatever resumes or shares, and no encoding between steps;
+        # rank 0 encodes them into the run's cache, the others (and later starts) read it
+        with main_first(world):
+            text_cache.encode_all(every_caption, out / "cache", progress=world.main)
 
     # what the step calls: the trained networks, replicated across processes (DDP) when there are several
     unet = replicate(model["unet"], world)

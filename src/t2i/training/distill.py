@@ -318,7 +318,8 @@ def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset
     cache = TextConditionCache(text_encoder, tokenizer, teacher.config, text_encoder.config.max_length,
                                AUTOCAST.get(config.mixed_precision, torch.float32),
                                padded=not teacher.config.mask_context_padding)
-    cache.encode_missing(every_caption, progress=world.main)  # all of them, in one order, whatever resumes or shares
+    with main_first(world):  # all of them, in one order, whatever resumes or shares; rank 0 writes, the others read
+        cache.encode_all(every_caption, out / "cache", progress=world.main)
 
     optimizer = adamw(trained.parameters(), config.lr, config.weight_decay)
     prompts = sample_prompts(config, True)

@@ -266,8 +266,9 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
         # kept in the precision the U-Net's projections read them in (autocast's), which loses nothing
         cache = TextConditionCache(text_encoder, tokenizer, unet.config, text_encoder.config.max_length,
                                    AUTOCAST.get(config.mixed_precision, torch.float32), padded=True)
-        # all of them, in one order: the same states whatever resumes or shares
-        cache.encode_missing(every_caption, progress=world.main)
+        # all of them, in one order: the same states whatever resumes or shares; rank 0 writes them, the others read
+        with main_first(world):
+            cache.encode_all(every_caption, out / "cache", progress=world.main)
 
         def condition(captions: list[str], encode=None) -> dict[str, torch.Tensor]:
             return cache(captions, device)
