@@ -135,6 +135,13 @@ def test_a_runs_captions_are_encoded_once_into_its_cache_folder(minilm, tmp_path
     again.encode_all(captions, tmp_path)
     assert torch.equal(again.states["red apple"][0], written.states["red apple"][0])
     assert files[0].stat().st_size > 100
+    # a folder that cannot be written costs a warning, not the run
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    unkept = TextConditionCache(encoder, tokenizer, unet, 32)
+    with pytest.warns(UserWarning, match="not kept"):
+        unkept.encode_all(captions, blocked / "cache")
+    assert torch.equal(unkept.states["red apple"][0], written.states["red apple"][0])
 
 
 def test_a_run_on_minilm_stopped_and_resumed_ends_as_one_that_ran_straight(colour_folder, tmp_path):

@@ -18,6 +18,7 @@ the cache's `padded` states: all `max_length` of them, unmasked, what generation
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..files import durable_write, short_hash
+from ..files import discard, durable_write, short_hash, tmp_path
 from ..models.unet import UNetConfig
 from .tokenizer import Tokenizer
 
@@ -85,8 +86,13 @@ class TextConditionCache:
         tensors = {"states": torch.cat([states for states, _ in rows]),
                    "pooled": torch.stack([vector for _, vector in rows]),
                    "lengths": torch.tensor([len(states) for states, _ in rows], dtype=torch.int64)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        durable_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)}))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            durable_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)}))
+        except OSError as error:  # a full disk costs the next start its minutes, not this run its work
+            discard(tmp_path(path))
+            warnings.warn(f"the captions' states were not kept in {str(folder)!r} ({error.strerror or error}): "
+                          "the next start encodes them again", stacklevel=2)
 
     def file_key(self, captions: list[str]) -> str:
         """A digest of what the states depend on: the encoder's weights, how captions are cut and kept, and them."""
