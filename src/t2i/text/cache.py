@@ -75,8 +75,8 @@ class TextConditionCache:
 
     def encode_all(self, captions: Sequence[str], folder: Path, progress: bool = False) -> None:
         """`encode_missing(captions)` through a file in `folder`: read if an earlier run or process wrote it for
-        this encoder and these captions, else encoded and written. The file holds the very float16 numbers that
-        encoding gives, so a run that reads it trains exactly as one that encoded."""
+        this encoder and these captions, else encoded and written. The file holds the very numbers that encoding
+        gives (in the cache's dtype), so a run that reads it trains exactly as one that encoded."""
         captions = list(dict.fromkeys(captions))
         path = Path(folder) / f"captions-{self.file_key(captions)}.safetensors"
         if self.read(path, captions):
