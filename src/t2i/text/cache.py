@@ -2,10 +2,10 @@
 
 A frozen encoder gives every caption the same τ(y) at every step, so a training run
 encodes each caption the first time it is drawn and keeps the result: the real tokens'
-states (float16, unpadded: [L_i, D]) and the pooled embedding. A batch is then padded
-to its longest caption, with the padding masked out of cross-attention; since BERT's own
-attention masks padding, the states do not depend on how far a caption is padded.
-Memory: 2·D bytes a token, about 12 kB for a 16-token caption at D = 384.
+states (float16, or the precision a fine-tune or distillation computes in; unpadded: [L_i, D]) and the
+pooled embedding. A batch is then padded to its longest caption, with the padding masked out
+of cross-attention; since BERT's own attention masks padding, the states do not depend on how
+far a caption is padded. Memory: 2·D bytes a token, about 12 kB for a 16-token caption at D = 384.
 A run's whole caption set is also kept on disk (`encode_all`), named by a hash of the encoder's
 weights and of the captions, so that a resumed run, a second process or a branch of the run reads
 the same states in a second rather than encoding them again (minutes for the emoji sets' 100k).
