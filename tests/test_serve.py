@@ -381,7 +381,7 @@ def test_a_job_that_runs_out_of_memory_or_hits_a_bug_fails_alone_and_the_next_on
         def __call__(self, *args, **kwargs):
             raise next(errors)
 
-    monkeypatch.setattr(shelf, "get", lambda model: Failing() if model == "shapes" else real)
+    monkeypatch.setattr(shelf, "get", lambda model, loras=None: Failing() if model == "shapes" else real)
     oom, bug = (finished(client, client.post("/api/jobs", json={"prompt": "", "model": "shapes"}).json()["id"])
                 for _ in range(2))
     assert oom["state"] == "failed" and oom["error"].startswith("out of memory: ask for fewer or smaller images")

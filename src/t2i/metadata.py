@@ -3,12 +3,16 @@
 Its "infotext" is the prompt, a "Negative prompt: …" line, and one line of `Key: value` pairs
 (`Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512, Model: emoji`).
 Writing it beside our own JSON chunk lets the tools people use read how an image was made, and
-reading it lets an image made by them be made again here.
+reading it lets an image made by them be made again here. The LoRAs applied are written into the
+prompt as AUTOMATIC1111 writes them, `<lora:name:scale>`, and `lora_tags` reads them back out.
 """
 
 from __future__ import annotations
 
+import math
 import re
+
+from .errors import UserError
 
 INFOTEXT_KEY = "parameters"
 # our sampler names and AUTOMATIC1111's; "Karras" after a name means σ spaced by Karras et al.
@@ -16,6 +20,31 @@ A1111_SAMPLERS = {"ddim": "DDIM", "euler": "Euler", "euler_ancestral": "Euler a"
                   "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_sde": "DPM++ 2M SDE"}
 KARRAS = " Karras"
 KARRAS_MENU = ("dpmpp_2m", "dpmpp_2m_sde")
+
+LORA_TAG = re.compile(r"<lora:([^:<>]*)(?::([^<>]*))?>")
+MAX_LORA_SCALE = 10.0  # |scale|: people use up to about 2; past 10 an image is noise
+
+
+def lora_tags(prompt: str) -> tuple[str, dict[str, float]]:
+    """(the prompt without its `<lora:name[:scale]>` tags, {name: scale} in the order written). A name
+    given twice, an empty name or a scale that is not a number within ±10 is a UserError."""
+    loras: dict[str, float] = {}
+    for match in LORA_TAG.finditer(prompt):
+        name, scale_text = match.group(1).strip(), match.group(2)
+        if not name:
+            raise UserError(f"{match.group(0)!r} names no LoRA: write <lora:NAME> or <lora:NAME:SCALE>")
+        try:
+            scale = 1.0 if scale_text is None else float(scale_text)
+        except ValueError:
+            scale = math.nan
+        if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
+            raise UserError(f"{match.group(0)!r}: the scale must be a number from {-MAX_LORA_SCALE:g} to "
+                            f"{MAX_LORA_SCALE:g}, such as <lora:{name}:0.8>")
+        if name in loras:
+            raise UserError(f"the prompt names LoRA {name!r} twice: give it once, with one scale")
+        loras[name] = scale
+    text = LORA_TAG.sub(" ", prompt)
+    return re.sub(r"[ \t]{2,}", " ", text).strip(), loras
 
 
 def a1111_sampler(sampler: str, spacing: str | None) -> str:

@@ -112,9 +112,14 @@ def run_generate(args) -> None:
     from ..files import check_writable
     from ..checks import MAX_SIDE
     from ..images import enlarge, read_image
+    from ..metadata import LORA_TAG
     from ..pipeline import Pipeline
 
     check_writable(args.out, "--out")
+    tagged = [prompt for prompt in args.prompt or [] if LORA_TAG.search(prompt)]
+    if tagged:
+        raise UserError(f"{LORA_TAG.search(tagged[0]).group(0)!r} is AUTOMATIC1111's way to name a LoRA: here give "
+                        "its file as --lora FILE[:SCALE] (t2i serve --lora-dir reads the tags)")
     image, mask = (None if path is None else read_image(path, mode) for path, mode in ((args.image, "RGB"),
                                                                                       (args.mask, "L")))
     pipe = Pipeline.load(args.model, args.device, args.dtype)

@@ -29,6 +29,12 @@ def add_serve(sub) -> None:
                    help="a model to offer (a shipped name, a model folder or an SD checkpoint); repeat for more; "
                         "the first is the default (default: the shipped models)")
     p.add_argument("--models-dir", type=Path, default=None, help="also offer every model folder and SD file in DIR")
+    p.add_argument("--lora-dir", type=Path, default=None,
+                   help="LoRA files that prompts apply as <lora:NAME:SCALE> (AUTOMATIC1111's syntax), NAME the "
+                        "file's name")
+    p.add_argument("--embeddings-dir", type=Path, default=None,
+                   help="textual-inversion embeddings, added to every model they fit; a prompt calls each by its "
+                        "file's name")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=positive(int, 65535), default=7860, help="default: 7860")
     p.add_argument("--data-dir", type=Path, default=None,
@@ -94,7 +100,8 @@ def run_serve(args) -> None:
                     max_queue=args.max_queue)
     data_dir = args.data_dir or default_data_dir()
     app = create_app(ServerSettings(data_dir, tuple(args.model), args.models_dir, args.token, limits,
-                                    tuple(args.cors), args.device, args.dtype, memory))
+                                    tuple(args.cors), args.device, args.dtype, memory, args.lora_dir,
+                                    args.embeddings_dir))
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"t2i serve: http://{shown}:{args.port}/ (API docs at /docs; jobs kept in {data_dir})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -7,6 +7,7 @@
     worker.py      the one thread that runs jobs in order, with progress, previews and cancel
     events.py      the worker's events to the server-sent-event streams
     shelf.py       the models offered by id, loaded on first use within a memory budget
+    extra_networks.py  LoRAs named in prompts as <lora:name:scale>, embeddings added to the models they fit
     limits.py      what one request may ask
     static/        the page (no external requests: it works offline)
 

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from ..convert.embedding_files import read_embedding
 from ..errors import UserError
 from ..metadata import a1111_sampler, from_a1111_sampler, sampler_menu, to_infotext
 from ..samplers import SAMPLERS
@@ -145,6 +146,36 @@ def a1111_router(server, authorize) -> APIRouter:
     def sd_models():
         return [{"title": model["id"], "model_name": model["id"], "hash": None, "sha256": None,
                  "filename": model["id"], "config": None} for model in server.shelf.list()]
+
+    @router.get("/loras")
+    def loras():
+        extras = server.shelf.extras
+        return [{"name": name, "alias": name, "path": str(path.relative_to(extras.lora_dir)), "metadata": {}}
+                for name, path in extras.loras.items()]
+
+    @router.post("/refresh-loras")
+    def refresh_loras():
+        server.shelf.extras.refresh()
+
+    @router.get("/embeddings")
+    def embeddings():
+        """The embeddings as the default model takes them (once it has loaded; until then, every readable one)."""
+        skipped = dict(server.shelf.skipped.get(server.shelf.default, {}))
+        answer: dict[str, dict] = {"loaded": {}, "skipped": {}}
+        for name, path in server.shelf.extras.embeddings.items():
+            try:
+                vectors = read_embedding(path)[1]
+            except UserError as error:
+                skipped.setdefault(name, str(error))
+            entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                     "shape": None if name in skipped else vectors.shape[-1],
+                     "vectors": None if name in skipped else len(vectors)}
+            answer["skipped" if name in skipped else "loaded"][name] = entry
+        return answer
+
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings():
+        server.shelf.extras.refresh()  # a model takes the new ones when it next loads
 
     @router.get("/options")
     def options():

@@ -2,9 +2,10 @@
 OpenAPI docs (`/docs`, served from the package: it works offline).
 
 `create_app(ServerSettings(...))` wires the pieces: a `JobStore` under the data folder, the
-`ModelShelf`, the `EventHub` and the one `Worker`, started and stopped with the app. Routes only
-translate: a request is checked whole by `job_request.plan_job` and queued; errors are one line of
-JSON, `{"detail": ..., "limit": ...}`, with a 4xx status.
+`ModelShelf` (with the LoRAs and embeddings, `extra_networks`), the `EventHub` and the one `Worker`,
+started and stopped with the app. Routes only translate: a request is checked whole by
+`job_request.plan_job` and queued; errors are one line of JSON, `{"detail": ..., "limit": ...}`,
+with a 4xx status.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..metadata import sampler_menu
 from ..samplers import SAMPLERS
 from .a1111 import a1111_router
 from .events import TERMINAL, EventHub
+from .extra_networks import ExtraNetworks
 from .job_request import JobRequest, png_parameters, plan_job
 from .limits import LimitError, Limits
 from .shelf import ModelShelf
@@ -48,6 +50,8 @@ class ServerSettings:
     device: str = "auto"
     dtype: str | None = None
     model_memory: int | None = None  # bytes of weights kept loaded; None: no limit
+    lora_dir: Path | None = None  # LoRA files that prompts name as <lora:name:scale>
+    embeddings_dir: Path | None = None  # textual-inversion embeddings added to every model that takes them
 
 
 class Server:
@@ -56,7 +60,7 @@ class Server:
     def __init__(self, settings: ServerSettings):
         self.settings, self.limits = settings, settings.limits
         self.shelf = ModelShelf(list(settings.models), settings.models_dir, settings.model_memory, settings.device,
-                                settings.dtype)
+                                settings.dtype, ExtraNetworks(settings.lora_dir, settings.embeddings_dir))
         self.store = JobStore(settings.data_dir, settings.limits)
         self.hub = EventHub()
         self.worker = Worker(self.store, self.shelf, self.hub)
@@ -208,6 +212,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @api.get("/samplers")
     def samplers():
         return {"samplers": sampler_menu(SAMPLERS)}
+
+    @api.get("/loras")
+    def loras():
+        """The LoRA files a prompt can name as <lora:name:scale> (`--lora-dir`)."""
+        return {"loras": list(server.shelf.extras.loras)}
+
+    @api.get("/embeddings")
+    def embeddings():
+        """The embeddings (`--embeddings-dir`), and for each loaded model those it could not take, and why."""
+        return {"embeddings": list(server.shelf.extras.embeddings),
+                "skipped": {model: server.shelf.skipped[model] for model in server.shelf.loaded}}
 
     @api.get("/limits")
     def limits():

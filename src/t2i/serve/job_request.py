@@ -25,6 +25,7 @@ from ..models.config import check_divisible
 from ..samplers import get_sampler
 from ..sampling import check_guidance, check_strength
 from ..schedules import SPACINGS
+from .extra_networks import lora_tags
 from .limits import LimitError, Limits
 from .shelf import ModelShelf
 
@@ -98,6 +99,7 @@ def plan_job(request: JobRequest, shelf: ModelShelf, limits: Limits) -> tuple[di
         limits.check_prompt(name, getattr(request, name))
     if not info["conditional"] and (request.prompt or request.negative_prompt):
         raise UserError(f"model {model!r} is unconditional: it takes no prompt (leave the prompts empty)")
+    shelf.extras.check(request.prompt, request.negative_prompt)
     if request.sampler is not None:
         get_sampler(request.sampler)
     if request.spacing is not None and request.spacing not in SPACINGS:
@@ -142,9 +144,10 @@ def plan_job(request: JobRequest, shelf: ModelShelf, limits: Limits) -> tuple[di
 
 
 def pipeline_arguments(settings: dict, uploads: dict[str, Image.Image]) -> dict:
-    """The keyword arguments of `Pipeline.__call__` that make a job's images."""
+    """The keyword arguments of `Pipeline.__call__` that make a job's images (the prompt without its
+    <lora:…> tags, which choose the LoRAs the worker applies)."""
     edit = "image" in uploads
-    return {"prompt": settings["prompt"], "negative_prompt": settings["negative_prompt"] or None,
+    return {"prompt": lora_tags(settings["prompt"])[0], "negative_prompt": settings["negative_prompt"] or None,
             "sampler": settings["sampler"], "spacing": settings["spacing"], "steps": settings["steps"],
             "cfg": settings["cfg"], "seed": settings["seed"], "num_images": settings["num_images"],
             "width": None if edit else settings["width"], "height": None if edit else settings["height"],

@@ -3,7 +3,8 @@
 Requests name a model by its id in this list, never by a path: the list is fixed when the server
 starts (shipped models, `--model` arguments, the models found in `--models-dir`). Loaded pipelines
 stay in memory until the weights of those loaded would pass the budget; then the least recently
-used go first (the one being loaded always stays, however large).
+used go first (the one being loaded always stays, however large). A model is handed out with the LoRAs
+its job names, and loads with the server's embeddings (`extra_networks`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..checkpoints import CONFIG_NAME, networks, read_config, resolve_model, shi
 from ..convert.stable_diffusion import is_foreign
 from ..errors import UserError
 from ..pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS, Pipeline
+from .extra_networks import ExtraNetworks
 
 
 def model_id(name_or_path: str) -> str:
@@ -35,7 +37,7 @@ def models_in(folder: Path) -> list[Path]:
 
 class ModelShelf:
     def __init__(self, models: list[str], models_dir: Path | None = None, budget_bytes: int | None = None,
-                 device: str = "auto", dtype: str | None = None):
+                 device: str = "auto", dtype: str | None = None, extras: ExtraNetworks | None = None):
         sources = list(models) or list(shipped_models())
         sources += [str(path) for path in (models_in(models_dir) if models_dir else [])]
         self.paths: dict[str, str] = {}
@@ -47,7 +49,10 @@ class ModelShelf:
         self.default = model_id(models[0]) if models else (DEFAULT_MODEL if DEFAULT_MODEL in self.paths
                                                              else next(iter(self.paths)))
         self.budget, self.device, self.dtype = budget_bytes, device, dtype
+        self.extras = extras or ExtraNetworks()
         self.loaded: OrderedDict[str, tuple[Pipeline, int]] = OrderedDict()
+        self.own_loras: dict[str, set[str]] = {}  # the LoRAs a model came with (a LoRA run folder's), by model
+        self.skipped: dict[str, dict[str, str]] = {}  # the embeddings a model could not take, and why
         self.infos: dict[str, dict] = {}
         self.lock = threading.Lock()
 
@@ -91,18 +96,28 @@ class ModelShelf:
     def list(self) -> list[dict]:
         return [self.info(model_id) for model_id in self.paths]
 
-    def get(self, model_id: str) -> Pipeline:
-        """The loaded pipeline of a model, loading it (and unloading others past the budget) if need be."""
+    def get(self, model_id: str, loras: dict[str, float] | None = None) -> Pipeline:
+        """The loaded pipeline of a model, loading it (and unloading others past the budget) if need be; given
+        `loras` ({name: scale}, the worker's job's), with exactly those of the server's applied besides its own."""
         with self.lock:
             if model_id in self.loaded:
                 self.loaded.move_to_end(model_id)
-                return self.loaded[model_id][0]
-            pipe = Pipeline.load(self.paths[model_id], self.device, self.dtype)
-            pipe.name = model_id
-            size = sum(t.numel() * t.element_size() for net in (pipe.unet, pipe.text_encoder, pipe.vae)
-                       if net is not None for t in (*net.parameters(), *net.buffers()))
-            self.loaded[model_id] = (pipe, size)
-            while self.budget is not None and len(self.loaded) > 1 and \
-                    sum(size for _, size in self.loaded.values()) > self.budget:
-                self.loaded.popitem(last=False)
-            return pipe
+            else:
+                self.load(model_id)
+            pipe = self.loaded[model_id][0]
+        if loras is not None:  # only the worker, which alone generates, changes a model's LoRAs
+            self.extras.apply(pipe, loras, self.own_loras[model_id])
+        return pipe
+
+    def load(self, model_id: str) -> None:
+        """Load a model, with the server's embeddings, and unload the least recently used past the budget."""
+        pipe = Pipeline.load(self.paths[model_id], self.device, self.dtype)
+        pipe.name = model_id
+        self.own_loras[model_id] = set(pipe.additions().get("loras", {}))
+        self.skipped[model_id] = self.extras.add_embeddings(pipe)
+        size = sum(t.numel() * t.element_size() for net in (pipe.unet, pipe.text_encoder, pipe.vae)
+                   if net is not None for t in (*net.parameters(), *net.buffers()))
+        self.loaded[model_id] = (pipe, size)
+        while self.budget is not None and len(self.loaded) > 1 and \
+                sum(size for _, size in self.loaded.values()) > self.budget:
+            self.loaded.popitem(last=False)

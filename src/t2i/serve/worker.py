@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ..errors import OUT_OF_MEMORY, UserError, out_of_memory
 from ..images import PNG_PARAMETERS_KEY, read_image, save_png
 from .events import EventHub
+from .extra_networks import lora_tags
 from .job_request import pipeline_arguments
 from .shelf import ModelShelf
 from .store import Job, JobStore
@@ -118,7 +119,7 @@ class Worker:
         settings = job.settings
         uploads = {name: read_image(self.store.input_path(job.id, name), "L" if name == "mask" else "RGB")
                    for name in job.inputs}
-        pipe = self.shelf.get(settings["model"])
+        pipe = self.shelf.get(settings["model"], lora_tags(settings["prompt"])[1])
         every = max(1, (settings["steps"] or pipe.defaults["steps"]) // PREVIEWS)
 
         def on_step(i: int, steps: int, x0) -> None:
