@@ -72,8 +72,10 @@ class ExtraNetworks:
                                 "the file")
             if name in pipe.loras:
                 pipe.set_lora_scale(name, scale)
-            else:
+            elif name in self.loras:
                 pipe.load_lora(self.loras[name], scale, name=name)
+            else:  # gone at a refresh since the job was queued
+                raise UserError(f"LoRA {name!r} is no longer in this server's --lora-dir")
 
     def add_embeddings(self, pipe) -> dict[str, str]:
         """Add every embedding that fits `pipe`'s text encoder; {name: why} of those that do not."""
