@@ -222,7 +222,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     def embeddings():
         """The embeddings (`--embeddings-dir`), and for each loaded model those it could not take, and why."""
         return {"embeddings": list(server.shelf.extras.embeddings),
-                "skipped": {model: server.shelf.skipped[model] for model in server.shelf.loaded}}
+                "skipped": {model: server.shelf.skipped[model] for model in list(server.shelf.loaded)}}
 
     @api.get("/limits")
     def limits():
