@@ -25,7 +25,7 @@ from ..models.config import check_divisible
 from ..samplers import get_sampler
 from ..sampling import check_guidance, check_strength
 from ..schedules import SPACINGS
-from .extra_networks import lora_tags
+from ..metadata import lora_tags
 from .limits import LimitError, Limits
 from .shelf import ModelShelf
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ..errors import OUT_OF_MEMORY, UserError, out_of_memory
 from ..images import PNG_PARAMETERS_KEY, read_image, save_png
 from .events import EventHub
-from .extra_networks import lora_tags
+from ..metadata import lora_tags
 from .job_request import pipeline_arguments
 from .shelf import ModelShelf
 from .store import Job, JobStore
