@@ -1,6 +1,6 @@
 """`t2i serve`'s page in a real browser (headless Chromium): generate and see the image, queue and
-cancel, inpaint with a painted mask, read a PNG's settings back, and never ask anything of a
-machine other than this one (the page must work offline).
+cancel, inpaint with a painted mask, read a PNG's settings back, put LoRAs and embeddings into the
+prompt, and never ask anything of a machine other than this one (the page must work offline).
 
 Skipped where Chromium or its driver is missing, unless CI is set: CI installs them, so there a
 missing browser is a failure, not a skip.
@@ -40,12 +40,29 @@ def get_json(url: str, timeout: float = 5):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def networks(tmp_path_factory):
+    """(LoRA folder, embeddings folder) the server offers, a file in each: the page lists them and writes
+    them into prompts (the emoji model takes neither; `test_serve_extra_networks.py` runs them)."""
+    import torch
+    from safetensors.torch import save_file
+
+    loras, embeddings = tmp_path_factory.mktemp("loras"), tmp_path_factory.mktemp("embeddings")
+    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(1, 8),
+               "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight": torch.zeros(8, 1)},
+              str(loras / "ink_style.safetensors"))
+    save_file({"emb_params": torch.zeros(1, 8)}, str(embeddings / "sks-style.safetensors"))
+    return loras, embeddings
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, networks):
     """The base URL of a live `t2i serve` on a free port, with its own data directory."""
     require_browser()
     from t2i.serve.launch import ServerProcess
 
-    with ServerProcess(tmp_path_factory.mktemp("serve") / "data", threads=1) as live:
+    loras, embeddings = networks
+    with ServerProcess(tmp_path_factory.mktemp("serve") / "data", "--lora-dir", str(loras),
+                       "--embeddings-dir", str(embeddings), threads=1) as live:
         yield live.url
 
 
@@ -206,3 +223,33 @@ def test_png_info_reads_our_settings_and_automatic1111s_back_into_the_form(page,
         "return ['negative', 'steps', 'cfg', 'seed', 'width', 'height'].map(id => $(id).value)")
     assert values == ["blurry", "12", "6.5", "42", "64", "48"]
     assert page.execute_script("return $('sampler').selectedOptions[0].textContent") == "DDIM"
+
+
+def test_lora_and_embedding_chips_write_their_tags_into_the_prompt_and_take_them_out(page, networks):
+    wait(page, "return !$('networks').hidden && $('lora-list').children.length === 1", 10)
+    page.execute_script("$('networks').open = true")
+    fill(page, prompt="a castle", **{"lora-weight": 0.8})
+    prompt = lambda: page.find_element("id", "prompt").get_property("value")  # noqa: E731
+    lit = lambda kind: page.execute_script(f"return [...document.querySelectorAll('#{kind}-list .chip.on')]"  # noqa: E731
+                                           ".map(c => c.textContent)")
+    lora = page.find_element("css selector", "#lora-list .chip")
+    embedding = page.find_element("css selector", "#embedding-list .chip")
+
+    lora.click()
+    assert prompt() == "a castle <lora:ink_style:0.8>" and lit("lora") == ["ink_style"]
+    embedding.click()
+    assert prompt() == "a castle <lora:ink_style:0.8>, sks-style" and lit("embedding") == ["sks-style"]
+    lora.click()
+    assert prompt() == "a castle, sks-style" and lit("lora") == []
+    embedding.click()
+    assert prompt() == "a castle" and lit("embedding") == []
+    fill(page, prompt="<lora:ink_style:1.5> a castle")  # typed by hand: the chip lights, and takes it out
+    assert lit("lora") == ["ink_style"]
+    lora.click()
+    assert prompt() == "a castle"
+
+    (networks[0] / "watercolour.safetensors").write_bytes((networks[0] / "ink_style.safetensors").read_bytes())
+    page.find_element("id", "networks-refresh").click()
+    wait(page, "return $('lora-list').children.length === 2", 10)
+    assert page.execute_script("return [...$('lora-list').children].map(c => c.textContent)") == \
+        ["ink_style", "watercolour"]

@@ -158,6 +158,8 @@ def test_embeddings_join_the_models_they_fit_and_the_rest_are_listed_as_skipped(
     vectors = torch.randn(2, 64, generator=torch.Generator().manual_seed(0))  # the tiny CLIP's width
     save_file({"emb_params": vectors}, str(folder / "sks-style.safetensors"))
     save_file({"emb_params": torch.zeros(1, 1024)}, str(folder / "sd2-only.safetensors"))
+    toy = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    save_file({"<cat-toy>": toy}, str(folder / "toy.safetensors"))  # diffusers' layout, with a word of its own
     settings = ServerSettings(tmp_path / "data", (str(sd), "emoji"), embeddings_dir=folder)
     body = {"prompt": "a cat in sks-style", "steps": 2, "seed": 1}
     with TestClient(create_app(settings)) as client:
@@ -168,11 +170,18 @@ def test_embeddings_join_the_models_they_fit_and_the_rest_are_listed_as_skipped(
         expected = direct("a cat in sks-style", steps=2, seed=1, progress=False)[0]
         np.testing.assert_array_equal(served, np.asarray(expected))
 
+        # called by its file name, as AUTOMATIC1111 calls every embedding, not by the word inside it
+        job = finished(client, client.post("/api/jobs", json={**body, "prompt": "a cat, toy"}).json()["id"])
+        served = np.asarray(Image.open(io.BytesIO(client.get(job["images"][0]["url"]).content)).convert("RGB"))
+        direct = Pipeline.load(sd, "cpu", embeddings=[(folder / "toy.safetensors", "toy")])
+        np.testing.assert_array_equal(served, np.asarray(direct("a cat, toy", steps=2, seed=1, progress=False)[0]))
+
         answer = client.get("/sdapi/v1/embeddings").json()
         assert answer["loaded"]["sks-style"]["vectors"] == 2 and answer["loaded"]["sks-style"]["shape"] == 64
+        assert answer["loaded"]["toy"]["vectors"] == 1
         assert list(answer["skipped"]) == ["sd2-only"]
         finished(client, client.post("/api/jobs", json={**FAST, "model": "emoji"}).json()["id"])
         ours = client.get("/api/embeddings").json()
-        assert ours["embeddings"] == ["sd2-only", "sks-style"]
+        assert ours["embeddings"] == ["sd2-only", "sks-style", "toy"]
         assert "SD 2.x embedding" in ours["skipped"]["pipe"]["sd2-only"]
-        assert set(ours["skipped"]["emoji"]) == {"sd2-only", "sks-style"}  # BERT's tokenizer takes no new words
+        assert set(ours["skipped"]["emoji"]) == {"sd2-only", "sks-style", "toy"}  # BERT's tokenizer takes no new words

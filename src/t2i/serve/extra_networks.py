@@ -78,11 +78,12 @@ class ExtraNetworks:
                 raise UserError(f"LoRA {name!r} is no longer in this server's --lora-dir")
 
     def add_embeddings(self, pipe) -> dict[str, str]:
-        """Add every embedding that fits `pipe`'s text encoder; {name: why} of those that do not."""
+        """Add every embedding that fits `pipe`'s text encoder, called by its name (a diffusers file's own
+        word too is its file name here, as in AUTOMATIC1111); {name: why} of those that do not fit."""
         skipped = {}
         for name, path in self.embeddings.items():
             try:
-                pipe.load_embedding(path)
+                pipe.load_embedding(path, name)
             except UserError as error:
                 skipped[name] = str(error)
         return skipped

@@ -194,6 +194,7 @@ function applySettings(settings) {
     $("strength").value = settings.strength;
     showStrength();
   }
+  showNetworks();
 }
 
 // A job's settings with what the request left to the model filled in: from the image's own
@@ -526,6 +527,70 @@ async function readPngInfo(file) {
   }
 }
 
+// ---- LoRA and embeddings ------------------------------------------------------------------------
+
+// AUTOMATIC1111's extra networks: a LoRA goes into the prompt as <lora:name:weight>, an embedding as
+// its word; the server reads both out of the prompt, so the page only writes them.
+const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+const LORA_TAG = /\s*<lora:([^:<>]*)(?::[^<>]*)?>/g;  // the server's pattern (metadata.LORA_TAG)
+const wordPattern = (word) => new RegExp(`(^|[\\s,()])${escapeRegExp(word)}(?=$|[\\s,()])`, "i");
+
+// The prompt with `name`'s tag taken out if it has one, else with the tag added at the end.
+function toggleLora(prompt, name) {
+  let found = false;
+  const without = prompt.replace(LORA_TAG, (tag, tagName) => {
+    if (tagName.trim() !== name) return tag;
+    found = true;
+    return "";
+  });
+  if (found) return without.trim();
+  const weight = Number($("lora-weight").value);
+  const tag = `<lora:${name}:${Number.isFinite(weight) ? weight : 1}>`;
+  return prompt.trim() ? `${prompt.trimEnd()} ${tag}` : tag;
+}
+
+// The prompt with the embedding's word taken out if it is there, else with it added at the end.
+function toggleWord(prompt, word) {
+  const pattern = wordPattern(word);
+  if (pattern.test(prompt)) {  // and the comma that separated it, if it leaves two in a row or one at an end
+    return prompt.replace(pattern, "$1").replace(/\s*,(\s*,)+/g, ",").replace(/^[\s,]+|[\s,]+$/g, "")
+      .replace(/[ \t]{2,}/g, " ");
+  }
+  return prompt.trim() ? `${prompt.trimEnd()}, ${word}` : word;
+}
+
+function showNetworks() {
+  const prompt = $("prompt").value;
+  const names = (tagged) => Array.from(prompt.matchAll(LORA_TAG), (m) => m[1].trim()).includes(tagged);
+  for (const chip of $("lora-list").children) chip.classList.toggle("on", names(chip.dataset.name));
+  for (const chip of $("embedding-list").children) chip.classList.toggle("on", wordPattern(chip.dataset.name).test(prompt));
+}
+
+function chip(name, kind, toggle) {
+  return el("button", {
+    type: "button", className: `chip ${kind}`, textContent: name, title: kind === "lora"
+      ? `LoRA ${name}: adds <lora:${name}:weight> to the prompt` : `embedding ${name}: adds its word to the prompt`,
+    dataset: { name },
+    onclick: () => {
+      $("prompt").value = toggle($("prompt").value, name);
+      showNetworks();
+    },
+  });
+}
+
+async function loadNetworks(refresh = false) {
+  try {
+    if (refresh) await api("/sdapi/v1/refresh-loras", { method: "POST" });  // reads both folders again
+    const [loras, embeddings] = await Promise.all([api("/api/loras"), api("/api/embeddings")]);
+    $("lora-list").replaceChildren(...loras.loras.map((name) => chip(name, "lora", toggleLora)));
+    $("embedding-list").replaceChildren(...embeddings.embeddings.map((name) => chip(name, "embedding", toggleWord)));
+    $("networks").hidden = !loras.loras.length && !embeddings.embeddings.length;
+    showNetworks();
+  } catch (error) {
+    showError(error);
+  }
+}
+
 // ---- Start -------------------------------------------------------------------------------------
 
 function wire() {
@@ -550,6 +615,8 @@ function wire() {
   showStrength();
   setupBrush();
   $("history-more").addEventListener("click", loadHistory);
+  $("prompt").addEventListener("input", showNetworks);
+  $("networks-refresh").addEventListener("click", () => loadNetworks(true));
 
   $("pnginfo-file").addEventListener("change", (event) => {
     readPngInfo(event.target.files[0]);
@@ -583,6 +650,7 @@ async function start() {
   } catch (error) {
     showError(error);
   }
+  loadNetworks();
   loadHistory();
   // A local lab has one person at it: after a reload the page follows the jobs still queued.
   try {
