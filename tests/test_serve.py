@@ -10,9 +10,13 @@ import json
 import threading
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
+
+import t2i
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -235,6 +239,13 @@ def test_png_info_reads_ours_and_automatic1111s(client):
                                     "spacing": "karras"}
     a1111 = client.post("/sdapi/v1/png-info", json={"image": b64(png(Image.new("RGB", (8, 8)), info))}).json()
     assert a1111["info"].startswith("a castle\nNegative prompt: blurry")
+    assert a1111["parameters"] == {"Prompt": "a castle", "Negative prompt": "blurry", "Steps": "30",
+                                   "Sampler": "DPM++ 2M Karras", "CFG scale": "7", "Seed": "42", "Size": "512x768",
+                                   "Size-1": "512", "Size-2": "768", "Model": "sd15"}  # AUTOMATIC1111's keys
+    newer = PngImagePlugin.PngInfo()  # AUTOMATIC1111 1.9 and later name the spacing apart
+    newer.add_text("parameters", "a castle\nSteps: 30, Sampler: DPM++ 2M, Schedule type: Karras, Seed: 42")
+    read = client.post("/api/png-info", json={"image": b64(png(Image.new("RGB", (8, 8)), newer))}).json()
+    assert read["parameters"]["sampler"] == "dpmpp_2m" and read["parameters"]["spacing"] == "karras"
 
 
 def test_automatic1111_txt2img_answers_with_images_parameters_and_info(client):
@@ -264,6 +275,52 @@ def test_automatic1111_sampler_names_model_override_and_unknown_sampler(client):
     assert wrong.status_code == 422 and "Euler a" in wrong.json()["detail"]
     assert {"name": "Euler a", "aliases": ["euler_ancestral"], "options": {}} in client.get("/sdapi/v1/samplers").json()
     assert [m["title"] for m in client.get("/sdapi/v1/sd-models").json()] == ["emoji", "shapes"]
+
+
+def test_automatic1111_clients_nulls_eta_file_titles_and_the_size_that_ran(client):
+    # what generated clients send: every field, unset ones as null; a model as its file's title
+    body = {"prompt": "red heart", "steps": 3, "seed": None, "cfg_scale": None, "width": None, "height": None,
+            "sampler_name": "DDIM", "eta": 0.5, "override_settings": None}
+    answer = client.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 200, answer.text
+    info = json.loads(answer.json()["info"])
+    assert "Eta: 0.5" in info["infotexts"][0] and info["seed"] >= 0
+    assert (info["width"], info["height"]) == (64, 64) and info["index_of_first_image"] == 0
+    for title in ("shapes.safetensors", "shapes.safetensors [6ce0161689]", "SD15/shapes.ckpt"):
+        body = {"prompt": "", "steps": 2, "seed": 1, "override_settings": {"sd_model_checkpoint": title}}
+        assert json.loads(client.post("/sdapi/v1/txt2img", json=body).json()["info"])["sd_model_name"] == "shapes"
+    direct = Pipeline.load("emoji")("red heart", steps=3, seed=info["seed"], sampler="ddim", eta=0.5, progress=False)
+    image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+    np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(direct[0]))
+
+
+def test_automatic1111_img2img_takes_any_size_down_to_sides_the_model_can_take(client):
+    source = b64(png(Image.new("RGB", (70, 50), (200, 30, 30))))
+    answer = client.post("/sdapi/v1/img2img", json={"prompt": "red heart", "steps": 2, "seed": 3,
+                                                     "init_images": [source], "denoising_strength": None})
+    assert answer.status_code == 200, answer.text
+    image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
+    assert image.size == (64, 48)  # emoji's sides are multiples of 16
+    assert json.loads(answer.json()["info"])["denoising_strength"] == 0.75
+
+
+def test_a_post_without_a_body_is_an_empty_one_as_curl_sends_it(tmp_path):
+    import asyncio
+
+    from t2i.serve.app import BodyLimit
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def send(message):
+        sent.append(message)
+
+    for headers, expected in [([], ["/sdapi/v1/interrupt"]), ([(b"transfer-encoding", b"chunked")], [])]:
+        reached, sent = [], []
+        scope = {"type": "http", "method": "POST", "path": "/sdapi/v1/interrupt", "headers": headers}
+        asyncio.run(BodyLimit(app, 1000)(scope, None, send))
+        assert reached == expected
+        assert [m["status"] for m in sent if m["type"] == "http.response.start"] == ([] if expected else [411])
 
 
 def test_automatic1111_img2img_resizes_to_the_size_asked_and_inverts_masks(client):
@@ -324,6 +381,19 @@ def test_the_store_puts_an_interrupted_job_back_once_then_fails_it_with_its_reas
     failed = store.get(first.id)
     assert failed.state == "failed" and "stopped 2 times while this job ran" in failed.error
     assert store.take().id == second.id
+
+
+def test_two_models_of_one_name_are_refused_at_start(tmp_path):
+    import shutil
+
+    from t2i.errors import UserError
+    from t2i.serve.shelf import ModelShelf
+
+    other = tmp_path / "elsewhere" / "emoji"
+    shutil.copytree(Path(t2i.__file__).parent / "weights" / "shapes", other)
+    with pytest.raises(UserError, match="would both be model 'emoji'"):
+        ModelShelf(["emoji", str(other)])
+    assert list(ModelShelf(["emoji", "emoji"]).paths) == ["emoji"]  # the same one twice is one
 
 
 def test_models_load_on_first_use_and_the_least_recently_used_goes_past_the_budget():

@@ -185,3 +185,12 @@ def test_embeddings_join_the_models_they_fit_and_the_rest_are_listed_as_skipped(
         assert ours["embeddings"] == ["sd2-only", "sks-style", "toy"]
         assert "SD 2.x embedding" in ours["skipped"]["pipe"]["sd2-only"]
         assert set(ours["skipped"]["emoji"]) == {"sd2-only", "sks-style", "toy"}  # BERT's tokenizer takes no new words
+
+        # one added and refreshed while the model is loaded: its next job has it
+        save_file({"emb_params": vectors.flip(0)}, str(folder / "late.safetensors"))
+        client.post("/sdapi/v1/refresh-embeddings")
+        job = finished(client, client.post("/api/jobs", json={**body, "prompt": "a cat, late"}).json()["id"])
+        served = np.asarray(Image.open(io.BytesIO(client.get(job["images"][0]["url"]).content)).convert("RGB"))
+        direct.load_embedding(folder / "late.safetensors")
+        np.testing.assert_array_equal(served, np.asarray(direct("a cat, late", steps=2, seed=1, progress=False)[0]))
+        assert "late" in client.get("/sdapi/v1/embeddings").json()["loaded"]

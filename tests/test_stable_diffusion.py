@@ -270,10 +270,21 @@ def test_t2i_serve_offers_sd_files_of_its_models_dir_by_name(single_file, tmp_pa
 
     from t2i.serve.app import ServerSettings, create_app
 
-    app = create_app(ServerSettings(tmp_path / "data", models_dir=single_file.parent))
+    from t2i.serve.limits import Limits
+
+    settings = ServerSettings(tmp_path / "data", models_dir=single_file.parent, limits=Limits(max_pixels=16 * 16))
+    app = create_app(settings)
     with TestClient(app) as client:
         models = {model["id"]: model for model in client.get("/api/models").json()["models"]}
         assert "tiny-sd-v1" in models and models["tiny-sd-v1"]["loaded"] is False
+        # one side given, the other the model's own, unknown until it loads: the size is checked then
+        job = client.post("/api/jobs", json={"prompt": PROMPT, "model": "tiny-sd-v1", "steps": 2, "width": 64}).json()
+        while job["state"] in ("queued", "running"):
+            time.sleep(0.05)
+            job = client.get(f"/api/jobs/{job['id']}").json()
+        assert job["state"] == "failed" and "max_pixels" in job["error"], job
+        refused = client.post("/api/jobs", json={"prompt": PROMPT, "model": "tiny-sd-v1", "width": 64, "height": 64})
+        assert refused.status_code == 422 and refused.json()["limit"] == "max_pixels"
         job = client.post("/api/jobs", json={"prompt": PROMPT, "model": "tiny-sd-v1", "steps": 2, "seed": 1,
                                              "width": 16, "height": 16}).json()
         while job["state"] in ("queued", "running"):

@@ -87,29 +87,40 @@ def to_infotext(parameters: dict) -> str | None:
     return "\n".join(lines)
 
 
-def from_infotext(text: str) -> dict:
-    """Our generation parameters from an infotext: prompt, negative_prompt, and of steps, sampler,
-    spacing, cfg, seed, size ([H, W]), model, strength, eta and clip skip those it names."""
+def infotext_fields(text: str) -> dict[str, str]:
+    """An infotext read as AUTOMATIC1111's /png-info gives it: "Prompt", "Negative prompt" and each
+    "Key: value" of the settings line, as text, with "Size" also as "Size-1" (width) and "Size-2" (height)."""
     lines = text.strip().split("\n")
     settings_line = lines.pop() if lines and re.match(r"^\s*Steps: ", lines[-1]) else ""
     negative = [i for i, line in enumerate(lines) if line.startswith("Negative prompt:")]
     cut = negative[0] if negative else len(lines)
-    out: dict = {"prompt": "\n".join(lines[:cut]).strip(),
-                 "negative_prompt": "\n".join(lines[cut:])[len("Negative prompt:"):].strip() if negative else ""}
-    fields = dict(re.findall(r'\s*([\w ]+?): ("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', settings_line))
+    fields = {"Prompt": "\n".join(lines[:cut]).strip(),
+              "Negative prompt": "\n".join(lines[cut:])[len("Negative prompt:"):].strip() if negative else ""}
+    for key, value in re.findall(r'\s*([\w ]+?): ("(?:[^"\\]|\\.)*"|[^,]*)(?:,|$)', settings_line):
+        fields[key] = value.strip().strip('"')
+    if re.fullmatch(r"\d+x\d+", fields.get("Size", "")):
+        fields["Size-1"], fields["Size-2"] = fields["Size"].split("x")
+    return fields
+
+
+def from_infotext(text: str) -> dict:
+    """Our generation parameters from an infotext: prompt, negative_prompt, and of steps, sampler,
+    spacing, cfg, seed, size ([H, W]), model, strength, eta and clip skip those it names."""
+    fields = infotext_fields(text)
+    out: dict = {"prompt": fields["Prompt"], "negative_prompt": fields["Negative prompt"]}
     readers = {"Steps": ("steps", int), "CFG scale": ("cfg", float), "Seed": ("seed", int), "Model": ("model", str),
                "Denoising strength": ("strength", float), "Eta": ("eta", float), "Clip skip": ("clip_skip", int)}
     for key, (name, kind) in readers.items():
         if key in fields:
             try:
-                out[name] = kind(fields[key].strip().strip('"'))
+                out[name] = kind(fields[key])
             except ValueError:
                 pass  # a field we cannot read is left out, as AUTOMATIC1111 does
-    if "Size" in fields and re.fullmatch(r"\d+x\d+", fields["Size"].strip()):
-        width, height = map(int, fields["Size"].strip().split("x"))
-        out["size"] = [height, width]
+    if "Size-1" in fields:
+        out["size"] = [int(fields["Size-2"]), int(fields["Size-1"])]
     if "Sampler" in fields:
-        out["sampler"], spacing = from_a1111_sampler(fields["Sampler"].strip())
-        if spacing:
-            out["spacing"] = spacing
+        out["sampler"], spacing = from_a1111_sampler(fields["Sampler"])
+        # AUTOMATIC1111 1.9 and later name the σ spacing apart: "Sampler: DPM++ 2M, Schedule type: Karras"
+        if spacing or fields.get("Schedule type", "").lower() == "karras":
+            out["spacing"] = "karras"
     return out

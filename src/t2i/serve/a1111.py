@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..convert.embedding_files import read_embedding
 from ..errors import UserError
-from ..metadata import a1111_sampler, from_a1111_sampler, sampler_menu, to_infotext
+from ..metadata import a1111_sampler, from_a1111_sampler, infotext_fields, sampler_menu, to_infotext
 from ..samplers import SAMPLERS
 from .job_request import JobRequest, decode_upload, png_bytes, png_parameters
 from .store import Job
@@ -34,7 +34,7 @@ class A1111Request(BaseModel):
     negative_prompt: str = ""
     steps: int | None = None
     cfg_scale: float | None = None
-    seed: int = -1
+    seed: int | None = -1  # None, as clients that send every field write it, is -1 too
     width: int | None = None
     height: int | None = None
     sampler_name: str | None = None
@@ -43,13 +43,17 @@ class A1111Request(BaseModel):
     batch_size: int = 1
     n_iter: int = 1
     eta: float | None = None
-    override_settings: dict = {}
+    override_settings: dict | None = None
+
+    @property
+    def overrides(self) -> dict:
+        return self.override_settings or {}
 
 
 class Img2ImgRequest(A1111Request):
     init_images: list[str] = []
     mask: str | None = None
-    denoising_strength: float = 0.75
+    denoising_strength: float | None = 0.75
     inpainting_mask_invert: int = 0
 
 
@@ -70,14 +74,14 @@ def job_request(body: A1111Request, model: str | None, image: str | None = None,
                       spacing=spacing, steps=body.steps, cfg=body.cfg_scale, seed=body.seed,
                       width=None if image else body.width, height=None if image else body.height,
                       num_images=body.batch_size * body.n_iter, image=image, mask=mask, strength=strength,
-                      clip_skip=body.override_settings.get("CLIP_stop_at_last_layers"))
+                      eta=body.eta, clip_skip=body.overrides.get("CLIP_stop_at_last_layers"))
 
 
 def a1111_router(server, authorize) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(authorize)], tags=["AUTOMATIC1111"])
 
     def model_of(body: A1111Request) -> str | None:
-        return body.override_settings.get("sd_model_checkpoint")
+        return body.overrides.get("sd_model_checkpoint")
 
     async def answer(body: A1111Request, job: Job) -> JSONResponse:
         job = await server.finished(job)
@@ -98,8 +102,12 @@ def a1111_router(server, authorize) -> APIRouter:
             raise UserError("init_images is empty: send the image to edit as base64")
         image = decode_upload("init_images[0]", body.init_images[0], server.limits)
         mask = decode_upload("mask", body.mask, server.limits, "L") if body.mask else None
-        size = (body.width or image.width, body.height or image.height)
-        if image.size != size:  # AUTOMATIC1111 resizes the image to the size asked for
+        # AUTOMATIC1111 resizes the image to the size asked for, and takes any size: the sides go down to
+        # the nearest the model can halve evenly
+        multiple = server.shelf.info(server.shelf.resolve(model_of(body)))["size_multiple"]
+        size = tuple(max(multiple, side // multiple * multiple)
+                     for side in (body.width or image.width, body.height or image.height))
+        if image.size != size:
             image = image.resize(size)
         if mask is not None:
             mask = mask.resize(size)
@@ -107,7 +115,7 @@ def a1111_router(server, authorize) -> APIRouter:
                 mask = mask.point(lambda level: 255 - level)
         request = job_request(body, model_of(body), base64.b64encode(png_bytes(image)).decode(),
                               None if mask is None else base64.b64encode(png_bytes(mask)).decode(),
-                              body.denoising_strength)
+                              0.75 if body.denoising_strength is None else body.denoising_strength)
         return await answer(body, server.submit(request))
 
     @router.get("/progress")
@@ -135,6 +143,7 @@ def a1111_router(server, authorize) -> APIRouter:
 
     @router.post("/skip")
     def skip():
+        """AUTOMATIC1111 skips to its job's next batch; a job here runs as one batch, so it stops, as at /interrupt."""
         return interrupt()
 
     @router.get("/samplers")
@@ -175,7 +184,7 @@ def a1111_router(server, authorize) -> APIRouter:
 
     @router.post("/refresh-embeddings")
     def refresh_embeddings():
-        server.shelf.extras.refresh()  # a model takes the new ones when it next loads
+        server.shelf.extras.refresh()  # a loaded model takes the new ones before its next job
 
     @router.get("/options")
     def options():
@@ -191,8 +200,8 @@ def a1111_router(server, authorize) -> APIRouter:
     def png_info(body: dict):
         if not isinstance(body.get("image"), str):
             raise UserError("send {\"image\": base64 PNG}")
-        parameters, infotext = png_parameters(body["image"], server.limits)
-        return {"info": infotext or "", "items": {}, "parameters": parameters}
+        infotext = png_parameters(body["image"], server.limits)[1]
+        return {"info": infotext or "", "items": {}, "parameters": infotext_fields(infotext) if infotext else {}}
 
     return router
 
@@ -207,13 +216,14 @@ def info(job: Job) -> dict:
     """AUTOMATIC1111's `info` of a finished job (its keys, our values)."""
     settings, parameters = job.settings, [image["parameters"] for image in job.images]
     first = parameters[0] if parameters else {}
+    height, width = first.get("size") or (settings["height"], settings["width"])  # the size that ran
     return {"prompt": settings["prompt"], "all_prompts": [p["prompt"] for p in parameters],
             "negative_prompt": settings["negative_prompt"],
             "all_negative_prompts": [p["negative_prompt"] for p in parameters],
             "seed": settings["seed"], "all_seeds": [p["seed"] for p in parameters], "subseed": -1,
-            "all_subseeds": [-1] * len(parameters), "width": settings["width"], "height": settings["height"],
+            "all_subseeds": [-1] * len(parameters), "width": width, "height": height,
             "sampler_name": a1111_sampler(first["sampler"], first.get("spacing")) if first else None,
             "cfg_scale": first.get("cfg"), "steps": first.get("steps"), "batch_size": settings["num_images"],
             "sd_model_name": settings["model"], "denoising_strength": settings["strength"],
             "infotexts": [to_infotext(p) for p in parameters], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-            "interrupted": job.state == "cancelled"}
+            "interrupted": job.state == "cancelled", "index_of_first_image": 0}  # no grid comes first

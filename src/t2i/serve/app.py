@@ -63,7 +63,7 @@ class Server:
                                 settings.dtype, ExtraNetworks(settings.lora_dir, settings.embeddings_dir))
         self.store = JobStore(settings.data_dir, settings.limits)
         self.hub = EventHub()
-        self.worker = Worker(self.store, self.shelf, self.hub)
+        self.worker = Worker(self.store, self.shelf, self.hub, self.limits)
 
     def submit(self, request: JobRequest) -> Job:
         settings, uploads = plan_job(request, self.shelf, self.limits)
@@ -106,14 +106,16 @@ class Server:
 
 class BodyLimit:
     """Refuse a body past `Limits.max_body_bytes` from its Content-Length, before any of it is read
-    (a chunked body, whose length is unknown until read, is refused too)."""
+    (a chunked body, whose length is unknown until read, is refused too; no length and no chunks, as
+    `curl -X POST` sends, is an empty body)."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
-            length = dict(scope["headers"]).get(b"content-length", b"").decode()
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length", b"" if b"transfer-encoding" in headers else b"0").decode()
             refusal = None
             if not length.isdigit():
                 refusal = one_line(411, "send the body with its Content-Length (a chunked body is not read)")

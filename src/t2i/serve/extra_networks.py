@@ -77,11 +77,11 @@ class ExtraNetworks:
             else:  # gone at a refresh since the job was queued
                 raise UserError(f"LoRA {name!r} is no longer in this server's --lora-dir")
 
-    def add_embeddings(self, pipe) -> dict[str, str]:
-        """Add every embedding that fits `pipe`'s text encoder, called by its name (a diffusers file's own
-        word too is its file name here, as in AUTOMATIC1111); {name: why} of those that do not fit."""
+    def add_embeddings(self, pipe, embeddings: dict[str, Path]) -> dict[str, str]:
+        """Add each of `embeddings` ({name: file}) that fits `pipe`'s text encoder, called by its name (a
+        diffusers file's own word too is its file name here, as in AUTOMATIC1111); {name: why} of the rest."""
         skipped = {}
-        for name, path in self.embeddings.items():
+        for name, path in embeddings.items():
             try:
                 pipe.load_embedding(path, name)
             except UserError as error:

@@ -129,12 +129,15 @@ def plan_job(request: JobRequest, shelf: ModelShelf, limits: Limits) -> tuple[di
         width, height = image.size
     else:
         width, height = (request.width or info["image_size"], request.height or info["image_size"])
-    if width is not None and height is not None:
-        for side, value in (("width", width), ("height", height)):
+    for side, value in (("width", width), ("height", height)):
+        if value is not None:
             whole_number(side, value, 1, MAX_SIDE)
+    if width is not None and height is not None:
         check_divisible(width, height, info["size_multiple"], "the size asked for" if image is None else "the image",
                         f"model {model!r} needs", "choose such sides" if image is None else "resize it")
         limits.check_size(width, height)
+    # else a side is left to a Stable Diffusion model not loaded yet, known when it loads: the worker checks
+    # the size then (`check_size`)
     seed = random_seed() if request.seed in (None, -1) else whole_number("seed", request.seed, 0, MAX_SEED - num)
     kind = "txt2img" if image is None else "img2img" if mask is None else "inpaint"
     settings = {**request.model_dump(exclude={"image", "mask"}), "kind": kind, "model": model, "seed": seed,

@@ -17,6 +17,7 @@ import torch
 
 from ..checkpoints import CONFIG_NAME, networks, read_config, resolve_model, shipped_models
 from ..convert.stable_diffusion import is_foreign
+from ..convert.tensors import PICKLES, SAFETENSORS
 from ..errors import UserError
 from ..pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS, Pipeline
 from .extra_networks import ExtraNetworks
@@ -43,7 +44,10 @@ class ModelShelf:
         self.paths: dict[str, str] = {}
         for source in sources:
             resolve_model(source)  # a missing path is refused at start, not at the first request
-            self.paths.setdefault(model_id(source), source)
+            known = self.paths.setdefault(model_id(source), source)
+            if Path(known).resolve() != Path(source).resolve():
+                raise UserError(f"{known!r} and {source!r} would both be model {model_id(source)!r}: rename one, "
+                                "or serve one of them")
         if not self.paths:
             raise UserError("no models to serve: give --model or --models-dir")
         self.default = model_id(models[0]) if models else (DEFAULT_MODEL if DEFAULT_MODEL in self.paths
@@ -52,15 +56,20 @@ class ModelShelf:
         self.extras = extras or ExtraNetworks()
         self.loaded: OrderedDict[str, tuple[Pipeline, int]] = OrderedDict()
         self.own_loras: dict[str, set[str]] = {}  # the LoRAs a model came with (a LoRA run folder's), by model
+        self.offered: dict[str, set[str]] = {}  # the embeddings a loaded model was given or refused, by model
         self.skipped: dict[str, dict[str, str]] = {}  # the embeddings a model could not take, and why
         self.infos: dict[str, dict] = {}
         self.lock = threading.Lock()
 
     def resolve(self, model: str | None) -> str:
-        """The id of a requested model (None: the default); AUTOMATIC1111's "name [hash]" titles too."""
+        """The id of a requested model (None: the default); AUTOMATIC1111's titles too: "name [hash]",
+        "sub/name.safetensors"."""
         if model is None or model == "":
             return self.default
         name = model.split(" [")[0].strip()
+        if name not in self.paths:
+            file_name = Path(name).name
+            name = Path(file_name).stem if Path(file_name).suffix in SAFETENSORS + PICKLES else file_name
         if name not in self.paths:
             raise UserError(f"no model {model!r} on this server: choose one of {', '.join(self.paths)}")
         return name
@@ -105,16 +114,26 @@ class ModelShelf:
             else:
                 self.load(model_id)
             pipe = self.loaded[model_id][0]
-        if loras is not None:  # only the worker, which alone generates, changes a model's LoRAs
+        if loras is not None:  # only the worker, which alone generates, changes a model's LoRAs and words
             self.extras.apply(pipe, loras, self.own_loras[model_id])
+            self.add_embeddings(model_id, pipe)
         return pipe
+
+    def add_embeddings(self, model_id: str, pipe: Pipeline) -> None:
+        """Give a model the server's embeddings it has not been offered yet (all at its load; after a refresh,
+        the new ones), noting those it cannot take."""
+        offered = self.offered.setdefault(model_id, set())
+        new = {name: path for name, path in self.extras.embeddings.items() if name not in offered}
+        self.skipped.setdefault(model_id, {}).update(self.extras.add_embeddings(pipe, new))
+        offered.update(new)
 
     def load(self, model_id: str) -> None:
         """Load a model, with the server's embeddings, and unload the least recently used past the budget."""
         pipe = Pipeline.load(self.paths[model_id], self.device, self.dtype)
         pipe.name = model_id
         self.own_loras[model_id] = set(pipe.additions().get("loras", {}))
-        self.skipped[model_id] = self.extras.add_embeddings(pipe)
+        self.offered[model_id], self.skipped[model_id] = set(), {}
+        self.add_embeddings(model_id, pipe)
         size = sum(t.numel() * t.element_size() for net in (pipe.unet, pipe.text_encoder, pipe.vae)
                    if net is not None for t in (*net.parameters(), *net.buffers()))
         self.loaded[model_id] = (pipe, size)

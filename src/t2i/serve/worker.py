@@ -22,6 +22,7 @@ from ..images import PNG_PARAMETERS_KEY, read_image, save_png
 from .events import EventHub
 from ..metadata import lora_tags
 from .job_request import pipeline_arguments
+from .limits import LimitError, Limits
 from .shelf import ModelShelf
 from .store import Job, JobStore
 
@@ -46,8 +47,8 @@ class Live:
 
 
 class Worker:
-    def __init__(self, store: JobStore, shelf: ModelShelf, hub: EventHub):
-        self.store, self.shelf, self.hub = store, shelf, hub
+    def __init__(self, store: JobStore, shelf: ModelShelf, hub: EventHub, limits: Limits):
+        self.store, self.shelf, self.hub, self.limits = store, shelf, hub, limits
         self.live: Live | None = None
         self.polled = 0.0  # when AUTOMATIC1111's /progress last asked for the current image
         self.cancelling: set[str] = set()
@@ -96,7 +97,7 @@ class Worker:
                 self.store.requeue(job.id)
                 return
             self.finish(job, "cancelled")
-        except UserError as error:
+        except (UserError, LimitError) as error:
             self.finish(job, "failed", str(error))
         except Exception as error:  # noqa: BLE001 - a bug fails its job, not the server
             if out_of_memory(error):
@@ -120,6 +121,8 @@ class Worker:
         uploads = {name: read_image(self.store.input_path(job.id, name), "L" if name == "mask" else "RGB")
                    for name in job.inputs}
         pipe = self.shelf.get(settings["model"], lora_tags(settings["prompt"])[1])
+        if not uploads:  # a side left to a model that had not loaded at the request (`plan_job`)
+            self.limits.check_size(settings["width"] or pipe.image_size, settings["height"] or pipe.image_size)
         every = max(1, (settings["steps"] or pipe.defaults["steps"]) // PREVIEWS)
 
         def on_step(i: int, steps: int, x0) -> None:
