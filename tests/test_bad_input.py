@@ -97,6 +97,12 @@ def files(tmp_path_factory):
     for i in range(6):
         Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(broken / f"{i}.png")
     (broken / "3.png").write_bytes(b"not an image")
+    uncaptioned = root / "uncaptioned"  # captions under another field than 'text'
+    uncaptioned.mkdir()
+    Image.new("RGB", (8, 8)).save(uncaptioned / "a.png")
+    (uncaptioned / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "caption": "a red circle"}) + "\n")
+    (root / "diffusers-vae").mkdir()  # a diffusers folder's vae/, whose config.json is no t2i model's
+    (root / "diffusers-vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     return root
 
 
@@ -212,6 +218,22 @@ OTHERS = [
     (["train", "--out", "{root}/r-data", *TINY_TRAIN, "--data", "{root}/data"], "inside it"),
     (["train", "--out", "{root}/r-cap", *TINY_TRAIN, "--text", "--data", "{root}/captions"], "'text' must be"),
     (["train", "--out", "{root}/r-none", "--resume"], "does not exist"),
+    (["train", "--out", "{root}/r-nocap", *TINY_TRAIN, "--text", "--data", "{root}/uncaptioned"],
+     "has a caption: each row of metadata.jsonl needs a 'text'"),
+    (["train", "--out", "{root}/r-notext", *TINY_TRAIN, "--text-width", "64", "--mask-padding"],
+     "--text-width, --mask-padding set up the text encoder, which trains only with --text"),
+    (["train", "--out", "{root}/r-empty", *TINY_TRAIN, "--data", ""], "is empty: give a path"),
+    (["train", "--out", "{root}/r-empty", *TINY_TRAIN, "--vae", ""], "is empty: give a path"),
+    (["train", "--out", "{root}/text", *TINY_TRAIN], "holds a model (its config.json)"),
+    (["convert", "{root}/text", "{root}/model.safetensors"], "names a file, and a t2i model (--to original"),
+    (["convert", "{root}/text", "{root}/ok.png", "--to", "diffusers"], "names a file, and a diffusers model"),
+    (["export", "--model", "{root}/text", "--out", "{root}/model.safetensors"], "names a file, and an exported"),
+    (["export", "--model", "{root}/text", "--out", "{root}/r-export", "--steps", "20000"],
+     "steps must be a whole number from 1 to 10000"),
+    (["train", "--out", "{root}/r-dvae", *TINY_TRAIN, "--vae", "{root}/diffusers-vae"],
+     "is no t2i model's config (it has no format_version)"),
+    (["generate", "a red circle", "--model", "{root}/text", "--sampler", "ddim", "euler", "--eta", "0.5", "--out",
+      "{root}/never.png"], "sampler 'euler' takes no option eta"),
 ]
 
 
@@ -220,9 +242,32 @@ def test_other_commands_refuse_in_one_line(files, capsys, argv, match):
     assert_one_line([a.format(root=files) for a in argv], match, capsys)
 
 
-def test_a_corrupt_image_met_while_training_is_one_line(files, tmp_path, capsys):
-    assert_one_line(["train", "--out", str(tmp_path / "run"), *TINY_TRAIN, "--data", str(files / "broken")],
-                    "cannot read image", capsys)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_image_met_while_training_is_one_line(files, tmp_path, capsys, workers):
+    # in a data-loader process too, whose error PyTorch re-raises with the process's traceback
+    assert_one_line(["train", "--out", str(tmp_path / "run"), *TINY_TRAIN, "--data", str(files / "broken"),
+                     "--workers", str(workers)], "cannot read image", capsys)
+
+
+def test_a_comparison_refuses_a_bad_row_before_the_first_runs(files, tmp_path, monkeypatch):
+    from t2i.comparison import compare
+
+    pipe = Pipeline.load(files / "text", "cpu")
+    calls = []
+    monkeypatch.setattr(Pipeline, "__call__", lambda self, **kwargs: calls.append(kwargs))
+    with pytest.raises(UserError, match="takes no option eta"):
+        compare(pipe, ["a red circle"], ["ddim", "dpmpp_2m"], eta=0.5)
+    with pytest.raises(UserError, match="from 0 to 1000"):
+        compare(pipe, ["a red circle"], cfgs=[2.0, -1.0])
+    assert calls == []
+
+
+def test_a_run_keeps_its_data_folder_whole_so_it_resumes_from_anywhere(files, tmp_path, monkeypatch):
+    from t2i.training.diffusion import TrainConfig
+
+    monkeypatch.chdir(files)
+    assert TrainConfig(data="broken").data == str(files / "broken")
+    assert TrainConfig(data="shapes").data == "shapes"  # a data set's name stays one
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,20 @@ def test_latent_model_folder_holds_all_parts_and_generates(latent_run, vae_run):
     assert to_tensor(again).equal(to_tensor(images[1]))  # seed i+1 alone = image i+1 of the batch
 
 
+def test_generate_vae_takes_a_train_vae_folder_and_refuses_a_config_of_no_autoencoder(latent_run, vae_run, tmp_path,
+                                                                                         capsys):
+    pipe = Pipeline.load(latent_run, "cpu")
+    pipe.load_vae(vae_run)  # `t2i train-vae`'s folder, as `t2i train --vae` takes it
+    for ours, theirs in zip(pipe.vae.state_dict().values(), load_vae(vae_run).state_dict().values()):
+        assert ours.equal(theirs)
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    assert main(["generate", "red", "--model", str(latent_run), "--vae", str(tmp_path / "vae"),
+                 "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a diffusers autoencoder's config: it has no 'in_channels'" in err
+
+
 def test_the_sample_grid_of_a_latent_run_is_decoded_as_the_pipeline_decodes(latent_run):
     grid = latent_run / "samples" / "step_000006.png"
     parameters = read_parameters(grid)

@@ -28,7 +28,7 @@ from .convert.pretrained import load_frozen_encoder
 from .diffusion import Diffusion
 from .errors import UserError
 from .files import durable_write, read_json, write_json
-from .folder_config import LORA_FILE, DiffusionSettings, check_folder_config, text_encoder_class
+from .folder_config import LORA_FILE, DiffusionSettings, InferenceSettings, check_folder_config, text_encoder_class
 from .memory import check_fits
 from .models.unet import UNet, UNetConfig
 from .models.vae import AutoencoderKL, VAEConfig
@@ -105,7 +105,10 @@ def read_config(model_dir: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"{str(model_dir)!r} has no {CONFIG_NAME}: not a t2i model folder (make one with `t2i train`)")
     config = read_json(path, "not a t2i model folder")
-    version = config.get("format_version", 0) if isinstance(config, dict) else None
+    if isinstance(config, dict) and "format_version" not in config:
+        raise UserError(f"{str(path)!r} is no t2i model's config (it has no format_version): a diffusers or Stable "
+                        "Diffusion model becomes one with `t2i convert`")
+    version = config.get("format_version") if isinstance(config, dict) else None
     if isinstance(version, bool) or not isinstance(version, int):
         raise UserError(f"{str(path)!r} is not a t2i model config: it needs a whole-number format_version")
     if version > FORMAT_VERSION:
@@ -287,6 +290,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     config = read_config(model_dir)
     require_networks(model_dir, config)
     config["inference"] = {**config.get("inference", {}), **(inference or {})}
+    InferenceSettings.from_dict(config["inference"], "the exported model's inference settings")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in COMPONENTS:

@@ -13,7 +13,7 @@ from .errors import UserError
 from .images import PNG_PARAMETERS_KEY, enlarge, make_grid
 from .guards import random_seed
 from .pipeline import Pipeline
-from .samplers import get_sampler
+from .sampling import check_strength
 
 VARIED = ("prompt", "sampler", "cfg", "strength")
 
@@ -58,12 +58,24 @@ def compare(pipe: Pipeline, prompts: Sequence[str] = ("",), samplers: Sequence[s
     settings given; None stands for the model's own. `options` go to every `pipe(...)` call."""
     if len(strengths) > 1 and image is None:
         raise UserError("several strengths need an image to edit")
-    for sampler in samplers:
-        if sampler is not None:
-            get_sampler(sampler)  # every name checked before the first runs
     seed = random_seed() if seed is None else seed  # drawn once: every row starts from the same noise
     combinations = [dict(zip(VARIED, values)) for values in itertools.product(prompts or [""], samplers, cfgs,
                                                                               strengths)]
+    for combination in combinations:  # each checked before the first runs, so that a bad one loses no work
+        check_combination(pipe, combination, options)
     rows = [pipe(seed=seed, num_images=num_images, image=image, **combination, **options)
             for combination in combinations]
     return Comparison(rows, combinations, list(range(seed, seed + num_images)), image)
+
+
+def check_combination(pipe: Pipeline, combination: dict, options: dict) -> None:
+    """Refuse a row's sampler, steps, spacing, guidance, strength and sampler options as its call would (the
+    student's where one takes the call), before any network runs."""
+    sampler, cfg, steps, spacing = (combination["sampler"], combination["cfg"], options.get("steps"),
+                                    options.get("spacing"))
+    runner = pipe.student(steps, sampler, cfg, spacing) or pipe
+    settings = runner.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,
+                               guidance_rescale=options.get("guidance_rescale"))
+    runner.sampler_settings(settings, options.get("eta"), options.get("sampler_options"))
+    if combination["strength"] is not None:
+        check_strength(combination["strength"])

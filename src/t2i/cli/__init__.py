@@ -55,7 +55,8 @@ def failure(error: BaseException) -> tuple[str, int]:
         return ("another process of this distributed run stopped (its log says why); under torchrun "
                 "--max-restarts the group starts again from the last checkpoint"), 1
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
-                                                      errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
+                                                      errno.EROFS, errno.ENOENT, errno.EISDIR, errno.ENOTDIR,
+                                                      errno.EEXIST):
         where = f": {error.filename}" if error.filename else ""
         return f"{error.strerror or text}{where}", 2
     return (f"internal error, a bug in t2i ({type(error).__name__}: {text}); please report it, with the traceback "

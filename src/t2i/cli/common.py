@@ -52,6 +52,12 @@ def path_arg(text: str) -> Path:
     return Path(text)
 
 
+def name_or_path(text: str) -> str:
+    """An argparse type for a name or a path kept as text (--data, --vae), refused empty as `path_arg` refuses it."""
+    path_arg(text)
+    return text
+
+
 def non_negative(text: str) -> int:
     value = int(text)
     if value < 0:

@@ -33,9 +33,19 @@ def run_export(args) -> None:
         check_guidance(args.cfg)
     if args.sampler is not None:
         get_sampler(args.sampler)
+    folder_out(args.out, "an exported model")
     out = export_model(resolve_model(args.model), args.out, resolve_dtype(args.dtype), inference)
     size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     print(f"wrote {out} ({size:.1f} MiB)")
+
+
+def folder_out(path: Path, what: str) -> None:
+    """Refuse a destination that is, or is named as, a weights file where a model folder is written."""
+    from ..convert.tensors import PICKLES, SAFETENSORS
+    from ..errors import UserError
+
+    if path.is_file() or path.suffix in SAFETENSORS + PICKLES:
+        raise UserError(f"{str(path)!r} names a file, and {what} is a folder: give a folder's name")
 
 
 def add_convert(sub) -> None:
@@ -56,6 +66,8 @@ def run_convert(args) -> None:
     from ..convert.stable_diffusion import convert
     from ..devices import resolve_dtype
 
+    if args.to != "original":
+        folder_out(args.dst, f"a {args.to} model (--to original writes one file)")
     out = convert(args.src, args.dst, args.to, resolve_dtype(args.dtype))
     print(f"wrote {out}")
 

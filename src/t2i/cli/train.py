@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .common import DefaultsFormatter, non_negative, note_given, path_arg, positive, resume_changes
+from .common import DefaultsFormatter, name_or_path, non_negative, note_given, path_arg, positive, resume_changes
 
 
 def add_batch_options(p, t) -> None:
@@ -31,7 +31,7 @@ def add_train(sub) -> None:
                        formatter_class=DefaultsFormatter)
     note_given(p)
     t, u = TrainConfig(), UNetConfig()
-    p.add_argument("--data", default=t.data,
+    p.add_argument("--data", default=t.data, type=name_or_path,
                    help="'shapes' (one object an image), 'shapes2' (one or two) or a folder of images")
     p.add_argument("--out", required=True, type=path_arg, help="run folder (model, checkpoints, loss, samples)")
     p.add_argument("--resume", action="store_true",
@@ -85,7 +85,7 @@ def add_train(sub) -> None:
                    help="the embedding scales and shifts each ResBlock's second norm (ADM's AdaGN)")
     p.add_argument("--coord-channels", action="store_true",
                    help="give the U-Net each pixel's x and y as two more input channels (CoordConv)")
-    p.add_argument("--vae", default=None,
+    p.add_argument("--vae", default=None, type=name_or_path,
                    help="an autoencoder folder (from `t2i train-vae`): train latent diffusion on its latents")
     text = p.add_argument_group("text to image", "with --text, the U-Net attends to a text encoder trained with it")
     text.add_argument("--text", action="store_true", help="train on the captions too (shapes, or .txt beside images, "
@@ -152,6 +152,9 @@ ARCHITECTURE = ("schedule", "timesteps", "prediction", "channels", "channel_mult
                 "attention_levels", "block", "dropout", "norm_groups", "scale_shift_norm", "coord_channels", "vae",
                 "text", "text_encoder", "text_width", "text_pooling", "text_init_std", "text_layers", "text_heads",
                 "text_length", "pooled", "mask_padding")
+# what sets the text encoder up: nothing without --text (MiniLM, frozen, brings its own)
+TEXT_OPTIONS = ("text_encoder", "p_uncond", "text_width", "text_pooling", "text_init_std", "text_layers", "text_heads",
+                "text_length", "pooled", "mask_padding")
 FINETUNING = ("lora_rank", "lora_alpha", "lora_text_encoder", "gradient_checkpointing")
 # a distillation's own options, and those of a diffusion run it has no use for (its image size is the teacher's)
 DISTILLING = ("distill_start_steps", "distill_final_steps", "distill_steps_per_round", "distill_cfg")
@@ -208,6 +211,10 @@ def run_train(args) -> None:
     if given:
         raise UserError(f"{options(given)} fine-tune a Stable Diffusion model: give it with --init MODEL")
     args.text = args.text or args.text_encoder == "minilm"
+    given = [dest for dest in TEXT_OPTIONS if dest in args.given]
+    if given and not args.text:
+        raise UserError(f"{options(given)} set up the text encoder, which trains only with --text: add --text, or "
+                        "leave them out for an unconditional model")
     attention_levels = (len(args.channel_mult) - 1,) if args.attention_levels is None else args.attention_levels
     unet = UNetConfig(model_channels=args.channels, channel_mult=tuple(args.channel_mult),
                       num_res_blocks=args.num_res_blocks, attention_levels=tuple(attention_levels),
@@ -243,7 +250,7 @@ def add_train_vae(sub) -> None:
                        formatter_class=DefaultsFormatter)
     note_given(p)
     t, v = VAETrainConfig(), VAEConfig()
-    p.add_argument("--data", default=t.data, help="'shapes', 'shapes2' or a folder of images")
+    p.add_argument("--data", default=t.data, type=name_or_path, help="'shapes', 'shapes2' or a folder of images")
     p.add_argument("--out", required=True, type=path_arg, help="run folder (autoencoder, checkpoints, loss, samples)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings but for those "

@@ -14,6 +14,7 @@ OpenCLIP text encoder uses GELU and its penultimate block.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Callable, Collection
 
 from ..errors import UserError
@@ -165,8 +166,12 @@ def unet_config_from_diffusers(values: dict) -> UNetConfig:
                       linear_projection=bool(values.get("use_linear_projection", False)))
 
 
-def vae_config_from_diffusers(values: dict) -> VAEConfig:
+def vae_config_from_diffusers(values: dict, path: Path | str = "the vae config.json") -> VAEConfig:
     """Our config for a diffusers `AutoencoderKL` config.json."""
+    missing = [key for key in ("in_channels", "out_channels", "latent_channels", "block_out_channels",
+                               "layers_per_block") if not isinstance(values, dict) or key not in values]
+    if missing:
+        raise UserError(f"{str(path)!r} is not a diffusers autoencoder's config: it has no {missing[0]!r}")
     return VAEConfig(in_channels=values["in_channels"], out_channels=values["out_channels"],
                      latent_channels=values["latent_channels"], block_channels=tuple(values["block_out_channels"]),
                      num_res_blocks=values["layers_per_block"], norm_groups=values.get("norm_num_groups", NORM_GROUPS),

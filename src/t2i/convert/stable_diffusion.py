@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..checkpoints import (CONFIG_NAME, folder_config, load_components, read_config, save_model,
+from ..checkpoints import (CONFIG_NAME, folder_config, load_components, load_vae, read_config, save_model,
                            tokenizer_from_config)
 from ..errors import UserError
 from ..files import durable_write, read_json, write_json
@@ -147,10 +147,15 @@ def load_diffusers(folder: Path, dtype: torch.dtype | None) -> tuple[dict, dict,
 
 def load_vae_file(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
     """An SD autoencoder alone, as people swap one in (e.g. SD's vae-ft-mse-840000): a single file in
-    SD's original names, with or without `first_stage_model.`, or a diffusers vae/ folder."""
+    SD's original names, with or without `first_stage_model.`, or a diffusers vae/ folder; or the autoencoder
+    of one of our folders (`t2i train-vae`, a latent model)."""
     path = Path(path)
     if path.is_dir():
-        config = infer.vae_config_from_diffusers(read_json(path / CONFIG_NAME, "it is not a diffusers vae/ folder"))
+        values = read_json(path / CONFIG_NAME, "it is not a diffusers vae/ folder")
+        if isinstance(values, dict) and "format_version" in values:
+            vae = load_vae(path)
+            return vae if dtype is None else vae.to(dtype)
+        config = infer.vae_config_from_diffusers(values, path / CONFIG_NAME)
         return build("vae", config, diffusers_weights(path), vae_names.foreign_names(config, "diffusers"), dtype,
                      f"{str(path)!r}: the weights do not fit its config.json")
     weights = open_weights(path)

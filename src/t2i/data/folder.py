@@ -134,6 +134,11 @@ class ImageFolder(torch.utils.data.Dataset):
                     "needs a few dozen) or use split 'all'"
                 )
         self.metadata = metadata
+        if captioned and metadata is not None and not any(c for p in files for c in metadata[p]["captions"]):
+            keys = sorted(set(metadata[files[0]]) - {"captions", "file_name"})
+            raise UserError(f"no image in {str(root)!r} has a caption: each row of {METADATA} needs a 'text' (a "
+                            f"caption or a list of them); its first row has {', '.join(map(repr, keys)) or 'no other'} "
+                            "fields")
         if captioned and metadata is None:
             missing = [p for p in files if not p.with_suffix(".txt").is_file()]
             if missing:

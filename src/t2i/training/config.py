@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..checks import MAX_SIDE
+from ..data import SHAPES_SOURCES
 from ..errors import UserError
 from ..models.config import ModelConfig, check_divisible
 
@@ -47,6 +49,8 @@ class RunConfig(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.data not in SHAPES_SOURCES and Path(self.data).is_dir():  # whole, so it resumes from any folder
+            self.data = str(Path(self.data).resolve())
         if self.ema_decay == 1:
             raise UserError("ema_decay must be below 1: at 1 the EMA never moves from the initial weights")
 

@@ -142,7 +142,7 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
             try:  # a step meets bad input (an unreadable image) before it changes the networks
                 batch, failure = next(batches), None
             except UserError as error:
-                batch, failure = None, error
+                batch, failure = None, UserError(worker_message(str(error)))
             if world.any(failure is not None):  # every process stops, not only the one whose share was bad
                 if k > saved_step:
                     save()
@@ -183,3 +183,12 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
             if stopping:
                 return TrainResult(out, start, k, config.max_steps, stopped=True)
     return TrainResult(out, start, k, config.max_steps)
+
+
+def worker_message(message: str) -> str:
+    """A data-loader process's error as its own line: PyTorch re-raises it in the main process with "Caught
+    UserError in DataLoader worker process N" and the worker's traceback, whose last line is the error's."""
+    if not message.startswith("Caught ") or "Traceback" not in message:
+        return message
+    last = message.strip().split("\n")[-1]
+    return last.split(": ", 1)[1] if last.startswith(("UserError: ", "t2i.errors.UserError: ")) else last

@@ -124,6 +124,9 @@ def check_new_run(out: Path) -> None:
         raise UserError(f"{str(out)!r} is a file, not a run folder: choose another out_dir")
     if current_checkpoint(out) is not None:
         raise UserError(f"{str(out)!r} already holds a training run: resume it, or choose another out_dir")
+    if (out / CONFIG_NAME).is_file():  # a run's top config comes with its first save: this is a model
+        raise UserError(f"{str(out)!r} holds a model (its {CONFIG_NAME}), which a run there would overwrite: "
+                        "choose another out_dir")
 
 
 @contextmanager
