@@ -193,3 +193,13 @@ def test_automatic1111_api_takes_clip_skip_from_override_settings(reference, tmp
         assert "Clip skip: 2" in json.loads(answer.json()["info"])["infotexts"][0]
         bad = client.post("/api/jobs", json={"prompt": PROMPT, "model": "tiny-sd2", "clip_skip": 0})
         assert bad.status_code == 422 and "clip_skip" in bad.json()["detail"]
+
+        # set once with /options, as AUTOMATIC1111's clients do, for every job after
+        assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+        assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+        body["override_settings"] = {"sd_model_checkpoint": "tiny-sd2"}
+        answer = client.post("/sdapi/v1/txt2img", json=body)
+        assert "Clip skip: 2" in json.loads(answer.json()["info"])["infotexts"][0]
+        wrong = client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 0})
+        assert wrong.status_code == 422 and "CLIP_stop_at_last_layers" in wrong.json()["detail"]

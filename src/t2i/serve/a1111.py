@@ -20,10 +20,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from ..convert.embedding_files import read_embedding
+from ..checks import whole_number
 from ..errors import UserError
 from ..metadata import a1111_sampler, from_a1111_sampler, infotext_fields, sampler_menu, to_infotext
 from ..samplers import SAMPLERS
-from .job_request import JobRequest, decode_upload, png_bytes, png_parameters
+from .job_request import MAX_CLIP_SKIP, JobRequest, decode_upload, png_bytes, png_parameters
 from .store import Job
 
 
@@ -68,17 +69,21 @@ def sampler_of(name: str | None, scheduler: str | None) -> tuple[str | None, str
 
 
 def job_request(body: A1111Request, model: str | None, image: str | None = None, mask: str | None = None,
-                strength: float | None = None) -> JobRequest:
+                strength: float | None = None, clip_skip: int = 1) -> JobRequest:
+    """Our job for an AUTOMATIC1111 request; `clip_skip` is the server's "CLIP_stop_at_last_layers" option, which
+    the request's override_settings may change (1, the last layer, is every model's own)."""
     sampler, spacing = sampler_of(body.sampler_name or body.sampler_index, body.scheduler)
+    clip_skip = body.overrides.get("CLIP_stop_at_last_layers", clip_skip)
     return JobRequest(prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=sampler,
                       spacing=spacing, steps=body.steps, cfg=body.cfg_scale, seed=body.seed,
                       width=None if image else body.width, height=None if image else body.height,
                       num_images=body.batch_size * body.n_iter, image=image, mask=mask, strength=strength,
-                      eta=body.eta, clip_skip=body.overrides.get("CLIP_stop_at_last_layers"))
+                      eta=body.eta, clip_skip=None if clip_skip == 1 else clip_skip)
 
 
 def a1111_router(server, authorize) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(authorize)], tags=["AUTOMATIC1111"])
+    options_set = {"CLIP_stop_at_last_layers": 1}  # what POST /options may set besides the model, for every job
 
     def model_of(body: A1111Request) -> str | None:
         return body.overrides.get("sd_model_checkpoint")
@@ -94,7 +99,8 @@ def a1111_router(server, authorize) -> APIRouter:
 
     @router.post("/txt2img")
     async def txt2img(body: A1111Request):
-        return await answer(body, server.submit(job_request(body, model_of(body))))
+        return await answer(body, server.submit(job_request(body, model_of(body),
+                                                             clip_skip=options_set["CLIP_stop_at_last_layers"])))
 
     @router.post("/img2img")
     async def img2img(body: Img2ImgRequest):
@@ -115,7 +121,8 @@ def a1111_router(server, authorize) -> APIRouter:
                 mask = mask.point(lambda level: 255 - level)
         request = job_request(body, model_of(body), base64.b64encode(png_bytes(image)).decode(),
                               None if mask is None else base64.b64encode(png_bytes(mask)).decode(),
-                              0.75 if body.denoising_strength is None else body.denoising_strength)
+                              0.75 if body.denoising_strength is None else body.denoising_strength,
+                              options_set["CLIP_stop_at_last_layers"])
         return await answer(body, server.submit(request))
 
     @router.get("/progress")
@@ -188,10 +195,14 @@ def a1111_router(server, authorize) -> APIRouter:
 
     @router.get("/options")
     def options():
-        return {"sd_model_checkpoint": server.shelf.default}
+        return {"sd_model_checkpoint": server.shelf.default, **options_set}
 
     @router.post("/options")
     def set_options(body: dict):
+        """The default model, and clip skip for the jobs after; other options are AUTOMATIC1111's own, ignored."""
+        if "CLIP_stop_at_last_layers" in body:
+            options_set["CLIP_stop_at_last_layers"] = whole_number("CLIP_stop_at_last_layers",
+                                                                   body["CLIP_stop_at_last_layers"], 1, MAX_CLIP_SKIP)
         if "sd_model_checkpoint" in body:
             server.shelf.default = server.shelf.resolve(body["sd_model_checkpoint"])
         return {}
