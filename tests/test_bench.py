@@ -32,6 +32,12 @@ def test_channels_last_gives_the_same_images():
     torch.testing.assert_close(fast("a red circle", **kwargs), plain("a red circle", **kwargs), atol=5e-5, rtol=0)
 
 
+def test_optimize_keeps_the_tiling_it_is_not_given():
+    pipe = Pipeline.load("shapes", "cpu").optimize(vae_tile=64)
+    assert pipe.optimize(channels_last=True).vae_tile == 64  # a later call for another option leaves it
+    assert pipe.optimize(vae_tile=0).vae_tile is None
+
+
 PARTS = ["U-Net, one guided step", "text encoder", "decoder", "whole call"]
 
 
@@ -51,6 +57,17 @@ def test_bench_times_each_part_and_counts_its_flops(report):
         assert whole.gflops == pytest.approx(whole.flops / 1e9 / whole.seconds)
     assert [p.flops for p in report.runs[0].parts] == [p.flops for p in report.runs[1].parts]
     assert set(report.speedups) == {"cpu, 2 threads"}
+
+
+def test_an_unguided_call_is_counted_on_its_own_rows_not_twice_as_many():
+    from t2i.bench import pipeline_figures
+
+    pipe = Pipeline.load("shapes", "cpu")
+    guided = pipeline_figures(pipe, "a red circle", 1, 1)
+    pipe.defaults = {**pipe.defaults, "cfg": 1.0}  # guidance off: one branch, B rows
+    unguided = pipeline_figures(pipe, "a red circle", 1, 1)
+    assert unguided.part("U-Net, one step").flops * 2 == guided.part("U-Net, one guided step").flops
+    assert unguided.part("text encoder").flops * 2 == guided.part("text encoder").flops  # no empty prompt
 
 
 def test_bench_report_prints_a_table_row_for_every_part(report):

@@ -59,6 +59,21 @@ def test_noise_shows_the_forward_process(tmp_path, capsys):
     assert "mean" in capsys.readouterr().out and out.is_file()
 
 
+def test_the_forward_process_figure_draws_a_bounded_number_of_pixels_for_its_histogram(monkeypatch):
+    import torch
+
+    from t2i.diffusion import Diffusion
+    from t2i.visualize import HISTOGRAM_VALUES, forward_process_figure
+
+    diffusion, sizes = Diffusion.from_schedule("linear", 1000), []
+    q_sample = diffusion.q_sample
+    monkeypatch.setattr(diffusion, "q_sample", lambda x, *rest: sizes.append(x.numel()) or q_sample(x, *rest))
+    stats = forward_process_figure(torch.zeros(3, 512, 512), diffusion)[1]
+    assert sizes[-1] <= HISTOGRAM_VALUES and abs(stats["std"] - 1) < 0.01  # 5 draws of 786k pixels, not 64
+    forward_process_figure(torch.zeros(3, 8, 8), diffusion)
+    assert sizes[-1] == 64 * 3 * 8 * 8  # a small image keeps all its draws
+
+
 def test_eval_nll_prints_bits_per_dim(model_dir, capsys):
     assert main(["eval", "nll", "--model", str(model_dir), "--num-images", "4", "--terms", "5",
                  "--device", "cpu"]) == 0
@@ -85,11 +100,12 @@ def test_info_prints_the_parameters_a_png_carries(model_dir, tmp_path, capsys):
     from PIL import PngImagePlugin
 
     theirs = PngImagePlugin.PngInfo()
-    theirs.add_text("parameters", "a cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, "
-                                  "Size: 64x64")
+    infotext = ("a cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64, "
+                "Model hash: 6ce0161689, VAE: vae-ft-mse-840000")
+    theirs.add_text("parameters", infotext)
     Image.new("RGB", (8, 8)).save(tmp_path / "a1111.png", pnginfo=theirs)
     assert main(["info", str(tmp_path / "a1111.png")]) == 0
-    assert capsys.readouterr().out.splitlines()[:2] == ["a cat", "Negative prompt: dog"]
+    assert capsys.readouterr().out == infotext + "\n"  # word for word, the fields we do not read too
     grid = tmp_path / "grid.png"
     assert main(["sample", "--model", str(model_dir), "--steps", "2", "--num", "2", "--seed", "4", "--out", str(grid),
                  "--device", "cpu"]) == 0

@@ -134,6 +134,15 @@ def test_generate_vae_takes_a_train_vae_folder_and_refuses_a_config_of_no_autoen
     assert err.count("\n") == 1 and "is not a diffusers autoencoder's config: it has no 'in_channels'" in err
 
 
+def test_t2i_sample_of_a_latent_model_is_generate_with_the_empty_prompt_unclipped(latent_run, tmp_path):
+    assert main(["sample", "--model", str(latent_run), "--sampler", "ddim", "--steps", "3", "--num", "2",
+                 "--seed", "5", "--device", "cpu", "--out", str(tmp_path / "grid.png")]) == 0
+    expected = Pipeline.load(latent_run, "cpu")("", sampler="ddim", steps=3, seed=5, num_images=2, progress=False)
+    grid = Image.open(tmp_path / "grid.png")
+    assert to_tensor(grid.convert("RGB")).equal(to_tensor(make_grid(expected)))
+    assert read_parameters(tmp_path / "grid.png")["clip"] is False  # latents are not images: never clipped
+
+
 def test_the_sample_grid_of_a_latent_run_is_decoded_as_the_pipeline_decodes(latent_run):
     grid = latent_run / "samples" / "step_000006.png"
     parameters = read_parameters(grid)

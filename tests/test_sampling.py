@@ -185,6 +185,17 @@ def test_karras_grid_spaces_sigma_and_keeps_it_exact(diffusion):
     assert torch.equal(quantized.sigmas, grid.sigmas)
 
 
+def test_a_karras_grid_that_lands_on_sigma_min_spaces_its_steps_down_to_it_not_onto_it(diffusion):
+    # SD's DDIM (set_alpha_to_one False) ends on σ(0): N steps take N distinct levels down to it, no empty step
+    plain = sampler_grid(diffusion, 10, "karras")
+    landing = sampler_grid(diffusion, 10, "karras", land_on_sigma_min=True)
+    assert len(landing) == 10 and torch.all(landing.sigmas[1:] < landing.sigmas[:-1])
+    assert landing.sigmas[-1] == diffusion.sigmas[0] and landing.sigmas[0] == plain.sigmas[0]
+    ramp = torch.linspace(float(landing.sigmas[0] ** (1 / 7)), float(landing.sigmas[-1] ** (1 / 7)), 11,
+                          dtype=torch.float64)
+    torch.testing.assert_close(landing.sigmas ** (1 / 7), ramp)
+
+
 def test_sigma_and_timestep_are_inverse(diffusion):
     t = torch.tensor([0.0, 0.3, 17.5, 500.0, 998.9, 999.0], dtype=torch.float64)
     torch.testing.assert_close(diffusion.t_at(diffusion.sigma_at(t)), t)

@@ -55,6 +55,21 @@ def test_timestep_spacings(spacing, expected):
     assert timestep_grid(1000, 10, spacing).tolist() == expected
 
 
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "linspace"])
+@pytest.mark.parametrize("T", [1000, 100])
+def test_every_step_count_gives_that_many_distinct_timesteps_within_range(spacing, T):
+    for steps in range(1, T + 1):
+        grid = timestep_grid(T, steps, spacing)
+        assert len(grid) == steps and grid.min() >= 0 and grid.max() < T, (steps, grid[-3:].tolist())
+
+
+@pytest.mark.parametrize("T", [1000, 100])
+def test_a_trailing_grid_is_every_other_level_of_the_grid_of_twice_its_steps(T):
+    # what progressive distillation's rounds stand on: two teacher steps span exactly one student step
+    for steps in range(1, T // 2 + 1):
+        assert timestep_grid(T, 2 * steps, "trailing")[::2].equal(timestep_grid(T, steps, "trailing")), steps
+
+
 def test_full_grid_is_every_timestep_descending():
     assert timestep_grid(1000, 1000).tolist() == list(range(999, -1, -1))
 

@@ -153,18 +153,23 @@ class BenchReport:
 
 def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> BenchRun:
     """The time of each part of generating `batch` images of `prompt` at `pipe`'s defaults: the text
-    encoder (prompt and empty prompt), one guided U-Net call (batch 2B), the decoder, and
-    the whole call; each with its FLOPs, beside this device's matmul peak."""
+    encoder (prompt, and the empty prompt when guided), one U-Net call (on 2B rows when guided, as
+    classifier-free guidance runs it; B for an unconditional model or cfg 1), the decoder, and the
+    whole call; each with its FLOPs, beside this device's matmul peak."""
     device = pipe.device
     settings = pipe.settings(sampler=None, steps=None, cfg=None)
     side = pipe.image_size // pipe.downsample_factor
-    prompts = [prompt] * batch + [""] * batch
+    conditional = pipe.text_encoder is not None
+    prompt = prompt if conditional else ""  # an unconditional model takes no prompt
+    guided = conditional and settings["cfg"] != 1
+    prompts = [prompt] * batch + [""] * batch * guided
+    unet_step = "U-Net, one guided step" if guided else "U-Net, one step"
     with torch.no_grad():
-        cond = pipe.encode_prompts(prompts) if pipe.text_encoder is not None else {}
-        x = torch.randn(2 * batch, pipe.unet.config.in_channels, side, side, device=device, dtype=pipe.dtype)
-        t = torch.full((2 * batch,), 500, device=device)
+        cond = pipe.encode_prompts(prompts) if conditional else {}
+        x = torch.randn(len(prompts), pipe.unet.config.in_channels, side, side, device=device, dtype=pipe.dtype)
+        t = torch.full((len(prompts),), 500, device=device)
         z = torch.randn(batch, pipe.latent_channels, side, side, device=device)
-        parts = {"U-Net, one guided step": lambda: pipe.unet(x, t, **cond)}
+        parts = {unet_step: lambda: pipe.unet(x, t, **cond)}
         if pipe.text_encoder is not None:
             parts["text encoder"] = lambda: pipe.encode_prompts(prompts)
         if pipe.vae is not None:
@@ -172,7 +177,7 @@ def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> BenchRun:
         flops = {name: count_flops(fn) for name, fn in parts.items()}
         parts["whole call"] = lambda: pipe(prompt=prompt, num_images=batch, seed=0, progress=False)
         calls = get_sampler(settings["sampler"]).network_calls(settings["steps"])
-        flops["whole call"] = flops["U-Net, one guided step"] * calls + sum(
+        flops["whole call"] = flops[unet_step] * calls + sum(
             flops[name] for name in ("text encoder", "decoder") if name in flops)
         times = interleaved_times(parts, repeats, device=device)
     cpu = torch.device(device).type == "cpu"

@@ -73,7 +73,8 @@ def check_combination(pipe: Pipeline, combination: dict, options: dict) -> None:
     student's where one takes the call), before any network runs."""
     sampler, cfg, steps, spacing = (combination["sampler"], combination["cfg"], options.get("steps"),
                                     options.get("spacing"))
-    runner = pipe.student(steps, sampler, cfg, spacing) or pipe
+    runner = pipe.student(steps, sampler, cfg, spacing, options.get("negative_prompt"),
+                          options.get("guidance_rescale")) or pipe
     settings = runner.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,
                                guidance_rescale=options.get("guidance_rescale"))
     runner.sampler_settings(settings, options.get("eta"), options.get("sampler_options"))

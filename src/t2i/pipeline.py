@@ -138,21 +138,24 @@ class Pipeline:
         return pipe.load_additions(loras, embeddings)
 
     def student(self, steps: int | None, sampler: str | None = None, cfg: float | None = None,
-                spacing: str | None = None) -> "Pipeline | None":
+                spacing: str | None = None, negative_prompt=None, guidance_rescale: float | None = None
+                ) -> "Pipeline | None":
         """The distilled student of `steps` steps that this model folder holds (students/steps-N/, `training.distill`),
-        for a call that asks for that many steps and leaves sampler, guidance and grid to the model: the student
-        draws in N network calls what its teacher draws in ~20 guided ones. None otherwise, and with LoRAs applied
-        (the student was not made with them). It shares this pipeline's text encoder, tokenizer and autoencoder, so
-        embeddings and `load_vae` carry over."""
-        if steps not in self.students or (sampler, cfg, spacing) != (None, None, None) or self.additions():
+        for a call that asks for that many steps and leaves sampler, guidance (a negative prompt, a rescale) and grid
+        to the model: the student draws in N network calls what its teacher draws in ~20 guided ones. None otherwise,
+        and with LoRAs applied (the student was not made with them). It shares this pipeline's text encoder,
+        tokenizer and autoencoder as they are at each call, so embeddings and `load_vae` carry over."""
+        if steps not in self.students or self.additions() or \
+                (sampler, cfg, spacing, negative_prompt or None, guidance_rescale) != (None,) * 5:
             return None
         if steps not in self._loaded_students:
             student = Pipeline.load(self.students[steps], self.device, self.dtype)
             student.name = str(student_folder(Path(self.name), steps))  # a name that loads it, shipped ones too
-            student.text_encoder, student.tokenizer, student.vae = self.text_encoder, self.tokenizer, self.vae
             self._loaded_students[steps] = student
-        self._loaded_students[steps].vae_tile = self.vae_tile
-        return self._loaded_students[steps]
+        student = self._loaded_students[steps]
+        student.text_encoder, student.tokenizer, student.vae = self.text_encoder, self.tokenizer, self.vae
+        student.vae_tile = self.vae_tile
+        return student
 
     def load_vae(self, path: str | Path) -> None:
         """Decode and encode with another autoencoder: an SD VAE file or diffusers vae/ folder
@@ -179,8 +182,9 @@ class Pipeline:
         Winograd's F(4×4, 3×3) (CPU, float32); `channels_last` stores feature maps NHWC; `compile`
         hands the U-Net to `torch.compile` (minutes for every new shape); `vae_tile` decodes latents
         larger than that many positions a side in overlapping tiles (bounded memory, not bit-equal to
-        a whole decode). Returns self."""
-        self.vae_tile = vae_tile
+        a whole decode; left as it was when not given, 0 turns it off). Returns self."""
+        if vae_tile is not None:
+            self.vae_tile = vae_tile or None
         if winograd:
             use_winograd(self.unet)
             self.loras.reattach()  # the LoRA hooks were on the convolutions just replaced
@@ -515,7 +519,7 @@ class Pipeline:
         cfg or spacing; the images' parameters then name the student as their model.
         """
         arguments = dict(locals())  # first, before any other local: this call's arguments, for a student
-        student = self.student(steps, sampler, cfg, spacing)
+        student = self.student(steps, sampler, cfg, spacing, negative_prompt, guidance_rescale)
         if student is not None:
             return student(**{name: value for name, value in arguments.items() if name != "self"})
         settings = self.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,

@@ -114,7 +114,8 @@ def timestep_grid(num_train_steps: int, steps: int, spacing: str = "leading", of
             nearest[i] = min(nearest[i], num_train_steps - steps + i)
         grid = torch.tensor(nearest)
     elif spacing == "trailing":
-        grid = torch.arange(num_train_steps, 0, -num_train_steps / steps).round().long() - 1
+        # T - i·T/steps for i < steps: an arange to 0 by -T/steps may round up to one element more, t = -1
+        grid = (num_train_steps - torch.arange(steps, dtype=torch.float64) * num_train_steps / steps).round().long() - 1
     else:
         grid = torch.linspace(0, num_train_steps - 1, steps, dtype=torch.float64).round()
     return grid.long().unique().flip(0)

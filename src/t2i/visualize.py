@@ -12,12 +12,14 @@ from .images import make_grid
 from .plots import font, histogram_plot
 
 FORWARD_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
+HISTOGRAM_VALUES = 2**22  # pixel values drawn for the histogram at most: 16 MiB a copy, whatever the image size
 
 
 def forward_process_figure(x0: torch.Tensor, diffusion: Diffusion, timesteps=FORWARD_TIMESTEPS,
                            seed: int = 0, histogram_draws: int = 64) -> tuple[Image.Image, dict]:
     """One image [3, H, W] diffused to each of `timesteps` (labelled), over the histogram of
-    its pixels at t = T-1 against the N(0, 1) density. Returns the figure and the moments
+    its pixels at t = T-1 (from `histogram_draws` draws of its noise, fewer past HISTOGRAM_VALUES) against the
+    N(0, 1) density. Returns the figure and the moments
     of those pixels (mean, std; both should be ≈ 0 and 1)."""
     generator = torch.Generator().manual_seed(seed)
     timesteps = [t for t in timesteps if t < diffusion.num_timesteps]
@@ -33,6 +35,7 @@ def forward_process_figure(x0: torch.Tensor, diffusion: Diffusion, timesteps=FOR
     for i, t in enumerate(timesteps):
         draw.text((i * cell + cell / 2, 10), f"t = {t}", fill="black", font=font(), anchor="mm")
 
+    histogram_draws = max(1, min(histogram_draws, HISTOGRAM_VALUES // x0.numel()))  # a large image needs fewer
     last = torch.full((histogram_draws,), diffusion.num_timesteps - 1)
     pixels = diffusion.q_sample(x0.expand(histogram_draws, *x0.shape), last,
                                 torch.randn((histogram_draws, *x0.shape), generator=generator)).flatten()

@@ -64,7 +64,8 @@ def add_eval_fid(which) -> None:
     fid.add_argument("--no-floor", dest="floor", action="store_false",
                      help="skip scoring N training images against the held-out split")
     fid.add_argument("--kid-subsets", type=positive(int, 10_000), default=100,
-                     help="random subsets of 1000 images KID is averaged over (one estimate when N ≤ 1000)")
+                     help="random subsets of min(1000, N, held-out) images KID is averaged over (one estimate when "
+                          "both sets are that size)")
     fid.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's)")
     fid.add_argument("--steps", type=positive(int), default=None, help="sampling steps (default: the model's)")
     fid.add_argument("--sampler", default=None, help="sampler (default: the model's)")

@@ -178,8 +178,9 @@ def add_sample(sub) -> None:
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM σ_t²: β_t or β̃_t (default β̃_t)")
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="the sampler's grid (default: its own)")
-    p.add_argument("--no-clip", dest="clip", action="store_false",
-                   help="do not clip the predicted x_0 to [-1, 1] at each step")
+    p.add_argument("--no-clip", dest="clip", action="store_false", default=None,
+                   help="do not clip the predicted x_0 to [-1, 1] at each step (models of pixels clip by default, "
+                        "latent models never)")
     p.add_argument("--num", type=positive(int, 4096), default=16, help="number of images")
     p.add_argument("--batch-size", type=positive(int, 4096), default=64)
     p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
@@ -196,13 +197,14 @@ def run_sample(args) -> None:
 
     check_writable(args.out, "--out")
     pipe = Pipeline.load(args.model, args.device)
-    pipe.clip = args.clip
+    if args.clip is False:
+        pipe.clip = False
     options = {"variance": args.variance} if args.variance else None
     images = [image for start in range(0, args.num, args.batch_size)
               for image in pipe("", steps=args.steps, sampler=args.sampler, seed=args.seed + start, eta=args.eta,
                                 num_images=min(args.batch_size, args.num - start), spacing=args.spacing,
                                 sampler_options=options)]
-    save_all([(make_grid(images), args.out, {**images[0].info["t2i"], "clip": args.clip, "num": args.num})])
+    save_all([(make_grid(images), args.out, {**images[0].info["t2i"], "clip": pipe.clip, "num": args.num})])
     print(f"wrote {args.out}")
 
 
@@ -243,14 +245,16 @@ def add_info(sub) -> None:
 
 
 def run_info(args) -> None:
-    """AUTOMATIC1111's infotext of the image's parameters (what its PNG-info tab shows), or our JSON."""
+    """The image's infotext as AUTOMATIC1111's PNG-info tab shows it (its own, word for word, where it has one),
+    or our JSON of its parameters."""
     import json
 
-    from ..images import read_parameters
+    from ..images import INFOTEXT_KEY, image_parameters, read_image
     from ..metadata import to_infotext
 
-    parameters = read_parameters(args.image)
+    image = read_image(args.image)
+    parameters = image_parameters(image)
     if not parameters:
         raise UserError(f"{str(args.image)!r} carries no generation parameters (neither t2i's nor AUTOMATIC1111's)")
-    infotext = None if args.json else to_infotext(parameters)
+    infotext = None if args.json else image.info.get(INFOTEXT_KEY) or to_infotext(parameters)
     print(infotext if infotext is not None else json.dumps(parameters, indent=2, sort_keys=True))

@@ -4,11 +4,11 @@ k(x, y) = (xᵀy / D + 1)³, with the unbiased estimator
 
     MMD²_u = 1/(m(m-1)) Σ_{i≠j} k(x_i, x_j) + 1/(n(n-1)) Σ_{i≠j} k(y_i, y_j) - 2/(mn) Σ_{i,j} k(x_i, y_j).
 
-It is computed on `subsets` random subsets of `subset_size` features of each set (as the
-paper's code does) and reported as mean and standard deviation; when both sets are no larger
-than `subset_size`, every subset would be the whole set, so it is one estimate on all of
-them, with no spread. Unlike FID it is unbiased, so small sets compare fairly, and it can be
-slightly negative.
+It is computed on `subsets` random subsets of min(`subset_size`, N₁, N₂) features of each set
+(as the paper's code does, and torch-fidelity and clean-fid after it, so that numbers compare) and
+reported as mean and standard deviation; when both sets are that size, every subset would be the
+whole set, so it is one estimate on all of them, with no spread. Unlike FID it is unbiased, so
+small sets compare fairly, and it can be slightly negative.
 """
 
 from __future__ import annotations

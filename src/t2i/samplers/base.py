@@ -69,7 +69,9 @@ def sampler_grid(diffusion: Diffusion, steps: int, spacing: str = "leading", off
     if spacing == "karras":
         if not 1 <= steps <= T:
             raise UserError(f"steps must be between 1 and the model's {T} training timesteps, got {steps}")
-        sigmas = karras_sigmas(float(diffusion.sigmas[0]), float(diffusion.sigmas[-1]), steps)
+        # landing on σ_min, the grid's end is that level: the N levels before it space down to it, not onto it
+        sigmas = karras_sigmas(float(diffusion.sigmas[0]), float(diffusion.sigmas[-1]), steps + land_on_sigma_min)
+        sigmas = sigmas[:steps]
         timesteps = diffusion.t_at(sigmas)
         if discrete_time:
             timesteps = timesteps.round().long()
