@@ -115,6 +115,17 @@ def test_resume_takes_a_new_learning_rate_or_cooldown_only_when_asked(tmp_path):
     assert read_config(tmp_path)["step"] == 6  # refused before any step
 
 
+def test_a_bf16_run_on_the_cpu_resumed_ends_bit_equal_to_one_that_ran_straight(tmp_path):
+    # its U-Net is channels-last there: AdamW's fused kernel must find each moment in its weight's layout
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    run = config(max_steps=6, probe_every=0, sample_every=100, save_every=3, mixed_precision="bf16", device="cpu")
+    train(UNET, run, straight)
+    train(UNET, dataclasses.replace(run, max_steps=3), stopped)
+    resume(stopped, max_steps=6)
+    for a, b in zip(load_model(straight)[0].state_dict().values(), load_model(stopped)[0].state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_bf16_mixed_precision_follows_the_float32_run_and_can_be_switched_on_resume(tmp_path):
     full, mixed = tmp_path / "fp32", tmp_path / "bf16"
     train(UNET, config(max_steps=20, probe_every=0, sample_every=100), full)

@@ -348,4 +348,13 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer) -> None:
     groups = [{k: v if k == "params" or not isinstance(v, list) else tuple(v) for k, v in group.items()}
               for group in json.loads(metadata["param_groups"])]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # each moment in its parameter's memory layout: fused kernels (AdamW's on the CPU) walk raw memory, so a
+    # moment read back contiguous beside a channels-last weight would be paired with other elements of it
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            moments = optimizer.state.get(parameter, {})
+            for name, value in moments.items():
+                if isinstance(value, torch.Tensor) and value.shape == parameter.shape and \
+                        value.stride() != parameter.stride():
+                    moments[name] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
