@@ -111,6 +111,23 @@ def test_sd2_prediction_of_a_single_file(reference, tmp_path):
     assert load_stable_diffusion(path)[1]["diffusion"]["prediction_type"] == "epsilon"
 
 
+def test_without_a_yaml_an_sd2_file_is_told_v_by_its_weights_as_comfyui_tells_it(tmp_path):
+    from t2i.convert.stable_diffusion import V_TELL, original_prediction
+    from t2i.convert.tensors import StateDictWeights
+
+    def weights(std: float, channels: int = 4) -> StateDictWeights:
+        bias = torch.randn(320, generator=torch.Generator().manual_seed(0))
+        return StateDictWeights({"model.diffusion_model." + V_TELL: bias / bias.std(unbiased=False) * std,
+                                 "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, channels, 3, 3)})
+
+    path = tmp_path / "v2-1_768-ema-pruned.safetensors"
+    assert original_prediction(path, weights(0.2)) == "v"
+    assert original_prediction(path, weights(0.02)) == "epsilon"
+    assert original_prediction(path, weights(0.2, channels=9)) == "epsilon"  # SD 2's inpainting model
+    path.with_suffix(".yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
+    assert original_prediction(path, weights(0.2)) == "epsilon"  # a .yaml beside it says it
+
+
 def test_clip_skip_in_the_pipeline_equals_diffusers_and_is_written_as_automatic1111_does(reference):
     """Our clip_skip 2 (AUTOMATIC1111's count) against diffusers given the penultimate state's final norm as
     prompt embeddings (its own clip_skip reads `text_model`, which transformers 5 no longer has)."""

@@ -61,16 +61,26 @@ def model_folder_config(configs: dict, tokenizer: CLIPTokenizer, diffusion: dict
                          diffusion=diffusion, image_size=image_size, inference=dict(SD_INFERENCE))
 
 
-def original_prediction(path: Path, keys) -> str:
-    """What an SD 2.x single file predicts, which its weights do not say: ε (2.x-base, 512²) or v
-    (768²). AUTOMATIC1111's convention is a .yaml of the same name beside the file (SD's
-    v2-inference-v.yaml says `parameterization: "v"`); some files carry an empty `v_pred` key.
-    With neither, ε."""
+# ComfyUI's tell for SD 2.x's v models: the last output block's first attention norm has biases spread wider
+# (std > 0.09) than the ε models'; told for 4-channel U-Nets only (SD 2's inpainting model is ε)
+V_TELL, V_TELL_STD = "output_blocks.11.1.transformer_blocks.0.norm1.bias", 0.09
+
+
+def original_prediction(path: Path, weights) -> str:
+    """What an SD 2.x single file predicts, which no key says: ε (2.x-base, 512²) or v (768²).
+    AUTOMATIC1111's convention is a .yaml of the same name beside the file (SD's v2-inference-v.yaml
+    says `parameterization: "v"`); some files carry an empty `v_pred` key. With neither, the trained
+    weights tell, as ComfyUI reads them (`V_TELL`)."""
     config = path.with_suffix(".yaml")
     if config.is_file():
         text = config.read_text(errors="replace")
         return "v" if re.search(r"^\s*parameterization:\s*[\"']?v[\"']?\s*$", text, re.MULTILINE) else "epsilon"
-    return "v" if "v_pred" in keys else "epsilon"
+    if "v_pred" in weights:
+        return "v"
+    tell, conv_in = infer.UNET_PREFIX + V_TELL, infer.UNET_PREFIX + "input_blocks.0.0.weight"
+    if tell in weights and weights.shape(conv_in)[1] == 4:
+        return "v" if weights[tell].double().std(unbiased=False) > V_TELL_STD else "epsilon"
+    return "epsilon"
 
 
 def load_original(path: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CLIPTokenizer]:
@@ -92,7 +102,7 @@ def load_original(path: Path, dtype: torch.dtype | None) -> tuple[dict, dict, CL
                             f"{str(path)!r}: the {name} weights do not fit the architecture their shapes suggest")
                 for name in COMPONENTS}
     tokenizer = CLIPTokenizer.shipped(OPEN_CLIP_PAD if sd2 else END_OF_TEXT)
-    diffusion = {**SD_DIFFUSION, "prediction_type": original_prediction(path, weights.keys()) if sd2 else "epsilon"}
+    diffusion = {**SD_DIFFUSION, "prediction_type": original_prediction(path, weights) if sd2 else "epsilon"}
     # SD v1 and 2.x-base were trained on 64×64 latents, SD 2's v models on 96×96
     size = (96 if diffusion["prediction_type"] == "v" else 64) * configs["vae"].downsample_factor
     return networks, model_folder_config(configs, tokenizer, diffusion, size), tokenizer
