@@ -91,6 +91,16 @@ def test_adversarial_training_runs_and_resumes_with_its_discriminator(tmp_path, 
     assert (current_checkpoint(tmp_path) / "discriminator_optimizer.safetensors").is_file()
 
 
+def test_an_autoencoder_trains_on_a_folder_too_small_to_hold_any_image_out(tmp_path):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for i in (0, 1, 2, 3, 5, 6):  # 4.png would fall on the held-out side of the fixed split
+        Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(folder / f"{i}.png")
+    with pytest.warns(UserWarning, match="the sample grids show training images: the test split .* is empty"):
+        train_vae(VAE, vae_config(folder, batch_size=4, max_steps=1, save_every=1, sample_every=1), tmp_path / "run")
+    assert (tmp_path / "run" / "samples").is_dir()
+
+
 def test_latents_are_encoded_once_and_cached(latent_run, vae_run, colour_folder, monkeypatch):
     cached = list((latent_run / "cache").iterdir())
     assert len(cached) == 2  # the training split, and the held-out one the loss probe reads

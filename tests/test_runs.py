@@ -90,3 +90,11 @@ def test_a_run_trains_balanced_and_records_it(grouped_folder, tmp_path):
     with open(out / "loss.csv") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
     assert losses and all(math.isfinite(loss) for loss in losses)
+
+
+def test_any_seed_a_run_takes_orders_its_batches():
+    from t2i.training.config import RunConfig
+
+    seed = RunConfig.RANGES["seed"][1]  # the largest a run's config takes
+    order = StepBatchSampler(10, 2, seed, 0, 5).epoch_order(3)
+    assert sorted(order.tolist()) == list(range(10))

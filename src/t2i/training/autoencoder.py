@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,11 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, world: World, 
                f"{config.image_size}×{config.image_size}", "lower micro_batch_size or image_size, or the channels",
                device)
     dataset = load_dataset(config.data, config.image_size, "train")
-    test = load_dataset(config.data, config.image_size, "test")
+    try:  # the reconstructions shown are of held-out images, or of training ones where there are none
+        test = load_dataset(config.data, config.image_size, "test")
+    except UserError as error:
+        warnings.warn(f"the sample grids show training images: {error}", stacklevel=2)
+        test = dataset
     shown = torch.stack([test[i] for i in range(min(config.num_samples, len(test)))])
 
     torch.manual_seed(config.seed)

@@ -33,7 +33,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
         self.share = share or range(batch_size)
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2**63)  # manual_seed's range
         if self.weights is None:
             return torch.randperm(self.size, generator=generator)
         return torch.multinomial(self.weights, self.size, replacement=True, generator=generator)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -217,6 +218,9 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
     share = world.share(config.batch_size)
     micro = min(config.micro_batch_size or len(share), len(share))
     check_training_fits(unet_config, config, vae, device, micro)
+    if unet_config.dropout > 0 and micro < config.batch_size and world.main:
+        warnings.warn("dropout masks are drawn per process and micro-batch: this run's steps are its own, not "
+                      "bit-equal to the same run on another number of processes or micro-batch size", stacklevel=2)
     captioned, frozen_text = text_config is not None, isinstance(text_config, BertConfig)
     weights = balance_weights(dataset, config.balance_by) if config.balance_by else None
     every_caption = sorted({"", *captions_of(dataset)}) if frozen_text else []
