@@ -85,6 +85,24 @@ def test_sd2_original_file_reads_the_penultimate_block_and_diffusers_reads_it(re
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_a_diffusers_folder_takes_its_schedulers_spacing_and_sd2s_padding_without_its_tokenizer(reference, tmp_path):
+    import json
+    import shutil
+
+    _, folder = reference
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    shutil.rmtree(copy / "tokenizer")
+    scheduler = copy / "scheduler" / "scheduler_config.json"
+    values = json.loads(scheduler.read_text())
+    scheduler.write_text(json.dumps({**values, "timestep_spacing": "trailing"}))
+    _, config, tokenizer = load_stable_diffusion(copy)
+    assert tokenizer.pad_token == "!" and config["inference"]["spacing"] == "trailing"
+    scheduler.write_text(json.dumps({**values, "rescale_betas_zero_snr": True}))
+    with pytest.raises(UserError, match="rescale_betas_zero_snr .* is not supported"):
+        load_stable_diffusion(copy)
+
+
 def test_clip_skip_reads_an_earlier_block(reference):
     """AUTOMATIC1111's "Clip skip: 2" is the final norm of the penultimate block's state (transformers'
     hidden_states[-2]); 1 is the plain output, and a skip past the first block is refused."""

@@ -30,6 +30,7 @@ from ..errors import UserError
 from ..files import durable_write, read_json, write_json
 from ..models.unet import UNetConfig
 from ..models.vae import VAEConfig
+from ..schedules import SPACINGS
 from ..text.clip import TextEncoderConfig
 from ..text.clip_bpe import END_OF_TEXT, CLIPTokenizer
 from . import clip_names, infer, open_clip_names, unet_names, vae_names
@@ -55,10 +56,13 @@ def is_foreign(path: str | Path) -> bool:
     return (path / "model_index.json").is_file() or (path / "unet" / "config.json").is_file()
 
 
-def model_folder_config(configs: dict, tokenizer: CLIPTokenizer, diffusion: dict, image_size: int) -> dict:
-    """The config.json of one of our model folders for an SD model."""
+def model_folder_config(configs: dict, tokenizer: CLIPTokenizer, diffusion: dict, image_size: int,
+                        spacing: str | None = None) -> dict:
+    """The config.json of one of our model folders for an SD model (sampling on `spacing`, if its scheduler names
+    one)."""
+    inference = {**SD_INFERENCE, **({"spacing": spacing} if spacing else {})}
     return folder_config(**{name: c.to_dict() for name, c in configs.items()}, tokenizer=tokenizer.to_dict(),
-                         diffusion=diffusion, image_size=image_size, inference=dict(SD_INFERENCE))
+                         diffusion=diffusion, image_size=image_size, inference=inference)
 
 
 # ComfyUI's tell for SD 2.x's v models: the last output block's first attention norm has biases spread wider
@@ -127,6 +131,9 @@ def diffusion_from_scheduler(folder: Path) -> dict:
     prediction = {"epsilon": "epsilon", "v_prediction": "v"}.get(values.get("prediction_type", "epsilon"))
     if prediction is None:
         raise UserError(f"{str(path)!r}: unsupported prediction type {values['prediction_type']!r}")
+    if values.get("rescale_betas_zero_snr"):  # its last timestep has no signal left: σ would be infinite
+        raise UserError(f"{str(path)!r}: rescale_betas_zero_snr (zero terminal SNR, Lin et al. 2023) is not supported "
+                        "here: its model would sample on a schedule it was not trained on")
     return {"schedule": "scaled_linear", "num_timesteps": values.get("num_train_timesteps", 1000),
             "prediction_type": prediction, "steps_offset": values.get("steps_offset", 0),
             "set_alpha_to_one": values.get("set_alpha_to_one", True)}
@@ -149,10 +156,22 @@ def load_diffusers(folder: Path, dtype: torch.dtype | None) -> tuple[dict, dict,
             weights = clip_names.transformers_view(weights)
         networks[name] = build(name, configs[name], weights, names[name], dtype,
                                f"{str(folder / name)!r}: the weights do not fit its config.json")
+    open_clip = configs["text_encoder"].activation == "gelu"  # SD 2's text encoder, which pads with "!"
     tokenizer = (CLIPTokenizer.from_folder(folder / "tokenizer") if (folder / "tokenizer").is_dir()
-                 else CLIPTokenizer.shipped())
+                 else CLIPTokenizer.shipped(OPEN_CLIP_PAD if open_clip else END_OF_TEXT))
     size = values["unet"].get("sample_size", 64) * configs["vae"].downsample_factor
-    return networks, model_folder_config(configs, tokenizer, diffusion_from_scheduler(folder), size), tokenizer
+    return networks, model_folder_config(configs, tokenizer, diffusion_from_scheduler(folder), size,
+                                         scheduler_spacing(folder)), tokenizer
+
+
+def scheduler_spacing(folder: Path) -> str | None:
+    """The timestep spacing a diffusers folder's scheduler samples on ("leading", "trailing", "linspace"), if it
+    names one."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    spacing = read_json(path, "the diffusers folder is incomplete").get("timestep_spacing") if path.is_file() else None
+    if spacing is not None and spacing not in SPACINGS:
+        raise UserError(f"{str(path)!r}: unknown timestep_spacing {spacing!r}; t2i samples on {', '.join(SPACINGS)}")
+    return spacing
 
 
 def load_vae_file(path: str | Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
