@@ -255,7 +255,7 @@ def test_shipped_vocabulary_matches_transformers_on_520_prompts(shipped_referenc
     assert not mismatched, mismatched[:3]
 
 
-def test_over_long_prompt_is_cut_with_a_warning():
+def test_over_long_prompt_is_read_in_chunks_or_as_diffusers_reads_it_cut_with_a_warning():
     from t2i.text.clip import CLIPTextTransformer, TextEncoderConfig
     from t2i.models.unet import UNet, UNetConfig
     from t2i.diffusion import Diffusion
@@ -267,6 +267,8 @@ def test_over_long_prompt_is_cut_with_a_warning():
                            context_dim=16))
     pipe = Pipeline(unet, Diffusion.from_schedule("scaled_linear"), 8, encoder, tokenizer)
     prompt = " ".join(["a beautiful landscape"] * 40)
+    assert pipe.encode_prompt(prompt).shape == (1, 2 * 77, 16)  # 120 tokens: two chunks of 75, as AUTOMATIC1111
+    pipe.emphasis = False
     with pytest.warns(UserWarning, match="the prompt is 122 tokens and the text encoder reads 77: it was cut to"):
         context = pipe.encode_prompt(prompt)
     assert context.shape == (1, 77, 16)

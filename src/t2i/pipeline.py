@@ -45,8 +45,10 @@ from .models.vae import AutoencoderKL
 from .sampling import (Edit, Guidance, SamplerSettings, StepCallback, check_guidance, check_strength, get_sampler,
                        sample)
 from .text.clip import CLIPTextTransformer
+from .text.clip_bpe import CLIPTokenizer
 from .text.condition import text_condition
 from .text.embeddings import add_word
+from .text.emphasis import emphasised_context, same_length
 from .text.tokenizer import Tokenizer
 
 DEFAULT_MODEL = "emoji"
@@ -98,6 +100,7 @@ class Pipeline:
         self.timestep_convention = dict(timestep_convention or {})
         self.folded_guidance = folded_guidance
         self.vae_tile: int | None = None  # see `optimize`
+        self.emphasis = True  # CLIP models read prompts in AUTOMATIC1111's syntax (`text.emphasis`); False: as written
         self.students: dict[int, Path] = {}  # distilled students by steps (`student`); `load` finds a folder's
         self._loaded_students: dict[int, Pipeline] = {}
 
@@ -311,12 +314,18 @@ class Pipeline:
 
     def encode_prompts(self, prompts: Sequence[str], clip_skip: int = 1) -> dict[str, torch.Tensor]:
         """The U-Net's condition for each prompt, {"context": τ_θ(y) [B, L, D]} (and "pooled"
-        [B, D] if the U-Net takes it); {} for an unconditional model. An over-long prompt
-        is cut to the encoder's length with a warning, unknown words get one too."""
+        [B, D] if the U-Net takes it); {} for an unconditional model. A CLIP model reads AUTOMATIC1111's
+        emphasis, and a prompt past 75 tokens in chunks of 75 (`text.emphasis`; L = 77 a chunk); other
+        models cut an over-long prompt to the encoder's length with a warning; unknown words get one too."""
         if self.text_encoder is None:
             if any(prompts):
                 raise UserError(f"model {self.name!r} is unconditional: it takes no prompt (leave the prompt empty)")
             return {}
+        encode = partial(self.text_encoder, clip_skip=clip_skip) if clip_skip > 1 else None
+        if self.reads_emphasis:
+            context = emphasised_context(encode or self.text_encoder, self.tokenizer, prompts, self.device)
+            if context is not None:
+                return {"context": context}
         length = self.text_encoder.config.max_length
         for prompt in dict.fromkeys(prompts):
             count = len(self.tokenizer.encode(prompt))
@@ -329,8 +338,15 @@ class Pipeline:
                 warnings.warn(f"model {self.name!r} never saw the words {', '.join(unknown)}: they are ignored",
                               stacklevel=3)
         ids = self.tokenizer(list(prompts), length, truncate=True).to(self.device)
-        encode = partial(self.text_encoder, clip_skip=clip_skip) if clip_skip > 1 else None
         return text_condition(self.text_encoder, ids, self.unet.config, encode)
+
+    @property
+    def reads_emphasis(self) -> bool:
+        """Whether prompts are read in AUTOMATIC1111's syntax: `emphasis` on, a CLIP tokenizer, and a U-Net that
+        takes the context alone (no pooled embedding or padding mask, which a chunked context has not)."""
+        unet = self.unet.config
+        return (self.emphasis and isinstance(self.tokenizer, CLIPTokenizer) and unet.pooled_dim is None
+                and not unet.mask_context_padding)
 
     def encode_prompt(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """The context τ_θ(y) [B, L, D] the U-Net cross-attends to, for each prompt (as diffusers' `encode_prompt`)."""
@@ -436,7 +452,11 @@ class Pipeline:
         cond = self.encode_prompts(prompts, clip_skip)
         if not cond or cfg == 1:
             return cond, None
-        return cond, Guidance(self.encode_prompts(negatives or [""] * len(prompts), clip_skip), cfg, rescale)
+        uncond = self.encode_prompts(negatives or [""] * len(prompts), clip_skip)
+        if uncond["context"].shape[1] != cond["context"].shape[1]:  # a prompt or its negative took more chunks
+            empty = self.encode_prompts([""], clip_skip)["context"]
+            cond["context"], uncond["context"] = same_length(cond["context"], uncond["context"], empty)
+        return cond, Guidance(uncond, cfg, rescale)
 
     def edit_inputs(self, edit: EditImage | None, strength: float, batch: int,
                     size: tuple[int, int]) -> tuple[Edit | None, torch.Tensor | None]:
