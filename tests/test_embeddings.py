@@ -73,6 +73,16 @@ def test_an_embedding_takes_the_word_given_and_several_load(folder, tmp_path):
         "string_to_param"]["*"][0])
 
 
+def test_the_original_textual_inversion_codes_parameter_dict_is_read(tmp_path):
+    from t2i.convert.embedding_files import read_embedding
+
+    vectors = torch.randn(2, WIDTH)
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": torch.nn.ParameterDict({"*": vectors}),
+                "name": "sks"}, tmp_path / "sks.pt")
+    word, read = read_embedding(tmp_path / "sks.pt")
+    assert word == "sks" and torch.equal(read, vectors)
+
+
 def test_bad_embeddings_are_refused_in_one_line(folder, tmp_path):
     ours = Pipeline.load(folder, device="cpu")
     marker = tmp_path / "ran"

@@ -264,6 +264,31 @@ def test_damaged_files_and_code_running_pickles_are_refused(single_file, tmp_pat
     assert not marker.exists()
 
 
+def test_what_sd_1_4s_own_checkpoint_pickles_beside_its_weights_is_read_without_running(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from t2i.convert.tensors import open_weights
+
+    # sd-v1-4.ckpt pickles PyTorch Lightning's ModelCheckpoint callback; here a class of that name, gone at load
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        def __init__(self):
+            self.monitor, self.save_top_k = None, -1
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks"):  # pickle imports the parents too
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    torch.save({"state_dict": {"w": torch.ones(3)}, "callbacks": {ModelCheckpoint: {"best_model_score": None}},
+                "global_step": 470000, "keep": ModelCheckpoint()}, tmp_path / "sd-v1-4.ckpt")
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__):
+        monkeypatch.delitem(sys.modules, name)
+    assert torch.equal(open_weights(tmp_path / "sd-v1-4.ckpt")["w"], torch.ones(3))
+
+
 def test_t2i_serve_offers_sd_files_of_its_models_dir_by_name(single_file, tmp_path):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient

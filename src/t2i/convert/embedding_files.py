@@ -41,9 +41,9 @@ def read_embedding(path: str | Path, word: str | None = None) -> tuple[str, torc
     elif not isinstance(content, dict):
         raise UserError(f"{str(path)!r} holds a {type(content).__name__}, not an embedding")
     elif "string_to_param" in content:  # AUTOMATIC1111's .pt
-        params = content["string_to_param"]
+        params = content["string_to_param"]  # a dict, or the original code's nn.ParameterDict
         tensors = [value for value in params.values() if isinstance(value, torch.Tensor)] \
-            if isinstance(params, dict) else []
+            if isinstance(params, (dict, torch.nn.ParameterDict)) else []
         if len(tensors) != 1:
             raise UserError(f"{str(path)!r}: its string_to_param holds {len(tensors)} tensors, not one")
         own, vectors = path.stem, tensors[0]

@@ -99,11 +99,26 @@ class StateDictWeights(Weights):
         return len(self.tensors)
 
 
+class Inert:
+    """Stands in for a class that well-known checkpoints pickle beside their weights (a training callback's
+    settings): made without running any of the real class's code, its state kept as it is, never used."""
+
+    def __setstate__(self, state) -> None:
+        self.__dict__["state"] = state
+
+
+# what AUTOMATIC1111's safe unpickler lets through besides plain data: SD 1.x's own checkpoints (sd-v1-4.ckpt)
+# pickle PyTorch Lightning's ModelCheckpoint callback; the original textual-inversion code saves a ParameterDict
+KNOWN_GLOBALS = [(Inert, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"), torch.nn.ParameterDict]
+
+
 def load_pickle(path: Path):
     """What a torch.save file holds, read with `weights_only=True`: tensors, dicts, lists, strings and
-    numbers only; a pickle that names anything else (which may run code) is refused before it runs."""
+    numbers only (and `KNOWN_GLOBALS`); a pickle that names anything else (which may run code) is refused
+    before it runs."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        with torch.serialization.safe_globals(KNOWN_GLOBALS):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as error:
         if "Unsupported global" not in str(error):  # not a pickle at all, rather than one refused
             raise UserError(f"{str(path)!r} is not a PyTorch checkpoint (truncated, damaged, or another kind of "
