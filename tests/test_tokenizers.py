@@ -90,6 +90,18 @@ def reference(clip_folder):
     return transformers.CLIPTokenizer.from_pretrained(str(clip_folder))
 
 
+def test_words_a_diffusers_tokenizer_folder_adds_keep_their_ids_and_ours_keep_them_too(reference, tmp_path):
+    hf = reference.__class__.from_pretrained(str(reference.name_or_path))
+    hf.add_tokens(["<cat-toy>"])  # what diffusers' textual inversion does before it saves the pipeline
+    hf.save_pretrained(str(tmp_path / "saved"))
+    ours = CLIPTokenizer.from_folder(tmp_path / "saved")
+    expected = hf("a <cat-toy> on a mat").input_ids
+    assert ours("a <cat-toy> on a mat", len(expected))[0].tolist() == expected
+    assert ours.added == {"<cat-toy>": [len(hf) - 1]}
+    ours.save(tmp_path / "ours")  # and a folder of ours written from it reads back the same
+    assert CLIPTokenizer.from_folder(tmp_path / "ours").added == ours.added
+
+
 def test_bytes_to_unicode_is_a_printable_bijection():
     symbols = bytes_to_unicode()
     assert sorted(symbols) == list(range(256)) and len(set(symbols.values())) == 256

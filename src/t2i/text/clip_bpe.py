@@ -255,8 +255,8 @@ class CLIPTokenizer(Tokenizer):
                     max_length: int | None = None) -> "CLIPTokenizer":
         """From a diffusers-style tokenizer folder: vocab.json and merges.txt, or the
         tokenizer.json that transformers 5 writes instead, and, when present, the pad token
-        and `model_max_length` of its tokenizer_config.json and special_tokens_map.json.
-        Arguments given here take precedence."""
+        and `model_max_length` of its tokenizer_config.json and special_tokens_map.json, and the
+        words added past the vocabulary (`read_added_words`). Arguments given here take precedence."""
         folder = Path(folder)
         settings = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the later one wins, as in transformers
@@ -272,9 +272,14 @@ class CLIPTokenizer(Tokenizer):
             if model.get("type") != "BPE":
                 raise UserError(f"{str(folder / 'tokenizer.json')!r} is not a BPE tokenizer's: is it CLIP's?")
             merges = [pair.split(" ") if isinstance(pair, str) else pair for pair in model["merges"]]
-            return cls(model["vocab"], parse_merges((" ".join(pair) for pair in merges), folder / "tokenizer.json"),
-                       pad_token, max_length)
-        return cls.from_files(folder / "vocab.json", folder / "merges.txt", pad_token, max_length)
+            tokenizer = cls(model["vocab"], parse_merges((" ".join(pair) for pair in merges),
+                                                         folder / "tokenizer.json"), pad_token, max_length)
+        else:
+            tokenizer = cls.from_files(folder / "vocab.json", folder / "merges.txt", pad_token, max_length)
+        for word, ids in read_added_words(folder, settings).items():
+            if min(ids) >= tokenizer.vocab_size:  # the vocabulary's own special tokens are listed there too
+                tokenizer.add_word(word, ids)
+        return tokenizer
 
     @classmethod
     def from_openai_file(cls, path: str | Path, pad_token: str = END_OF_TEXT,
@@ -308,7 +313,29 @@ class CLIPTokenizer(Tokenizer):
         durable_write_bytes(folder / "vocab.json", (json.dumps(self.vocab, ensure_ascii=False) + "\n").encode())
         merges = "".join(f"{a} {b}\n" for a, b in self.merges)
         durable_write_bytes(folder / "merges.txt", ("#version: 0.2\n" + merges).encode())
+        if self.added:  # textual inversion's words, whose rows the text encoder's token table holds
+            durable_write_bytes(folder / ADDED_WORDS, (json.dumps(self.added, ensure_ascii=False) + "\n").encode())
         return self.to_dict()
+
+
+ADDED_WORDS = "added_words.json"  # ours: {word: [ids]}, a word of several vectors too
+
+
+def read_added_words(folder: Path, settings: dict) -> dict[str, list[int]]:
+    """The words a tokenizer folder adds past its vocabulary, by id: ours (`ADDED_WORDS`), or transformers'
+    (added_tokens.json, tokenizer_config.json's added_tokens_decoder, tokenizer.json's added_tokens), which
+    diffusers' textual inversion writes, one id a word."""
+    if (folder / ADDED_WORDS).is_file():
+        return {word: list(ids) for word, ids in read_json(folder / ADDED_WORDS, MISSING).items()}
+    added: dict[str, int] = {}
+    if (folder / "added_tokens.json").is_file():
+        added.update(read_json(folder / "added_tokens.json", MISSING))
+    for i, entry in settings.get("added_tokens_decoder", {}).items():
+        added[entry["content"] if isinstance(entry, dict) else entry] = int(i)
+    if (folder / "tokenizer.json").is_file():
+        for entry in read_json(folder / "tokenizer.json", MISSING).get("added_tokens", []):
+            added[entry["content"]] = int(entry["id"])
+    return {word: [i] for word, i in sorted(added.items(), key=lambda item: item[1])}
 
 
 def parse_merges(lines: Iterable[str], source: str | Path) -> list[tuple[str, str]]:
