@@ -109,12 +109,12 @@ def emphasised_context(encode: Callable[[torch.Tensor], torch.Tensor], tokenizer
     """The context [B, 77·k, D] of prompts read in AUTOMATIC1111's syntax, k the most chunks a prompt takes (the
     others padded with the empty prompt's chunk, as AUTOMATIC1111 pads them); None when every prompt is one chunk
     of weight 1, which CLIP reads as it always does."""
-    chunked = [weighted_chunks(tokenizer, prompt) for prompt in prompts]
-    if all(len(chunks) == 1 and set(chunks[0][1]) == {1.0} for chunks in chunked):
+    chunked = {prompt: weighted_chunks(tokenizer, prompt) for prompt in prompts}  # each distinct prompt once
+    if all(len(chunks) == 1 and set(chunks[0][1]) == {1.0} for chunks in chunked.values()):
         return None
-    count, empty = max(map(len, chunked)), weighted_chunks(tokenizer, "")[0]
-    contexts = []
-    for chunks in chunked:
+    count, empty = max(map(len, chunked.values())), weighted_chunks(tokenizer, "")[0]
+    contexts = {}
+    for prompt, chunks in chunked.items():
         chunks = chunks + [empty] * (count - len(chunks))
         z = encode(torch.tensor([ids for ids, _ in chunks], device=device))  # [k, 77, D], a chunk a row
         weights = torch.tensor([w for _, w in chunks], device=device, dtype=torch.float32)[..., None]
@@ -123,8 +123,8 @@ def emphasised_context(encode: Callable[[torch.Tensor], torch.Tensor], tokenizer
             mean = z32.mean(dim=(1, 2), keepdim=True)
             weighted = z32 * weights
             z = (weighted * (mean / weighted.mean(dim=(1, 2), keepdim=True))).to(z.dtype)
-        contexts.append(z.reshape(1, -1, z.shape[-1]))
-    return torch.cat(contexts)
+        contexts[prompt] = z.reshape(1, -1, z.shape[-1])
+    return torch.cat([contexts[prompt] for prompt in prompts])
 
 
 def same_length(context: torch.Tensor, other: torch.Tensor, empty: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
