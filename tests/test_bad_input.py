@@ -330,3 +330,29 @@ def test_sixteen_bit_greyscale_keeps_its_levels(tmp_path):
     grey = Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16))
     grey.save(tmp_path / "grey16.png")
     assert read_image(tmp_path / "grey16.png", "L").getpixel((0, 0)) == 128
+
+
+def test_a_photo_is_read_the_way_up_its_exif_says(tmp_path):
+    from t2i.images import read_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to show": a phone held upright
+    Image.new("RGB", (4, 2), (200, 20, 20)).save(tmp_path / "photo.jpg", exif=exif)
+    assert read_image(tmp_path / "photo.jpg").size == (2, 4)
+
+
+def test_a_tiled_decoder_leaves_the_u_net_at_latent_size_in_the_memory_bound():
+    from t2i.guards import generation_bytes, unet_feature_bytes
+    from t2i.models.vae import VAEConfig
+
+    unet, vae = UNetConfig(), VAEConfig(block_channels=(128, 256, 512, 512))  # f = 8, as SD's
+    whole = generation_bytes(unet, vae, 1, 1024, 1024, True)
+    tiled = generation_bytes(unet, vae, 1, 1024, 1024, True, decoder_tiled=True)
+    assert tiled == int(unet_feature_bytes(unet, 2, 128, 128)) and tiled < whole
+
+
+def test_a_preview_decodes_the_first_image_alone(pipe):
+    shown = []
+    pipe("a red circle", num_images=3, steps=2, seed=0, progress=lambda i, n, x0: shown.append(x0()))
+    assert shown and all(previews is None or len(previews) == 1 for previews in shown)
+    assert any(previews for previews in shown)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import threading
 import time
 
@@ -366,6 +367,43 @@ def test_with_a_token_every_api_call_needs_it_but_the_page_does_not(tmp_path):
 def test_no_cors_unless_asked(client):
     response = client.get("/api/models", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in response.headers
+
+
+def test_a_second_server_on_the_same_data_folder_is_refused_in_one_line(tmp_path):
+    from t2i.errors import UserError
+
+    store = JobStore(tmp_path)
+    with pytest.raises(UserError, match=f"is in use by another t2i serve \\(process {os.getpid()}\\)"):
+        JobStore(tmp_path)
+    store.close()
+    JobStore(tmp_path).close()  # free again once the first has closed (or its process ended)
+
+
+def test_the_worker_outlives_a_store_that_fails_and_runs_the_next_job(client, monkeypatch):
+    store = client.app.state.server.store
+    end, failures = store.end, []
+
+    def failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(args)
+            raise OSError(28, "No space left on device")
+        return end(*args, **kwargs)
+
+    monkeypatch.setattr(store, "end", failing_once)
+    first = client.post("/api/jobs", json=FAST).json()["id"]
+    job = finished(client, client.post("/api/jobs", json=FAST).json()["id"])
+    assert failures and job["state"] == "done"
+    failed = client.get(f"/api/jobs/{first}").json()
+    assert failed["state"] == "failed" and "could not be stored ([Errno 28] No space left on device)" in failed["error"]
+
+
+def test_a_damaged_t2i_chunk_and_a_huge_history_offset_are_answered_in_one_line(client):
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("t2i", "{")
+    answer = client.post("/api/png-info", json={"image": b64(png(Image.new("RGB", (8, 8)), chunk))})
+    assert answer.status_code == 422 and "is not t2i's parameters" in answer.json()["detail"]
+    page = client.get("/api/jobs", params={"offset": 10**20})
+    assert page.status_code == 200 and page.json()["jobs"] == []
 
 
 def test_the_store_puts_an_interrupted_job_back_once_then_fails_it_with_its_reason(tmp_path):

@@ -98,20 +98,21 @@ def vae_feature_bytes(vae: VAEConfig, batch: int, height: int, width: int) -> fl
 
 
 def generation_bytes(unet: UNetConfig, vae: VAEConfig | None, batch: int, height: int, width: int,
-                     guided: bool) -> int:
+                     guided: bool, decoder_tiled: bool = False) -> int:
     """A rough lower bound on the memory a generation needs beyond the weights, from the shapes
-    alone: the U-Net's feature maps (twice the batch when guided) or the decoder's full-resolution
-    maps, whichever is larger (`vae` None: no decoder, or a tiled one)."""
+    alone: the U-Net's feature maps at the latents' size (twice the batch when guided) or the
+    decoder's full-resolution maps, whichever is larger (`vae` None: a model of pixels; a tiled
+    decoder holds a tile's maps, which the U-Net's bound covers)."""
     factor = vae.downsample_factor if vae is not None else 1
     total = unet_feature_bytes(unet, batch * (2 if guided else 1), height // factor, width // factor)
-    if vae is not None:
+    if vae is not None and not decoder_tiled:
         total = max(total, vae_feature_bytes(vae, batch, height, width))
     return int(total)
 
 
 def check_generation_fits(unet: UNetConfig, vae: VAEConfig | None, batch: int, height: int, width: int,
-                          guided: bool, device: torch.device) -> None:
-    nbytes = generation_bytes(unet, vae, batch, height, width, guided)
+                          guided: bool, device: torch.device, decoder_tiled: bool = False) -> None:
+    nbytes = generation_bytes(unet, vae, batch, height, width, guided, decoder_tiled)
     check_fits(nbytes, f"generating {batch} image{'s' * (batch > 1)} of {width}×{height}",
                "ask for fewer or smaller images (or tile the decoder: vae_tile)", device)
 

@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import UserError
 from .files import durable_write
@@ -25,7 +25,8 @@ def read_image(source: str | Path | BinaryIO, mode: str = "RGB", name: str | Non
     """The image in `source` (a path, or an open binary file such as an upload's bytes, called `name`
     in errors) converted to `mode`, read with limits: a file that is not an image, a decompression
     bomb (more than MAX_PIXELS declared) or a text chunk over PIL's limit is one `UserError`. 16-bit
-    greyscale keeps its levels (PIL's own conversion clips them to white)."""
+    greyscale keeps its levels (PIL's own conversion clips them to white); an EXIF orientation is applied.
+    """
     source = Path(source) if isinstance(source, str) else source
     name = name or (f"image {str(source)!r}" if isinstance(source, Path) else "the image")
     try:
@@ -36,6 +37,7 @@ def read_image(source: str | Path | BinaryIO, mode: str = "RGB", name: str | Non
                     raise UserError(f"{name} is {image.width}×{image.height}, more than this reads "
                                     f"({MAX_PIXELS // 10**6} megapixels): resize it")
                 image.load()
+                ImageOps.exif_transpose(image, in_place=True)  # a phone's photo the way up it is shown
                 return eight_bit(image).convert(mode)
     except UserError:
         raise
@@ -122,5 +124,12 @@ def image_parameters(image: Image.Image) -> dict:
     those of AUTOMATIC1111's `parameters` chunk read into our names, else {}."""
     ours, theirs = image.info.get(PNG_PARAMETERS_KEY), image.info.get(INFOTEXT_KEY)
     if ours:
-        return json.loads(ours)
+        try:
+            parameters = json.loads(ours)
+        except (ValueError, RecursionError):
+            parameters = None
+        if not isinstance(parameters, dict):
+            raise UserError(f"the image's {PNG_PARAMETERS_KEY!r} text chunk is not t2i's parameters (a JSON object): "
+                            "it was written by something else, or damaged")
+        return parameters
     return from_infotext(theirs) if theirs else {}

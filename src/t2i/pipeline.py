@@ -485,10 +485,10 @@ class Pipeline:
         return torch.cat([mask, masked], dim=1).expand(batch, -1, -1, -1)
 
     def previewing(self, callback: StepCallback, edit: EditImage | None) -> StepCallback:
-        """`callback` given x̂_0 as decoded PIL images rather than what the U-Net samples."""
+        """`callback` given x̂_0 as a decoded PIL image (the batch's first) rather than what the U-Net samples."""
         def decoded(x0) -> list[Image.Image] | None:
-            z = x0()
-            return None if z is None else [to_pil(x) for x in self.decode(z, edit)]
+            z = x0()  # the first image's alone: a preview shows one, and a decode costs a few U-Net steps
+            return None if z is None else [to_pil(x) for x in self.decode(z[:1], edit)]
 
         return lambda i, steps, x0: callback(i, steps, lambda: decoded(x0))
 
@@ -531,7 +531,8 @@ class Pipeline:
         factor. Every argument is checked before any network runs (`t2i.guards`).
 
         `progress` shows a progress bar, or is a `sampling.StepCallback` called before each step,
-        whose x̂_0 here is decoded: PIL images of what the sampler currently predicts (a preview).
+        whose x̂_0 here is decoded: a list of one PIL image, what the sampler currently predicts for the
+        first image (a preview).
         `clip_skip` N > 1 conditions on a CLIP text encoder's state N - 1 blocks before its last
         (AUTOMATIC1111's "Clip skip").
 
@@ -558,8 +559,9 @@ class Pipeline:
             check_strength(strength)
         size = self.output_size(image_side("width", width), image_side("height", height), edit, latents)
         count = len(prompts) * num_images
-        check_generation_fits(self.unet.config, None if self.vae is None or self.vae_tile else self.vae.config,
-                              count, *size, self.text_encoder is not None and settings["cfg"] != 1, self.device)
+        check_generation_fits(self.unet.config, None if self.vae is None else self.vae.config, count, *size,
+                              self.text_encoder is not None and settings["cfg"] != 1, self.device,
+                              decoder_tiled=bool(self.vae_tile))
         prompts = [p for p in prompts for _ in range(num_images)]
         negatives = None if negatives is None else [n for n in negatives for _ in range(num_images)]
         seeds = image_seeds(seed, count)

@@ -104,4 +104,6 @@ def run_serve(args) -> None:
                                     args.embeddings_dir))
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"t2i serve: http://{shown}:{args.port}/ (API docs at /docs; jobs kept in {data_dir})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # open event streams and waiting AUTOMATIC1111 calls get 5 s at a stop; then the worker stops at its next
+    # step and the running job waits for the next start, instead of the stop waiting for the job
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)

@@ -160,8 +160,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def lifespan(app: FastAPI):
         server.worker.start()
         yield
-        server.worker.stop()
-        server.store.close()
+        if server.worker.stop():  # else the worker still holds the store; the process's end closes both
+            server.store.close()
 
     app = FastAPI(title="t2i", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text-to-image diffusion: our job API (/api) and AUTOMATIC1111's (/sdapi/v1).")
@@ -236,7 +236,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/jobs")
     def history(limit: int = 20, offset: int = 0):
-        jobs, total = server.store.history(max(1, min(limit, 100)), max(0, offset))
+        jobs, total = server.store.history(max(1, min(limit, 100)), max(0, min(offset, 2**62)))  # SQLite's int
         return {"jobs": [server.render(job) for job in jobs], "total": total}
 
     @api.get("/queue")

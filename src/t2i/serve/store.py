@@ -10,7 +10,9 @@ is marked failed with the reason, not run a third time.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from ..files import durable_write_bytes
 from .limits import LimitError, Limits
 
@@ -66,6 +69,7 @@ class JobStore:
     def __init__(self, data_dir: str | Path, limits: Limits = Limits()):
         self.root, self.limits = Path(data_dir), limits
         self.root.mkdir(parents=True, exist_ok=True)
+        self.owner = own_folder(self.root)  # a second server here would run the first one's jobs again
         self.lock = threading.Lock()
         self.db = sqlite3.connect(self.root / "jobs.sqlite", check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
@@ -162,6 +166,24 @@ class JobStore:
 
     def close(self) -> None:
         self.db.close()
+        os.close(self.owner)  # the folder's lock goes with it
+
+
+def own_folder(root: Path) -> int:
+    """Hold the data folder's lock (`root/lock`, released when the process ends, however it ends), or refuse in
+    one line naming the server that holds it."""
+    fd = os.open(root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"the data folder {str(root)!r} is in use by another t2i serve (process {holder}): stop it, "
+                        "or give this one its own --data-dir") from None
+    pid = f"{os.getpid()}\n".encode()
+    os.pwrite(fd, pid, 0)
+    os.ftruncate(fd, len(pid))
+    return fd
 
 
 def job_of(row: sqlite3.Row) -> Job:

@@ -58,12 +58,14 @@ class Worker:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
-        """Stop after the current step: the running job is left running, to run again at the next start."""
+    def stop(self) -> bool:
+        """Stop after the current step: the running job is left running, to run again at the next start.
+        False if the worker is still busy after 30 s (a model loading): the store must then stay open for it."""
         self.stopping.set()
         self.wake.set()
         if self.thread.is_alive():
             self.thread.join(timeout=30)
+        return not self.thread.is_alive()
 
     def notify(self) -> None:
         self.wake.set()
@@ -80,12 +82,28 @@ class Worker:
 
     def loop(self) -> None:
         while not self.stopping.is_set():
-            job = self.store.take()
-            if job is None:
-                self.wake.wait(timeout=1.0)
-                self.wake.clear()
-                continue
-            self.run(job)
+            job = None
+            try:
+                job = self.store.take()
+                if job is None:
+                    self.wake.wait(timeout=1.0)
+                    self.wake.clear()
+                    continue
+                self.run(job)
+            except Exception as error:  # noqa: BLE001 - the store failed (a full disk): the worker goes on
+                log.exception("the worker could not take or finish a job")
+                self.live = None
+                if job is not None:
+                    self.give_up(job, error)
+                self.stopping.wait(timeout=1.0)
+
+    def give_up(self, job: Job, error: Exception) -> None:
+        """Mark a job whose result could not be stored failed, if the store lets it (else a restart queues it)."""
+        try:
+            self.store.end(job.id, "failed", f"its result could not be stored ({error}); the server's log has more")
+            self.hub.publish(job.id, "failed", {"error": "its result could not be stored"})
+        except Exception:  # noqa: BLE001 - the store is still failing
+            log.exception("job %s is left running until the next start", job.id)
 
     def run(self, job: Job) -> None:
         self.live = Live(job.id, started=time.time())
