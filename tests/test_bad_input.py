@@ -356,3 +356,17 @@ def test_a_preview_decodes_the_first_image_alone(pipe):
     pipe("a red circle", num_images=3, steps=2, seed=0, progress=lambda i, n, x0: shown.append(x0()))
     assert shown and all(previews is None or len(previews) == 1 for previews in shown)
     assert any(previews for previews in shown)
+
+
+def test_transparency_is_read_as_automatic1111_reads_it(tmp_path):
+    from t2i.images import read_image
+
+    image = Image.new("RGBA", (4, 4), (0, 0, 0, 0))  # see-through, hiding black
+    image.putpixel((1, 1), (200, 20, 20, 255))
+    image.save(tmp_path / "sticker.png")
+    rgb = read_image(tmp_path / "sticker.png")
+    assert rgb.getpixel((0, 0)) == (255, 255, 255) and rgb.getpixel((1, 1)) == (200, 20, 20)  # on white
+    mask = read_image(tmp_path / "sticker.png", "L")  # a mask is its alpha: the opaque pixel is redrawn
+    assert mask.getpixel((1, 1)) == 255 and mask.getpixel((0, 0)) == 0
+    Image.new("RGBA", (4, 4), (30, 30, 30, 255)).save(tmp_path / "opaque.png")
+    assert read_image(tmp_path / "opaque.png", "L").getpixel((0, 0)) == 30  # fully opaque: its grey levels

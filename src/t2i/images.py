@@ -25,8 +25,8 @@ def read_image(source: str | Path | BinaryIO, mode: str = "RGB", name: str | Non
     """The image in `source` (a path, or an open binary file such as an upload's bytes, called `name`
     in errors) converted to `mode`, read with limits: a file that is not an image, a decompression
     bomb (more than MAX_PIXELS declared) or a text chunk over PIL's limit is one `UserError`. 16-bit
-    greyscale keeps its levels (PIL's own conversion clips them to white); an EXIF orientation is applied.
-    """
+    greyscale keeps its levels (PIL's own conversion clips them to white); an EXIF orientation is applied, and
+    transparency is read as AUTOMATIC1111 reads it (`without_alpha`)."""
     source = Path(source) if isinstance(source, str) else source
     name = name or (f"image {str(source)!r}" if isinstance(source, Path) else "the image")
     try:
@@ -38,7 +38,7 @@ def read_image(source: str | Path | BinaryIO, mode: str = "RGB", name: str | Non
                                     f"({MAX_PIXELS // 10**6} megapixels): resize it")
                 image.load()
                 ImageOps.exif_transpose(image, in_place=True)  # a phone's photo the way up it is shown
-                return eight_bit(image).convert(mode)
+                return without_alpha(eight_bit(image), mode)
     except UserError:
         raise
     except IsADirectoryError:
@@ -49,6 +49,19 @@ def read_image(source: str | Path | BinaryIO, mode: str = "RGB", name: str | Non
             ValueError, SyntaxError) as error:  # PIL raises all of these for malformed files
         reason = (str(error).strip() or type(error).__name__).splitlines()[0]
         raise UserError(f"cannot read {name}: {reason}") from None
+
+
+def without_alpha(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in `mode`, its transparency read as AUTOMATIC1111 reads it: an image with see-through pixels lies on
+    white (not on whatever colour they hide), and as a mask ("L") such an image is its alpha: opaque = redraw."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode not in ("RGBA", "LA") or image.getchannel("A").getextrema() == (255, 255):
+        return image.convert(mode)
+    if mode == "L":
+        return image.getchannel("A")
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, image.convert("RGBA")).convert(mode)
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
