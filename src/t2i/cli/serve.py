@@ -48,7 +48,7 @@ def add_serve(sub) -> None:
     add_precision(p)
     p.add_argument("--model-memory", type=positive(float), default=None, metavar="GB",
                    help="GB of weights kept loaded; past it the least recently used model is unloaded "
-                        "(default: half the free memory)")
+                        "(default: half the free memory of the device the models run on)")
     p.add_argument("--max-pixels", type=positive(int), default=limits.max_pixels, help="per image (default: 1024²)")
     p.add_argument("--max-steps", type=positive(int, 10_000), default=limits.max_steps,
                    help=f"default: {limits.max_steps}")
@@ -87,6 +87,7 @@ def run_serve(args) -> None:
         raise UserError(f"t2i serve needs the serve extra ({error.name} is missing): pip install \"t2i[serve]\" "
                         "(or, in a checkout, pip install -e \".[serve]\")") from None
 
+    from ..devices import resolve_device
     from ..memory import available_memory
     from ..serve.app import ServerSettings, create_app
     from ..serve.limits import Limits
@@ -95,7 +96,9 @@ def run_serve(args) -> None:
         raise UserError(f"--host {args.host} lets other machines in: give --token (or ${TOKEN_VARIABLE}), "
                         "or --insecure to serve without one")
     check_port_free(args.host, args.port)
-    memory = args.model_memory * 2**30 if args.model_memory else (available_memory("cpu") or 0) // 2 or None
+    # half of what the models' device has free, where they live: the GPU's memory, not the host's, with --device cuda
+    free = available_memory(resolve_device(args.device))
+    memory = args.model_memory * 2**30 if args.model_memory else (free or 0) // 2 or None
     limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps, max_images=args.max_images,
                     max_queue=args.max_queue)
     data_dir = args.data_dir or default_data_dir()
