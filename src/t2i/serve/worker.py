@@ -77,6 +77,9 @@ class Worker:
             return True
         if self.store.get(job.id).state == "running":  # maybe not yet live: then it stops at its first step
             self.cancelling.add(job.id)
+            if self.store.get(job.id).state != "running":  # it ended meanwhile, and its run let go of its id
+                self.cancelling.discard(job.id)
+                return False
             return True
         return False
 
