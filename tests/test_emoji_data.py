@@ -298,8 +298,9 @@ def test_the_further_sets_are_matched_by_code_or_cldr_name_and_keep_the_comparis
         assert row["text"][0].endswith(f"{style.replace('-', ' ')} style")
     openmoji = next(row for row in by_style["openmoji"] if row["name"] == "red apple")
     assert "red apple cldr" in openmoji["text"] and "red apple, round, bright" in openmoji["text"]
-    assert {"CC-BY-SA-4.0.txt", "CC-BY-4.0.txt", "Apache-2.0.txt", "fluentui-emoji-LICENSE.txt"} <= \
-        {path.name for path in (out / "licenses").iterdir()}
+    assert {"CC-BY-SA-4.0.txt", "CC-BY-4.0.txt", "Apache-2.0.txt", "fluentui-emoji-LICENSE.txt",
+            "microsoft-fluentui-emoji-MIT.txt"} <= {path.name for path in (out / "licenses").iterdir()}
+    assert "Copyright (c) Microsoft Corporation" in (out / "licenses" / "microsoft-fluentui-emoji-MIT.txt").read_text()
     info = json.loads((out / "dataset.json").read_text())
     assert {source["style"] for source in info["sources"]} == {"twemoji", "noto", *SET_COLOURS}
     only = build_emoji_dataset(tmp_path / "some", tarballs + more_tarballs, test_fraction=0.3, progress=False,

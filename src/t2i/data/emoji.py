@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from .colours import colour_phrase, colour_words, says_a_colour
-from .emoji_sets import (SETS, DrawingSet, cldr_names, drawing_set, matched, read_drawings, read_members,
+from .emoji_sets import (SETS, DrawingSet, check_pin, cldr_names, drawing_set, matched, read_drawings, read_members,
                          tarball_name)
 from .folder import in_test_split
 
@@ -136,9 +137,7 @@ def read_package(path: str | Path, size: int = IMAGE_SIZE) -> EmojiPackage:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(f"{str(path)!r} holds a damaged package.json or emoji.json ({error})") from None
     source = source_by_package(package.get("name"))
-    if package.get("version") == source.version and digest != source.sha256:
-        raise UserError(f"{str(path)!r} is not the tarball npm publishes for {source.package}@{source.version} "
-                        "(its sha256 differs): download it again")
+    check_pin(path, source.package, source.version, source.sha256, str(package.get("version")), digest)
     prefix = f"img/{source.image_set}/"
     sizes = sorted({int(n.split("/")[2]) for n in files if n.startswith(prefix) and n.split("/")[2].isdigit()})
     if not sizes:
@@ -251,6 +250,14 @@ def write_notices(out: Path, sources: list[dict], emoji_data_licence: str, packa
         (licences / "emoji-datasource-MIT.txt").write_text(emoji_data_licence, encoding="utf-8")
     for package, text in package_licences.items():
         (licences / f"{package.lstrip('@').replace('/', '-')}-LICENSE.txt").write_text(text, encoding="utf-8")
+    if {source["package"] for source in sources} & set(MICROSOFT_FLUENT):  # the drawings' own licence, which
+        # their npm packagers' LICENSE (their own MIT, or none) does not carry
+        text = (resources.files("t2i.data") / "licenses" / "fluentui-emoji-MIT.txt").read_text(encoding="utf-8")
+        (licences / "microsoft-fluentui-emoji-MIT.txt").write_text(text, encoding="utf-8")
+
+
+MICROSOFT_FLUENT = ("fluentui-emoji", "@lobehub/fluent-emoji-3d")
+  # Microsoft's Fluent Emoji (MIT), repackaged
 
 
 ALL_SETS = (*(source.style for source in SOURCES), *(drawings.name for drawings in SETS))
@@ -343,4 +350,10 @@ def build_emoji_dataset(out: str | Path, tarballs: list[str | Path] | None = Non
     info = {"format": FORMAT, "image_size": size, "test_fraction": test_fraction, "counts": counts,
             "sources": [{key: value for key, value in source.items() if key != "attribution"} for source in sources]}
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    pins = [(p.source.package, p.source.version, p.version) for p in packages_shown]
+    pins += [(p.drawings.package, p.drawings.version, p.version) for p in more]
+    for package, pinned, version in pins:
+        if version != pinned:
+            warnings.warn(f"{package}@{version} is not the pinned {pinned}: its images were used without the "
+                          "sha256 check, and dataset.json records its version and sha256", stacklevel=2)
     return counts

@@ -159,6 +159,14 @@ class DrawingPackage:
     found: list[Drawing]
 
 
+def check_pin(path, package: str, version: str, sha256: str, found_version: str, digest: str) -> None:
+    """A tarball of the pinned version must be the one npm publishes (its sha256); another version is taken
+    (`build_emoji_dataset` says so once it has written the set), its own version and sha256 recorded."""
+    if found_version == version and digest != sha256:
+        raise UserError(f"{str(path)!r} is not the tarball npm publishes for {package}@{version} (its sha256 "
+                        "differs): download it again")
+
+
 def read_drawings(drawings: DrawingSet, path) -> DrawingPackage:
     """One set's tarball read, checked against its pinned sha256."""
     import hashlib
@@ -178,9 +186,7 @@ def read_drawings(drawings: DrawingSet, path) -> DrawingPackage:
     if package.get("name") != drawings.package:
         raise UserError(f"{str(path)!r} holds npm package {package.get('name')!r}, not {drawings.package} "
                         f"(set {drawings.name})")
-    if package.get("version") == drawings.version and digest != drawings.sha256:
-        raise UserError(f"{str(path)!r} is not the tarball npm publishes for {drawings.package}@{drawings.version} "
-                        "(its sha256 differs): download it again")
+    check_pin(path, drawings.package, drawings.version, drawings.sha256, str(package.get("version")), digest)
     return DrawingPackage(drawings, str(package.get("version")), digest,
                           files.get("LICENSE", b"").decode("utf-8", "replace"), list(_drawings(layout, prefix, files)))
 
