@@ -59,6 +59,11 @@ class SampleQualityReport:
         return "\n".join(str(row) for row in self.rows)
 
 
+# how images are read for the network (`images.read_image`): raised when that changes, so that cached features
+# of the old reading are not served (2: transparency on white, EXIF orientation)
+READING = 2
+
+
 def files_digest(paths, salt: str = "") -> str:
     """A short hash of files' paths, sizes and modification times: what a cache of results
     computed from them is kept under, so that changed files are not read from a stale cache."""
@@ -68,10 +73,11 @@ def files_digest(paths, salt: str = "") -> str:
 
 def cached_features(extractor, dataset, cache_dir: Path | None, progress: bool, desc: str) -> torch.Tensor:
     """Inception features of every image of an `ImageFolder`, kept in `cache_dir` under a hash of
-    its files (name, size, mtime) and image size, so the dataset is read through the network once."""
+    its files (name, size, mtime), image size and `READING`, so the dataset is read through the network once."""
     if cache_dir is None:
         return extractor.of_dataset(dataset, progress=progress, desc=desc)
-    path = Path(cache_dir) / f"inception-{files_digest(dataset.files, str(dataset.image_size))}.safetensors"
+    salt = f"{READING}|{dataset.image_size}"
+    path = Path(cache_dir) / f"inception-{files_digest(dataset.files, salt)}.safetensors"
     if path.is_file():
         return load_file(str(path))["features"]
     features = extractor.of_dataset(dataset, progress=progress, desc=desc)
