@@ -16,6 +16,7 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -24,7 +25,6 @@ import pytest
 import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
-from tqdm.std import TqdmDefaultWriteLock
 
 from t2i import files
 from t2i.checkpoints import export_model
@@ -116,13 +116,14 @@ CHILD_LIMIT_S = 120  # a child still running after this is hung: killed, and the
 
 def start_child(work, hook=None) -> int:
     """Run `work` in a forked process, as a training that may be killed; its PID. The child takes a
-    fresh tqdm lock: the parent's may have been held by another thread (tqdm's monitor) at the fork,
-    and a lock copied held is never released."""
+    lock of its own for tqdm: the parent's thread lock may have been held by another thread (tqdm's
+    monitor) at the fork, and a lock copied held is never released; and tqdm's default lock holds a
+    semaphore shared with the parent, which a child killed while writing its bar would hold forever."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            tqdm.set_lock(TqdmDefaultWriteLock())
+            tqdm.set_lock(threading.RLock())
             torch.set_num_threads(1)
             files.after_operation = hook
             work()
