@@ -20,12 +20,11 @@ from ..checks import MAX_SIDE, whole_number
 from ..errors import UserError
 from ..guards import MAX_SEED, random_seed
 from ..images import INFOTEXT_KEY, image_parameters, read_image
-from ..metadata import to_infotext
+from ..metadata import lora_tags, to_infotext
 from ..models.config import check_divisible
 from ..samplers import get_sampler
 from ..sampling import check_guidance, check_strength
 from ..schedules import SPACINGS
-from ..metadata import lora_tags
 from .limits import LimitError, Limits
 from .shelf import ModelShelf
 

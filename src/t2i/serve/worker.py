@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from ..errors import OUT_OF_MEMORY, UserError, out_of_memory
 from ..images import PNG_PARAMETERS_KEY, read_image, save_png
-from .events import EventHub
 from ..metadata import lora_tags
+from .events import EventHub
 from .job_request import pipeline_arguments
 from .limits import LimitError, Limits
 from .shelf import ModelShelf
