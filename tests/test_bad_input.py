@@ -351,6 +351,20 @@ def test_a_tiled_decoder_leaves_the_u_net_at_latent_size_in_the_memory_bound():
     assert tiled == int(unet_feature_bytes(unet, 2, 128, 128)) and tiled < whole
 
 
+def test_the_memory_bound_counts_two_bytes_a_value_for_bfloat16_networks(monkeypatch):
+    import t2i.memory
+    from t2i.guards import check_generation_fits, generation_bytes
+    from t2i.models.vae import VAEConfig
+
+    unet, vae = UNetConfig(), VAEConfig(block_channels=(128, 256, 512, 512))
+    fp32 = generation_bytes(unet, vae, 1, 2048, 2048, True)
+    assert generation_bytes(unet, vae, 1, 2048, 2048, True, value_bytes=2) * 2 == pytest.approx(fp32, abs=2)
+    monkeypatch.setattr(t2i.memory, "available_memory", lambda device="cpu", root=None: int(0.75 * fp32))
+    check_generation_fits(unet, vae, 1, 2048, 2048, True, torch.device("cpu"), dtype=torch.bfloat16)  # fits
+    with pytest.raises(UserError, match="generating 1 image of 2048×2048 needs about"):
+        check_generation_fits(unet, vae, 1, 2048, 2048, True, torch.device("cpu"))
+
+
 def test_a_preview_decodes_the_first_image_alone(pipe):
     shown = []
     pipe("a red circle", num_images=3, steps=2, seed=0, progress=lambda i, n, x0: shown.append(x0()))

@@ -94,8 +94,8 @@ class Toy:
         update_ema(self.ema, self.model, ema_decay_at(k, 0.9))
         return {"loss": loss}
 
-    def save(self, k: int, seconds: float) -> None:
-        save_checkpoint(self.out, {"step": k, "seconds": seconds}, self.model, self.ema, self.optimizers, {"toy": True})
+    def save(self, state: dict) -> None:
+        save_checkpoint(self.out, state, self.model, self.ema, self.optimizers, {"toy": True})
 
     def train(self):
         resumed = current_checkpoint(self.out) is not None

@@ -9,7 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from t2i.cli import main
 from t2i.data import captions_of, load_dataset
@@ -205,14 +205,16 @@ def test_bad_sources_get_one_line(tarballs, tmp_path, capsys, monkeypatch):
                     reason="the real npm tarballs are not in ~/.cache/t2i/npm (t2i data emoji puts them there)")
 def test_the_real_further_sets(tmp_path):
     counts = build_emoji_dataset(tmp_path / "emoji", progress=False)
-    assert counts == {"train": 22652, "test": 728, "test-extra": 1920}
+    # 22,652 and 1,920 before Iconify's aliases and flags were read right and held-out copies left out of train
+    assert counts == {"train": 22573, "test": 728, "test-extra": 1922}
 
 
 @pytest.mark.skipif(not all((cache_dir() / f"{s.package}-{s.version}.tgz").is_file() for s in SOURCES),
                     reason="the real npm tarballs are not in ~/.cache/t2i/npm (t2i data emoji puts them there)")
 def test_the_real_packages(tmp_path):
     counts = build_emoji_dataset(tmp_path / "emoji", progress=False, sets=["twemoji", "noto"])
-    assert counts == {"train": 6844, "test": 728, "test-extra": 0}  # the dataset of t2i 0.3, as it was
+    # the dataset of t2i 0.3 (its test/ the same 728 images), but for 15 training images that are a held-out one's
+    assert counts == {"train": 6829, "test": 728, "test-extra": 0}
     data = load_dataset(str(tmp_path / "emoji"), 64, "test", captioned=True)
     assert isinstance(data[0][0], torch.Tensor)
 
@@ -226,8 +228,8 @@ def write_tarball(path, files: dict[str, bytes]):
     return path
 
 
-def svg_disc(rgb: tuple[int, int, int]) -> bytes:
-    return ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><circle cx="32" cy="32" r="24" '
+def svg_disc(rgb: tuple[int, int, int], radius: int = 24) -> bytes:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><circle cx="32" cy="32" r="{radius}" '
             f'fill="#{rgb[0]:02x}{rgb[1]:02x}{rgb[2]:02x}"/></svg>').encode()
 
 
@@ -238,9 +240,10 @@ SET_COLOURS = {"openmoji": (200, 30, 30), "fluent": (30, 160, 50), "fluent-flat"
 
 @pytest.fixture(scope="module")
 def more_tarballs(tmp_path_factory):
-    """The seven further sets, faked in their packages' layouts, each drawing the first 12 emoji as a disc of
-    the set's colour. OpenMoji's annotation of emoji i is "<name> cldr", a name emoji-data does not know:
-    the Fluent and Iconify sets name their files by it, as the real ones use CLDR names."""
+    """The seven further sets, faked in their packages' layouts, each drawing the first 12 emoji as discs of
+    the set's colour, of sizes that differ so that none is a held-out image's copy. OpenMoji's annotation of
+    emoji i is "<name> cldr", a name emoji-data does not know: the Fluent and Iconify sets name their files
+    by it, as the real ones use CLDR names."""
     folder = tmp_path_factory.mktemp("more")
     codes = [f"1F{600 + i:03X}" for i in range(12)]
     cldr = [f"{NAMES[i]} cldr" for i in range(12)]
@@ -251,22 +254,29 @@ def more_tarballs(tmp_path_factory):
 
     openmoji = {**package("openmoji"), "data/openmoji.json": json.dumps(
         [{"hexcode": code, "annotation": name, "tags": "round, bright"} for code, name in zip(codes, cldr)]).encode(),
-        **{f"color/svg/{code}.svg": svg_disc(SET_COLOURS["openmoji"]) for code in codes}}
+        **{f"color/svg/{code}.svg": svg_disc(SET_COLOURS["openmoji"], 12 + i) for i, code in enumerate(codes)}}
     fluent = {**package("fluentui-emoji"), "LICENSE": b"MIT License\nCopyright (c) Microsoft Corporation.\n",
-              **{f"icons/modern/{s}.svg": svg_disc(SET_COLOURS["fluent"]) for s in slug},
+              **{f"icons/modern/{s}.svg": svg_disc(SET_COLOURS["fluent"], 12 + i) for i, s in enumerate(slug)},
               # a skin tone as Fluent names it, of the emoji that has tones; and of one that has none (left out)
               f"icons/modern/{slug[0]}-dark.svg": svg_disc(SET_COLOURS["fluent"]),
               f"icons/modern/{slug[1]}-dark.svg": svg_disc(SET_COLOURS["fluent"]),
-              **{f"icons/flat/{s}.svg": svg_disc(SET_COLOURS["fluent-flat"]) for s in slug}}
-    webp = io.BytesIO()
-    Image.new("RGBA", (256, 256), (*SET_COLOURS["fluent-3d"], 255)).save(webp, "WEBP")
-    fluent_3d = {**package("@lobehub/fluent-emoji-3d"), **{f"assets/{code.lower()}.webp": webp.getvalue()
-                                                           for code in codes}}
+              **{f"icons/flat/{s}.svg": svg_disc(SET_COLOURS["fluent-flat"], 12 + i) for i, s in enumerate(slug)}}
+    def webp(radius):
+        image = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
+        ImageDraw.Draw(image).ellipse([128 - radius, 128 - radius, 128 + radius, 128 + radius],
+                                      fill=(*SET_COLOURS["fluent-3d"], 255))
+        buffer = io.BytesIO()
+        image.save(buffer, "WEBP", lossless=True)
+        return buffer.getvalue()
+
+    fluent_3d = {**package("@lobehub/fluent-emoji-3d"), **{f"assets/{code.lower()}.webp": webp(48 + 4 * i)
+                                                           for i, code in enumerate(codes)}}
 
     def iconify(name, names):
-        body = svg_disc(SET_COLOURS[name.split("/")[1]]).decode().split(">", 1)[1].rsplit("<", 1)[0]
-        return {**package(name), "icons.json": json.dumps({"icons": {n: {"body": body} for n in names},
-                                                           "width": 64, "height": 64}).encode()}
+        colour = SET_COLOURS[name.split("/")[1]]
+        icons = {n: {"body": svg_disc(colour, 12 + i).decode().split(">", 1)[1].rsplit("<", 1)[0]}
+                 for i, n in enumerate(names)}
+        return {**package(name), "icons.json": json.dumps({"icons": icons, "width": 64, "height": 64}).encode()}
 
     files = {"openmoji-0.0.1.tgz": openmoji, "fluentui-emoji-0.0.1.tgz": fluent,
              "lobehub-fluent-emoji-3d-0.0.1.tgz": fluent_3d,
@@ -317,3 +327,61 @@ def test_a_wrong_set_or_tarball_is_one_line(tarballs, more_tarballs, tmp_path, c
     assert main(["data", "emoji", "--out", str(tmp_path / "y"), "--tarball", *map(str, tarballs), str(damaged)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "is not a readable npm tarball" in err
+
+
+def test_iconify_names_are_read_as_cldr_names_and_aliases_never_rename_a_drawing(tmp_path):
+    """Iconify's files are named by CLDR: "camel" is the one-hump camel, where emoji-data's short name "camel"
+    is the two-hump one; "flag-for-turkey" is the flag, not the bird; an alias ("cricket", an old name of the
+    bat and ball, today the insect's) names its drawing only when the drawing's own name matches nothing."""
+    from t2i.data.emoji_sets import matched, read_drawings
+
+    def entry(name, code, short, category="Animals & Nature"):
+        return {"name": name, "unified": code, "short_names": [short], "category": category}
+
+    emoji = [entry("DROMEDARY CAMEL", "1F42A", "dromedary_camel"), entry("BACTRIAN CAMEL", "1F42B", "camel"),
+             entry("TURKEY", "1F983", "turkey"), entry("Turkey Flag", "1F1F9-1F1F7", "flag-tr", "Flags"),
+             entry("CRICKET", "1F997", "cricket"), entry("CRICKET BAT AND BALL", "1F3CF", "cricket_bat_and_ball"),
+             entry("RED APPLE", "1F34E", "apple")]
+    cldr = {"camel": "1F42A", "two-hump-camel": "1F42B", "turkey": "1F983", "flag-turkey": "1F1F9-1F1F7",
+            "cricket": "1F997", "cricket-game": "1F3CF", "red-apple": "1F34E"}
+    icons = {name: {"body": f'<rect width="{i + 1}" height="1"/>'}
+             for i, name in enumerate(["camel", "two-hump-camel", "flag-for-turkey", "cricket-game", "apple-old"])}
+    aliases = {"cricket": {"parent": "cricket-game"}, "red-apple": {"parent": "apple-old"},
+               "apple-flipped": {"parent": "apple-old", "hFlip": True}}
+    tarball = write_tarball(tmp_path / "iconify-json-emojione-1.2.3.tgz", {
+        "package.json": json.dumps({"name": "@iconify-json/emojione", "version": "0.0.1"}).encode(),
+        "icons.json": json.dumps({"icons": icons, "aliases": aliases, "width": 16, "height": 16}).encode()})
+    drawings = next(s for s in SETS if s.name == "emojione")
+    found = read_drawings(drawings, tarball).found
+    names = {unified: (entry["name"], drawing.key) for entry, tone, unified, drawing in
+             matched(drawings, found, emoji, cldr)}
+    assert names == {"1F42A": ("DROMEDARY CAMEL", "camel"), "1F42B": ("BACTRIAN CAMEL", "two-hump-camel"),
+                     "1F1F9-1F1F7": ("Turkey Flag", "flag-for-turkey"),
+                     "1F3CF": ("CRICKET BAT AND BALL", "cricket-game"), "1F34E": ("RED APPLE", "red-apple")}
+
+
+def test_no_training_image_has_a_held_out_image_s_pixels(tarballs, tmp_path):
+    """Two emoji drawn alike on both sides of the split (a territory's flag that is its country's): the
+    held-out one stays, the training copy goes, so nothing held out is trained on under another name."""
+    rng = np.random.default_rng(0)
+    built = build_emoji_dataset(tmp_path / "plain", tarballs, test_fraction=0.3, progress=False)
+    rows = {split: [json.loads(line) for line in (tmp_path / "plain" / split / "metadata.jsonl").read_text()
+                    .splitlines()] for split in ("train", "test")}
+    twemoji = {split: [row for row in found if row["style"] == "twemoji" and not row["skin_tone"]]
+               for split, found in rows.items()}
+    held, copied = twemoji["test"][0], twemoji["train"][int(rng.integers(len(twemoji["train"])))]
+    copies = []
+    for path in tarballs:
+        with tarfile.open(path) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        image_set = next(s.image_set for s in SOURCES if str(path.name).startswith(s.package))
+        folder = f"package/img/{image_set}/64/"
+        if image_set == "twitter":
+            files[folder + f"{copied['unified'].lower()}.png"] = files[folder + f"{held['unified'].lower()}.png"]
+        copies.append(write_tarball(tmp_path / path.name, {k.removeprefix("package/"): v for k, v in files.items()}))
+    counts = build_emoji_dataset(tmp_path / "copied", copies, test_fraction=0.3, progress=False)
+    assert counts == {**built, "train": built["train"] - 1}
+    assert not (tmp_path / "copied" / "train" / copied["file_name"]).exists()
+    assert (tmp_path / "copied" / "test" / "metadata.jsonl").read_text() == \
+        (tmp_path / "plain" / "test" / "metadata.jsonl").read_text()
+    assert copied["file_name"] not in (tmp_path / "copied" / "train" / "metadata.jsonl").read_text()

@@ -43,10 +43,9 @@ class Toy:
         return {"loss": loss}
 
     def hooks(self) -> Hooks:
-        def save(k, seconds):
-            self.calls["save"].append(k)
-            save_checkpoint(self.out, {"step": k, "seconds": seconds}, self.model, self.ema, self.optimizers,
-                            {"toy": True})
+        def save(state):
+            self.calls["save"].append(state["step"])
+            save_checkpoint(self.out, state, self.model, self.ema, self.optimizers, {"toy": True})
 
         def probe(k):
             self.calls["probe"].append(k)
@@ -109,9 +108,15 @@ def test_a_stop_request_saves_and_a_resumed_run_ends_where_the_uninterrupted_one
     assert resumed.calls["step"] == list(range(7, 10))
     for a, b in ((whole.model, resumed.model), (whole.ema, resumed.ema)):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-    # the same losses logged, but for the row of step 8: it averages steps 7 and 8 in the
-    # straight run, only step 8 in the resumed one (the steps since the last log before the stop)
-    assert [row for row in rows(straight) if row["step"] != "8"] == [row for row in rows(split) if row["step"] != "8"]
+    # the same rows: step 8's averages steps 7 and 8 in both, step 7's loss saved with the checkpoint
+    assert rows(split) == rows(straight)
+
+    # a run that ends off the logging period (step 5 of period 2) and is then taken further logs a row at
+    # its end; the rows after it are the straight run's (step 6's averages steps 5 and 6 there too)
+    shorter = tmp_path / "shorter"
+    Toy(shorter, toy_config(max_steps=5)).train()
+    Toy(shorter, toy_config()).train(resumed=True)
+    assert [row for row in rows(shorter) if row["step"] != "5"] == rows(straight)
 
 
 def test_a_loss_that_is_not_finite_stops_before_saving_and_keeps_the_last_checkpoint(tmp_path):

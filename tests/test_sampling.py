@@ -9,7 +9,7 @@ from t2i.samplers.ancestral import sample_ddim
 from t2i.samplers.dpm_solver import sample_dpmpp_2m
 from t2i.samplers import SAMPLERS
 from t2i.samplers.base import sampler_grid
-from t2i.sampling import SamplerSettings, sample
+from t2i.sampling import SamplerSettings, StopSampling, sample
 
 MU, S = 0.5, 0.3
 
@@ -306,3 +306,30 @@ def test_sigma_samplers_ask_between_the_integers_only_on_a_karras_grid(oracle, d
     assert all(t.is_floating_point() for t in seen["karras"])
     assert any(bool(t[0] != t[0].round()) for t in seen["karras"])
     assert {t.dtype for t in seen["leading"]} == {torch.long}
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler_ancestral", "heun"])
+def test_a_callback_that_stops_sampling_gets_the_latest_x0_back(oracle, diffusion, sampler):
+    """StopSampling at step k returns x̂_0 of the network's latest call, the same tensor that a callback
+    watching an uninterrupted run sees at step k; stopped before any call, it returns x_T."""
+    model, shape = oracle(diffusion, MU, S), (256, 2)
+    seen = {}
+
+    def watch(i, steps, x0):
+        seen.setdefault(i, x0())
+
+    def stop_at(k):
+        def callback(i, steps, x0):
+            if i == k:
+                raise StopSampling
+        return callback
+
+    def run(progress):
+        return sample(model, diffusion, shape, SamplerSettings(sampler, 10), generator=torch.Generator().manual_seed(3),
+                      progress=progress)
+
+    finished = run(watch)
+    stopped = run(stop_at(5))
+    assert torch.equal(stopped, seen[5]) and not torch.allclose(stopped, finished)
+    assert stopped.std() < S  # a posterior mean: shrunk towards μ, not noise
+    assert torch.equal(run(stop_at(0)), torch.randn(shape, generator=torch.Generator().manual_seed(3)))

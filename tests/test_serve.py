@@ -351,7 +351,10 @@ def test_automatic1111_progress_and_interrupt(client):
     assert progress["current_image"] and Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
     client.post("/sdapi/v1/interrupt")
     thread.join(60)
-    assert result["images"] == [] and json.loads(result["info"])["interrupted"] is True
+    # as AUTOMATIC1111 does, the call answers with the image its x̂_0 made when it stopped, marked interrupted
+    assert len(result["images"]) == 1 and json.loads(result["info"])["interrupted"] is True
+    image = Image.open(io.BytesIO(base64.b64decode(result["images"][0])))
+    assert image.size == (64, 64) and np.asarray(image).std() > 0 and "Steps: 150" in image.info["parameters"]
 
 
 def test_with_a_token_every_api_call_needs_it_but_the_page_does_not(tmp_path):

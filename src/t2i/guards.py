@@ -81,38 +81,41 @@ def image_side(name: str, value) -> int | None:
     return None if value is None else whole_number(name, value, 1, MAX_SIDE)
 
 
-def unet_feature_bytes(unet: UNetConfig, batch: int, height: int, width: int) -> float:
-    """A rough lower bound on the float32 feature maps one U-Net forward pass at [batch, C, height,
-    width] holds at once: the skip activations and a few working maps at every level. Self-attention
-    is assumed to run without materialising its (hw)² matrix, as PyTorch's fused attention does."""
+def unet_feature_bytes(unet: UNetConfig, batch: int, height: int, width: int, value_bytes: int = 4) -> float:
+    """A rough lower bound on the feature maps (of `value_bytes` a value: 4 in float32, 2 in bfloat16) one
+    U-Net forward pass at [batch, C, height, width] holds at once: the skip activations and a few working
+    maps at every level. Self-attention is assumed to run without materialising its (hw)² matrix, as
+    PyTorch's fused attention does."""
     per_position = sum((unet.num_res_blocks + 4) * unet.model_channels * mult / 4**level
                        for level, mult in enumerate(unet.channel_mult))
-    return 4.0 * batch * height * width * per_position
+    return float(value_bytes) * batch * height * width * per_position
 
 
-def vae_feature_bytes(vae: VAEConfig, batch: int, height: int, width: int) -> float:
+def vae_feature_bytes(vae: VAEConfig, batch: int, height: int, width: int, value_bytes: int = 4) -> float:
     """The same rough lower bound for the autoencoder's encoder or decoder at image size height × width."""
     per_position = sum((vae.num_res_blocks + 4) * channels / 4**level for level, channels in
                        enumerate(vae.block_channels))
-    return 4.0 * batch * height * width * per_position
+    return float(value_bytes) * batch * height * width * per_position
 
 
 def generation_bytes(unet: UNetConfig, vae: VAEConfig | None, batch: int, height: int, width: int,
-                     guided: bool, decoder_tiled: bool = False) -> int:
+                     guided: bool, decoder_tiled: bool = False, value_bytes: int = 4) -> int:
     """A rough lower bound on the memory a generation needs beyond the weights, from the shapes
     alone: the U-Net's feature maps at the latents' size (twice the batch when guided) or the
     decoder's full-resolution maps, whichever is larger (`vae` None: a model of pixels; a tiled
     decoder holds a tile's maps, which the U-Net's bound covers)."""
     factor = vae.downsample_factor if vae is not None else 1
-    total = unet_feature_bytes(unet, batch * (2 if guided else 1), height // factor, width // factor)
+    total = unet_feature_bytes(unet, batch * (2 if guided else 1), height // factor, width // factor, value_bytes)
     if vae is not None and not decoder_tiled:
-        total = max(total, vae_feature_bytes(vae, batch, height, width))
+        total = max(total, vae_feature_bytes(vae, batch, height, width, value_bytes))
     return int(total)
 
 
 def check_generation_fits(unet: UNetConfig, vae: VAEConfig | None, batch: int, height: int, width: int,
-                          guided: bool, device: torch.device, decoder_tiled: bool = False) -> None:
-    nbytes = generation_bytes(unet, vae, batch, height, width, guided, decoder_tiled)
+                          guided: bool, device: torch.device, decoder_tiled: bool = False,
+                          dtype: torch.dtype = torch.float32) -> None:
+    """Refuse a generation whose feature maps (in the networks' `dtype`) cannot fit the device's free memory."""
+    nbytes = generation_bytes(unet, vae, batch, height, width, guided, decoder_tiled, dtype.itemsize)
     check_fits(nbytes, f"generating {batch} image{'s' * (batch > 1)} of {width}×{height}",
                "ask for fewer or smaller images (or tile the decoder: vae_tile)", device)
 

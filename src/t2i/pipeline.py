@@ -561,7 +561,7 @@ class Pipeline:
         count = len(prompts) * num_images
         check_generation_fits(self.unet.config, None if self.vae is None else self.vae.config, count, *size,
                               self.text_encoder is not None and settings["cfg"] != 1, self.device,
-                              decoder_tiled=bool(self.vae_tile))
+                              decoder_tiled=bool(self.vae_tile), dtype=self.dtype)
         prompts = [p for p in prompts for _ in range(num_images)]
         negatives = None if negatives is None else [n for n in negatives for _ in range(num_images)]
         seeds = image_seeds(seed, count)

@@ -19,7 +19,7 @@ from .errors import UserError
 from .samplers import SAMPLERS, Sampler, get_sampler
 from .samplers.base import EpsFn, Generators, Grid, Project, noised, randn, sampler_grid
 
-__all__ = ["SAMPLERS", "Edit", "Guidance", "SamplerSettings", "get_sampler", "sample"]
+__all__ = ["SAMPLERS", "Edit", "Guidance", "SamplerSettings", "StopSampling", "get_sampler", "sample"]
 
 
 MAX_GUIDANCE = 1000.0  # far past any useful scale (SD: 7.5), well short of overflowing float32
@@ -28,6 +28,13 @@ MAX_OPTION = 1000
 # Called before each step with (step i, steps N, x̂_0 of the latest network call, computed on demand; None
 # before the first): a server's progress events with a preview, and where it stops a cancelled job by raising.
 StepCallback = Callable[[int, int, Callable[[], torch.Tensor | None]], None]
+
+
+class StopSampling(Exception):
+    """Raised by a `StepCallback` to end sampling where it is: `sample` returns the latest x̂_0, the best
+    guess at the image so far (what AUTOMATIC1111's interrupt keeps), or x_T before any network call."""
+
+    x0: torch.Tensor | None = None
 
 
 def check_guidance(scale: float, rescale: float = 0.0) -> None:
@@ -218,8 +225,15 @@ def watched(eps_fn: EpsFn, diffusion: Diffusion, callback: StepCallback) -> tupl
         latest[:] = [x_t, t, eps]
         return eps
 
+    def x0() -> torch.Tensor | None:
+        return diffusion.predict_x0(*latest) if latest else None
+
     def report(i: int, steps: int) -> None:
-        callback(i, steps, lambda: diffusion.predict_x0(*latest) if latest else None)
+        try:
+            callback(i, steps, x0)
+        except StopSampling as stop:
+            stop.x0 = x0()
+            raise
 
     return eps_watched, report
 
@@ -253,4 +267,7 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], settings: S
     if callable(progress):
         eps_fn, progress = watched(eps_fn, diffusion, progress)
     noise = {"generator": generator} if settings.entry.stochastic else {}
-    return settings.entry.run(eps_fn, x, grid, progress=progress, project=project, **noise, **settings.options)
+    try:
+        return settings.entry.run(eps_fn, x, grid, progress=progress, project=project, **noise, **settings.options)
+    except StopSampling as stop:
+        return x if stop.x0 is None else stop.x0

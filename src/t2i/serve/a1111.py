@@ -143,9 +143,11 @@ def a1111_router(server, authorize) -> APIRouter:
 
     @router.post("/interrupt")
     def interrupt():
+        """The running job stops at its next step and, as in AUTOMATIC1111, answers with the images its x̂_0
+        then makes (marked interrupted); its caller gets them."""
         live = server.worker.live
         if live is not None:
-            server.worker.cancel(server.job(live.job_id))
+            server.worker.cancel(server.job(live.job_id), keep_images=True)
         return {}
 
     @router.post("/skip")

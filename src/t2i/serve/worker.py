@@ -2,7 +2,8 @@
 
 On a CPU one job already uses every core, so jobs run one after another and the queue absorbs load.
 While a job samples, the worker publishes a progress event before each step, and stops at the next
-step when the job is cancelled. A preview of x̂_0 (decoded: as costly as a few U-Net steps on a small
+step when the job is cancelled (or, interrupted as AUTOMATIC1111 interrupts, finishes it with the image
+its latest step foresees, x̂_0). A preview of x̂_0 (decoded: as costly as a few U-Net steps on a small
 model) is made at PREVIEWS points of the job, and only while someone watches: a listener to the
 job's events, or a poll of AUTOMATIC1111's /progress in the last WATCHED seconds. Images are written
 whole (`save_png`) before the job is marked done.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from ..errors import OUT_OF_MEMORY, UserError, out_of_memory
 from ..images import PNG_PARAMETERS_KEY, read_image, save_png
 from ..metadata import lora_tags
+from ..sampling import StopSampling
 from .events import EventHub
 from .job_request import pipeline_arguments
 from .limits import LimitError, Limits
@@ -44,6 +46,7 @@ class Live:
     steps: int = 0
     started: float = 0.0
     preview: str | None = None  # data: URL of the latest preview PNG
+    interrupted: bool = False  # stopped early, keeping its x̂_0
 
 
 class Worker:
@@ -52,6 +55,7 @@ class Worker:
         self.live: Live | None = None
         self.polled = 0.0  # when AUTOMATIC1111's /progress last asked for the current image
         self.cancelling: set[str] = set()
+        self.interrupting: set[str] = set()  # of those cancelling, the ones that keep their x̂_0 as images
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self.loop, name="t2i-worker", daemon=True)
 
@@ -70,15 +74,19 @@ class Worker:
     def notify(self) -> None:
         self.wake.set()
 
-    def cancel(self, job: Job) -> bool:
-        """Cancel a queued job now, or ask the running one to stop at its next step. False if finished."""
+    def cancel(self, job: Job, keep_images: bool = False) -> bool:
+        """Cancel a queued job now, or ask the running one to stop at its next step (with `keep_images`,
+        ending as cancelled but with the images of its x̂_0 then). False if finished."""
         if self.store.cancel_queued(job.id):
             self.hub.publish(job.id, "cancelled", {})
             return True
         if self.store.get(job.id).state == "running":  # maybe not yet live: then it stops at its first step
+            if keep_images:
+                self.interrupting.add(job.id)
             self.cancelling.add(job.id)
             if self.store.get(job.id).state != "running":  # it ended meanwhile, and its run let go of its id
                 self.cancelling.discard(job.id)
+                self.interrupting.discard(job.id)
                 return False
             return True
         return False
@@ -128,9 +136,10 @@ class Worker:
             self.finish(job, "failed", f"internal error, a bug in t2i ({type(error).__name__}: {error}); the "
                         "server's log has the traceback")
         else:
-            self.finish(job, "done", images=images)
+            self.finish(job, "cancelled" if self.live.interrupted else "done", images=images)
         finally:
             self.cancelling.discard(job.id)
+            self.interrupting.discard(job.id)
 
     def finish(self, job: Job, state: str, error: str | None = None, images: list[dict] | None = None) -> None:
         self.store.end(job.id, state, error, images)
@@ -147,8 +156,11 @@ class Worker:
         every = max(1, (settings["steps"] or pipe.defaults["steps"]) // PREVIEWS)
 
         def on_step(i: int, steps: int, x0) -> None:
-            if job.id in self.cancelling or self.stopping.is_set():
+            if self.stopping.is_set() or job.id in self.cancelling and job.id not in self.interrupting:
                 raise Cancelled
+            if job.id in self.cancelling:
+                self.live.interrupted = True
+                raise StopSampling
             self.live.step, self.live.steps = i, steps
             event = {"step": i, "steps": steps}
             watched = self.hub.listening(job.id) or time.time() - self.polled < WATCHED

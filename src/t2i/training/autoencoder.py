@@ -183,9 +183,9 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, world: World, 
         update_ema(ema, vae, ema_decay_at(k, config.ema_decay))
         return {name: value for name, value in losses.items() if name != "loss"}
 
-    def save(k: int, seconds: float) -> None:
+    def save(state: dict) -> None:
         ema.config.scaling_factor = measure_scaling_factor(ema, dataset, seed=config.seed)
-        save_checkpoint(out, {"step": k, "seconds": seconds}, model, {"vae": ema}, optimizers,
+        save_checkpoint(out, state, model, {"vae": ema}, optimizers,
                         folder_config(vae=ema.config.to_dict(), image_size=config.image_size,
                                       train=dataclasses.asdict(config)))
 

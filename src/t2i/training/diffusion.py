@@ -272,8 +272,8 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
                           (lambda captions: condition(captions, encoder)) if captioned else None,
                           optimizer, model, ema, scaler, vae)
 
-    def save(k: int, seconds: float) -> None:
-        save_checkpoint(out, {"step": k, "seconds": seconds, **scaler_state(scaler)}, model, {**ema, **frozen},
+    def save(state: dict) -> None:
+        save_checkpoint(out, {**state, **scaler_state(scaler)}, model, {**ema, **frozen},
                         {"optimizer": optimizer}, run_config)
 
     def keep(k: int, seconds: float) -> None:

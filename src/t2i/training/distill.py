@@ -346,9 +346,9 @@ def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset
         tokenizer.save(folder)
         return sorted(set(os.listdir(folder)) - before)
 
-    def save(k: int, seconds: float) -> None:
-        save_checkpoint(out, {"step": k, "seconds": seconds, **scaler_state(scaler)}, model, published,
-                        {"optimizer": optimizer}, student_config(k), model_files)
+    def save(state: dict) -> None:
+        save_checkpoint(out, {**state, **scaler_state(scaler)}, model, published,
+                        {"optimizer": optimizer}, student_config(state["step"]), model_files)
 
     def keep(k: int, seconds: float) -> None:  # a round ended: its student is a model of its own
         steps = config.student_steps(config.round_of(k - 1))

@@ -297,8 +297,8 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
 
     published = {} if lora else {**ema, **frozen}
 
-    def save(k: int, seconds: float) -> None:
-        save_checkpoint(out, {"step": k, "seconds": seconds, **scaler_state(scaler)}, model, published,
+    def save(state: dict) -> None:
+        save_checkpoint(out, {**state, **scaler_state(scaler)}, model, published,
                         {"optimizer": optimizer}, run_config, model_files)
 
     def keep(k: int, seconds: float) -> None:

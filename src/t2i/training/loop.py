@@ -41,7 +41,7 @@ class Hooks:
     `probe` and `keep` at their own periods. Probing and sampling are not training time. `save`
     comes last, so that a run stopped after a checkpoint has what the steps before it made."""
 
-    save: Callable[[int, float], None]  # (k, seconds of training): write the checkpoint
+    save: Callable[[dict], None]  # write the checkpoint of the training state {"step", "seconds", "loss_window"}
     sample: Callable[[int], None]  # write what the model makes at step k
     probe: Callable[[int], dict[str, float]] | None = None  # losses to log, every `probe_every` steps
     probe_every: int = 0
@@ -126,13 +126,15 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
     if start >= config.max_steps:
         return TrainResult(out, start, start, config.max_steps)
     batches = iter(step_loader(dataset, config, start, device, weights, world.share(config.batch_size)))
-    k, saved_step, seconds, window = start, start, state["seconds"], {}
+    k, saved_step, seconds = start, start, state["seconds"]
+    # the losses since the last row, saved with a checkpoint: a resumed run logs the rows a straight one does
+    window = {name: list(values) for name, values in state.get("loss_window", {}).items()}
     clock = time.perf_counter() - seconds
 
     def save() -> None:
         nonlocal saved_step
         if world.main:
-            hooks.save(k, seconds)
+            hooks.save({"step": k, "seconds": seconds, "loss_window": window})
             log.plot(title)
         saved_step = k
 
@@ -163,7 +165,8 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
                 row = {name: sum(values) / len(values) for name, values in window.items()}
                 bar.set_postfix({name: f"{mean:.4g}" for name, mean in row.items()},
                                 lr=f"{scheduled_lr(k, config):.2e}")
-                window = {}
+                if due(k, config.log_every):  # the last step's row (off the period) leaves its window open
+                    window = {}
             if hooks.probe is not None and due(k, hooks.probe_every) and world.main:
                 probing_started = time.perf_counter()
                 row.update(hooks.probe(k))

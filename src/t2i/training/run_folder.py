@@ -97,10 +97,14 @@ def require_checkpoint(out: Path) -> Path:
 
 
 def state_of(folder: Path) -> dict:
-    """The saved {"step", "seconds"} of a checkpoint, and the float16 loss scaler's state if it has one."""
+    """The saved {"step", "seconds", "loss_window"} of a checkpoint (the window: the losses since loss.csv's last
+    row; empty in older checkpoints), and the float16 loss scaler's state if it has one."""
     state = read_json(folder / STATE, "the training state is incomplete")
     scaler = {"grad_scaler": state["grad_scaler"]} if isinstance(state.get("grad_scaler"), dict) else {}
-    return {"step": int(state["step"]), "seconds": float(state.get("seconds", 0.0)), **scaler}
+    window = state.get("loss_window")
+    window = {str(name): [float(v) for v in values] for name, values in window.items()} \
+        if isinstance(window, dict) else {}
+    return {"step": int(state["step"]), "seconds": float(state.get("seconds", 0.0)), "loss_window": window, **scaler}
 
 
 def read_state(out: Path) -> dict:
