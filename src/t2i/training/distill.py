@@ -12,8 +12,8 @@ stages run as one.
 Grids are generation's own (`SamplerSettings`: "ddim" on the "trailing" spacing, under the model's timestep
 convention), so a student samples on exactly the grid it was trained for. Trailing grids start at T-1 (pure noise,
 which a few steps cannot afford to skip: Lin et al. 2023) and nest, the grid of N being every other level of the
-grid of 2N, wherever their floating-point T - jT/N and T - 2j·T/2N round to the same integers (for T = 1000: every
-power of two, and 3, 5, 125 times one; not 61); steps for which they do not nest are refused. The last step lands
+grid of 2N: jT/N and 2j·T/2N are the same number (a test checks every N up to T/2; `round_grids` still refuses
+a pair that would not nest, as a guard). The last step lands
 where the grid ends, as `samplers.ancestral.sample_ddim` takes it: on x_0 (σ = 0), or on ᾱ_0 for a model whose
 `set_alpha_to_one` is false.
 
@@ -232,14 +232,18 @@ def load_teacher(name_or_path: str) -> tuple[Path, Networks]:
     return folder.resolve(), load_networks(folder, config)
 
 
-def guidance_scales(config: dict, cfg: float | None, name: str) -> tuple[float, float]:
+def guidance_scales(config: dict, cfg: float | None, name: str, start_steps: int) -> tuple[float, float]:
     """(the scale the first teacher is guided at, the scale its students have in their networks): `cfg`, else the
-    teacher's default; a teacher distilled already has its own in its network, and is guided at 1 only."""
+    teacher's default; a teacher distilled already has its own in its network, and is guided at 1 only, and it
+    teaches a first student of half its own steps (its grid is the one it was trained for)."""
     if "distillation" in config:
-        folded = config["distillation"]["guidance_scale"]
+        folded, steps = config["distillation"]["guidance_scale"], config["distillation"]["steps"]
         if cfg not in (None, 1):
             raise UserError(f"{name!r} is distilled already, with guidance {folded:g} in its network: distil it "
                             "further at cfg 1 (leave cfg out)")
+        if 2 * start_steps != steps:
+            raise UserError(f"{name!r} is a student of {steps} steps: it teaches students of {steps // 2} "
+                            f"(--distill-start-steps {steps // 2}), not {start_steps}")
         return 1.0, folded
     w = InferenceSettings.from_dict(config.get("inference", {})).cfg if cfg is None else cfg
     return w, w
@@ -262,7 +266,7 @@ def distill(config: DistillConfig, out_dir: str | Path) -> TrainResult:
     size = teacher.config["image_size"]
     if config.image_size not in (None, size):
         raise UserError(f"image_size is the teacher's, {size}: leave it out")
-    applied, folded = guidance_scales(teacher.config, config.cfg, config.teacher)
+    applied, folded = guidance_scales(teacher.config, config.cfg, config.teacher, config.start_steps)
     config = dataclasses.replace(config, teacher=str(folder), cfg=applied, image_size=size)
     distillation_grids(diffusion_from_config(teacher.config), config, timestep_convention(teacher.config))
     dataset = load_dataset(config.data, config.image_size, "train", captioned=True)
