@@ -231,6 +231,7 @@ def test_bad_input_is_refused_in_one_line(teacher, distilled, colour_folder, tmp
             ({"start_steps": 1, "final_steps": 2}, "final_steps times a power of two"),
             ({"max_steps": 7}, "past the last round's end: 2 rounds of 3 steps make 6"),
             ({"p_uncond": 0.1}, "p_uncond does not apply to distillation"),
+            ({"cooldown_steps": 2}, "warmup_steps 2 and cooldown_steps 2 are each round's, and together pass its 3"),
             ({"teacher": " "}, "teacher is empty")):
         with pytest.raises(UserError, match=message):
             config(teacher, colour_folder, **changes)
@@ -261,7 +262,8 @@ def test_bad_input_is_refused_in_one_line(teacher, distilled, colour_folder, tmp
 def test_the_command_line_distils_resumes_and_refuses(teacher, colour_folder, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["train", "--data", str(colour_folder), "--batch-size", "4", "--sample-every", "100", "--device", "cpu"]
-    distil = ["--distill", str(teacher), "--distill-start-steps", "1", "--distill-steps-per-round", "2"]
+    distil = ["--distill", str(teacher), "--distill-start-steps", "1", "--distill-steps-per-round", "2",
+              "--warmup-steps", "1"]
     assert main([*common, *distil, "--max-steps", "1", "--out", str(run)]) == 0
     assert main(["train", "--out", str(run), "--resume", "--max-steps", "2"]) == 0
     assert json.loads((run / "students" / "steps-1" / "config.json").read_text())["step"] == 2
@@ -271,7 +273,8 @@ def test_the_command_line_distils_resumes_and_refuses(teacher, colour_folder, tm
             ([*distil, "--image-size", "32"], "--image-size do not apply to distillation"),
             ([*distil, "--init", str(teacher)], "give one of them"),
             (["--distill-cfg", "3"], "--distill-cfg set a distillation: give its teacher with --distill TEACHER"),
-            ([*distil, "--distill-final-steps", "2"], "final_steps times a power of two")):
+            ([*distil, "--distill-final-steps", "2"], "final_steps times a power of two"),
+            ([*distil, "--warmup-steps", "3"], "warmup_steps 3 and cooldown_steps 0 are each round's")):
         out = tmp_path / "bad"
         assert main([*common, *arguments, "--out", str(out)]) == 2, arguments
         err = capsys.readouterr().err.strip()

@@ -113,6 +113,9 @@ class DistillConfig(DiffusionTrainingConfig):
         if refused:
             raise UserError(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to distillation "
                             "(its students learn their teachers' steps, and have no unconditional branch)")
+        if self.warmup_steps + self.cooldown_steps > self.steps_per_round:
+            raise UserError(f"warmup_steps {self.warmup_steps} and cooldown_steps {self.cooldown_steps} are each "
+                            f"round's, and together pass its {self.steps_per_round} steps: make them fewer")
         total = self.rounds * self.steps_per_round
         if self.max_steps is None:
             self.max_steps = total
