@@ -212,6 +212,9 @@ def test_a_model_hands_a_call_for_its_students_steps_to_the_student(distilled, t
         assert np.array_equal(np.asarray(own), np.asarray(routed))
         assert routed.info["t2i"]["model"] == f"toy/students/steps-{steps}"
         assert Pipeline.load(routed.info["t2i"]["model"], "cpu").students == {}  # the name loads the student
+    # the cfg folded into the student, sent as a form showing the default sends it, is the student's call too
+    own = Pipeline.load(distilled / "students" / "steps-2", "cpu")("red", seed=3, progress=False, output_type="pt")
+    assert torch.equal(pipe("red", steps=2, cfg=5.0, seed=3, progress=False, output_type="pt"), own)
     pipe.vae = copy.deepcopy(pipe.vae)  # as `load_vae` replaces it: the student decodes with the new one too
     assert pipe.student(2).vae is pipe.vae
     plain = Pipeline.load(teacher, "cpu")

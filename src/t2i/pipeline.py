@@ -145,18 +145,21 @@ class Pipeline:
                 eta: float | None = None, sampler_options: dict | None = None) -> "Pipeline | None":
         """The distilled student of `steps` steps that this model folder holds (students/steps-N/, `training.distill`),
         for a call that asks for that many steps and leaves sampler (its noise, its options), guidance (a negative
-        prompt, a rescale) and grid to the model: the student draws in N network calls what its teacher draws in ~20
-        guided ones. None otherwise, and with LoRAs applied (the student was not made with them). It shares this
+        prompt, a rescale) and grid to the model, its cfg left out or the one folded into the student (a form that
+        shows the default cfg sends it): the student draws in N network calls what its teacher draws in ~20 guided
+        ones. None otherwise, and with LoRAs applied (the student was not made with them). It shares this
         pipeline's text encoder, tokenizer and autoencoder as they are at each call, so embeddings and `load_vae`
         carry over."""
         if steps not in self.students or self.additions() or eta not in (None, 0) or sampler_options or \
-                (sampler, cfg, spacing, negative_prompt or None, guidance_rescale) != (None,) * 5:
+                (sampler, spacing, negative_prompt or None, guidance_rescale) != (None,) * 4:
             return None
         if steps not in self._loaded_students:
             student = Pipeline.load(self.students[steps], self.device, self.dtype)
             student.name = str(student_folder(Path(self.name), steps))  # a name that loads it, shipped ones too
             self._loaded_students[steps] = student
         student = self._loaded_students[steps]
+        if cfg not in (None, student.folded_guidance):
+            return None
         student.text_encoder, student.tokenizer, student.vae = self.text_encoder, self.tokenizer, self.vae
         student.vae_tile = self.vae_tile
         return student
@@ -541,13 +544,13 @@ class Pipeline:
         (AUTOMATIC1111's "Clip skip").
 
         A model with a distilled student of `steps` steps (`student`) hands it a call that names no sampler,
-        eta, sampler options, cfg, negative prompt, rescale or spacing, and applies no LoRA; the images'
-        parameters then name the student as their model.
+        eta, sampler options, negative prompt, rescale or spacing, no cfg but the student's own, and applies no
+        LoRA; the images' parameters then name the student as their model.
         """
         arguments = dict(locals())  # first, before any other local: this call's arguments, for a student
         student = self.student(steps, sampler, cfg, spacing, negative_prompt, guidance_rescale, eta, sampler_options)
         if student is not None:
-            return student(**{name: value for name, value in arguments.items() if name != "self"})
+            return student(**{name: value for name, value in arguments.items() if name not in ("self", "cfg")})
         settings = self.settings(sampler=sampler, steps=steps, spacing=spacing, cfg=cfg,
                                  guidance_rescale=guidance_rescale)
         sampling = self.sampler_settings(settings, eta, sampler_options)

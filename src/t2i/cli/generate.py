@@ -31,7 +31,8 @@ def add_generate(sub) -> None:
     p.add_argument("--rescale", type=float, default=None, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
     p.add_argument("--steps", type=positive(int), default=None,
                    help="default: the model's; a model with a distilled student of that many steps (students/steps-N) "
-                        "uses it unless --sampler, --eta, --cfg, --negative, --rescale, --spacing or --lora is given")
+                        "uses it unless --sampler, --eta, --negative, --rescale, --spacing, --lora or another "
+                        "--cfg than its own is given")
     p.add_argument("--sampler", nargs="+", default=None,
                    help=f"one of: {', '.join(SAMPLERS)}; several: one grid row each")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
