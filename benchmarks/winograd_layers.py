@@ -8,8 +8,9 @@ can be on by default without its memory, either with its filters transformed per
 - Winograd float32, filters transformed on every call (no memory kept; one [36, 9] matmul over the weights);
 - Winograd with its 36 products in bfloat16 (transforms in float32): the input tiles V and filters U rounded.
 
-Reported: milliseconds a call (mean of `--repeats` after one), relative L2 error against direct float32 in
-float64, and the kept filters' size. Weights random, scaled as a trained network's (unit-variance outputs).
+Reported: milliseconds a call (the median of `--repeats` calls after one, the variants' calls interleaved so that
+a change in the machine's speed falls on all of them alike), relative L2 error against direct float32 in float64,
+and the kept filters' size. Weights random, scaled as a trained network's (unit-variance outputs).
 
 Run:  python benchmarks/winograd_layers.py [--repeats 5]
 """
@@ -17,6 +18,7 @@ Run:  python benchmarks/winograd_layers.py [--repeats 5]
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -42,12 +44,17 @@ def bf16_products(x: torch.Tensor, U: torch.Tensor, bias: torch.Tensor) -> torch
     return _fused_output(M, bias, N, H, W, th, tw)
 
 
-def timed(f, repeats: int) -> float:
-    f()
-    start = time.perf_counter()
-    for _ in range(repeats):
+def interleaved_ms(variants: dict, repeats: int) -> dict[str, float]:
+    """The median milliseconds of each variant's call, after one call each, the variants taking turns."""
+    for f in variants.values():
         f()
-    return (time.perf_counter() - start) / repeats * 1e3
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, f in variants.items():
+            start = time.perf_counter()
+            f()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -82,7 +89,7 @@ def main() -> None:
             "per call": lambda: conv3x3(x, filters_per_call(weight), bias),
             "bf16 products": lambda: bf16_products(x, U_bf16, bias),
         }
-        ms = {name: timed(f, args.repeats) for name, f in variants.items()}
+        ms = interleaved_ms(variants, args.repeats)
         err = {name: error(f()) for name, f in variants.items()}
         print(f"| {channels}, {side}² | {ms['direct']:.1f} | {ms['bf16']:.1f} ({err['bf16']:.1e}) | {ms['kept']:.1f} "
               f"| {ms['per call']:.1f} | {ms['bf16 products']:.1f} ({err['bf16 products']:.1e}) "
