@@ -227,6 +227,24 @@ def test_models_samplers_limits_and_offline_docs(client):
     assert "<html" in page.lower() and "http://" not in page and "https://" not in page
 
 
+def test_a_models_distilled_students_are_listed_for_the_page(tmp_path):
+    """The page tells which step counts run a model's distilled student (students/steps-N), before and after the
+    model loads."""
+    import shutil
+
+    from t2i.checkpoints import shipped_models
+
+    model = tmp_path / "fast"
+    shutil.copytree(shipped_models()["shapes"], model)
+    (model / "students" / "steps-4").mkdir(parents=True)
+    shutil.copy(model / "config.json", model / "students" / "steps-4" / "config.json")
+    with TestClient(create_app(ServerSettings(tmp_path / "data", (str(model), "shapes")))) as client:
+        assert [m["students"] for m in client.get("/api/models").json()["models"]] == [[4], []]
+        finished(client, client.post("/api/jobs", json={"prompt": "a red circle", "steps": 2}).json()["id"])
+        listed = client.get("/api/models").json()["models"][0]
+        assert listed["loaded"] and listed["students"] == [4]
+
+
 def test_png_info_reads_ours_and_automatic1111s(client):
     job = finished(client, client.post("/api/jobs", json=FAST).json()["id"])
     ours = client.post("/api/png-info", json={"image": b64(client.get(job["images"][0]["url"]).content)}).json()

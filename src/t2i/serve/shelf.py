@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import CONFIG_NAME, networks, read_config, resolve_model, shipped_models
+from ..checkpoints import CONFIG_NAME, networks, read_config, resolve_model, shipped_models, student_folders
 from ..convert.stable_diffusion import is_foreign
 from ..convert.tensors import PICKLES, SAFETENSORS
 from ..errors import UserError
@@ -76,14 +76,16 @@ class ModelShelf:
 
     def info(self, model_id: str) -> dict:
         """What a client needs to fill a form: image size, whether it takes a prompt, the multiple
-        its sides must be, its sampling defaults. Read from the config; None where unknown until loaded."""
+        its sides must be, its sampling defaults, the steps of its distilled students (a call for that
+        many steps at the default sampler and cfg runs one). Read from the config; None where unknown
+        until loaded."""
         if model_id in self.loaded:
             return self.loaded_info(model_id, self.loaded[model_id][0])
         if model_id not in self.infos:
             folder = resolve_model(self.paths[model_id])
             if is_foreign(folder):
                 self.infos[model_id] = {"id": model_id, "image_size": None, "conditional": True, "size_multiple": 8,
-                                        "inference": dict(INFERENCE_DEFAULTS)}
+                                        "inference": dict(INFERENCE_DEFAULTS), "students": []}
             else:
                 config = read_config(folder)
                 with torch.device("meta"):
@@ -93,14 +95,15 @@ class ModelShelf:
                 self.infos[model_id] = {"id": model_id, "image_size": config["image_size"],
                                         "conditional": "text_encoder" in config or "tokenizer" in config,
                                         "size_multiple": multiple,
-                                        "inference": {**INFERENCE_DEFAULTS, **config.get("inference", {})}}
+                                        "inference": {**INFERENCE_DEFAULTS, **config.get("inference", {})},
+                                        "students": sorted(student_folders(folder))}
         return {**self.infos[model_id], "loaded": False}
 
     @staticmethod
     def loaded_info(model_id: str, pipe: Pipeline) -> dict:
         return {"id": model_id, "image_size": pipe.image_size, "conditional": pipe.text_encoder is not None,
                 "size_multiple": pipe.unet.config.downsample_factor * pipe.downsample_factor,
-                "inference": dict(pipe.defaults), "loaded": True}
+                "inference": dict(pipe.defaults), "students": sorted(pipe.students), "loaded": True}
 
     def list(self) -> list[dict]:
         return [self.info(model_id) for model_id in self.paths]

@@ -135,6 +135,13 @@ function applyModelDefaults() {
   $("sampler").options[0].textContent = inference.sampler
     ? `Default (${samplerLabel(inference.sampler, inference.spacing)})` : "Model default";
   $("sampler").value = "";
+  // a distilled student runs a call for its steps at the default sampler and cfg: one network call a step
+  const students = model.students || [];
+  $("students-hint").hidden = students.length === 0;
+  $("students-hint").textContent = students.length ? `(${students.join(", ")}: distilled, fast)` : "";
+  $("students-hint").title = students.length
+    ? `${students.join(" or ")} steps with the default sampler and CFG run the model's distilled student: ` +
+      "one network call a step, no guidance pass" : "";
 }
 
 function readForm() {
