@@ -333,3 +333,20 @@ def test_a_callback_that_stops_sampling_gets_the_latest_x0_back(oracle, diffusio
     assert torch.equal(stopped, seen[5]) and not torch.allclose(stopped, finished)
     assert stopped.std() < S  # a posterior mean: shrunk towards μ, not noise
     assert torch.equal(run(stop_at(0)), torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+
+
+def test_stopped_inpainting_keeps_the_known_region(oracle, diffusion):
+    """Stopped mid-way, an inpainting returns its x̂_0 inside the mask and the original outside, as a finished
+    one does."""
+    from t2i.sampling import Edit
+
+    init = torch.full((4, 2), 0.25)
+    mask = torch.tensor([[1.0, 0.0]]).expand(4, 2)
+
+    def stop_at_5(i, steps, x0):
+        if i == 5:
+            raise StopSampling
+
+    x = sample(oracle(diffusion, MU, S), diffusion, (4, 2), SamplerSettings("ddim", 10), edit=Edit(init, 1.0, mask),
+               generator=torch.Generator().manual_seed(0), progress=stop_at_5)
+    assert torch.equal(x[:, 1], init[:, 1]) and not torch.equal(x[:, 0], init[:, 0])

@@ -270,4 +270,6 @@ def sample(model: Model, diffusion: Diffusion, shape: Sequence[int], settings: S
     try:
         return settings.entry.run(eps_fn, x, grid, progress=progress, project=project, **noise, **settings.options)
     except StopSampling as stop:
-        return x if stop.x0 is None else stop.x0
+        if stop.x0 is None:
+            return x
+        return stop.x0 if project is None else project(stop.x0, 0.0)  # inpainting: the kept region is init's
