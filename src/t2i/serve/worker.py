@@ -54,8 +54,7 @@ class Worker:
         self.store, self.shelf, self.hub, self.limits = store, shelf, hub, limits
         self.live: Live | None = None
         self.polled = 0.0  # when AUTOMATIC1111's /progress last asked for the current image
-        self.cancelling: set[str] = set()
-        self.interrupting: set[str] = set()  # of those cancelling, the ones that keep their x̂_0 as images
+        self.cancelling: dict[str, bool] = {}  # job id: whether it keeps its x̂_0 as images (an A1111 interrupt)
         self.wake, self.stopping = threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self.loop, name="t2i-worker", daemon=True)
 
@@ -81,12 +80,9 @@ class Worker:
             self.hub.publish(job.id, "cancelled", {})
             return True
         if self.store.get(job.id).state == "running":  # maybe not yet live: then it stops at its first step
-            if keep_images:
-                self.interrupting.add(job.id)
-            self.cancelling.add(job.id)
+            self.cancelling[job.id] = keep_images
             if self.store.get(job.id).state != "running":  # it ended meanwhile, and its run let go of its id
-                self.cancelling.discard(job.id)
-                self.interrupting.discard(job.id)
+                self.cancelling.pop(job.id, None)
                 return False
             return True
         return False
@@ -138,8 +134,7 @@ class Worker:
         else:
             self.finish(job, "cancelled" if self.live.interrupted else "done", images=images)
         finally:
-            self.cancelling.discard(job.id)
-            self.interrupting.discard(job.id)
+            self.cancelling.pop(job.id, None)
 
     def finish(self, job: Job, state: str, error: str | None = None, images: list[dict] | None = None) -> None:
         self.store.end(job.id, state, error, images)
@@ -156,9 +151,9 @@ class Worker:
         every = max(1, (settings["steps"] or pipe.defaults["steps"]) // PREVIEWS)
 
         def on_step(i: int, steps: int, x0) -> None:
-            if self.stopping.is_set() or job.id in self.cancelling and job.id not in self.interrupting:
+            if self.stopping.is_set() or self.cancelling.get(job.id) is False:
                 raise Cancelled
-            if job.id in self.cancelling:
+            if self.cancelling.get(job.id):
                 self.live.interrupted = True
                 raise StopSampling
             self.live.step, self.live.steps = i, steps
