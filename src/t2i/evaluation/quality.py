@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class SampleQualityRow:
-    """FID, KID and alignment of one set of images against the held-out split."""
+    """FID, KID and alignment of one set of images against the reference (the held-out split, or the
+    prompted emoji's images)."""
 
     name: str
     num_images: int
@@ -86,6 +87,18 @@ def cached_features(extractor, dataset, cache_dir: Path | None, progress: bool, 
     return features
 
 
+def prompted_reference(features: torch.Tensor, labels: list, wanted: list[str], data: str) -> torch.Tensor:
+    """The rows of `features` whose label is one of the `wanted` emoji: prompts' own reference set."""
+    keep = [i for i, label in enumerate(labels) if label in set(wanted)]
+    missing = sorted(set(wanted) - {labels[i] for i in keep})
+    if missing:
+        raise UserError(f"{data!r} has no image of emoji {', '.join(missing[:5])} that the prompts ask for: "
+                        "give prompts of emoji the dataset has, or a dataset whose metadata.jsonl names them")
+    if len(keep) < 2:
+        raise UserError(f"{data!r} has {len(keep)} image of the prompts' emoji: FID needs at least two")
+    return features[keep]
+
+
 @torch.no_grad()
 def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: int = 32, seed: int = 0,
                    floor: bool = True, cache_dir: Path | None = None, kid_subsets: int = 100,
@@ -95,8 +108,10 @@ def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: i
 
     Image i is generated from held-out image i's canonical caption with seed `seed + i`, or, given
     `prompts` ({"text", "emoji"} each: phrasings the captions do not have, `PHRASINGS`), from prompt
-    i, its alignment judged against its "emoji". With `floor`, the same metrics for as many training
-    images (drawn with `seed`), which is what a model that reproduced its training set would score.
+    i, its alignment judged against its "emoji" and FID/KID against the dataset's images (both
+    splits) of the emoji the prompts ask for: most of those emoji have no held-out image. With
+    `floor` (held-out captions only), the same metrics for as many training images (drawn with
+    `seed`), which is what a model that reproduced its training set would score.
     Alignment needs the dataset's `metadata.jsonl` to name each image's `emoji`.
     """
     from ..data.folder import ImageFolder
@@ -116,6 +131,8 @@ def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: i
     train_labels = [train.record(i).get("emoji") for i in range(len(train))]
     labelled = all(labels) and all(train_labels)
     query_labels = [p["emoji"] for p in prompts][:n] if prompts is not None else labels[:n]
+    reference = test_features if prompts is None else prompted_reference(
+        torch.cat([test_features, train_features]), labels + train_labels, query_labels, data)
 
     generated = []
     for start in tqdm(range(0, n, batch_size), desc="generate", disable=not progress):
@@ -125,15 +142,15 @@ def sample_quality(pipe, data: str, num_images: int | None = None, batch_size: i
         generated.append(extractor(images).double().cpu())
     generated = torch.cat(generated)
 
-    fid_to_test = FIDReference(test_features)
+    fid_to_reference = FIDReference(reference)
 
     def row(name: str, features: torch.Tensor, query_labels: list[str]) -> SampleQualityRow:
         aligned = alignment(features, query_labels, train_features, train_labels) if labelled else None
-        return SampleQualityRow(name, len(features), fid_to_test(features),
-                                kid(features, test_features, kid_subsets, seed=seed), aligned)
+        return SampleQualityRow(name, len(features), fid_to_reference(features),
+                                kid(features, reference, kid_subsets, seed=seed), aligned)
 
     rows = [row("model", generated, query_labels)]
-    if floor:
+    if floor and prompts is None:  # a training image scored against its own emoji's images would be no floor
         chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
         floor_row = row("floor", train_features[chosen], [train_labels[i] for i in chosen.tolist()])
         if labelled:  # a real held-out image's nearest training emoji: the best alignment can be
