@@ -33,6 +33,14 @@ def test_emphasis_is_read_as_automatic1111_reads_it(prompt, runs):
     assert [weight for _, weight in parsed] == pytest.approx([weight for _, weight in runs])
 
 
+@pytest.mark.parametrize("prompt", ["a (cat:1.2.3)", "a (cat:.)", "a (cat:" + "9" * 400 + ")"])
+def test_an_emphasis_weight_that_is_no_finite_number_is_refused_in_one_line(prompt):
+    from t2i.errors import UserError
+
+    with pytest.raises(UserError, match="is not a number"):
+        parse_emphasis(prompt)
+
+
 def test_long_prompts_take_chunks_of_75_ending_at_a_near_comma_or_a_break():
     tokenizer = CLIPTokenizer.shipped()
     cat, dog, comma = (tokenizer.text_to_ids(word)[0] for word in ("cat", "dog", ","))

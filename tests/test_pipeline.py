@@ -273,6 +273,28 @@ def test_output_types_mean_what_they_mean_in_diffusers(pipe):
         pipe(**call, output_type="tensor")
 
 
+@pytest.mark.parametrize("chunk,problem", [
+    ("t2i", '{"prompt": "x", "seed": 1, "size": [64]}'), ("t2i", '{"prompt": "x", "seed": 1, "sampler": 3}'),
+    ("t2i", '{"prompt": "x", "seed": 1, "loras": {"a": "b"}}'), ("t2i", '{"prompt": "x", "seed": 1, "cfg": NaN}'),
+    ("parameters", "x\nSteps: 20, CFG scale: nan, Seed: 1, Size: " + "9" * 5000 + "x1"),
+])
+def test_a_damaged_parameters_chunk_reads_as_one_line_or_is_left_out(tmp_path, chunk, problem):
+    from PIL import PngImagePlugin
+
+    from t2i.metadata import to_infotext
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(chunk, problem)
+    Image.new("RGB", (8, 8)).save(tmp_path / "damaged.png", pnginfo=info)
+    if chunk == "t2i":
+        with pytest.raises(UserError, match="written by something else, or damaged"):
+            read_parameters(tmp_path / "damaged.png")
+    else:  # AUTOMATIC1111's own reading leaves out what it cannot read: so does ours
+        parameters = read_parameters(tmp_path / "damaged.png")
+        assert parameters == {"prompt": "x", "negative_prompt": "", "steps": 20, "seed": 1}
+        assert to_infotext(parameters) == "x\nSteps: 20, Seed: 1"
+
+
 def test_a_generated_png_carries_automatic1111_parameters_too(pipe, tmp_path):
     from t2i.images import save_png
     from t2i.metadata import from_infotext

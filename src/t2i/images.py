@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import UserError
 from .files import durable_write
-from .metadata import INFOTEXT_KEY, from_infotext, to_infotext
+from .metadata import INFOTEXT_KEY, check_parameters, from_infotext, to_infotext
 
 PNG_PARAMETERS_KEY = "t2i"
 MAX_PIXELS = 8192 * 8192  # an image file declaring more is refused before its pixels are decoded
@@ -132,17 +132,21 @@ def read_parameters(path: str | Path) -> dict:
     return image_parameters(read_image(path))
 
 
+def refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def image_parameters(image: Image.Image) -> dict:
     """The generation parameters an image read from a PNG carries: ours (saved by `save_png`), else
     those of AUTOMATIC1111's `parameters` chunk read into our names, else {}."""
     ours, theirs = image.info.get(PNG_PARAMETERS_KEY), image.info.get(INFOTEXT_KEY)
     if ours:
-        try:
-            parameters = json.loads(ours)
+        try:  # NaN and Infinity are JSON to Python only, and never in parameters t2i writes
+            parameters = json.loads(ours, parse_constant=refuse_constant)
         except (ValueError, RecursionError):
             parameters = None
         if not isinstance(parameters, dict):
             raise UserError(f"the image's {PNG_PARAMETERS_KEY!r} text chunk is not t2i's parameters (a JSON object): "
                             "it was written by something else, or damaged")
-        return parameters
+        return check_parameters(parameters, f"the image's {PNG_PARAMETERS_KEY!r} text chunk")
     return from_infotext(theirs) if theirs else {}

@@ -66,10 +66,42 @@ def sampler_menu(samplers) -> list[dict]:
                    for name in KARRAS_MENU if name in samplers]
 
 
+def is_one_image(parameters: dict) -> bool:
+    """Whether `parameters` are one generated image's (not a grid's or a figure's)."""
+    return isinstance(parameters.get("prompt"), str) and "seed" in parameters
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# what each field `to_infotext` writes must be, in parameters read back from a file (None: not given)
+FIELD_CHECKS = {"prompt": lambda v: isinstance(v, str), "negative_prompt": lambda v: isinstance(v, str),
+                "seed": lambda v: isinstance(v, int), "steps": lambda v: isinstance(v, int),
+                "clip_skip": lambda v: isinstance(v, int), "cfg": is_number, "strength": is_number, "eta": is_number,
+                "sampler": lambda v: isinstance(v, str), "spacing": lambda v: isinstance(v, str),
+                "model": lambda v: isinstance(v, str),
+                "size": lambda v: isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) for n in v),
+                "loras": lambda v: isinstance(v, dict) and all(is_number(scale) for scale in v.values())}
+
+
+def check_parameters(parameters: dict, source: str) -> dict:
+    """Generation parameters read from `source` (a PNG's chunk), refused in one line where a field has
+    a type no image's parameters have: the chunk was damaged or written by something else. A grid's
+    or a figure's parameters (no `to_infotext` of them) are not checked."""
+    if not is_one_image(parameters):
+        return parameters
+    for name, check in FIELD_CHECKS.items():
+        if parameters.get(name) is not None and not check(parameters[name]):
+            raise UserError(f"{source}'s {name!r} is {parameters[name]!r}, which no image's parameters hold: "
+                            "it was written by something else, or damaged")
+    return parameters
+
+
 def to_infotext(parameters: dict) -> str | None:
     """The infotext of one image's generation parameters (as `Pipeline` leaves them in
     `image.info["t2i"]`), or None for parameters that are not one image's (a grid, a figure)."""
-    if not isinstance(parameters.get("prompt"), str) or "seed" not in parameters:
+    if not is_one_image(parameters):
         return None
     fields = {"Steps": parameters.get("steps"),
               "Sampler": a1111_sampler(parameters["sampler"], parameters.get("spacing"))
@@ -113,11 +145,16 @@ def from_infotext(text: str) -> dict:
     for key, (name, kind) in readers.items():
         if key in fields:
             try:
-                out[name] = kind(fields[key])
-            except ValueError:
-                pass  # a field we cannot read is left out, as AUTOMATIC1111 does
-    if "Size-1" in fields:
-        out["size"] = [int(fields["Size-2"]), int(fields["Size-1"])]
+                value = kind(fields[key])
+            except ValueError:  # a field we cannot read is left out, as AUTOMATIC1111 does; so is a NaN
+                continue
+            if kind is not float or math.isfinite(value):
+                out[name] = value
+    try:
+        if "Size-1" in fields:
+            out["size"] = [int(fields["Size-2"]), int(fields["Size-1"])]
+    except ValueError:  # more digits than Python reads into an int
+        pass
     if "Sampler" in fields:
         out["sampler"], spacing = from_a1111_sampler(fields["Sampler"])
         # AUTOMATIC1111 1.9 and later name the σ spacing apart: "Sampler: DPM++ 2M, Schedule type: Karras"

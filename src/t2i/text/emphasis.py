@@ -11,10 +11,13 @@ does, so that emphasis shifts attention without changing the states' overall sca
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable, Sequence
 
 import torch
+
+from ..errors import UserError
 
 CHUNK = 75  # tokens a chunk holds between its start and end tokens: CLIP reads 77
 COMMA_BACKTRACK = 20  # AUTOMATIC1111's default: a chunk ends at a comma this close to its end
@@ -23,6 +26,17 @@ BREAK = "BREAK"
 
 TOKENS = re.compile(r"\\\(|\\\)|\\\[|\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 BREAKS = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+def emphasis_weight(text: str) -> float:
+    """The number of a "(text:weight)", refused unless finite (a NaN or inf weight would poison the image)."""
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = float("nan")
+    if not math.isfinite(weight):
+        raise UserError(f"emphasis weight {text!r} is not a number: write (text:1.2), or \\( for a literal bracket")
+    return weight
 
 
 def parse_emphasis(text: str) -> list[tuple[str, float]]:
@@ -44,7 +58,7 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
         elif token == "[":
             square_open.append(len(runs))
         elif weight is not None and round_open:
-            multiply(round_open.pop(), float(weight))
+            multiply(round_open.pop(), emphasis_weight(weight))
         elif token == ")" and round_open:
             multiply(round_open.pop(), EMPHASIS)
         elif token == "]" and square_open:
