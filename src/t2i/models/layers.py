@@ -17,6 +17,11 @@ from torch import nn
 from ..devices import amx
 
 
+def parameter_count(module: nn.Module) -> int:
+    """How many values a network's parameters hold."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps, [B] -> [B, dim].
 

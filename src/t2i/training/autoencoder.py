@@ -28,6 +28,7 @@ from ..data import load_dataset
 from ..errors import UserError
 from ..guards import vae_feature_bytes
 from ..memory import check_fits
+from ..models.layers import parameter_count
 from ..models.discriminator import (DiscriminatorConfig, PatchDiscriminator, generator_loss,
                                     hinge_discriminator_loss)
 from ..models.vae import AutoencoderKL, VAEConfig
@@ -122,7 +123,7 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, world: World, 
         raise UserError("an adversarial autoencoder run (disc_weight > 0) trains in one process on whole batches: "
                         "run it without torchrun and without micro_batch_size")
     with torch.device("meta"):
-        parameters = sum(p.numel() for p in AutoencoderKL(vae_config).parameters())
+        parameters = parameter_count(AutoencoderKL(vae_config))
     # as for the U-Net (`diffusion.check_training_fits`): five copies of the weights, and the encoder's
     # and the decoder's maps kept for the backward pass
     check_fits(20 * parameters + 8 * vae_feature_bytes(vae_config, micro, config.image_size, config.image_size),

@@ -42,6 +42,7 @@ from ..devices import channels_last_pays
 from ..errors import UserError
 from ..guards import unet_feature_bytes
 from ..memory import check_fits
+from ..models.layers import parameter_count
 from ..models.unet import UNet, UNetConfig
 from ..models.vae import AutoencoderKL
 from ..randomness import rand, randn
@@ -129,7 +130,7 @@ def check_training_fits(unet_config: UNetConfig, config: DiffusionTrainingConfig
     forward pass of `micro` examples holds (about one time with gradient `checkpointing`, which keeps a
     step's input and recomputes the rest)."""
     with torch.device("meta"):
-        parameters = sum(p.numel() for p in UNet(unet_config).parameters())
+        parameters = parameter_count(UNet(unet_config))
     trained = parameters if trained is None else trained
     side = config.image_size // (vae.config.downsample_factor if vae is not None else 1)
     weights = 0 if loaded else 4 * (parameters + frozen)

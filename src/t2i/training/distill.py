@@ -48,6 +48,7 @@ from ..data import captions_of, load_dataset
 from ..diffusion import Diffusion, mean_flat
 from ..errors import UserError
 from ..folder_config import InferenceSettings
+from ..models.layers import parameter_count
 from ..models.unet import UNet
 from ..models.vae import AutoencoderKL
 from ..randomness import randint, randn
@@ -293,10 +294,6 @@ def resume(out_dir: str | Path, **changes) -> TrainResult:
                    resumed=True)
 
 
-def count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset, device: torch.device, world: World,
         resumed: bool) -> TrainResult:
     """Build the student, its EMA and its teacher (from the checkpoint if `resumed`) and hand the step to the loop;
@@ -306,8 +303,8 @@ def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset
     teacher, vae, text_encoder, tokenizer = base.unet, base.vae, base.text_encoder, base.tokenizer
     for network in (teacher, vae, text_encoder):
         network.requires_grad_(False).eval()
-    check_training_fits(teacher.config, config, vae, device, micro, frozen=count(teacher) + count(vae)
-                        + count(text_encoder), loaded=device.type == "cpu")
+    frozen = parameter_count(teacher) + parameter_count(vae) + parameter_count(text_encoder)
+    check_training_fits(teacher.config, config, vae, device, micro, frozen=frozen, loaded=device.type == "cpu")
     for network in (teacher, vae, text_encoder):
         network.to(device)
     trained = nn.ModuleDict({"unet": copy.deepcopy(teacher).requires_grad_(True)})

@@ -39,6 +39,7 @@ from ..convert.stable_diffusion import load_sd_model
 from ..data import ImageFolder, captions_of, load_dataset
 from ..errors import UserError
 from ..folder_config import LORA_FILE
+from ..models.layers import parameter_count
 from ..models.lora import LoRA, LoRAStack, LowRankAdapters, attention_projections
 from ..models.unet import UNet
 from ..models.vae import AutoencoderKL
@@ -208,10 +209,6 @@ def averaged(stack: LoRAStack) -> Iterator[None]:
         stack.set_scale(TRAINED, 1.0)
 
 
-def count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: torch.device, world: World,
         resumed: bool) -> TrainResult:
     """Build the trained parameters of a run (from its checkpoint if `resumed`) and hand its step to the loop."""
@@ -225,8 +222,8 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
     torch.manual_seed(config.seed)  # the adapters' A
     adapters = LowRankAdapters(networks, lora_targets(unet, text_encoder if config.lora_text_encoder else None),
                                config.lora_rank, config.lora_alpha or config.lora_rank) if lora else None
-    check_training_fits(unet.config, config, vae, device, micro, count(adapters) if lora else None,
-                        count(vae) + count(text_encoder), loaded=device.type == "cpu",
+    check_training_fits(unet.config, config, vae, device, micro, parameter_count(adapters) if lora else None,
+                        parameter_count(vae) + parameter_count(text_encoder), loaded=device.type == "cpu",
                         checkpointing=config.gradient_checkpointing)
     for network in (unet, vae, text_encoder):
         network.to(device)
