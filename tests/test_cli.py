@@ -1,5 +1,6 @@
 """The command line, run in-process as a user would: outputs written, bad input in one line."""
 
+import re
 import shutil
 
 import pytest
@@ -38,6 +39,21 @@ def test_train_then_sample_writes_a_grid_with_its_parameters(model_dir, tmp_path
     assert params["spacing"] == "leading"  # the spacing that ran, not the missing option
 
 
+def test_a_samplers_own_options_are_given_as_name_value_and_recorded(model_dir, tmp_path, capsys):
+    out = tmp_path / "langevin.png"
+    assert main(["sample", "--model", str(model_dir), "--sampler", "langevin", "--steps", "3", "--num", "1",
+                 "--option", "langevin_steps=1", "--option", "step_size=0.5", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert read_parameters(out)["sampler_options"] == {"langevin_steps": 1, "step_size": 0.5}
+    capsys.readouterr()
+    one_line_error(capsys, ["sample", "--model", str(model_dir), "--sampler", "langevin", "--option", "snr=0.1"],
+                   "snr")
+    with pytest.raises(SystemExit) as exit:  # argparse's own error, in one line
+        main(["sample", "--model", str(model_dir), "--option", "langevin_steps"])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 2 and "\n" not in err and "is not NAME=VALUE" in err, err
+
+
 def test_train_resume_takes_the_settings_given_whatever_their_value(model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(model_dir, run)
@@ -52,11 +68,18 @@ def test_train_resume_takes_the_settings_given_whatever_their_value(model_dir, t
 
 
 def test_noise_shows_the_forward_process(tmp_path, capsys):
+    from t2i.visualize import forward_timesteps
+
     source = tmp_path / "in.png"
-    Image.new("RGB", (50, 40), (200, 30, 30)).save(source)
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(source)  # far from N(0, 1): red is +0.57, blue -0.76
     out = tmp_path / "forward.png"
     assert main(["noise", str(source), "--out", str(out), "--size", "32"]) == 0
-    assert "mean" in capsys.readouterr().out and out.is_file()
+    printed = capsys.readouterr().out
+    mean, std = (float(re.search(rf"{name} (-?[\d.]+)", printed).group(1)) for name in ("mean", "std"))
+    assert abs(mean) < 0.05 and abs(std - 1) < 0.05 and out.is_file()  # ᾱ_T ≈ 4e-5: the image is gone at T
+    # a shorter process is shown at the same fractions, its last step included
+    assert forward_timesteps(1000) == [0, 50, 100, 200, 400, 600, 800, 999]
+    assert forward_timesteps(100) == [0, 5, 10, 20, 40, 60, 80, 99]
 
 
 def test_the_forward_process_figure_draws_a_bounded_number_of_pixels_for_its_histogram(monkeypatch):

@@ -2,7 +2,7 @@
 
 from .errors import UserError
 
-__version__ = "0.2.0"
+__version__ = "0.4.0.dev0"  # 0.3.0 and the changelog's unreleased changes
 __all__ = ["Pipeline", "UserError", "__version__"]
 
 

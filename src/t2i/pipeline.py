@@ -589,6 +589,7 @@ class Pipeline:
             return z
         parameters = [{"prompt": text, "negative_prompt": negative, "seed": image_seed,
                        "size": list(size), "model": self.name, "eta": eta, **settings,
-                       **({"clip_skip": clip_skip} if clip_skip > 1 else {}), **self.additions()}
+                       **({"clip_skip": clip_skip} if clip_skip > 1 else {}),
+                       **({"sampler_options": dict(sampler_options)} if sampler_options else {}), **self.additions()}
                       for text, negative, image_seed in zip(prompts, negatives or [""] * count, seeds)]
         return self.output(self.decode(z, edit), output_type, parameters)

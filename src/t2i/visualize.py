@@ -11,18 +11,24 @@ from .diffusion import Diffusion
 from .images import make_grid
 from .plots import font, histogram_plot
 
-FORWARD_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
+FORWARD_FRACTIONS = (0, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1)  # of T: 0, 50, ..., 800, 999 for T = 1000
 HISTOGRAM_VALUES = 2**22  # pixel values drawn for the histogram at most: 16 MiB a copy, whatever the image size
 
 
-def forward_process_figure(x0: torch.Tensor, diffusion: Diffusion, timesteps=FORWARD_TIMESTEPS,
+def forward_timesteps(num_timesteps: int) -> list[int]:
+    """The timesteps the figure shows: the same fractions of the process whatever its length, ending at T-1."""
+    return sorted({min(round(f * num_timesteps), num_timesteps - 1) for f in FORWARD_FRACTIONS})
+
+
+def forward_process_figure(x0: torch.Tensor, diffusion: Diffusion, timesteps=None,
                            seed: int = 0, histogram_draws: int = 64) -> tuple[Image.Image, dict]:
-    """One image [3, H, W] diffused to each of `timesteps` (labelled), over the histogram of
-    its pixels at t = T-1 (from `histogram_draws` draws of its noise, fewer past HISTOGRAM_VALUES) against the
-    N(0, 1) density. Returns the figure and the moments
+    """One image [3, H, W] diffused to each of `timesteps` (labelled; by default `forward_timesteps`), over
+    the histogram of its pixels at t = T-1 (from `histogram_draws` draws of its noise, fewer past
+    HISTOGRAM_VALUES) against the N(0, 1) density. Returns the figure and the moments
     of those pixels (mean, std; both should be ≈ 0 and 1)."""
     generator = torch.Generator().manual_seed(seed)
-    timesteps = [t for t in timesteps if t < diffusion.num_timesteps]
+    timesteps = forward_timesteps(diffusion.num_timesteps) if timesteps is None else \
+        [t for t in timesteps if t < diffusion.num_timesteps]
     batch = x0.expand(len(timesteps), *x0.shape)
     noisy = diffusion.q_sample(batch, torch.tensor(timesteps), torch.randn(batch.shape, generator=generator))
     strip = make_grid(noisy, ncols=len(timesteps))

@@ -31,13 +31,14 @@ def add_generate(sub) -> None:
     p.add_argument("--rescale", type=float, default=None, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
     p.add_argument("--steps", type=positive(int), default=None,
                    help="default: the model's; a model with a distilled student of that many steps (students/steps-N) "
-                        "uses it unless --sampler, --eta, --negative, --rescale, --spacing, --lora or another "
-                        "--cfg than its own is given")
+                        "uses it unless --sampler, --eta, --option, --negative, --rescale, --spacing, --lora or "
+                        "another --cfg than its own is given")
     p.add_argument("--sampler", nargs="+", default=None,
                    help=f"one of: {', '.join(SAMPLERS)}; several: one grid row each")
     p.add_argument("--spacing", choices=SPACINGS, default=None,
                    help="the sampler's grid; karras: σ spaced as Karras et al. (default: the sampler's own)")
     p.add_argument("--eta", type=float, default=None, help="DDIM and Euler-ancestral noise (0 = deterministic)")
+    add_options(p)
     p.add_argument("--seed", type=int, default=None, help="image i uses seed + i; default: random")
     p.add_argument("--num", type=positive(int), default=1, help="number of images")
     p.add_argument("--width", type=int, default=None,
@@ -101,6 +102,26 @@ def lora_arg(text: str) -> tuple[Path, float]:
     return existing_file(path), value
 
 
+def option_arg(text: str) -> tuple[str, object]:
+    """An argparse type: a sampler's own option NAME=VALUE, the value a whole number, a real one or a name
+    (`sampling.check_option` then checks it against the kind of the option's default)."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE: e.g. langevin_steps=4")
+    for kind in (int, float):
+        try:
+            return name.strip(), kind(value)
+        except ValueError:
+            pass
+    return name.strip(), value.strip()
+
+
+def add_options(p) -> None:
+    p.add_argument("--option", type=option_arg, action="append", default=[], metavar="NAME=VALUE",
+                   help="a sampler's own option (repeatable): langevin_steps=4, step_size=0.5 (langevin); "
+                        "corrector_steps=2, snr=0.1 (pc); order=3 (lms); variance=beta (ddpm); eta=0.5 (ddim)")
+
+
 def embedding_arg(text: str) -> tuple[Path, str | None]:
     """An argparse type: an embedding file and the word that calls it, FILE or FILE:WORD."""
     path, word = split_suffix(text)
@@ -135,7 +156,8 @@ def run_generate(args) -> None:
     comparison = compare(pipe, args.prompt or [""], args.sampler or [None], args.cfg or [None],
                          args.strength or [None], seed=args.seed, num_images=args.num, image=image, mask=mask,
                          negative_prompt=args.negative, steps=args.steps, guidance_rescale=args.rescale, eta=args.eta,
-                         spacing=args.spacing, width=args.width, height=args.height, clip_skip=args.clip_skip)
+                         spacing=args.spacing, width=args.width, height=args.height, clip_skip=args.clip_skip,
+                         sampler_options=dict(args.option) or None)
     images = comparison.images
     if len(images) == 1:
         save_all([(enlarge(images[0], args.zoom), args.out, images[0].info["t2i"])])
@@ -178,6 +200,7 @@ def add_sample(sub) -> None:
     p.add_argument("--steps", type=positive(int), default=None, help="default: the sampler's own (T for ddpm)")
     p.add_argument("--eta", type=float, default=None, help="DDIM noise (0 = deterministic)")
     p.add_argument("--variance", choices=VARIANCES, default=None, help="DDPM σ_t²: β_t or β̃_t (default β̃_t)")
+    add_options(p)
     p.add_argument("--spacing", choices=SPACINGS, default=None, help="the sampler's grid (default: its own)")
     p.add_argument("--no-clip", dest="clip", action="store_false", default=None,
                    help="do not clip the predicted x_0 to [-1, 1] at each step (models of pixels clip by default, "
@@ -200,7 +223,7 @@ def run_sample(args) -> None:
     pipe = Pipeline.load(args.model, args.device)
     if args.clip is False:
         pipe.clip = False
-    options = {"variance": args.variance} if args.variance else None
+    options = {**dict(args.option), **({"variance": args.variance} if args.variance else {})} or None
     images = [image for start in range(0, args.num, args.batch_size)
               for image in pipe("", steps=args.steps, sampler=args.sampler, seed=args.seed + start, eta=args.eta,
                                 num_images=min(args.batch_size, args.num - start), spacing=args.spacing,
