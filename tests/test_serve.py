@@ -184,10 +184,26 @@ def test_a_full_queue_is_429_naming_max_queue(paused):
     ({"steps": "many"}, "steps: Input should be a valid integer"),
     ({"stepz": 3}, "stepz: Extra inputs are not permitted"),
     ({"model": "shapes", "width": 64, "seed": 2**63}, "seed"),
+    ({"eta": 0}, "sampler 'dpmpp_2m', model 'emoji''s default, takes no eta: leave eta out, or choose"),
+    ({"sampler": "euler", "eta": 0.5}, "sampler 'euler' takes no eta"),
+    ({"sampler": "ddim", "eta": -1}, "eta must be a finite number from 0"),
 ])
 def test_bad_requests_are_one_line_422s_before_anything_is_queued(client, body, match):
     response = client.post("/api/jobs", json={**FAST, **body})
     assert response.status_code == 422 and match in response.json()["detail"], response.json()
+    assert client.get("/api/jobs").json()["total"] == 0
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/jobs", '{"prompt": "red heart", "steps": 1, "sampler": "ddim", "eta": 1e999}'),
+    ("/api/jobs", '{"prompt": "red heart", "steps": 1, "sampler": "ddim", "eta": NaN}'),
+    ("/sdapi/v1/txt2img", '{"prompt": "red heart", "steps": 1, "sampler_name": "DDIM", "eta": -Infinity}'),
+    ("/sdapi/v1/txt2img", '{"prompt": "red heart", "steps": 1, "override_settings": {"eta_ddim": [NaN]}}'),
+])
+def test_numbers_past_what_json_can_answer_are_refused_at_the_request(client, path, body):
+    # Python's JSON reads 1e999 and NaN, but no answer that showed them back could be written
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "finite number" in response.json()["detail"], response.json()
     assert client.get("/api/jobs").json()["total"] == 0
 
 
@@ -311,6 +327,59 @@ def test_automatic1111_clients_nulls_eta_file_titles_and_the_size_that_ran(clien
     direct = Pipeline.load("emoji")("red heart", steps=3, seed=info["seed"], sampler="ddim", eta=0.5, progress=False)
     image = Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0])))
     np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(direct[0]))
+
+
+def test_automatic1111_eta_is_ignored_by_a_sampler_without_one_as_there(client):
+    # its clients send their eta with any sampler; emoji's own, DPM++ 2M, has none
+    answer = client.post("/sdapi/v1/txt2img", json={**FAST, "eta": 0})
+    assert answer.status_code == 200, answer.text
+    assert "Eta" not in json.loads(answer.json()["info"])["infotexts"][0]
+
+
+@pytest.mark.parametrize("path, body, match", [
+    ("/sdapi/v1/txt2img", {**FAST, "override_settings": {"sd_model_checkpoint": 5}},
+     "sd_model_checkpoint must be a model's title"),
+    ("/sdapi/v1/txt2img", {**FAST, "override_settings": {"CLIP_stop_at_last_layers": 2.5}},
+     "CLIP_stop_at_last_layers must be a whole number from 1"),
+    ("/sdapi/v1/txt2img", {**FAST, "batch_size": -2, "n_iter": -3}, "batch_size must be a whole number of at least 1"),
+    ("/sdapi/v1/options", {"sd_model_checkpoint": 5}, "sd_model_checkpoint must be a model's title"),
+])
+def test_automatic1111_bad_requests_are_one_line_422s_before_anything_is_queued(client, path, body, match):
+    response = client.post(path, json=body)
+    assert response.status_code == 422 and match in response.json()["detail"], response.json()
+    assert client.get("/api/jobs").json()["total"] == 0
+
+
+def test_automatic1111_answers_a_job_failed_by_its_request_with_422_and_by_a_bug_with_500(client, monkeypatch):
+    # only the run finds that emoji, which has no CLIP text encoder, takes no clip skip
+    wrong = client.post("/sdapi/v1/txt2img", json={**FAST, "override_settings": {"CLIP_stop_at_last_layers": 2}})
+    assert wrong.status_code == 422 and "has no CLIP text encoder" in wrong.json()["detail"], wrong.json()
+
+    class Buggy:
+        defaults = {"steps": 20}
+
+        def __call__(self, *args, **kwargs):
+            raise KeyError("oops")
+
+    monkeypatch.setattr(client.app.state.server.shelf, "get", lambda model, loras=None: Buggy())
+    bug = client.post("/sdapi/v1/txt2img", json=FAST)
+    assert bug.status_code == 500 and bug.json()["detail"].startswith("internal error, a bug in t2i (KeyError")
+
+
+def test_automatic1111_img2img_checks_the_size_asked_before_resizing_to_it(client, monkeypatch):
+    def resize(image, size, *args, **kwargs):  # a resize to 65536² would allocate 12 GiB
+        raise AssertionError(f"resized to {size} before the size was checked")
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    source = b64(png(Image.new("RGB", (8, 8))))
+    for width, height, match in [(65536, 65536, "width must be a whole number from 1 to 16384, got 65536"),
+                                 (4096, 4096, "4096×4096: the pixels per image is 16777216, more than this server's "
+                                  "max_pixels"),
+                                 (-64, 64, "width must be a whole number from 1 to 16384, got -64")]:
+        response = client.post("/sdapi/v1/img2img", json={**FAST, "init_images": [source], "width": width,
+                                                          "height": height})
+        assert response.status_code == 422 and match in response.json()["detail"], response.json()
+    assert client.get("/api/jobs").json()["total"] == 0
 
 
 def test_automatic1111_img2img_takes_any_size_down_to_sides_the_model_can_take(client):
@@ -440,6 +509,20 @@ def test_the_store_puts_an_interrupted_job_back_once_then_fails_it_with_its_reas
     failed = store.get(first.id)
     assert failed.state == "failed" and "stopped 2 times while this job ran" in failed.error
     assert store.take().id == second.id
+
+
+def test_a_store_from_before_failures_told_their_cause_still_loads(tmp_path):
+    store = JobStore(tmp_path)
+    old = store.add({"n": 1}, {})
+    store.end(old.id, "failed", "it broke")
+    store.db.execute("ALTER TABLE jobs DROP COLUMN user_error")  # as a store written before the column was
+    store.close()
+    store = JobStore(tmp_path)
+    assert store.get(old.id).error == "it broke" and store.get(old.id).user_error is False  # the server's, as then
+    new = store.add({"n": 2}, {})
+    store.end(new.id, "failed", "a typo", user_error=True)
+    assert store.get(new.id).user_error is True
+    store.close()
 
 
 def test_two_models_of_one_name_are_refused_at_start(tmp_path):

@@ -5,8 +5,9 @@ ends, with the images as base64 PNGs, the request as `parameters`, and `info`, a
 what was made (seeds, infotexts). Its field names map onto ours (`cfg_scale` → cfg,
 `denoising_strength` → strength, `batch_size × n_iter` → images, `sampler_name` "DPM++ 2M Karras"
 → dpmpp_2m on Karras σ). Fields it has and we do not (`restore_faces`, `tiling`, hires fix …) are
-ignored, as its own API ignores unknown ones. One difference: where it defaults to 512×512, 50
-steps and cfg 7, we default to the chosen model's own size and settings.
+ignored, as its own API ignores unknown ones, and so is `eta` for a sampler without one, as it does
+(clients send theirs with any sampler). One difference: where it defaults to 512×512, 50 steps and
+cfg 7, we default to the chosen model's own size and settings.
 """
 
 from __future__ import annotations
@@ -17,19 +18,20 @@ import time
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, JsonValue
 
 from ..convert.embedding_files import read_embedding
 from ..checks import whole_number
 from ..errors import UserError
 from ..metadata import a1111_sampler, from_a1111_sampler, infotext_fields, sampler_menu, to_infotext
 from ..samplers import SAMPLERS
-from .job_request import MAX_CLIP_SKIP, JobRequest, decode_upload, png_bytes, png_parameters
+from .job_request import (MAX_CLIP_SKIP, JobRequest, decode_upload, image_sides, png_bytes, png_parameters,
+                          sampler_that_runs, takes_eta)
 from .store import Job
 
 
 class A1111Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # 1e999, NaN: `parameters` could not echo them
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -44,11 +46,12 @@ class A1111Request(BaseModel):
     batch_size: int = 1
     n_iter: int = 1
     eta: float | None = None
-    override_settings: dict | None = None
+    override_settings: dict[str, JsonValue] | None = None
 
     @property
     def overrides(self) -> dict:
-        return self.override_settings or {}
+        """The override_settings that we take, checked (`our_options`)."""
+        return our_options(self.override_settings or {})
 
 
 class Img2ImgRequest(A1111Request):
@@ -68,30 +71,50 @@ def sampler_of(name: str | None, scheduler: str | None) -> tuple[str | None, str
     return sampler, "karras" if (scheduler or "").lower() == "karras" else spacing
 
 
-def job_request(body: A1111Request, model: str | None, image: str | None = None, mask: str | None = None,
+def our_options(options: dict) -> dict:
+    """AUTOMATIC1111's options that we take, from /options or a request's override_settings, checked: the model
+    (its title, as /sd-models lists them) and "CLIP_stop_at_last_layers"; null is not given, the others are ignored."""
+    taken = {name: options[name] for name in ("sd_model_checkpoint", "CLIP_stop_at_last_layers")
+             if options.get(name) is not None}
+    if not isinstance(taken.get("sd_model_checkpoint", ""), str):
+        raise UserError(f"sd_model_checkpoint must be a model's title, as GET /sdapi/v1/sd-models lists them, got "
+                        f"{taken['sd_model_checkpoint']!r}")
+    if "CLIP_stop_at_last_layers" in taken:
+        taken["CLIP_stop_at_last_layers"] = whole_number("CLIP_stop_at_last_layers", taken["CLIP_stop_at_last_layers"],
+                                                         1, MAX_CLIP_SKIP)
+    return taken
+
+
+def job_request(body: A1111Request, model: dict, image: str | None = None, mask: str | None = None,
                 strength: float | None = None, clip_skip: int = 1) -> JobRequest:
-    """Our job for an AUTOMATIC1111 request; `clip_skip` is the server's "CLIP_stop_at_last_layers" option, which
-    the request's override_settings may change (1, the last layer, is every model's own)."""
+    """Our job for an AUTOMATIC1111 request to `model` (what `ModelShelf.info` knows of it); `clip_skip` is the server's
+    "CLIP_stop_at_last_layers" option, which the request's override_settings may change (1, the last layer, is
+    every model's own)."""
     sampler, spacing = sampler_of(body.sampler_name or body.sampler_index, body.scheduler)
     clip_skip = body.overrides.get("CLIP_stop_at_last_layers", clip_skip)
-    return JobRequest(prompt=body.prompt, negative_prompt=body.negative_prompt, model=model, sampler=sampler,
+    batch_size, n_iter = (whole_number(name, getattr(body, name), 1) for name in ("batch_size", "n_iter"))
+    eta = body.eta if body.eta is not None and takes_eta(sampler_that_runs(sampler, model)) else None
+    return JobRequest(prompt=body.prompt, negative_prompt=body.negative_prompt, model=model["id"], sampler=sampler,
                       spacing=spacing, steps=body.steps, cfg=body.cfg_scale, seed=body.seed,
                       width=None if image else body.width, height=None if image else body.height,
-                      num_images=body.batch_size * body.n_iter, image=image, mask=mask, strength=strength,
-                      eta=body.eta, clip_skip=None if clip_skip == 1 else clip_skip)
+                      num_images=batch_size * n_iter, image=image, mask=mask, strength=strength,
+                      eta=eta, clip_skip=None if clip_skip == 1 else clip_skip)
 
 
 def a1111_router(server, authorize) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(authorize)], tags=["AUTOMATIC1111"])
     options_set = {"CLIP_stop_at_last_layers": 1}  # what POST /options may set besides the model, for every job
 
-    def model_of(body: A1111Request) -> str | None:
-        return body.overrides.get("sd_model_checkpoint")
+    def model_info(body: A1111Request) -> dict:
+        """What the shelf knows of the model a request runs: its override's, else the server's default."""
+        return server.shelf.info(server.shelf.resolve(body.overrides.get("sd_model_checkpoint")))
 
     async def answer(body: A1111Request, job: Job) -> JSONResponse:
         job = await server.finished(job)
-        if job.state == "failed":
-            return JSONResponse({"error": "GenerationError", "detail": job.error}, status_code=500)
+        if job.state == "failed":  # the request's mistake that only its run could find (clip skip on a model
+            # without CLIP) is a 4xx like any other; only a failure of the server's is a 500
+            return JSONResponse({"error": "GenerationError", "detail": job.error},
+                                status_code=422 if job.user_error else 500)
         images = [base64.b64encode(server.store.image_path(job.id, i).read_bytes()).decode()
                   for i in range(len(job.images))]
         return JSONResponse({"images": images, "parameters": body.model_dump(exclude={"init_images", "mask"}),
@@ -99,7 +122,7 @@ def a1111_router(server, authorize) -> APIRouter:
 
     @router.post("/txt2img")
     async def txt2img(body: A1111Request):
-        return await answer(body, server.submit(job_request(body, model_of(body),
+        return await answer(body, server.submit(job_request(body, model_info(body),
                                                              clip_skip=options_set["CLIP_stop_at_last_layers"])))
 
     @router.post("/img2img")
@@ -109,17 +132,19 @@ def a1111_router(server, authorize) -> APIRouter:
         image = decode_upload("init_images[0]", body.init_images[0], server.limits)
         mask = decode_upload("mask", body.mask, server.limits, "L") if body.mask else None
         # AUTOMATIC1111 resizes the image to the size asked for, and takes any size: the sides go down to
-        # the nearest the model can halve evenly
-        multiple = server.shelf.info(server.shelf.resolve(model_of(body)))["size_multiple"]
+        # the nearest the model can halve evenly, checked against the limits before the resize allocates them
+        model = model_info(body)
+        multiple = model["size_multiple"]
         size = tuple(max(multiple, side // multiple * multiple)
-                     for side in (body.width or image.width, body.height or image.height))
+                     for side in image_sides(body.width or image.width, body.height or image.height))
+        server.limits.check_size(*size)
         if image.size != size:
             image = image.resize(size)
         if mask is not None:
             mask = mask.resize(size)
             if body.inpainting_mask_invert:
                 mask = mask.point(lambda level: 255 - level)
-        request = job_request(body, model_of(body), base64.b64encode(png_bytes(image)).decode(),
+        request = job_request(body, model, base64.b64encode(png_bytes(image)).decode(),
                               None if mask is None else base64.b64encode(png_bytes(mask)).decode(),
                               0.75 if body.denoising_strength is None else body.denoising_strength,
                               options_set["CLIP_stop_at_last_layers"])
@@ -202,11 +227,11 @@ def a1111_router(server, authorize) -> APIRouter:
     @router.post("/options")
     def set_options(body: dict):
         """The default model, and clip skip for the jobs after; other options are AUTOMATIC1111's own, ignored."""
-        if "CLIP_stop_at_last_layers" in body:
-            options_set["CLIP_stop_at_last_layers"] = whole_number("CLIP_stop_at_last_layers",
-                                                                   body["CLIP_stop_at_last_layers"], 1, MAX_CLIP_SKIP)
-        if "sd_model_checkpoint" in body:
-            server.shelf.default = server.shelf.resolve(body["sd_model_checkpoint"])
+        options = our_options(body)
+        if "CLIP_stop_at_last_layers" in options:
+            options_set["CLIP_stop_at_last_layers"] = options["CLIP_stop_at_last_layers"]
+        if "sd_model_checkpoint" in options:
+            server.shelf.default = server.shelf.resolve(options["sd_model_checkpoint"])
         return {}
 
     @router.post("/png-info")

@@ -3,8 +3,9 @@ the settings a job stores and the uploaded images it keeps.
 
 Every check that needs no network runs here, at the request, so that a mistake is a 4xx answer
 naming it rather than a failed job minutes later: the server's `Limits`, the sampler and spacing,
-guidance and strength, the sides the model can take, the uploads (decoded under limits). What the
-networks alone can tell (a prompt of unknown words, memory) is checked when the job runs.
+guidance and strength, eta and whether the sampler takes one, the sides the model can take, the
+uploads (decoded under limits), and only finite numbers. What the networks alone can tell (a prompt
+of unknown words, memory) is checked when the job runs.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from ..guards import MAX_SEED, random_seed
 from ..images import INFOTEXT_KEY, image_parameters, read_image
 from ..metadata import lora_tags, to_infotext
 from ..models.config import check_divisible
-from ..samplers import get_sampler
-from ..sampling import check_guidance, check_strength
+from ..samplers import SAMPLERS, get_sampler
+from ..sampling import check_guidance, check_option, check_strength
 from ..schedules import SPACINGS
 from .limits import LimitError, Limits
 from .shelf import ModelShelf
@@ -36,7 +37,7 @@ KINDS = ("txt2img", "img2img", "inpaint")
 class JobRequest(BaseModel):
     """POST /api/jobs. None takes the model's default; a seed of None or -1 is drawn at random (and shown)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # JSON's 1e999 and NaN: no answer could show them
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -77,6 +78,22 @@ def decode_upload(name: str, data: str, limits: Limits, mode: str = "RGB") -> Im
     return read_image(io.BytesIO(raw), mode, name=name)
 
 
+def sampler_that_runs(sampler: str | None, info: dict) -> str:
+    """The sampler a job runs: the one asked for, else its model's default (`ModelShelf.info`)."""
+    return sampler or info["inference"]["sampler"]
+
+
+def takes_eta(sampler: str) -> bool:
+    """Whether a sampler has an η, the noise it adds along the way (DDIM's, Euler ancestral's)."""
+    return "eta" in get_sampler(sampler).options
+
+
+def image_sides(width, height) -> tuple[int | None, int | None]:
+    """The sides asked for, whole and at most MAX_SIDE (None: left to the model or the image)."""
+    return tuple(None if value is None else whole_number(side, value, 1, MAX_SIDE)
+                 for side, value in (("width", width), ("height", height)))
+
+
 def png_parameters(data: str, limits: Limits) -> tuple[dict, str | None]:
     """(our parameters, AUTOMATIC1111's infotext) of a base64 PNG: what `t2i info` prints."""
     image = decode_upload("image", data, limits)
@@ -107,6 +124,13 @@ def plan_job(request: JobRequest, shelf: ModelShelf, limits: Limits) -> tuple[di
         limits.check_count("max_steps", "steps", whole_number("steps", request.steps, 1))
     if request.cfg is not None:
         check_guidance(request.cfg)
+    if request.eta is not None:
+        sampler = sampler_that_runs(request.sampler, info)
+        if not takes_eta(sampler):
+            whose = "" if request.sampler else f", model {model!r}'s default,"
+            raise UserError(f"sampler {sampler!r}{whose} takes no eta: leave eta out, or choose a sampler that takes "
+                            f"one: {', '.join(name for name in SAMPLERS if takes_eta(name))}")
+        check_option("eta", request.eta, get_sampler(sampler).options["eta"])
     if request.clip_skip is not None:
         whole_number("clip_skip", request.clip_skip, 1, MAX_CLIP_SKIP)
     num = whole_number("num_images", request.num_images, 1)
@@ -128,9 +152,7 @@ def plan_job(request: JobRequest, shelf: ModelShelf, limits: Limits) -> tuple[di
         width, height = image.size
     else:
         width, height = (request.width or info["image_size"], request.height or info["image_size"])
-    for side, value in (("width", width), ("height", height)):
-        if value is not None:
-            whole_number(side, value, 1, MAX_SIDE)
+    width, height = image_sides(width, height)
     if width is not None and height is not None:
         check_divisible(width, height, info["size_multiple"], "the size asked for" if image is None else "the image",
                         f"model {model!r} needs", "choose such sides" if image is None else "resize it")

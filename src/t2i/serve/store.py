@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     inputs TEXT NOT NULL DEFAULT '[]',       -- JSON: names of the uploaded images kept in inputs/<id>/
     images TEXT NOT NULL DEFAULT '[]',       -- JSON: [{"seed", "parameters"}] of images/<id>/<i>.png
     error TEXT,
+    user_error INTEGER NOT NULL DEFAULT 0,   -- 1: it failed for the request's mistake, not the server's
     attempts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL, started REAL, finished REAL
 );
@@ -54,6 +55,7 @@ class Job:
     inputs: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     error: str | None = None
+    user_error: bool = False  # failed for a mistake in the request (a UserError or LimitError), not a bug
     attempts: int = 0
     started: float | None = None
     finished: float | None = None
@@ -76,6 +78,8 @@ class JobStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut, not just a kill
         self.db.executescript(SCHEMA)
+        if "user_error" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:  # older store
+            self.db.execute("ALTER TABLE jobs ADD COLUMN user_error INTEGER NOT NULL DEFAULT 0")
         self.recovered = self.recover()
 
     # -- files --------------------------------------------------------------------------------
@@ -111,11 +115,13 @@ class JobStore:
                             (time.time(), row["id"]))
         return self.get(row["id"])
 
-    def end(self, job_id: str, state: str, error: str | None = None, images: list[dict] | None = None) -> None:
-        """Finish a job: done (the files of `images` written already), failed with `error`, or cancelled."""
+    def end(self, job_id: str, state: str, error: str | None = None, images: list[dict] | None = None,
+            user_error: bool = False) -> None:
+        """Finish a job: done (the files of `images` written already), failed with `error` (the request's
+        mistake if `user_error`), or cancelled."""
         with self.lock:
-            self.db.execute("UPDATE jobs SET state = ?, error = ?, images = ?, finished = ? WHERE id = ?",
-                            (state, error, json.dumps(images or []), time.time(), job_id))
+            self.db.execute("UPDATE jobs SET state = ?, error = ?, user_error = ?, images = ?, finished = ? "
+                            "WHERE id = ?", (state, error, user_error, json.dumps(images or []), time.time(), job_id))
 
     def requeue(self, job_id: str) -> None:
         """Put a running job back at the front of the queue, not counting the attempt (a server stopping)."""
@@ -188,5 +194,5 @@ def own_folder(root: Path) -> int:
 
 def job_of(row: sqlite3.Row) -> Job:
     return Job(row["id"], row["seq"], row["state"], json.loads(row["settings"]), row["created"],
-               json.loads(row["inputs"]), json.loads(row["images"]), row["error"], row["attempts"], row["started"],
-               row["finished"])
+               json.loads(row["inputs"]), json.loads(row["images"]), row["error"], bool(row["user_error"]),
+               row["attempts"], row["started"], row["finished"])

@@ -123,7 +123,7 @@ class Worker:
                 return
             self.finish(job, "cancelled")
         except (UserError, LimitError) as error:
-            self.finish(job, "failed", str(error))
+            self.finish(job, "failed", str(error), user_error=True)
         except Exception as error:  # noqa: BLE001 - a bug fails its job, not the server
             if out_of_memory(error):
                 self.finish(job, "failed", OUT_OF_MEMORY)
@@ -136,8 +136,9 @@ class Worker:
         finally:
             self.cancelling.pop(job.id, None)
 
-    def finish(self, job: Job, state: str, error: str | None = None, images: list[dict] | None = None) -> None:
-        self.store.end(job.id, state, error, images)
+    def finish(self, job: Job, state: str, error: str | None = None, images: list[dict] | None = None,
+               user_error: bool = False) -> None:
+        self.store.end(job.id, state, error, images, user_error)
         self.live = None
         self.hub.publish(job.id, state, {"error": error} if error else {})
 
