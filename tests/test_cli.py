@@ -54,6 +54,15 @@ def test_a_samplers_own_options_are_given_as_name_value_and_recorded(model_dir, 
     assert exit.value.code == 2 and "\n" not in err and "is not NAME=VALUE" in err, err
 
 
+def test_a_convnext_unet_trains_and_samples(tmp_path):
+    run, out = tmp_path / "convnext", tmp_path / "grid.png"
+    assert main(["train", "--out", str(run), "--max-steps", "2", "--sample-every", "2", "--timesteps", "20",
+                 "--block", "convnext", *TINY]) == 0
+    assert read_config(run)["unet"]["block_type"] == "convnext"
+    assert main(["sample", "--model", str(run), "--sampler", "ddim", "--steps", "2", "--num", "1",
+                 "--out", str(out), "--device", "cpu"]) == 0 and out.is_file()
+
+
 def test_train_resume_takes_the_settings_given_whatever_their_value(model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(model_dir, run)

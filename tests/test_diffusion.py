@@ -92,6 +92,27 @@ def test_score_of_gaussian_data_is_exact(diffusion, oracle):
     assert torch.allclose(diffusion.score(xt, t, oracle(diffusion, mu, s)(xt, t)), true_score)
 
 
+def test_denoising_score_matching_is_l_simple(diffusion):
+    """Vincent 2011 / Song & Ermon: σ_t² ||s_θ(x_t) - ∇ log q(x_t | x_0)||² with s_θ = -ε_θ/σ_t is ||ε - ε_θ||²,
+    the DDPM loss, for any network; the conditional score here comes from autograd of the Gaussian's density."""
+    torch.manual_seed(0)
+    x0, noise = torch.randn(6, 3, 4, 4, dtype=torch.float64), torch.randn(6, 3, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 10, 200, 500, 800, 999])
+    weight = torch.randn(3, 3, dtype=torch.float64)
+
+    def model(x, t_in):  # any ε_θ: a channel mix that depends on t
+        return torch.einsum("ij,bjhw->bihw", weight, x) * (1 + t_in.to(x)[:, None, None, None] / 1000)
+
+    x_t = diffusion.q_sample(x0, t, noise).requires_grad_(True)
+    abar = diffusion.alphas_cumprod.double()[t][:, None, None, None]
+    log_q = -((x_t - abar.sqrt() * x0) ** 2 / (2 * (1 - abar))).sum()
+    (conditional_score,) = torch.autograd.grad(log_q, x_t)
+    x_t = x_t.detach()
+    eps_theta = diffusion.model_eps(model, x_t, t)
+    dsm = ((1 - abar) * (diffusion.score(x_t, t, eps_theta) - conditional_score) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(dsm, diffusion.training_loss(model, x0, t, noise), rtol=1e-5, atol=1e-8)
+
+
 def test_gaussian_kl_matches_numeric_integral():
     m1, lv1, m2, lv2 = 0.3, math.log(0.5), -0.4, math.log(1.7)
     x = torch.linspace(-15, 15, 300_001, dtype=torch.float64)

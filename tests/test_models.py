@@ -40,6 +40,13 @@ def test_cross_attention_is_softmax_qk_v():
     assert torch.allclose(attn(x, c), attn.to_out(torch.cat(heads, -1)), atol=1e-5)
 
 
+def test_a_convnext_unet_refuses_scale_shift_norm_which_its_blocks_would_ignore():
+    from t2i.errors import UserError
+
+    with pytest.raises(UserError, match="scale_shift_norm is for ResNet blocks"):
+        UNetConfig(block_type="convnext", scale_shift_norm=True, **TINY)
+
+
 @pytest.mark.parametrize("block_type", ["resnet", "convnext"])
 def test_unet_maps_images_to_same_shape(block_type):
     torch.manual_seed(0)

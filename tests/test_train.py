@@ -158,6 +158,20 @@ def test_fp16_mixed_precision_scales_the_loss_and_resumes_exactly_with_its_scale
     assert all(torch.equal(x[k], y[k]) for k in x)
 
 
+@pytest.mark.parametrize("p_uncond", [0.0, 0.25])
+def test_captions_are_dropped_for_guidance_as_often_as_p_uncond_says(p_uncond):
+    from t2i.training.diffusion import step_examples
+
+    config = TrainConfig(p_uncond=p_uncond, seed=0)
+    batch = (torch.zeros(2000, 3, 4, 4), ["a red circle\na circle"] * 2000)  # two phrasings, one drawn
+    dropped = []
+    for k in range(3):  # each step draws anew: 6,000 examples, a share's standard error ~0.006
+        _, captions, _ = step_examples(batch, k, config, range(2000), torch.device("cpu"), captioned=True)
+        assert {"a red circle", "a circle"} <= set(captions) <= {"", "a red circle", "a circle"}
+        dropped += [c == "" for c in captions]
+    assert np.mean(dropped) == pytest.approx(p_uncond, abs=0.025)
+
+
 def test_resume_of_a_text_run_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(UNET, config(max_steps=4, save_every=2, sample_every=100), straight, text_config=TEXT)

@@ -105,6 +105,9 @@ class UNetConfig(ModelConfig):
             raise UserError(f"unknown block type {self.block_type!r}; choose one of: {', '.join(BLOCK_TYPES)}")
         if self.dropout == 1:
             raise UserError("dropout must be below 1: at 1 every residual branch is dropped")
+        if self.block_type == "convnext" and self.scale_shift_norm:  # it adds the embedding, it never norms by it
+            raise UserError("scale_shift_norm is for ResNet blocks: a ConvNeXt block adds the embedding after its "
+                            "depthwise convolution; leave out --scale-shift-norm, or use --block resnet")
         bad = [level for level in self.attention_levels if not 0 <= level < len(self.channel_mult)]
         if bad:
             raise UserError(f"attention levels {bad} do not exist: "
