@@ -1,7 +1,7 @@
 """Pipeline: prompt → condition τ_θ(y) → guided sampler → (decoder →) images.
 
 `Pipeline.load("emoji")` opens a model that ships inside the package (`emoji`, the default,
-or `shapes`), a model folder written by `t2i train`, or a Stable Diffusion v1 checkpoint
+or `shapes`), a model folder written by `t2i train`, or a Stable Diffusion v1/2.x checkpoint
 (single file or diffusers folder, loaded into our own networks by `t2i.convert`). Calling
 the pipeline generates images:
 

@@ -23,7 +23,8 @@ def add_generate(sub) -> None:
     p.add_argument("prompt", nargs="*", help="what to draw (several: one grid row each); none for an "
                    "unconditional sample")
     p.add_argument("--model", default=DEFAULT_MODEL, help="a shipped model's name, a model folder, or a Stable "
-                   f"Diffusion v1 checkpoint (.safetensors/.ckpt file or diffusers folder); default: {DEFAULT_MODEL}")
+                   "Diffusion v1/2.x checkpoint (.safetensors/.ckpt file or diffusers folder); "
+                   f"default: {DEFAULT_MODEL}")
     add_precision(p)
     p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
     p.add_argument("--cfg", type=float, nargs="+", default=None,

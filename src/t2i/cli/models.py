@@ -51,7 +51,7 @@ def folder_out(path: Path, what: str) -> None:
 def add_convert(sub) -> None:
     from ..convert.stable_diffusion import FORMATS
 
-    p = sub.add_parser("convert", help="convert a Stable Diffusion v1 checkpoint (single file, diffusers folder)",
+    p = sub.add_parser("convert", help="convert a Stable Diffusion v1/2.x checkpoint (single file, diffusers folder)",
                        formatter_class=DefaultsFormatter)
     p.add_argument("src", type=Path, help="an SD v1 .safetensors/.ckpt file, a diffusers folder or a t2i folder")
     p.add_argument("dst", type=Path, help="the folder to write (a .safetensors file for --to original)")

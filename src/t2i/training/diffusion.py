@@ -293,7 +293,7 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
                         weights=weights, world=world)
 
 
-# -- what a diffusion run from scratch and a fine-tuning run (`training.finetune`) share ---------------------
+# -- what a run from scratch, fine-tuning (`training.finetune`) and distillation (`training.distill`) share --
 def grad_scaler(config: DiffusionTrainingConfig, device: torch.device, state: dict) -> torch.amp.GradScaler:
     """float16's loss scaler (disabled otherwise), as the checkpoint left it if it holds one."""
     scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
