@@ -1,5 +1,5 @@
 """The peers our Stable Diffusion benchmarks time beside us, all from one random SD v1 folder
-(`t2i.bench.random_sd_v1_folder`, float16 on disk as SD v1.5 is downloaded):
+(`t2i.random_weights.random_sd_v1_folder`, float16 on disk as SD v1.5 is downloaded):
 
 - diffusers' U-Net and decoder, loaded as a diffusers user loads them (`torch_dtype=`);
 - OpenVINO: the same diffusers networks converted by `openvino.convert_model` to IR files once (float32
@@ -27,7 +27,7 @@ PRECISIONS = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 def sd_folder(directory: Path) -> Path:
     """The random SD v1 diffusers folder in `directory`, written on first use."""
-    from t2i.bench import random_sd_v1_folder
+    from t2i.random_weights import random_sd_v1_folder
 
     folder = directory / "sd-v1-random"
     if not (folder / "model_index.json").is_file():

@@ -2,7 +2,7 @@
 
 One guided denoising step of SD v1 at 512×512 is one U-Net call on a batch of 2 latents
 [2, 4, 64, 64] (conditional and unconditional) with a [2, 77, 768] text context. Every variant reads
-the same random SD v1 folder (`t2i.bench.random_sd_v1_folder`, float16 on disk; see `peers.py`):
+the same random SD v1 folder (`t2i.random_weights.random_sd_v1_folder`, float16 on disk; see `peers.py`):
 diffusers in float32 and bfloat16, OpenVINO compiled in f32 and bf16, ours in float32 and in the
 precision and layout `Pipeline.load` picks with no flags ("t2i default": bfloat16 and channels_last where the
 CPU has bfloat16 natively; its peak memory includes the VAE and text encoder `Pipeline.load` loads too).

@@ -111,7 +111,7 @@ def test_original_single_file_round_trips_and_matches_diffusers(reference, singl
 def test_sd_v1_full_size_unet_matches_diffusers():
     """SD v1's U-Net at its real size (859.5M parameters), one forward on an 8×8 latent.
     Our network shares the reference's tensors (meta construction + assign), so memory holds one copy."""
-    from t2i.bench import ours_from, random_sd_v1_unet
+    from t2i.random_weights import ours_from, random_sd_v1_unet
 
     theirs = random_sd_v1_unet()
     ours = ours_from(theirs)
