@@ -130,12 +130,14 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
     # the losses since the last row, saved with a checkpoint: a resumed run logs the rows a straight one does
     window = {name: list(values) for name, values in state.get("loss_window", {}).items()}
     clock = time.perf_counter() - seconds
+    # the seeds count epochs, a run counts steps: the plot says how many steps an epoch is
+    x_label = f"step (an epoch of {len(dataset):,} images is {math.ceil(len(dataset) / config.batch_size):,} steps)"
 
     def save() -> None:
         nonlocal saved_step
         if world.main:
             hooks.save({"step": k, "seconds": seconds, "loss_window": window})
-            log.plot(title)
+            log.plot(title, x_label)
         saved_step = k
 
     with tqdm(total=config.max_steps, initial=start, desc=desc, dynamic_ncols=True,

@@ -45,9 +45,9 @@ class LossLog:
         with self.path.open("a") as f:
             f.write(self._csv([row], header=f.tell() == 0))
 
-    def plot(self, title: str) -> None:
+    def plot(self, title: str, x_label: str = "step") -> None:
         curves = {c: ([r["step"] for r in self.rows if c in r], [r[c] for r in self.rows if c in r])
                   for c in self.columns}
         curves = {c: xy for c, xy in curves.items() if xy[0] and min(xy[1]) > 0}
         if curves:
-            line_plot(curves, title, "step", "loss (log scale)", log_y=True).save(self.plot_path)
+            line_plot(curves, title, x_label, "loss (log scale)", log_y=True).save(self.plot_path)
