@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from t2i.checkpoints import build_components, export_model, folder_config, model_config, read_config, save_model
+from t2i.checkpoints import build_components, export_model, versioned_config, model_config, read_config, save_model
 from t2i.cli import main
 from t2i.diffusion import Diffusion
 from t2i.errors import UserError
@@ -86,7 +86,7 @@ def teacher(tmp_path_factory, colour_folder):
     on an autoencoder that is not (the distillation's mechanics need no good one)."""
     vae = tmp_path_factory.mktemp("vae")
     torch.manual_seed(0)
-    save_model(vae, {"vae": AutoencoderKL(VAE)}, folder_config(vae=VAE.to_dict(), image_size=16))
+    save_model(vae, {"vae": AutoencoderKL(VAE)}, versioned_config(vae=VAE.to_dict(), image_size=16))
     out = tmp_path_factory.mktemp("teacher")
     train(UNET, TrainConfig(data=str(colour_folder), image_size=16, batch_size=8, max_steps=30, lr=3e-3,
                             warmup_steps=5, prediction_type="v", schedule="scaled_linear", vae=str(vae),

@@ -132,7 +132,7 @@ def require_diffusion_model(config: dict, model_dir: str | Path) -> None:
                         "train one on its latents with `t2i train --vae`")
 
 
-def folder_config(**sections) -> dict:
+def versioned_config(**sections) -> dict:
     """A config.json: the format and t2i version, then the given sections."""
     return {"format_version": FORMAT_VERSION, "t2i_version": __version__, **sections}
 
@@ -143,7 +143,7 @@ def model_config(unet: UNetConfig, diffusion: dict, text_encoder: TextEncoderCon
     encoder and tokenizer too."""
     if (text_encoder is None) != (tokenizer is None):
         raise ValueError("a text encoder needs a tokenizer, and a tokenizer a text encoder")
-    config = folder_config(unet=unet.to_dict(), diffusion=diffusion, **extra)
+    config = versioned_config(unet=unet.to_dict(), diffusion=diffusion, **extra)
     if text_encoder is not None:
         config.update(text_encoder=text_encoder.to_dict(), tokenizer=tokenizer.to_dict())
     return config

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..checkpoints import (CONFIG_NAME, folder_config, load_components, load_vae, read_config, save_model,
+from ..checkpoints import (CONFIG_NAME, versioned_config, load_components, load_vae, read_config, save_model,
                            tokenizer_from_config)
 from ..errors import UserError
 from ..files import durable_write, read_json, write_json
@@ -61,7 +61,7 @@ def model_folder_config(configs: dict, tokenizer: CLIPTokenizer, diffusion: dict
     """The config.json of one of our model folders for an SD model (sampling on `spacing`, if its scheduler names
     one)."""
     inference = {**SD_INFERENCE, **({"spacing": spacing} if spacing else {})}
-    return folder_config(**{name: c.to_dict() for name, c in configs.items()}, tokenizer=tokenizer.to_dict(),
+    return versioned_config(**{name: c.to_dict() for name, c in configs.items()}, tokenizer=tokenizer.to_dict(),
                          diffusion=diffusion, image_size=image_size, inference=inference)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import folder_config
+from ..checkpoints import versioned_config
 from ..data import load_dataset
 from ..errors import UserError
 from ..guards import vae_feature_bytes
@@ -187,7 +187,7 @@ def run(out: Path, vae_config: VAEConfig, config: VAETrainConfig, world: World, 
     def save(state: dict) -> None:
         ema.config.scaling_factor = measure_scaling_factor(ema, dataset, seed=config.seed)
         save_checkpoint(out, state, model, {"vae": ema}, optimizers,
-                        folder_config(vae=ema.config.to_dict(), image_size=config.image_size,
+                        versioned_config(vae=ema.config.to_dict(), image_size=config.image_size,
                                       train=dataclasses.asdict(config)))
 
     def sample(k: int) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import (diffusion_from_config, folder_config, is_pretrained, load_components, read_config,
+from ..checkpoints import (diffusion_from_config, versioned_config, is_pretrained, load_components, read_config,
                            require_diffusion_model, resolve_model, student_folder, timestep_convention,
                            tokenizer_from_config)
 from ..data import captions_of, load_dataset
@@ -337,7 +337,7 @@ def run(out: Path, config: DistillConfig, base: Networks, folded: float, dataset
     def student_config(k: int, **extra) -> dict:
         """The config.json of the student that the steps before k made, of its round's steps."""
         steps = config.student_steps(config.round_of(max(k - 1, 0)))
-        return folder_config(**{name: base.config[name] for name in MODEL_SECTIONS if name in base.config},
+        return versioned_config(**{name: base.config[name] for name in MODEL_SECTIONS if name in base.config},
                              image_size=config.image_size,
                              inference={"sampler": SAMPLER, "steps": steps, "spacing": SPACING, "cfg": 1.0},
                              distillation={"teacher": config.teacher, "guidance_scale": folded, "steps": steps,

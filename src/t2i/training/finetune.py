@@ -32,7 +32,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..checkpoints import diffusion_from_config, folder_config, timestep_convention
+from ..checkpoints import diffusion_from_config, versioned_config, timestep_convention
 from ..convert import unet_names
 from ..convert.lora_names import FOLDER_FILES, save_lora
 from ..convert.stable_diffusion import load_sd_model
@@ -246,7 +246,7 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
     with main_first(world):  # rank 0 encodes the latents into the cache, the others read it
         dataset = latent_dataset(dataset, vae, out, config, device)
     diffusion = diffusion_from_config(base.config)
-    run_config = folder_config(**{name: base.config[name] for name in MODEL_SECTIONS if name in base.config},
+    run_config = versioned_config(**{name: base.config[name] for name in MODEL_SECTIONS if name in base.config},
                                image_size=config.image_size, train=dataclasses.asdict(config),
                                **({"lora": {"base": config.init}} if lora else {}))
 
