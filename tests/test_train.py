@@ -113,6 +113,10 @@ def test_resume_takes_a_new_learning_rate_or_cooldown_only_when_asked(tmp_path):
     with pytest.raises(UserError, match="keeps its batch_size"):
         resume(tmp_path, max_steps=7, batch_size=8)
     assert read_config(tmp_path)["step"] == 6  # refused before any step
+    with pytest.warns(UserWarning, match="goes on on 'shapes2'.*probes take their fixed examples from the new"):
+        resume(tmp_path, max_steps=7, data="shapes2")  # a cooldown on other data: the rest stays the run's
+    saved = read_config(tmp_path)
+    assert saved["train"]["data"] == "shapes2" and saved["step"] == 7 and saved["train"]["lr"] == 5e-4
 
 
 def test_a_bf16_run_on_the_cpu_resumed_ends_bit_equal_to_one_that_ran_straight(tmp_path):

@@ -37,8 +37,8 @@ def add_train(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint, with its own settings but for those "
                         "given that a resumed run may change (--max-steps, --lr, --cooldown-steps, --balance-by, "
-                        "--mixed-precision, --device, --workers, and a fine-tuning's --gradient-checkpointing); a "
-                        "distillation's --max-steps may not pass its last round's end")
+                        "--mixed-precision, --device, --workers, a run from scratch's --data, and a fine-tuning's "
+                        "--gradient-checkpointing); a distillation's --max-steps may not pass its last round's end")
     p.add_argument("--image-size", type=positive(int), default=t.image_size)
     add_batch_options(p, t)
     p.add_argument("--max-steps", type=positive(int), default=t.max_steps)

@@ -109,6 +109,8 @@ class TrainConfig(DiffusionTrainingConfig):
     vae: str | None = None  # an autoencoder's folder: train on its latents
 
     RANGES = {**DiffusionTrainingConfig.RANGES, "num_timesteps": (2, 100_000)}
+    # a run from scratch may also go on on other data: a cooldown on the styles it should draw best
+    RESUME_CHANGES = DiffusionTrainingConfig.RESUME_CHANGES + ("data",)
 
     def __post_init__(self):
         super().__post_init__()
@@ -208,8 +210,22 @@ def resume(out_dir: str | Path, **changes) -> TrainResult:
         tokenizer = load_tokenizer(saved["tokenizer"], out) if text_config is not None else None
         vae = load_vae(out, device) if config.vae else None
         dataset = load_dataset(config.data, config.image_size, "train", captioned=text_config is not None)
+        if config.data != saved["train"]["data"]:
+            check_new_data(config, saved["train"]["data"], dataset, tokenizer)
         return run(out, UNetConfig.from_dict(saved["unet"]), config, text_config, tokenizer, vae, dataset, device,
                    world, resumed=True)
+
+
+def check_new_data(config: TrainConfig, before: str, dataset, tokenizer: Tokenizer | None) -> None:
+    """Say what a resume on other data changes: the probes' fixed examples are the new data's from here on,
+    and words of its captions that the run's tokenizer cannot spell are read as unknown."""
+    warnings.warn(f"the run goes on on {config.data!r} (it trained on {before!r} so far): loss.csv's probes take "
+                  "their fixed examples from the new data from this step", stacklevel=3)
+    if tokenizer is not None:
+        unknown = {word for caption in captions_of(dataset) for word in tokenizer.unknown_words(caption)}
+        if unknown:
+            warnings.warn(f"the run's tokenizer cannot spell {len(unknown)} words of the new captions "
+                          f"({', '.join(sorted(unknown)[:5])} ...): they are read as unknown", stacklevel=3)
 
 
 def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: TextEncoderConfig | BertConfig | None,
