@@ -125,7 +125,6 @@ def test_bad_input_gets_one_line(model_dir, tmp_path, capsys):
     one_line_error(capsys, ["train", "--out", str(tmp_path / "r"), "--image-size", "18",
                             "--channel-mult", "1", "2", "2"], "divisible by 4")
     one_line_error(capsys, ["noise", str(tmp_path / "missing.png")], "does not exist")
-    one_line_error(capsys, ["train", "--out", str(tmp_path / "none"), "--resume"], "does not exist")
 
 
 def test_info_prints_the_parameters_a_png_carries(model_dir, tmp_path, capsys):

@@ -9,11 +9,14 @@ import pytest
 
 from t2i.checkpoints import build_components, load_components, load_vae, read_config, shipped_models
 from t2i.errors import UserError
+from t2i.folder_config import (SECTIONS, DiffusionSettings, Distillation, InferenceSettings, LoRABase, ModelFolder,
+                               text_encoder_class)
 from t2i.models.discriminator import DiscriminatorConfig
 from t2i.models.unet import UNetConfig
 from t2i.models.vae import VAEConfig
 from t2i.pipeline import Pipeline
 from t2i.text.clip import TextEncoderConfig
+from t2i.text.tokenizers import TokenizerSettings
 from t2i.training.autoencoder import VAETrainConfig
 from t2i.training.diffusion import TrainConfig
 
@@ -121,10 +124,23 @@ def test_a_bad_model_config_file_is_one_line_naming_file_section_and_key(folder,
         assert "\n" not in str(error.value) and "config.json" in str(error.value)
 
 
-def test_the_shipped_models_configs_pass_unchanged():
-    for name, folder in shipped_models().items():
-        config = read_config(folder)
-        TrainConfig.resumed(config["train"], {})  # the run's settings too, as a resume reads them
+def test_the_shipped_models_configs_pass_unchanged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/emoji here: the run's relative data path stays as written, unresolved
+    kinds = {"unet": UNetConfig, "vae": VAEConfig, "diffusion": DiffusionSettings, "inference": InferenceSettings,
+             "tokenizer": TokenizerSettings, "lora": LoRABase, "distillation": Distillation,
+             "train": TrainConfig}  # the run's settings too, as a resume reads them
+    shipped = shipped_models()
+    assert {"shapes", "emoji"} <= set(shipped)  # inside the package: the loop is never empty
+    for name, folder in shipped.items():
+        raw = json.loads((folder / "config.json").read_text())
+        assert read_config(folder) == raw, name
+        kinds["text_encoder"] = text_encoder_class(raw.get("text_encoder"))
+        typed = {section: kinds[section].from_dict(values) for section, values in raw.items() if section in SECTIONS}
+        top = {key: value for key, value in raw.items() if key not in SECTIONS}
+        for section, config in [*typed.items(), ("top level", ModelFolder.from_dict(top))]:
+            read = json.loads(json.dumps(config.to_dict()))  # tuples as JSON's lists
+            written = raw.get(section, top)
+            assert {key: read[key] for key in written} == written, (name, section)  # every value as written
 
 
 def test_an_autoencoder_folder_needs_its_image_size_too(folder):

@@ -20,11 +20,13 @@ def test_bfloat16_is_native_on_a_cpu_with_avx512_bf16_or_amx(flags, native, amx,
     assert not devices.fast_bfloat16(torch.device("meta"))
 
 
-def test_the_cpu_flags_are_read_from_cpuinfo():
-    flags = devices.cpu_flags()
-    assert isinstance(flags, frozenset)
-    if flags:  # Linux
-        assert "fpu" in flags
+def test_the_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    (tmp_path / "proc").mkdir()
+    processor = ("processor\t: {}\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme avx2 avx512f avx512_bf16 amx_bf16\n"
+                 "vmx flags\t: vnmi preemption_timer\nbugs\t\t: spectre_v1\n\n")
+    (tmp_path / "proc/cpuinfo").write_text(processor.format(0) + processor.format(1))  # a block per core, as Linux's
+    assert devices.cpu_flags(tmp_path) == {"fpu", "vme", "avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+    assert devices.cpu_flags(tmp_path / "nowhere") == frozenset()  # no /proc (macOS, Windows): no flags
 
 
 def test_large_networks_default_to_bfloat16_where_it_is_native(monkeypatch):

@@ -112,7 +112,8 @@ def test_diffusers_file_equals_diffusers_on_the_fly_and_fused(folder, peft_lora)
         assert_outputs_close(our_outputs(ours), expected)
     ours.fuse_loras()
     ours.unload_lora(name)  # a fused LoRA unloaded: the weights as they were
-    assert_weights_equal(ours, original) and not ours.loras.hooks
+    assert_weights_equal(ours, original)
+    assert not ours.loras.hooks and name not in ours.loras
     # Pipeline.load(loras=...) with the folder diffusers saved, fused
     again = Pipeline.load(folder, device="cpu", loras=[(peft_lora.parent, 0.5)])
     reference.set_adapters(["style"], adapter_weights=[0.5])

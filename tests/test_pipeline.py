@@ -1,6 +1,5 @@
 """Pipeline and `t2i generate`: prompts to images, reproducible per image, bad input in one line."""
 
-import math
 import warnings
 
 import numpy as np
@@ -83,7 +82,8 @@ def test_model_defaults_apply_and_calls_override_them(pipe):
 
 
 def test_empty_prompt_is_unconditional_and_long_or_unknown_prompts_warn(pipe):
-    assert len(pipe("", seed=0, progress=False)) == 1
+    empty = pipe("", seed=0, progress=False, output_type="pt")  # at the model's cfg 3, against the empty prompt
+    torch.testing.assert_close(empty, pipe("", seed=0, cfg=1.0, progress=False, output_type="pt"))  # so unguided
     with pytest.warns(UserWarning, match="cut to 'a small red circle on the'"):
         pipe("a small red circle on the left a large blue square", seed=0, progress=False)
     with pytest.warns(UserWarning, match="never saw the words zebra"):
@@ -91,14 +91,6 @@ def test_empty_prompt_is_unconditional_and_long_or_unknown_prompts_warn(pipe):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         pipe("a red circle", seed=0, progress=False)
-
-
-@pytest.mark.parametrize("options, match", [({"cfg": -1.0}, "guidance scale"), ({"cfg": math.nan}, "guidance scale"),
-                                             ({"sampler": "euler_z"}, "unknown sampler"),
-                                             ({"num_images": 0}, "num_images")])
-def test_bad_settings_are_one_line_errors(pipe, options, match):
-    with pytest.raises(UserError, match=match):
-        pipe("a red circle", seed=0, progress=False, **options)
 
 
 def test_unknown_model_name_is_an_error():
@@ -121,17 +113,6 @@ def test_generate_writes_pngs_that_carry_their_parameters(model_dir, tmp_path, c
     assert read_parameters(tmp_path / "many-2.png")["seed"] == 7
     with Image.open(tmp_path / "many-0.png") as first, Image.open(out) as zoomed:
         assert np.array_equal(np.asarray(first), np.asarray(zoomed.resize((16, 16), Image.NEAREST)))
-
-
-@pytest.mark.parametrize("argv, match", [
-    (["--cfg", "nan"], "guidance scale"), (["--cfg", "-2"], "guidance scale"),
-    (["--sampler", "heun_x"], "unknown sampler"), (["--model", "nowhere"], "no model 'nowhere'"),
-])
-def test_generate_bad_input_is_one_line(model_dir, tmp_path, capsys, argv, match):
-    argv = ["generate", "a red circle", "--model", str(model_dir), "--out", str(tmp_path / "x.png"), *argv]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("t2i: error:") and match in err, err
 
 
 def test_an_over_long_prompt_is_a_one_line_warning(model_dir, tmp_path, capsys):

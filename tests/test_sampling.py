@@ -7,6 +7,7 @@ from t2i.diffusion import Diffusion
 from t2i.errors import UserError
 from t2i.samplers.ancestral import sample_ddim
 from t2i.samplers.dpm_solver import sample_dpmpp_2m
+from t2i.samplers.karras import sample_euler
 from t2i.samplers import SAMPLERS
 from t2i.samplers.base import sampler_grid
 from t2i.sampling import SamplerSettings, StopSampling, sample
@@ -113,13 +114,16 @@ def test_dpmpp_2m_first_order_is_ddim(oracle, diffusion):
                                sample_ddim(eps_fn, x, grid, progress=False))
 
 
-@pytest.mark.parametrize("sampler", ["euler", "ddim"])
-def test_euler_is_ddim_written_in_sigma(oracle, diffusion, sampler):
-    """Karras et al. §3: Euler's method on dx/dσ = (x − D)/σ is DDIM at η = 0, step for step."""
+@pytest.mark.parametrize("spacing", ["trailing", "leading", "karras"])
+def test_euler_is_ddim_written_in_sigma(oracle, diffusion, spacing):
+    """Karras et al. §3: Euler's method on dx/dσ = (x − D)/σ is DDIM at η = 0, step for step, on any
+    grid: integer timesteps, or karras's σ asked at fractional ones."""
+    grid = sampler_grid(diffusion, 10, spacing)  # one grid for both: `sample` rounds karras's times for DDIM
     model = oracle(diffusion, MU, S)
-    runs = [sample(model, diffusion, (100, 2), SamplerSettings(name, 10, "trailing"), progress=False,
-                   generator=torch.Generator().manual_seed(0)) for name in ("euler", "ddim")]
-    torch.testing.assert_close(runs[0], runs[1], atol=1e-5, rtol=1e-5)
+    x = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    eps_fn = lambda x_t, t: model(x_t, t)  # noqa: E731
+    torch.testing.assert_close(sample_euler(eps_fn, x, grid, progress=False),
+                               sample_ddim(eps_fn, x, grid, progress=False), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("sampler,steps", [("euler", 400), ("heun", 60), ("dpmpp_2m", 50), ("ddim", 500)])

@@ -23,8 +23,17 @@ from tiny_sd import assert_pipeline_matches, load_reference, randomize, tiny_sd_
 PROMPT, NEGATIVE = "a sea turtle swimming over a coral reef", "blurry"
 
 
+@pytest.fixture(scope="module")
+def epsilon(tmp_path_factory):
+    """The ε model alone: for the tests that never reach the prediction type."""
+    folder = tiny_sd_folder(tmp_path_factory.mktemp("sd2"), sd2=True, prediction="epsilon")
+    return load_reference(folder), folder
+
+
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
 def reference(request, tmp_path_factory):
+    if request.param == "epsilon":
+        return request.getfixturevalue("epsilon")  # one ε model for the module
     folder = tiny_sd_folder(tmp_path_factory.mktemp("sd2"), sd2=True, prediction=request.param)
     return load_reference(folder), folder
 
@@ -85,11 +94,11 @@ def test_sd2_original_file_reads_the_penultimate_block_and_diffusers_reads_it(re
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_a_diffusers_folder_takes_its_schedulers_spacing_and_sd2s_padding_without_its_tokenizer(reference, tmp_path):
+def test_a_diffusers_folder_takes_its_schedulers_spacing_and_sd2s_padding_without_its_tokenizer(epsilon, tmp_path):
     import json
     import shutil
 
-    _, folder = reference
+    _, folder = epsilon
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     shutil.rmtree(copy / "tokenizer")
@@ -103,10 +112,10 @@ def test_a_diffusers_folder_takes_its_schedulers_spacing_and_sd2s_padding_withou
         load_stable_diffusion(copy)
 
 
-def test_clip_skip_reads_an_earlier_block(reference):
+def test_clip_skip_reads_an_earlier_block(epsilon):
     """AUTOMATIC1111's "Clip skip: 2" is the final norm of the penultimate block's state (transformers'
     hidden_states[-2]); 1 is the plain output, and a skip past the first block is refused."""
-    pipe, folder = reference
+    pipe, folder = epsilon
     ours = Pipeline.load(folder, device="cpu")
     ids = pipe.tokenizer([PROMPT], padding="max_length", max_length=77, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -118,8 +127,8 @@ def test_clip_skip_reads_an_earlier_block(reference):
         ours.text_encoder(ids, clip_skip=3)
 
 
-def test_sd2_prediction_of_a_single_file(reference, tmp_path):
-    _, folder = reference
+def test_sd2_prediction_of_a_single_file(epsilon, tmp_path):
+    _, folder = epsilon
     networks, _, _ = load_stable_diffusion(folder)
     path = save_original(networks, tmp_path / "model.safetensors")
     assert load_stable_diffusion(path)[1]["diffusion"]["prediction_type"] == "epsilon"  # nothing says v
@@ -172,13 +181,13 @@ def test_clip_skip_in_the_pipeline_equals_diffusers_and_is_written_as_automatic1
         ours(PROMPT, steps=1, clip_skip=5, progress=False)
 
 
-def test_a_separate_vae_replaces_the_models_own(reference, tmp_path, capsys):
+def test_a_separate_vae_replaces_the_models_own(epsilon, tmp_path, capsys):
     from safetensors.torch import save_file
 
     from t2i.cli import main
     from t2i.convert import vae_names
 
-    pipe, folder = reference
+    pipe, folder = epsilon
     other = randomize(diffusers.AutoencoderKL(**pipe.vae.config), 9)
     other.save_pretrained(tmp_path / "vae")  # a diffusers vae/ folder
     networks, _, _ = load_stable_diffusion(folder)
@@ -208,7 +217,7 @@ def test_a_separate_vae_replaces_the_models_own(reference, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_automatic1111_api_takes_clip_skip_from_override_settings(reference, tmp_path):
+def test_automatic1111_api_takes_clip_skip_from_override_settings(epsilon, tmp_path):
     pytest.importorskip("fastapi")
     import json
 
@@ -216,7 +225,7 @@ def test_automatic1111_api_takes_clip_skip_from_override_settings(reference, tmp
 
     from t2i.serve.app import ServerSettings, create_app
 
-    _, folder = reference
+    _, folder = epsilon
     networks, _, _ = load_stable_diffusion(folder)
     save_original(networks, tmp_path / "models" / "tiny-sd2.safetensors")
     app = create_app(ServerSettings(tmp_path / "data", models_dir=tmp_path / "models"))

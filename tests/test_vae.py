@@ -38,6 +38,7 @@ def test_kl_of_the_diagonal_gaussian_matches_torch_distributions():
     torch.testing.assert_close(q.kl(), expected)
     draws = torch.stack([q.sample(torch.Generator().manual_seed(i)) for i in range(2000)])
     torch.testing.assert_close(draws.mean(0), q.mean, atol=0.25, rtol=0)
+    torch.testing.assert_close(draws.std(0), q.std, atol=0, rtol=0.1)  # σ, not σ² nor a scaled σ (within 5% here)
 
 
 def test_sd_v1_config_has_the_released_parameter_count():

@@ -53,10 +53,11 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags this CPU reports in /proc/cpuinfo (none where there is no such file)."""
+def cpu_flags(root: Path = Path("/")) -> frozenset[str]:
+    """The instruction-set flags this CPU reports in /proc/cpuinfo (none where there is no such file).
+    `root` is where /proc is (tests give another)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = (root / "proc/cpuinfo").read_text()
     except OSError:
         return frozenset()
     return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
