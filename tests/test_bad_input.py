@@ -83,6 +83,7 @@ def files(tmp_path_factory):
     (root / "random.ckpt").write_bytes(bytes(range(256)) * 8)
     (root / "notes.txt").write_text("not a model")
     (root / "bomb.png").write_bytes(tiny_png(100_000, 100_000))
+    (root / "large.png").write_bytes(tiny_png(9000, 9000))  # past our limit, short of PIL's own bomb check
     (root / "chunk.png").write_bytes(tiny_png(8, 8, png_chunk(b"zTXt", b"t2i\0\0" + zlib.compress(b" " * 5 * 2**20))))
     (root / "folder").mkdir()
     data = root / "data"  # a dataset whose metadata names a file outside it
@@ -154,9 +155,9 @@ GENERATE = [
     (["--image", "{root}/folder"], "'{root}/folder' is a folder, not an image"),
     (["--image", "{root}/corrupt.png"], "cannot read image '{root}/corrupt.png': cannot identify image file"),
     # 10^10 pixels declared: refused by PIL's own DecompressionBombError in Image.open (over twice its
-    # MAX_IMAGE_PIXELS), which read_image wraps; read_image's MAX_PIXELS check ("... more than this reads") is
-    # never reached by this file
+    # MAX_IMAGE_PIXELS), which read_image wraps; large.png's 81 megapixels reach read_image's MAX_PIXELS check
     (["--image", "{root}/bomb.png"], "cannot read image '{root}/bomb.png': Image size (10000000000 pixels) exceeds"),
+    (["--image", "{root}/large.png"], "'{root}/large.png' is 9000×9000, more than this reads (67 megapixels)"),
     (["--image", "{root}/chunk.png"], "cannot read image '{root}/chunk.png': Decompressed data too large"),
     (["--mask", "{root}/ok.png"], "a mask needs the image it masks: pass the image too"),
     (["--image", "{root}/ok.png", "--strength", "1.5"], "strength must be a finite number from 0 to 1"),
