@@ -41,7 +41,7 @@ def add_generate(sub) -> None:
     p.add_argument("--eta", type=float, default=None, help="DDIM and Euler-ancestral noise (0 = deterministic)")
     add_options(p)
     p.add_argument("--seed", type=int, default=None, help="image i uses seed + i; default: random")
-    p.add_argument("--num", type=positive(int), default=1, help="number of images")
+    p.add_argument("--num", type=positive(int, 4096), default=1, help="number of images")
     p.add_argument("--width", type=int, default=None,
                    help="image width in pixels (default: the size the model was trained at)")
     p.add_argument("--height", type=int, default=None,
