@@ -109,6 +109,7 @@ def page(server, driver):
     driver.get(f"{server}/")
     wait(driver, "return document.querySelectorAll('#model option').length > 0 && $('steps').value !== ''", 30)
     yield driver
+    driver.execute_script("localStorage.removeItem('t2i-form')")  # the next test starts from the model's defaults
     assert_local_requests(driver, server)
     scripts = [entry["message"] for entry in driver.get_log("browser") if entry.get("source") == "javascript"]
     assert not scripts, f"the page's script failed: {scripts}"
@@ -168,8 +169,9 @@ def test_queue_shows_jobs_in_order_and_cancels_a_queued_and_a_running_one(page):
     fill(page, prompt="red heart", steps=steps, num=images, seed=-1)
     page.find_element("id", "generate").click()
     fill(page, steps=4, num=1)
-    page.find_element("id", "generate").click()
-    page.find_element("id", "generate").click()
+    for _ in range(2):  # Generate is disabled while its last job is being posted
+        wait(page, "return !$('generate').disabled", 10)
+        page.find_element("id", "generate").click()
     wait(page, "return [...document.querySelectorAll('#queue .where')].map(w => w.textContent).join() "
                "=== 'running,#1,#2'", 30)
     first, second, third = page.execute_script("return [...$('queue').children].map(li => li.dataset.jobId)")
@@ -184,6 +186,62 @@ def test_queue_shows_jobs_in_order_and_cancels_a_queued_and_a_running_one(page):
     wait(page, f"return {card('cancelled', first)}")
     wait(page, f"return {card('done', second)}")
     assert page.find_element("id", "progress-text").text == "done"
+
+
+def test_a_double_click_posts_one_job_ctrl_enter_another_and_sizes_round_to_the_models_multiple(page, server):
+    from selenium.webdriver.common.keys import Keys
+
+    before = get_json(f"{server}/api/jobs?limit=1")["total"]
+    fill(page, prompt="red heart", steps=4, num=1, seed=3, width=70, height=50)
+    multiple = page.execute_script("return currentModel().size_multiple")
+    # the second click lands while the first's POST is in flight, on a button disabled until it is answered
+    assert page.execute_script("$('generate').click(); const busy = $('generate').disabled; "
+                               "$('generate').click(); return busy")
+    wait(page, "return !$('generate').disabled", 10)
+    rounded = [str(max(multiple, int(side / multiple + 0.5) * multiple)) for side in (70, 50)]
+    assert page.execute_script("return [$('width').value, $('height').value]") == rounded
+    page.find_element("id", "prompt").send_keys(Keys.CONTROL, Keys.ENTER)
+    wait(page, "return !$('generate').disabled && state.mine.length === 0 && $('progress-text').textContent === 'done'")
+    assert page.find_element("id", "prompt").get_property("value") == "red heart"  # no newline typed
+    jobs = get_json(f"{server}/api/jobs?limit=100")
+    assert jobs["total"] == before + 2
+    assert [[str(job["settings"][side]) for side in ("width", "height")] for job in jobs["jobs"][:2]] == [rounded] * 2
+
+
+def test_a_size_past_max_pixels_is_refused_before_it_is_posted(page, server):
+    before = get_json(f"{server}/api/jobs?limit=1")["total"]
+    side = 8 * (int(get_json(f"{server}/api/limits")["max_pixels"] ** 0.5) // 8 + 1)
+    fill(page, prompt="red heart", width=side, height=side)
+    page.find_element("id", "generate").click()
+    wait(page, "return !$('error').hidden", 10)
+    assert "max_pixels" in page.find_element("id", "error-text").text
+    assert get_json(f"{server}/api/jobs?limit=1")["total"] == before
+    page.find_element("id", "error-close").click()
+
+
+def test_the_form_comes_back_after_a_reload(page, server):
+    from selenium.webdriver.support.select import Select
+
+    values = {"prompt": "a blue star", "negative": "blurry", "steps": "9", "cfg": "3.5", "seed": "11", "num": "2",
+              "width": "48", "height": "32"}
+    fill(page, **values)
+    Select(page.find_element("id", "sampler")).select_by_index(2)
+    page.execute_script("$('strength').value = 0.4; $('strength').dispatchEvent(new Event('input', {bubbles: true}))")
+    page.get(f"{server}/")
+    wait(page, "return document.querySelectorAll('#model option').length > 0 && $('steps').value !== ''", 30)
+    assert page.execute_script(f"return {list(values)}.map(id => $(id).value)") == list(values.values())
+    assert page.execute_script("return [$('sampler').selectedIndex, $('strength').value]") == [2, "0.4"]
+
+
+def test_a_job_interrupted_through_sdapi_shows_the_images_it_kept(page, server):
+    steps = page.execute_script("return $('steps').max")
+    fill(page, prompt="red heart", steps=steps, num=1, seed=5)
+    page.find_element("id", "generate").click()
+    wait(page, "return $('progress').value > 0")
+    request = urllib.request.Request(f"{server}/sdapi/v1/interrupt", data=b"", method="POST")
+    urllib.request.urlopen(request, timeout=10).close()
+    wait(page, f"return $('progress-text').textContent === 'cancelled' && {image_loaded('#result img')}")
+    wait(page, f"return {card('cancelled')} && {image_loaded('#history .card.cancelled img')}", 10)
 
 
 def test_an_api_error_is_shown_with_the_limit_it_hit(page):

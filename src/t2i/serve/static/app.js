@@ -45,6 +45,7 @@ async function api(path, { method = "GET", body } = {}) {
   if (!response.ok) {
     const error = new Error((data && data.detail) || `${response.status} ${response.statusText}`);
     error.limit = data && data.limit;  // a limit's name is in the detail too; kept for the error's title
+    error.status = response.status;  // some answers are expected, as a 409 for a job that ended meanwhile
     throw error;
   }
   return data;
@@ -90,6 +91,7 @@ const ENDED = ["done", "failed", "cancelled"];  // a job's terminal states, and 
 
 const state = {
   models: [],
+  limits: {},  // /api/limits: the page checks a size before posting it, so img2img never scales to a refused one
   samplers: [],  // without "Model default": the <select>'s value is an index here, "" for the default
   mine: [],  // ids of jobs this page follows, oldest first; one is watched at a time
   watching: null,  // {id, source}
@@ -177,6 +179,53 @@ function readForm() {
   return body;
 }
 
+// The plain fields are kept across a reload (the model's own defaults are applied first, then these).
+const FORM_KEY = "t2i-form";
+const SAVED_FIELDS = ["prompt", "negative", "steps", "cfg", "sampler", "width", "height", "seed", "num", "strength"];
+
+function saveForm() {
+  localStorage.setItem(FORM_KEY, JSON.stringify(Object.fromEntries(SAVED_FIELDS.map((id) => [id, $(id).value]))));
+}
+
+function restoreForm() {
+  let saved;
+  try {
+    saved = JSON.parse(localStorage.getItem(FORM_KEY)) || {};
+  } catch {
+    return;  // written by another version of the page: the model's defaults stand
+  }
+  for (const id of SAVED_FIELDS) {
+    if (typeof saved[id] !== "string") continue;
+    // a sampler menu that has changed since keeps its default rather than showing a blank choice
+    if (id === "sampler" && ![...$(id).options].some((option) => option.value === saved[id])) continue;
+    $(id).value = saved[id];
+  }
+  showStrength();
+  showNetworks();
+}
+
+// Width and height in the model's multiples, and within the server's pixels per image, checked here:
+// img2img scales its image to this size before posting, so a size the server refuses must not get that far.
+function checkSize() {
+  const model = currentModel();
+  const multiple = (model && model.size_multiple) || 8;
+  const sides = ["width", "height"].map((id) => {
+    const text = $(id).value.trim();
+    if (text === "") return null;  // the model's own size
+    const side = Math.max(multiple, Math.round(Number(text) / multiple) * multiple);
+    if (Number.isFinite(side)) $(id).value = side;
+    return side;
+  });
+  const [width, height] = sides;
+  const max = state.limits.max_pixels;
+  if (width && height && max && width * height > max) {
+    const error = new Error(`${width}×${height} is ${width * height} pixels, more than this server's max_pixels ` +
+      `of ${max}: make the image smaller`);
+    error.limit = "max_pixels";
+    throw error;
+  }
+}
+
 // Fill the form from a job's settings or a PNG's parameters (which give size as [H, W]); what
 // they leave out, or give in another shape (a figure's lists of prompts and scales), stays as it is.
 function applySettings(settings) {
@@ -202,6 +251,7 @@ function applySettings(settings) {
     showStrength();
   }
   showNetworks();
+  saveForm();
 }
 
 // A job's settings with what the request left to the model filled in: from the image's own
@@ -221,7 +271,8 @@ function effective(job, index = 0) {
 }
 
 function describe(settings) {
-  const parts = [`${settings.width}×${settings.height}`, samplerLabel(settings.sampler, settings.spacing),
+  const size = settings.width && settings.height ? `${settings.width}×${settings.height}` : "model size";
+  const parts = [size, samplerLabel(settings.sampler, settings.spacing),
     `${settings.steps} steps`, `cfg ${settings.cfg}`, `seed ${settings.seed}`];
   if (settings.kind && settings.kind !== "txt2img") parts.push(`${settings.kind} ${settings.strength ?? ""}`.trim());
   return parts.join(" · ");
@@ -336,13 +387,19 @@ function setupBrush() {
 
 async function generate(event) {
   event.preventDefault();
+  if ($("generate").disabled) return;  // Ctrl+Enter reaches here too, past the disabled button
   hideError();
+  $("generate").disabled = true;  // a second click while the POST is in flight would queue the job twice
   try {
+    checkSize();
+    saveForm();
     const job = await api("/api/jobs", { method: "POST", body: readForm() });
     state.mine.push(job.id);
     followNext();
   } catch (error) {
     showError(error);
+  } finally {
+    $("generate").disabled = false;
   }
   refreshQueue();
 }
@@ -388,6 +445,7 @@ function followNext() {
     }, (error) => {
       showError(error);
       forget(id);
+      followNext();  // the other jobs are still this page's to follow
     });
   };
 }
@@ -405,8 +463,8 @@ function forget(id) {
 function finished(job) {
   forget(job.id);
   addToHistory(job);
+  if (job.images.length) showResult(job);  // a job interrupted through /sdapi ends cancelled with its images
   if (job.state === "done") {
-    showResult(job);
     setProgress(1, 1, "done");
   } else {
     setProgress(0, 1, job.state);
@@ -418,6 +476,7 @@ function finished(job) {
 }
 
 async function cancelJob(id) {
+  $("cancel").disabled = true;  // one request at a time: a second would only meet a job already stopping
   try {
     const job = await api(`/api/jobs/${id}`, { method: "DELETE" });
     if (job.state === "cancelled") {
@@ -428,9 +487,24 @@ async function cancelJob(id) {
       setProgress($("progress").value, $("progress").max, "cancelling…");
     }
   } catch (error) {
-    showError(error);
+    if (error.status === 409) await jobEndedMeanwhile(id);  // it ended before the request came: no error
+    else showError(error);
+  } finally {
+    $("cancel").disabled = state.mine.length === 0;
   }
   refreshQueue();
+}
+
+// A job found ended when the page asked to cancel it: shown as ended, as its stream would have.
+async function jobEndedMeanwhile(id) {
+  try {
+    const job = await api(`/api/jobs/${id}`);
+    if (!ENDED.includes(job.state)) return;
+    if (state.mine.includes(id)) finished(job);
+    else addToHistory(job);
+  } catch {
+    // gone from the store too: the queue poll shows what there is
+  }
 }
 
 function showResult(job, only = null) {
@@ -481,10 +555,10 @@ function addToHistory(job) {
   if (!ENDED.includes(job.state)) return;
   const settings = effective(job);
   const card = el("div", { className: `card ${job.state}`, dataset: { jobId: job.id, created: job.created } },
-    el("div", { className: "thumbs" }, ...job.images.map((image, i) => el("img", {
-      src: withToken(image.url), alt: settings.prompt, title: `seed ${image.seed}`, loading: "lazy",
-      onclick: () => showResult(job, i),
-    }))),
+    // a button around each thumbnail, so that the keyboard reaches it as a mouse does
+    el("div", { className: "thumbs" }, ...job.images.map((image, i) => el("button", {
+      type: "button", className: "thumb", title: `seed ${image.seed}`, onclick: () => showResult(job, i),
+    }, el("img", { src: withToken(image.url), alt: settings.prompt, loading: "lazy" })))),
     el("div", { className: "prompt", textContent: settings.prompt || "(no prompt)" }),
     settings.negative_prompt ? el("div", { className: "meta", textContent: `not: ${settings.negative_prompt}` }) : null,
     el("div", { className: "meta", textContent: describe(settings) }),
@@ -602,11 +676,21 @@ async function loadNetworks(refresh = false) {
 
 function wire() {
   $("form").addEventListener("submit", generate);
+  for (const type of ["input", "change"]) $("form").addEventListener(type, saveForm);
+  // Ctrl+Enter (Cmd+Enter on a Mac) in a prompt generates, as in AUTOMATIC1111's web UI
+  for (const id of ["prompt", "negative"]) {
+    $(id).addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        $("form").requestSubmit();
+      }
+    });
+  }
   $("model").addEventListener("change", applyModelDefaults);
   $("error-close").addEventListener("click", hideError);
   $("cancel").addEventListener("click", () => state.mine.length && cancelJob(state.watching?.id ?? state.mine[0]));
-  $("seed-random").addEventListener("click", () => { $("seed").value = -1; });
-  $("seed-reuse").addEventListener("click", () => { if (state.lastSeed !== null) $("seed").value = state.lastSeed; });
+  $("seed-random").addEventListener("click", () => { $("seed").value = -1; saveForm(); });
+  $("seed-reuse").addEventListener("click", () => { if (state.lastSeed !== null) $("seed").value = state.lastSeed; saveForm(); });
   $("init-image").addEventListener("change", (event) => loadInitImage(event.target.files[0]));
   $("init-remove").addEventListener("click", () => {
     removeInitImage();
@@ -627,6 +711,7 @@ function wire() {
 
   $("pnginfo-file").addEventListener("change", (event) => {
     readPngInfo(event.target.files[0]);
+    event.target.value = "";  // else choosing the same file again fires no change
   });
   const drop = $("pnginfo-drop");
   drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
@@ -647,13 +732,14 @@ async function start() {
       [api("/api/models"), api("/api/samplers"), api("/api/limits")]);
     state.models = models.models;
     state.samplers = samplers.samplers;
+    state.limits = limits;
     $("model").replaceChildren(...state.models.map((m) => el("option", { value: m.id, textContent: m.id })));
     $("model").value = models.default;
     $("sampler").append(...state.samplers.map((s, i) => el("option", { value: String(i), textContent: s.label })));
     $("steps").max = limits.max_steps;
     $("num").max = limits.max_images;
-    $("prompt").maxLength = $("negative").maxLength = limits.max_prompt_chars;
     applyModelDefaults();
+    restoreForm();
   } catch (error) {
     showError(error);
   }
