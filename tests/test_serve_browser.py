@@ -244,6 +244,14 @@ def test_a_job_interrupted_through_sdapi_shows_the_images_it_kept(page, server):
     wait(page, f"return {card('cancelled')} && {image_loaded('#history .card.cancelled img')}", 10)
 
 
+def test_cancelling_a_job_that_already_ended_shows_it_ended_not_an_error(page, server):
+    done = next(job for job in get_json(f"{server}/api/jobs?limit=100")["jobs"] if job["state"] == "done")
+    page.execute_script("return cancelJob(arguments[0])", done["id"])  # the server answers 409
+    assert not error_shown(page)
+    wait(page, f"return {card('done', done['id'])}", 10)
+    assert not page.find_element("id", "cancel").is_enabled()
+
+
 def test_an_api_error_is_shown_with_the_limit_it_hit(page):
     fill(page, prompt="red heart", steps=100000)
     page.find_element("id", "generate").click()
