@@ -690,7 +690,10 @@ function wire() {
   $("error-close").addEventListener("click", hideError);
   $("cancel").addEventListener("click", () => state.mine.length && cancelJob(state.watching?.id ?? state.mine[0]));
   $("seed-random").addEventListener("click", () => { $("seed").value = -1; saveForm(); });
-  $("seed-reuse").addEventListener("click", () => { if (state.lastSeed !== null) $("seed").value = state.lastSeed; saveForm(); });
+  $("seed-reuse").addEventListener("click", () => {
+    if (state.lastSeed !== null) $("seed").value = state.lastSeed;
+    saveForm();
+  });
   $("init-image").addEventListener("change", (event) => loadInitImage(event.target.files[0]));
   $("init-remove").addEventListener("click", () => {
     removeInitImage();
