@@ -232,8 +232,11 @@ def test_models_samplers_limits_and_offline_docs(client):
     models = client.get("/api/models").json()
     assert models["default"] == "emoji" and [m["id"] for m in models["models"]] == ["emoji", "shapes"]
     assert models["models"][0]["image_size"] == 64 and models["models"][0]["size_multiple"] == 16
-    labels = [entry["label"] for entry in client.get("/api/samplers").json()["samplers"]]
-    assert {"Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"} <= set(labels)
+    assert [m["clip"] for m in models["models"]] == [False, True]  # emoji reads BERT, shapes CLIP: clip skip
+    menu = client.get("/api/samplers").json()["samplers"]
+    assert {"Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM"} <= {entry["label"] for entry in menu}
+    eta = {entry["label"]: entry["eta"] for entry in menu}
+    assert eta["DDIM"] and eta["Euler a"] and not eta["DPM++ 2M"] and not eta["DPM++ 2M Karras"]
     assert client.get("/api/limits").json()["max_steps"] == 150
     docs = client.get("/docs").text
     assert "/docs-assets/swagger-ui-bundle.js" in docs and "https://" not in docs.replace("https://swagger.io", "")

@@ -348,3 +348,51 @@ def test_the_steps_of_a_models_distilled_students_are_named_beside_steps(page):
         hint.get_attribute("title")
     Select(page.find_element("id", "model")).select_by_value("emoji")
     wait(page, "return $('students-hint').hidden", 5)
+
+
+def test_eta_for_a_sampler_that_takes_one_clip_skip_for_a_clip_model_and_png_info_fills_both(page, server, tmp_path):
+    """AUTOMATIC1111's Eta and Clip skip: shown where they apply, posted only then, read back from PNG info."""
+    from selenium.webdriver.support.select import Select
+
+    def generate():
+        before = get_json(f"{server}/api/jobs?limit=1")["total"]
+        page.find_element("id", "generate").click()
+        wait(page, "return !$('generate').disabled && state.mine.length === 0 && "
+                   "$('progress-text').textContent === 'done'")
+        jobs = get_json(f"{server}/api/jobs?limit=1")
+        assert jobs["total"] == before + 1
+        return jobs["jobs"][0]["settings"]
+
+    sampler, model = Select(page.find_element("id", "sampler")), Select(page.find_element("id", "model"))
+    # emoji reads BERT, not CLIP, and its default DPM++ 2M takes no eta: neither field
+    assert not page.find_element("id", "eta-field").is_displayed()
+    assert not page.find_element("id", "clip-skip-field").is_displayed()
+    sampler.select_by_visible_text("DDIM")
+    wait(page, "return !$('eta-field').hidden", 5)
+    fill(page, prompt="red heart", steps=2, seed=5, eta=0.5)
+    settings = generate()
+    assert settings["sampler"] == "ddim" and settings["eta"] == 0.5 and settings["clip_skip"] is None
+
+    sampler.select_by_visible_text("DPM++ 2M")
+    wait(page, "return $('eta-field').hidden", 5)
+    assert generate()["eta"] is None  # the 0.5 still in the hidden field is not sent
+
+    model.select_by_value("shapes")  # a CLIP model: clip skip applies
+    wait(page, "return !$('clip-skip-field').hidden", 5)
+    model.select_by_value("emoji")
+    wait(page, "return $('clip-skip-field').hidden", 5)
+
+    theirs = tmp_path / "theirs.png"
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("parameters", "a blue star\nSteps: 12, Sampler: Euler a, CFG scale: 6.5, Seed: 42, "
+                                 "Size: 64x48, Model: shapes, Eta: 0.3, Clip skip: 2")
+    Image.new("RGB", (64, 48)).save(theirs, pnginfo=chunk)
+    page.find_element("id", "pnginfo-file").send_keys(str(theirs))
+    wait(page, "return $('prompt').value === 'a blue star'", 10)
+    assert page.execute_script("return [$('model').value, $('sampler').selectedOptions[0].textContent, "
+                               "$('eta').value, $('clip-skip').value, $('eta-field').hidden, "
+                               "$('clip-skip-field').hidden]") == ["shapes", "Euler a", "0.3", "2", False, False]
+    fill(page, steps=2)
+    settings = generate()
+    assert (settings["model"], settings["sampler"], settings["eta"], settings["clip_skip"]) == \
+        ("shapes", "euler_ancestral", 0.3, 2)

@@ -30,7 +30,7 @@ from ..samplers import SAMPLERS
 from .a1111 import a1111_router
 from .events import TERMINAL, EventHub
 from .extra_networks import ExtraNetworks
-from .job_request import JobRequest, png_parameters, plan_job
+from .job_request import JobRequest, png_parameters, plan_job, takes_eta
 from .limits import LimitError, Limits
 from .shelf import ModelShelf
 from .store import Job, JobStore
@@ -213,7 +213,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @api.get("/samplers")
     def samplers():
-        return {"samplers": sampler_menu(SAMPLERS)}
+        return {"samplers": [{**entry, "eta": takes_eta(entry["sampler"])} for entry in sampler_menu(SAMPLERS)]}
 
     @api.get("/loras")
     def loras():

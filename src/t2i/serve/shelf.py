@@ -18,6 +18,7 @@ import torch
 from ..checkpoints import CONFIG_NAME, networks, read_config, resolve_model, shipped_models, student_folders
 from ..convert.stable_diffusion import is_foreign
 from ..convert.tensors import PICKLES, SAFETENSORS
+from ..text.clip import CLIPTextTransformer
 from ..errors import UserError
 from ..pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS, Pipeline
 from .extra_networks import ExtraNetworks
@@ -77,14 +78,16 @@ class ModelShelf:
     def info(self, model_id: str) -> dict:
         """What a client needs to fill a form: image size, whether it takes a prompt, the multiple
         its sides must be, its sampling defaults, the steps of its distilled students (a call for that
-        many steps at the default sampler and cfg runs one). Read from the config; None where unknown
+        many steps at the default sampler and cfg runs one), whether its text encoder is CLIP's (so
+        AUTOMATIC1111's clip skip applies: an SD file's always is). Read from the config; None where unknown
         until loaded."""
         if model_id in self.loaded:
             return self.loaded_info(model_id, self.loaded[model_id][0])
         if model_id not in self.infos:
             folder = resolve_model(self.paths[model_id])
             if is_foreign(folder):
-                self.infos[model_id] = {"id": model_id, "image_size": None, "conditional": True, "size_multiple": 8,
+                self.infos[model_id] = {"id": model_id, "image_size": None, "conditional": True, "clip": True,
+                                        "size_multiple": 8,
                                         "inference": dict(INFERENCE_DEFAULTS), "students": []}
             else:
                 config = read_config(folder)
@@ -94,6 +97,8 @@ class ModelShelf:
                                                                     if "vae" in nets else 1)
                 self.infos[model_id] = {"id": model_id, "image_size": config["image_size"],
                                         "conditional": "text_encoder" in config or "tokenizer" in config,
+                                        "clip": isinstance(nets["text_encoder"] if "text_encoder" in nets else None,
+                                                           CLIPTextTransformer),
                                         "size_multiple": multiple,
                                         "inference": {**INFERENCE_DEFAULTS, **config.get("inference", {})},
                                         "students": sorted(student_folders(folder))}
@@ -102,6 +107,7 @@ class ModelShelf:
     @staticmethod
     def loaded_info(model_id: str, pipe: Pipeline) -> dict:
         return {"id": model_id, "image_size": pipe.image_size, "conditional": pipe.text_encoder is not None,
+                "clip": isinstance(pipe.text_encoder, CLIPTextTransformer),
                 "size_multiple": pipe.unet.config.downsample_factor * pipe.downsample_factor,
                 "inference": dict(pipe.defaults), "students": sorted(pipe.students), "loaded": True}
 

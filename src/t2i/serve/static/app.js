@@ -123,6 +123,26 @@ function selectSampler(sampler, spacing) {
   $("sampler").value = i < 0 ? "" : String(i);
 }
 
+// The menu entry of the sampler a job would run: the one chosen, else the model's default.
+function samplerThatRuns() {
+  const choice = state.samplers[$("sampler").value];
+  if (choice) return choice;
+  const model = currentModel();
+  const inference = (model && model.inference) || {};
+  return state.samplers.find((s) => s.sampler === inference.sampler && (s.spacing ?? null) === (inference.spacing ?? null))
+    || state.samplers.find((s) => s.sampler === inference.sampler) || null;
+}
+
+// AUTOMATIC1111's Eta for a sampler that takes one (DDIM, Euler a, ...), its Clip skip for a model
+// that reads a CLIP text encoder (or may: `clip` is null where the server cannot tell before loading).
+function showSamplerOptions() {
+  const sampler = samplerThatRuns();
+  const model = currentModel();
+  $("eta-field").hidden = !(sampler && sampler.eta);
+  $("clip-skip-field").hidden = Boolean(model) && model.clip === false;
+  $("sampler-options").hidden = $("eta-field").hidden && $("clip-skip-field").hidden;
+}
+
 // A model brings its own size and inference settings; the form starts from them.
 function applyModelDefaults() {
   const model = currentModel();
@@ -144,6 +164,7 @@ function applyModelDefaults() {
   $("students-hint").title = students.length
     ? `${students.join(" or ")} steps with the default sampler and CFG run the model's distilled student: ` +
       "one network call a step, no guidance pass" : "";
+  showSamplerOptions();
 }
 
 function readForm() {
@@ -176,12 +197,18 @@ function readForm() {
     body.strength = Number($("strength").value);
     if (state.maskPainted) body.mask = pngAt($("mask-canvas"), width, height, "#000");  // white on black
   }
+  // sent only where they apply: the server refuses an eta to a sampler without one
+  const eta = number("eta");
+  if (!$("eta-field").hidden && eta !== null) body.eta = eta;
+  const clipSkip = number("clip-skip");
+  if (!$("clip-skip-field").hidden && clipSkip > 1) body.clip_skip = clipSkip;
   return body;
 }
 
 // The plain fields are kept across a reload (the model's own defaults are applied first, then these).
 const FORM_KEY = "t2i-form";
-const SAVED_FIELDS = ["prompt", "negative", "steps", "cfg", "sampler", "width", "height", "seed", "num", "strength"];
+const SAVED_FIELDS = ["prompt", "negative", "steps", "cfg", "sampler", "width", "height", "seed", "num", "strength", "eta",
+  "clip-skip"];
 
 function saveForm() {
   localStorage.setItem(FORM_KEY, JSON.stringify(Object.fromEntries(SAVED_FIELDS.map((id) => [id, $(id).value]))));
@@ -202,6 +229,7 @@ function restoreForm() {
   }
   showStrength();
   showNetworks();
+  showSamplerOptions();
 }
 
 // Width and height in the model's multiples, and within the server's pixels per image, checked here:
@@ -246,6 +274,11 @@ function applySettings(settings) {
   set("height", height);
   set("num", settings.num_images);
   if (typeof settings.sampler === "string") selectSampler(settings.sampler, settings.spacing);
+  if (typeof settings.prompt === "string") {  // one image's settings: they name eta and clip skip only when set
+    $("eta").value = typeof settings.eta === "number" ? settings.eta : "";
+    $("clip-skip").value = Number.isInteger(settings.clip_skip) ? settings.clip_skip : 1;
+  }
+  showSamplerOptions();
   if (typeof settings.strength === "number") {
     $("strength").value = settings.strength;
     showStrength();
@@ -260,7 +293,9 @@ function effective(job, index = 0) {
   const settings = { ...job.settings };
   const ran = job.images[index] && job.images[index].parameters;
   if (ran) {
-    for (const key of ["sampler", "spacing", "steps", "cfg", "seed", "strength"]) settings[key] = ran[key] ?? settings[key];
+    for (const key of ["sampler", "spacing", "steps", "cfg", "seed", "strength", "eta", "clip_skip"]) {
+      settings[key] = ran[key] ?? settings[key];
+    }
     if (ran.size) [settings.height, settings.width] = ran.size;
   } else {
     const model = state.models.find((m) => m.id === settings.model);
@@ -274,6 +309,8 @@ function describe(settings) {
   const size = settings.width && settings.height ? `${settings.width}×${settings.height}` : "model size";
   const parts = [size, samplerLabel(settings.sampler, settings.spacing),
     `${settings.steps} steps`, `cfg ${settings.cfg}`, `seed ${settings.seed}`];
+  if (typeof settings.eta === "number") parts.push(`eta ${settings.eta}`);
+  if (settings.clip_skip > 1) parts.push(`clip skip ${settings.clip_skip}`);
   if (settings.kind && settings.kind !== "txt2img") parts.push(`${settings.kind} ${settings.strength ?? ""}`.trim());
   return parts.join(" · ");
 }
@@ -687,6 +724,7 @@ function wire() {
     });
   }
   $("model").addEventListener("change", applyModelDefaults);
+  $("sampler").addEventListener("change", showSamplerOptions);
   $("error-close").addEventListener("click", hideError);
   $("cancel").addEventListener("click", () => state.mine.length && cancelJob(state.watching?.id ?? state.mine[0]));
   $("seed-random").addEventListener("click", () => { $("seed").value = -1; saveForm(); });
