@@ -18,9 +18,9 @@ import torch
 from ..checkpoints import CONFIG_NAME, networks, read_config, resolve_model, shipped_models, student_folders
 from ..convert.stable_diffusion import is_foreign
 from ..convert.tensors import PICKLES, SAFETENSORS
-from ..text.clip import CLIPTextTransformer
 from ..errors import UserError
 from ..pipeline import DEFAULT_MODEL, INFERENCE_DEFAULTS, Pipeline
+from ..text.clip import CLIPTextTransformer
 from .extra_networks import ExtraNetworks
 
 
