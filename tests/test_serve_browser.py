@@ -135,6 +135,17 @@ def error_shown(driver) -> bool:
     return driver.execute_script("return !$('error').hidden")
 
 
+def read_automatic1111_png(page, folder, infotext: str) -> None:
+    """Drop a PNG that only AUTOMATIC1111's `parameters` chunk describes on PNG info; wait for its prompt."""
+    path = folder / "theirs.png"
+    chunk = PngImagePlugin.PngInfo()
+    chunk.add_text("parameters", infotext)
+    Image.new("RGB", (64, 48)).save(path, pnginfo=chunk)
+    page.find_element("id", "pnginfo-file").send_keys(str(path))
+    prompt = infotext.split("\n")[0]
+    wait(page, f"return $('prompt').value === {prompt!r}", 10)
+
+
 def fill(driver, **values):
     for element_id, value in values.items():
         element = driver.find_element("id", element_id)
@@ -294,13 +305,8 @@ def test_png_info_reads_our_settings_and_automatic1111s_back_into_the_form(page,
     assert page.find_element("id", "steps").get_property("value") == str(ours["settings"]["steps"])
     assert page.find_element("id", "seed").get_property("value") == str(ours["images"][0]["seed"])
 
-    theirs = tmp_path / "theirs.png"
-    chunk = PngImagePlugin.PngInfo()
-    chunk.add_text("parameters", "a blue star\nNegative prompt: blurry\n"
-                                 "Steps: 12, Sampler: DDIM, CFG scale: 6.5, Seed: 42, Size: 64x48, Model: sd15")
-    Image.new("RGB", (64, 48)).save(theirs, pnginfo=chunk)
-    page.find_element("id", "pnginfo-file").send_keys(str(theirs))
-    wait(page, "return $('prompt').value === 'a blue star'", 10)
+    read_automatic1111_png(page, tmp_path, "a blue star\nNegative prompt: blurry\n"
+                           "Steps: 12, Sampler: DDIM, CFG scale: 6.5, Seed: 42, Size: 64x48, Model: sd15")
     values = page.execute_script(
         "return ['negative', 'steps', 'cfg', 'seed', 'width', 'height'].map(id => $(id).value)")
     assert values == ["blurry", "12", "6.5", "42", "64", "48"]
@@ -382,13 +388,8 @@ def test_eta_for_a_sampler_that_takes_one_clip_skip_for_a_clip_model_and_png_inf
     model.select_by_value("emoji")
     wait(page, "return $('clip-skip-field').hidden", 5)
 
-    theirs = tmp_path / "theirs.png"
-    chunk = PngImagePlugin.PngInfo()
-    chunk.add_text("parameters", "a blue star\nSteps: 12, Sampler: Euler a, CFG scale: 6.5, Seed: 42, "
-                                 "Size: 64x48, Model: shapes, Eta: 0.3, Clip skip: 2")
-    Image.new("RGB", (64, 48)).save(theirs, pnginfo=chunk)
-    page.find_element("id", "pnginfo-file").send_keys(str(theirs))
-    wait(page, "return $('prompt').value === 'a blue star'", 10)
+    read_automatic1111_png(page, tmp_path, "a blue star\nSteps: 12, Sampler: Euler a, CFG scale: 6.5, Seed: 42, "
+                           "Size: 64x48, Model: shapes, Eta: 0.3, Clip skip: 2")
     assert page.execute_script("return [$('model').value, $('sampler').selectedOptions[0].textContent, "
                                "$('eta').value, $('clip-skip').value, $('eta-field').hidden, "
                                "$('clip-skip-field').hidden]") == ["shapes", "Euler a", "0.3", "2", False, False]
