@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i.errors import UserError
+from t2i.models import layers
 from t2i.models.layers import Attention, attend, timestep_embedding
 from t2i.models.unet import UNet, UNetConfig
 
@@ -117,3 +118,36 @@ def test_bfloat16_attention_on_the_cpu_is_computed_in_float32_where_its_kernels_
     assert inference.dtype == training.dtype == torch.bfloat16
     assert torch.equal(inference, in_bfloat16 if amx else in_float32)
     assert torch.equal(training, in_float32)
+
+
+def test_attention_in_chunks_is_attention(monkeypatch):
+    """Row blocks of 64 queries (the last of 36), on heads strided as `Attention._split` leaves them, give
+    softmax(QKᵀ/√d) V."""
+    monkeypatch.setattr(layers, "CHUNK_SCORE_BYTES", 64 * 70 * 8)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, length, 3, 8, generator=generator, dtype=torch.float64).transpose(1, 2)
+               for length in (100, 70, 70))
+    torch.testing.assert_close(layers.attend_in_chunks(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_large_bfloat16_inference_attention_without_amx_runs_in_chunks(monkeypatch):
+    """Without AMX, attention in inference with CHUNKED_SCORES scores or more and no mask takes the chunks
+    (within bfloat16's rounding of float32); fewer scores, a mask, a causal mask, gradients or AMX do not."""
+    chunked, chunks = layers.attend_in_chunks, []
+    monkeypatch.setattr(layers, "attend_in_chunks", lambda *qkv: chunks.append(qkv) or chunked(*qkv))
+    monkeypatch.setattr(layers, "amx", lambda device: False)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 256, 16, generator=generator) for _ in range(3))
+    assert 256 * 256 == layers.CHUNKED_SCORES
+    out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert len(chunks) == 1 and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v), rtol=0.02, atol=0.02)
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    mask = torch.ones(1, 1, 1, 256, dtype=torch.bool)
+    attend(q[:, :, :255], k, v)
+    attend(q, k, v, mask)
+    attend(q, k, v, causal=True)
+    attend(q.requires_grad_(), k, v)
+    monkeypatch.setattr(layers, "amx", lambda device: True)
+    attend(q.detach(), k, v)
+    assert len(chunks) == 1

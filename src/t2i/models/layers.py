@@ -54,19 +54,48 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+# Scores (queries × keys) from which CPU bfloat16 attention without AMX runs as row chunks (`attend_in_chunks`):
+# below, its loop over heads costs more than it saves (docs/benchmarks.md). And the bytes of one chunk's scores.
+CHUNKED_SCORES = 256 * 256
+CHUNK_SCORE_BYTES = 4 << 20
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
            causal: bool = False) -> torch.Tensor:
-    """`F.scaled_dot_product_attention`. For bfloat16 on the CPU it is computed in float32 (also under
-    autocast) and returned in bfloat16 where the CPU's bfloat16 kernels are slower: the backward pass
-    always, the forward pass without AMX (docs/benchmarks.md)."""
+    """`F.scaled_dot_product_attention`, computed where it runs fastest for bfloat16 on the CPU
+    (docs/benchmarks.md): the backward pass in float32 (also under autocast); without AMX, whose absence
+    leaves the fused bfloat16 kernel no faster than float32's, large unmasked attention as chunks of
+    bfloat16 matrix products (`attend_in_chunks`) and the rest in float32."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         if backward or not amx(q.device):
             with torch.autocast("cpu", enabled=False):
+                if (not backward and attn_mask is None and not causal
+                        and q.shape[-2] * k.shape[-2] >= CHUNKED_SCORES):
+                    return attend_in_chunks(q, k, v)
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
                                                      is_causal=causal)
             return out.to(torch.bfloat16)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+
+
+def attend_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(QKᵀ/√d) V for [..., L, d] queries, one head's block of rows at a time: two matrix products in
+    q's precision with float32 accumulation and a softmax over scores [rows, S] small enough
+    (`CHUNK_SCORE_BYTES`) to stay in cache. On a CPU with AVX512-BF16 but no AMX, where torch's fused kernel
+    runs its products at float32's speed, this takes 0.5–0.94x its time at SD's sizes."""
+    *batch, length, d = q.shape
+    q, k, v = (a.reshape(-1, a.shape[-2], d) for a in (q, k, v))
+    keys_t = (k * d ** -0.5).transpose(1, 2).contiguous()  # the 1/√d folded into Kᵀ once
+    rows = min(length, max(64, CHUNK_SCORE_BYTES // (k.shape[1] * k.element_size())))
+    out = q.new_empty(q.shape)
+    scores = q.new_empty(1, rows, k.shape[1])
+    for h in range(q.shape[0]):
+        for i in range(0, length, rows):
+            s = scores[:, : min(rows, length - i)]
+            torch.bmm(q[h:h + 1, i:i + rows], keys_t[h:h + 1], out=s)
+            torch.bmm(torch.softmax(s, dim=-1), v[h:h + 1], out=out[h:h + 1, i:i + rows])
+    return out.view(*batch, length, d)
 
 
 class Attention(nn.Module):
