@@ -120,12 +120,13 @@ def test_bfloat16_attention_on_the_cpu_is_computed_in_float32_where_its_kernels_
     assert torch.equal(training, in_float32)
 
 
-def test_attention_in_chunks_is_attention(monkeypatch):
-    """Row blocks of 64 queries (the last of 36), on heads strided as `Attention._split` leaves them, give
-    softmax(QKᵀ/√d) V."""
+@pytest.mark.parametrize("head_dim", [8, 16])
+def test_attention_in_chunks_is_attention(head_dim, monkeypatch):
+    """Row blocks of 64 queries (the last of 36), on heads strided as `Attention._split` leaves them, with V's
+    columns padded to 16 or not, give softmax(QKᵀ/√d) V."""
     monkeypatch.setattr(layers, "CHUNK_SCORE_BYTES", 64 * 70 * 8)
     generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, length, 3, 8, generator=generator, dtype=torch.float64).transpose(1, 2)
+    q, k, v = (torch.randn(2, length, 3, head_dim, generator=generator, dtype=torch.float64).transpose(1, 2)
                for length in (100, 70, 70))
     torch.testing.assert_close(layers.attend_in_chunks(q, k, v), F.scaled_dot_product_attention(q, k, v))
 

@@ -87,15 +87,17 @@ def attend_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     *batch, length, d = q.shape
     q, k, v = (a.reshape(-1, a.shape[-2], d) for a in (q, k, v))
     keys_t = (k * d ** -0.5).transpose(1, 2).contiguous()  # the 1/√d folded into Kᵀ once
+    # V's columns padded to a multiple of 16: P·V with SD v1's 40 ran at half the speed of 48 (docs/benchmarks.md)
+    v = F.pad(v, (0, -d % 16))
     rows = min(length, max(64, CHUNK_SCORE_BYTES // (k.shape[1] * k.element_size())))
-    out = q.new_empty(q.shape)
+    out = q.new_empty(q.shape[0], length, v.shape[-1])
     scores = q.new_empty(1, rows, k.shape[1])
     for h in range(q.shape[0]):
         for i in range(0, length, rows):
             s = scores[:, : min(rows, length - i)]
             torch.bmm(q[h:h + 1, i:i + rows], keys_t[h:h + 1], out=s)
             torch.bmm(torch.softmax(s, dim=-1), v[h:h + 1], out=out[h:h + 1, i:i + rows])
-    return out.view(*batch, length, d)
+    return out.view(*batch, length, -1)[..., :d]
 
 
 class Attention(nn.Module):
