@@ -1,0 +1,81 @@
+"""Attention on the CPU in bfloat16: torch's fused kernel against `layers.attend_in_chunks`, at SD's shapes.
+
+Without AMX, torch's fused bfloat16 attention kernel runs its products at float32's speed, so for bfloat16
+inference `layers.attend` used it in float32 (casting in and out) and now, for 256² scores or more without
+a mask, runs two bfloat16 matrix products and a softmax one head's block of rows at a time. For each shape
+(SD v1's self- and cross-attention at 512², its decoder's, SD 2.x's at 768², the text encoder's) this
+times, interleaved (medians), the fused kernel in float32 (the previous path), the fused kernel in
+bfloat16, the chunks, and the path `attend` takes now; and gives each one's relative L2 error
+against float64. Q, K, V are strided as `Attention._split` leaves them.
+
+Run:  python benchmarks/attention_cpu.py [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from peers import setup
+from t2i.bench import interleaved_times
+from t2i.models import layers
+
+SHAPES = {  # name: (batch, heads, queries, keys, head size)
+    "U-Net self, 64²": (2, 8, 4096, 4096, 40),
+    "U-Net self, 32²": (2, 8, 1024, 1024, 80),
+    "U-Net self, 16²": (2, 8, 256, 256, 160),
+    "U-Net cross, 64²": (2, 8, 4096, 77, 40),
+    "U-Net cross, 32²": (2, 8, 1024, 77, 80),
+    "U-Net cross, 16²": (2, 8, 256, 77, 160),
+    "decoder, 64²": (1, 1, 4096, 4096, 512),
+    "SD 2.x self, 96²": (2, 5, 9216, 9216, 64),
+    "text encoder": (2, 12, 77, 77, 64),
+}
+
+
+def inputs(batch: int, heads: int, queries: int, keys: int, d: int) -> tuple[torch.Tensor, ...]:
+    """Q, K, V in float64 as [B, heads, N, d] views of [B, N, heads, d] tensors."""
+    generator = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(batch, n, heads, d, generator=generator, dtype=torch.float64).transpose(1, 2)
+                 for n in (queries, keys, keys))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    print(f"Command: `{shlex.join(['python', 'benchmarks/attention_cpu.py', *sys.argv[1:]])}`")
+    print(f"{setup()}; AMX: {layers.amx(torch.device('cpu'))}; median of {args.repeats} interleaved calls; "
+          "error: relative L2 against float64\n")
+    print("| attention | [B, heads, L, S, d] | fused fp32 ms (error) | fused bf16 ms (error) | "
+          "in chunks bf16 ms (error) | chunks ÷ fused fp32 | `attend` takes |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    with torch.no_grad():
+        for name, shape in SHAPES.items():
+            q, k, v = inputs(*shape)
+            reference = F.scaled_dot_product_attention(q, k, v)
+            q32, k32, v32 = q.float(), k.float(), v.float()
+            q16, k16, v16 = q.bfloat16(), k.bfloat16(), v.bfloat16()
+            variants = {
+                "fused fp32": lambda: F.scaled_dot_product_attention(q32, k32, v32),
+                "fused bf16": lambda: F.scaled_dot_product_attention(q16, k16, v16),
+                "chunks": lambda: layers.attend_in_chunks(q16, k16, v16),
+            }
+            errors = {key: ((fn().double() - reference).norm() / reference.norm()).item()
+                      for key, fn in variants.items()}
+            seconds = {key: statistics.median(ts) for key, ts in interleaved_times(variants, args.repeats).items()}
+            amx = layers.amx(q.device)
+            path = ("chunks" if q.shape[-2] * k.shape[-2] >= layers.CHUNKED_SCORES and not amx
+                    else "fused bf16" if amx else "fused fp32")
+            cells = [f"{seconds[key] * 1e3:.2f} ({errors[key]:.1e})" for key in variants]
+            print(f"| {name} | {list(shape)} | {' | '.join(cells)} | "
+                  f"{seconds['chunks'] / seconds['fused fp32']:.2f} | {path} |")
+
+
+if __name__ == "__main__":
+    main()
