@@ -162,3 +162,39 @@ def test_two_processes_fine_tune_the_lora_one_process_fine_tunes(colour_folder, 
     t2i(*arguments, "--out", str(runs[0]))  # in a process of its own, as the others: no training in pytest's,
     t2i(*arguments, "--out", str(runs[1]), processes=2)  # which the forked runs of later tests copy
     assert_same_weights(*(raw_weights(out) for out in runs))
+
+
+RANK_ZERO_FAILS = """
+from t2i.training.distributed import join, leaving, main_first
+world, _ = join("cpu")
+def fail(error):
+    raise error
+def report(name, error):
+    print(f"{name} rank {world.rank}: {type(error).__name__}: {error}", flush=True)
+with leaving(world):
+    try:
+        with main_first(world):
+            if world.main:
+                fail(OSError("No space left on device"))
+    except Exception as error:
+        report("cache", error)
+    try:
+        world.on_main(lambda: fail(ZeroDivisionError("division by zero")))
+    except Exception as error:
+        report("save", error)
+"""
+
+
+def test_a_failure_of_rank_0_s_own_work_reaches_every_rank(tmp_path):
+    """Rank 0 building a cache the others wait for (`main_first`), or saving a checkpoint (`World.on_main`),
+    fails: every rank raises at once (the others a one-line UserError) instead of waiting in a collective."""
+    script = tmp_path / "fails.py"
+    script.write_text(RANK_ZERO_FAILS)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script)], capture_output=True, text=True, env=ENV, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {line for line in done.stdout.splitlines() if " rank " in line} == {
+        "cache rank 0: OSError: No space left on device",
+        "cache rank 1: UserError: the main process failed: OSError: No space left on device",
+        "save rank 0: ZeroDivisionError: division by zero",
+        "save rank 1: UserError: the main process failed: ZeroDivisionError: division by zero"}, done.stdout

@@ -300,7 +300,8 @@ def run(out: Path, unet_config: UNetConfig, config: TrainConfig, text_config: Te
         save_sample_grid(out / "samples" / f"step_{k:06d}.png", ema["unet"], diffusion, prompts, config.image_size,
                          config.seed, k, text_encoder, tokenizer, vae)
 
-    hooks = Hooks(save, sample, probe=probe_hook(probes, diffusion, model["unet"], condition, config, device, model),
+    hooks = Hooks(save, sample, probe=probe_hook(probes, diffusion, model["unet"], condition, config, device, model,
+                                                 micro),
                   probe_every=config.probe_every, keep=keep if config.keep_every else None,
                   keep_every=config.keep_every or 0)
     model.train()
@@ -336,15 +337,15 @@ def run_probes(dataset, config: DiffusionTrainingConfig, captioned: bool, vae: A
 
 def probe_hook(probes: dict[str, LossProbe], diffusion: Diffusion, unet: torch.nn.Module,
                condition: Callable[[list[str]], dict] | None, config: DiffusionTrainingConfig, device: torch.device,
-               trained: torch.nn.Module) -> Callable[[int], dict[str, float]] | None:
-    """`Hooks.probe`: the probes' losses of `unet` as it trains (`trained` in eval mode meanwhile), or None
-    without probes."""
+               trained: torch.nn.Module, micro: int) -> Callable[[int], dict[str, float]] | None:
+    """`Hooks.probe`: the probes' losses of `unet` as it trains (`trained` in eval mode meanwhile), `micro`
+    examples at a time (what one process's training step holds at once), or None without probes."""
     if not probes:
         return None
 
     def probe(k: int) -> dict[str, float]:
         trained.eval()
-        values = {name: loss_probe(diffusion, unet, condition, config.batch_size, device, config.min_snr_gamma)
+        values = {name: loss_probe(diffusion, unet, condition, micro, device, config.min_snr_gamma)
                   for name, loss_probe in probes.items()}
         trained.train()
         return values

@@ -36,6 +36,11 @@ from ..errors import UserError
 
 T = TypeVar("T")
 
+# How long a rank waits in a collective. Rank 0 alone encodes a dataset's caches and writes checkpoints while the
+# others wait (hours for a large set; NCCL's default is 10 minutes); its failures reach the others at once
+# (`on_main`, `main_first`), so the limit only ends a rank that hangs.
+COLLECTIVE_TIMEOUT = timedelta(hours=6)
+
 
 @dataclass(frozen=True)
 class World:
@@ -71,9 +76,9 @@ class World:
                                       is_master=False, timeout=timedelta(minutes=10))
                 attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
                 dist.init_process_group(backend, store=dist.PrefixStore(f"t2i/attempt-{attempt}", store),
-                                        rank=int(os.environ["RANK"]), world_size=size)
+                                        rank=int(os.environ["RANK"]), world_size=size, timeout=COLLECTIVE_TIMEOUT)
             else:
-                dist.init_process_group(backend)
+                dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
         return cls(dist.get_rank(), dist.get_world_size(), local_rank)
 
     def device(self, device: torch.device) -> torch.device:
@@ -110,22 +115,29 @@ class World:
         return bool(tensor.item())
 
     def on_main(self, work: Callable[[], T]) -> T | None:
-        """Run `work` on rank 0 alone; a UserError it raises is raised on every rank, so none waits for it."""
-        error = None
+        """Run `work` on rank 0 alone. If it fails, every rank raises (rank 0 its error, the others a UserError
+        saying so), so none waits for rank 0 in a collective that will not come."""
+        error: BaseException | None = None
         result = None
         if self.main:
             try:
                 result = work()
-            except UserError as raised:
+            except Exception as raised:
                 error = raised
+        self.share_failure(error)
+        return result
+
+    def share_failure(self, error: BaseException | None) -> None:
+        """Raise on every rank if rank 0 met `error` (None: it did not): rank 0 raises it, the others a
+        UserError with its message (a UserError's own, or what failed)."""
         if self.distributed:
-            message = [str(error) if error is not None else None]
+            message = [None if error is None else str(error) if isinstance(error, UserError)
+                       else f"the main process failed: {type(error).__name__}: {error}"]
             dist.broadcast_object_list(message, src=0)
             if message[0] is not None and error is None:
                 raise UserError(message[0])
         if error is not None:
             raise error
-        return result
 
     def _on_backend(self, tensor: torch.Tensor) -> torch.Tensor:
         if dist.get_backend() == "nccl":
@@ -172,12 +184,16 @@ def replicate(network: torch.nn.Module, world: World) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def main_first(world: World) -> Iterator[None]:
-    """Rank 0 goes first (builds a cache), the others after it (read the cache)."""
-    if not world.main:
-        world.barrier()
-    yield
+    """Rank 0 goes first (builds a cache), the others after it (read the cache); if rank 0 fails, so do they."""
     if world.main:
-        world.barrier()
+        try:
+            yield
+        except Exception as error:
+            world.share_failure(error)
+        world.share_failure(None)
+    else:
+        world.share_failure(None)
+        yield
 
 
 def join(device_name: str) -> tuple[World, torch.device]:

@@ -306,7 +306,7 @@ def run(out: Path, config: FinetuneConfig, base: BaseModel, dataset, device: tor
             save_sample_grid(out / "samples" / f"step_{k:06d}.png", unet if lora else ema["unet"], diffusion,
                              prompts, config.image_size, config.seed, k, text_encoder, tokenizer, vae, convention)
 
-    hooks = Hooks(save, sample, probe=probe_hook(probes, diffusion, unet, condition, config, device, trained),
+    hooks = Hooks(save, sample, probe=probe_hook(probes, diffusion, unet, condition, config, device, trained, micro),
                   probe_every=config.probe_every, keep=keep if config.keep_every else None,
                   keep_every=config.keep_every or 0)
     trained.train()

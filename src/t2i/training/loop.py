@@ -133,11 +133,10 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
     # the seeds count epochs, a run counts steps: the plot says how many steps an epoch is
     x_label = f"step (an epoch of {len(dataset):,} images is {math.ceil(len(dataset) / config.batch_size):,} steps)"
 
-    def save() -> None:
+    def save() -> None:  # every rank waits for rank 0's checkpoint and learns if it failed (`World.on_main`)
         nonlocal saved_step
-        if world.main:
-            hooks.save({"step": k, "seconds": seconds, "loss_window": window})
-            log.plot(title, x_label)
+        world.on_main(lambda: (hooks.save({"step": k, "seconds": seconds, "loss_window": window}),
+                               log.plot(title, x_label)))
         saved_step = k
 
     with tqdm(total=config.max_steps, initial=start, desc=desc, dynamic_ncols=True,
@@ -148,7 +147,7 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
             except UserError as error:
                 batch, failure = None, UserError(worker_message(str(error)))
             if world.any(failure is not None):  # every process stops, not only the one whose share was bad
-                if k > saved_step:
+                if k > saved_step:  # all wait for it: torchrun ends the group when the first process exits failing
                     save()
                 failure = failure or UserError(f"another process met bad input at step {k} (its log says which)")
                 if k == 0:
@@ -169,18 +168,19 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
                                 lr=f"{scheduled_lr(k, config):.2e}")
                 if due(k, config.log_every):  # the last step's row (off the period) leaves its window open
                     window = {}
-            if hooks.probe is not None and due(k, hooks.probe_every) and world.main:
+            # rank 0's own work, on every rank's same steps, so that a failure of it reaches all (`World.on_main`)
+            if due(k, hooks.probe_every):
                 probing_started = time.perf_counter()
-                row.update(hooks.probe(k))
+                row.update(world.on_main(lambda: hooks.probe(k) if hooks.probe is not None else {}) or {})
                 clock += time.perf_counter() - probing_started
             if row and world.main:
                 log.append(k, seconds, row)
             # what step k keeps and draws comes before its checkpoint: a run stopped in between takes it again
-            if hooks.keep is not None and due(k, hooks.keep_every) and world.main:
-                hooks.keep(k, seconds)
-            if (due(k, config.sample_every) or k == config.max_steps) and world.main:
+            if hooks.keep is not None and due(k, hooks.keep_every):
+                world.on_main(lambda: hooks.keep(k, seconds))
+            if due(k, config.sample_every) or k == config.max_steps:
                 sampling_started = time.perf_counter()
-                hooks.sample(k)
+                world.on_main(lambda: hooks.sample(k))
                 clock += time.perf_counter() - sampling_started
             stopping = world.any(stop.requested)
             if due(k, config.save_every) or k == config.max_steps or stopping:
