@@ -133,7 +133,8 @@ def test_attention_in_chunks_is_attention(head_dim, monkeypatch):
 
 def test_large_bfloat16_inference_attention_without_amx_runs_in_chunks(monkeypatch):
     """Without AMX, attention in inference with CHUNKED_SCORES scores or more and no mask takes the chunks
-    (within bfloat16's rounding of float32); fewer scores, a mask, a causal mask, gradients or AMX do not."""
+    (within bfloat16's rounding of float32); fewer scores, a mask, a causal mask, gradients, K and V of another
+    dtype or broadcast over Q's batch, or AMX do not."""
     chunked, chunks = layers.attend_in_chunks, []
     monkeypatch.setattr(layers, "attend_in_chunks", lambda *qkv: chunks.append(qkv) or chunked(*qkv))
     monkeypatch.setattr(layers, "amx", lambda device: False)
@@ -148,6 +149,8 @@ def test_large_bfloat16_inference_attention_without_amx_runs_in_chunks(monkeypat
     attend(q[:, :, :255], k, v)
     attend(q, k, v, mask)
     attend(q, k, v, causal=True)
+    attend(q, k.float(), v.float())
+    attend(torch.cat([q, q]), k, v)
     attend(q.requires_grad_(), k, v)
     monkeypatch.setattr(layers, "amx", lambda device: True)
     attend(q.detach(), k, v)

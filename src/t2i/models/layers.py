@@ -70,8 +70,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
         backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         if backward or not amx(q.device):
             with torch.autocast("cpu", enabled=False):
-                if (not backward and attn_mask is None and not causal
-                        and q.shape[-2] * k.shape[-2] >= CHUNKED_SCORES):
+                if not backward and attn_mask is None and not causal and chunks_take(q, k, v):
                     return attend_in_chunks(q, k, v)
                 out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
                                                      is_causal=causal)
@@ -79,11 +78,20 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
 
 
+def chunks_take(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `attend_in_chunks` takes these: CHUNKED_SCORES scores or more, one dtype, the same batch and heads
+    (no broadcasting), and V's head size Q's."""
+    return (q.shape[-2] * k.shape[-2] >= CHUNKED_SCORES and q.dtype == k.dtype == v.dtype
+            and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and q.shape[-1] == k.shape[-1] == v.shape[-1])
+
+
 def attend_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(QKᵀ/√d) V for [..., L, d] queries, one head's block of rows at a time: two matrix products in
     q's precision with float32 accumulation and a softmax over scores [rows, S] small enough
     (`CHUNK_SCORE_BYTES`) to stay in cache. On a CPU with AVX512-BF16 but no AMX, where torch's fused kernel
-    runs its products at float32's speed, this takes 0.5–0.95x float32's time at SD's sizes."""
+    runs its products at float32's speed, this takes 0.5–0.97x float32's time at SD's sizes. The scores are
+    rounded to q's precision before the softmax, as fp16 pipelines round them: in bfloat16 that doubles the
+    fused kernel's error where they are large (docs/benchmarks.md)."""
     *batch, length, d = q.shape
     q, k, v = (a.reshape(-1, a.shape[-2], d) for a in (q, k, v))
     keys_t = (k * d ** -0.5).transpose(1, 2).contiguous()  # the 1/√d folded into Kᵀ once

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -36,10 +36,10 @@ from ..errors import UserError
 
 T = TypeVar("T")
 
-# How long a rank waits in a collective. Rank 0 alone encodes a dataset's caches and writes checkpoints while the
-# others wait (hours for a large set; NCCL's default is 10 minutes); its failures reach the others at once
-# (`on_main`, `main_first`), so the limit only ends a rank that hangs.
-COLLECTIVE_TIMEOUT = timedelta(hours=6)
+# How long the other ranks wait for rank 0's own work (`on_main`, `main_first`): it encodes a dataset's caches and
+# writes checkpoints alone (hours for a large set; NCCL's default timeout is 10 minutes), and its failures reach
+# them at once. These waits go through a gloo group of their own, so the training's collectives keep the default.
+RANK_0_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    waits: object = field(default=None, compare=False, repr=False)  # the gloo group of the waits for rank 0
 
     @property
     def main(self) -> bool:
@@ -76,10 +77,11 @@ class World:
                                       is_master=False, timeout=timedelta(minutes=10))
                 attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
                 dist.init_process_group(backend, store=dist.PrefixStore(f"t2i/attempt-{attempt}", store),
-                                        rank=int(os.environ["RANK"]), world_size=size, timeout=COLLECTIVE_TIMEOUT)
+                                        rank=int(os.environ["RANK"]), world_size=size)
             else:
-                dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
-        return cls(dist.get_rank(), dist.get_world_size(), local_rank)
+                dist.init_process_group(backend)
+        waits = dist.new_group(backend="gloo", timeout=RANK_0_TIMEOUT)
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, waits)
 
     def device(self, device: torch.device) -> torch.device:
         """One GPU per process: the local rank's."""
@@ -133,7 +135,7 @@ class World:
         if self.distributed:
             message = [None if error is None else str(error) if isinstance(error, UserError)
                        else f"the main process failed: {type(error).__name__}: {error}"]
-            dist.broadcast_object_list(message, src=0)
+            dist.broadcast_object_list(message, src=0, group=self.waits)
             if message[0] is not None and error is None:
                 raise UserError(message[0])
         if error is not None:
