@@ -55,8 +55,9 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 # Scores (queries × keys) from which CPU bfloat16 attention without AMX runs as row chunks (`attend_in_chunks`):
-# below, its loop over heads costs more than it saves (docs/benchmarks.md). And the bytes of one chunk's scores.
-CHUNKED_SCORES = 256 * 256
+# below, its loop over heads and its offsets cost more than they save (docs/benchmarks.md). And the bytes of one
+# chunk's scores.
+CHUNKED_SCORES = 512 * 512
 CHUNK_SCORE_BYTES = 4 << 20
 
 
@@ -90,11 +91,14 @@ def attend_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     q's precision with float32 accumulation and a softmax over scores [rows, S] small enough
     (`CHUNK_SCORE_BYTES`) to stay in cache. On a CPU with AVX512-BF16 but no AMX, where torch's fused kernel
     runs its products at float32's speed, this takes 0.5–0.97x float32's time at SD's sizes. The scores are
-    rounded to q's precision before the softmax, as fp16 pipelines round them: in bfloat16 that doubles the
-    fused kernel's error where they are large (docs/benchmarks.md)."""
+    rounded to q's precision before the softmax, as fp16 pipelines round them, less their row's offset, so
+    that in bfloat16 even peaked attention stays near the fused kernel's error (docs/benchmarks.md)."""
     *batch, length, d = q.shape
     q, k, v = (a.reshape(-1, a.shape[-2], d) for a in (q, k, v))
     keys_t = (k * d ** -0.5).transpose(1, 2).contiguous()  # the 1/√d folded into Kᵀ once
+    # every 8th key's score gives a row an offset near its largest, subtracted inside the product (softmax does
+    # not change): the scores that carry the weight are then rounded near 0, finely (docs/benchmarks.md)
+    sampled_keys_t = keys_t[:, :, ::8].contiguous()
     # V's columns padded to a multiple of 16: P·V with SD v1's 40 ran at half the speed of 48 (docs/benchmarks.md)
     v = F.pad(v, (0, -d % 16))
     rows = min(length, max(64, CHUNK_SCORE_BYTES // (k.shape[1] * k.element_size())))
@@ -102,8 +106,9 @@ def attend_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     scores = q.new_empty(1, rows, k.shape[1])
     for h in range(q.shape[0]):
         for i in range(0, length, rows):
-            s = scores[:, : min(rows, length - i)]
-            torch.bmm(q[h:h + 1, i:i + rows], keys_t[h:h + 1], out=s)
+            s, queries = scores[:, : min(rows, length - i)], q[h:h + 1, i:i + rows]
+            offset = torch.bmm(queries, sampled_keys_t[h:h + 1]).amax(-1, keepdim=True)
+            torch.baddbmm(offset.neg_(), queries, keys_t[h:h + 1], out=s)
             torch.bmm(torch.softmax(s, dim=-1), v[h:h + 1], out=out[h:h + 1, i:i + rows])
     return out.view(*batch, length, -1)[..., :d]
 
