@@ -151,14 +151,14 @@ def test_large_bfloat16_inference_attention_without_amx_runs_in_chunks(monkeypat
     monkeypatch.setattr(layers, "attend_in_chunks", lambda *qkv: chunks.append(qkv) or chunked(*qkv))
     monkeypatch.setattr(layers, "amx", lambda device: False)
     generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 512, 16, generator=generator) for _ in range(3))
-    assert 512 * 512 == layers.CHUNKED_SCORES
+    q, k, v = (torch.randn(1, 2, 1024, 16, generator=generator) for _ in range(3))
+    assert 1024 * 1024 == layers.CHUNKED_SCORES
     out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert len(chunks) == 1 and out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v), rtol=0.02, atol=0.02)
     q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
-    mask = torch.ones(1, 1, 1, 512, dtype=torch.bool)
-    attend(q[:, :, :511], k, v)
+    mask = torch.ones(1, 1, 1, 1024, dtype=torch.bool)
+    attend(q[:, :, :1023], k, v)
     attend(q, k, v, mask)
     attend(q, k, v, causal=True)
     attend(q, k.float(), v.float())

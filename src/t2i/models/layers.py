@@ -57,7 +57,7 @@ def zero_init(module: nn.Module) -> nn.Module:
 # Scores (queries × keys) from which CPU bfloat16 attention without AMX runs as row chunks (`attend_in_chunks`):
 # below, its loop over heads and its offsets cost more than they save (docs/benchmarks.md). And the bytes of one
 # chunk's scores.
-CHUNKED_SCORES = 512 * 512
+CHUNKED_SCORES = 1024 * 1024
 CHUNK_SCORE_BYTES = 4 << 20
 
 
@@ -90,7 +90,7 @@ def attend_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     """softmax(QKᵀ/√d) V for [..., L, d] queries, one head's block of rows at a time: two matrix products in
     q's precision with float32 accumulation and a softmax over scores [rows, S] small enough
     (`CHUNK_SCORE_BYTES`) to stay in cache. On a CPU with AVX512-BF16 but no AMX, where torch's fused kernel
-    runs its products at float32's speed, this takes 0.5–0.97x float32's time at SD's sizes. The scores are
+    runs its products at float32's speed, this takes 0.57–0.84x float32's time at SD's sizes. The scores are
     rounded to q's precision before the softmax, as fp16 pipelines round them, less their row's offset, so
     that in bfloat16 even peaked attention stays near the fused kernel's error (docs/benchmarks.md)."""
     *batch, length, d = q.shape
