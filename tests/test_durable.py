@@ -13,6 +13,7 @@ import errno
 import itertools
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -313,6 +314,21 @@ def test_bad_input_met_mid_run_saves_the_steps_taken_before_stopping(tmp_path, t
     assert read_state(out)["step"] == 6
     Toy(out, toy_config()).train()
     assert_same_run(out, reference)
+
+
+def test_bad_input_whose_save_fails_says_both_in_one_line(tmp_path, toy_reference, monkeypatch, no_fsync):
+    def full_disk_at_step_6(what: str) -> None:
+        if "checkpoint-000006" in what:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), what)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(files, "after_operation", full_disk_at_step_6)
+    with pytest.raises(UserError) as raised:
+        Toy(out, toy_config(), Data(bad_after=6 * 4)).train()
+    assert re.fullmatch(r"cannot read 'image\d+.png': image file is truncated; could not save the checkpoint of step 6 "
+                        rf"in {re.escape(repr(str(out)))}: No space left on device; the checkpoint of step 4 is "
+                        r"intact: free space and resume", str(raised.value)), raised.value
+    assert read_state(out)["step"] == 4
 
 
 @pytest.mark.parametrize("old", ["training", "training.old"])

@@ -147,9 +147,12 @@ def run_steps(step: StepFn, dataset, config: RunConfig, out: Path, state: dict, 
             except UserError as error:
                 batch, failure = None, UserError(worker_message(str(error)))
             if world.any(failure is not None):  # every process stops, not only the one whose share was bad
-                if k > saved_step:  # all wait for it: torchrun ends the group when the first process exits failing
-                    save()
                 failure = failure or UserError(f"another process met bad input at step {k} (its log says which)")
+                if k > saved_step:  # all wait for it: torchrun ends the group when the first process exits failing
+                    try:
+                        save()
+                    except Exception as error:  # both said: the input to fix, and what the save left
+                        raise UserError(f"{failure}; {error}") from None
                 if k == 0:
                     raise failure
                 raise UserError(f"{failure}; the checkpoint of step {k} is saved: resume once that is fixed") from None
