@@ -19,35 +19,33 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from functools import partial
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from .additions import Additions
 from .checkpoints import (diffusion_from_config, load_components, lora_base, read_config, require_diffusion_model,
                           resolve_model, student_folder, student_folders, timestep_convention, tokenizer_from_config)
-from .checks import real_number, whole_number
+from .checks import whole_number
 from .devices import channels_last_pays, default_dtype, resolve_device, resolve_dtype
 from .diffusion import Diffusion
+from .editing import EditImage, Editing
 from .errors import UserError
 from .folder_config import LORA_FILE
 from .guards import (as_image, check_finite_output, check_generation_fits, image_seeds, image_side, negative_prompts,
                      prompt_list)
-from .images import PNG_PARAMETERS_KEY, eight_bit, to_pil, to_tensor
+from .images import PNG_PARAMETERS_KEY, to_pil
 from .kernels.winograd import use_winograd
 from .models.config import check_divisible
-from .models.lora import LoRA, LoRAStack
 from .models.unet import UNet
 from .models.vae import AutoencoderKL
-from .sampling import (Edit, Guidance, SamplerSettings, StepCallback, check_guidance, check_strength, get_sampler,
+from .sampling import (Guidance, SamplerSettings, StepCallback, check_guidance, check_strength, get_sampler,
                        sample)
 from .text.clip import CLIPTextTransformer
 from .text.clip_bpe import CLIPTokenizer
 from .text.condition import text_condition
-from .text.embeddings import add_word
 from .text.emphasis import emphasised_context, same_length
 from .text.tokenizer import Tokenizer
 
@@ -59,20 +57,7 @@ INFERENCE_DEFAULTS = {"sampler": "ddim", "steps": 50, "spacing": None, "cfg": 5.
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-@dataclass(frozen=True)
-class EditImage:
-    """The image a call edits, in pixels ([1, 3, H, W] in [-1, 1]), and its mask ([1, 1, H, W],
-    1 = redraw) or None."""
-
-    pixels: torch.Tensor
-    mask: torch.Tensor | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return tuple(self.pixels.shape[-2:])
-
-
-class Pipeline:
+class Pipeline(Additions, Editing):
     """A diffusion model with what it needs to turn prompts into images.
 
     `text_encoder` and `tokenizer` are None for an unconditional model, which accepts only
@@ -83,7 +68,8 @@ class Pipeline:
     `timestep_convention` holds a model's `steps_offset` and `set_alpha_to_one`
     (`sampling.SamplerSettings`): SD v1's grids start at 1 and its DDIM ends at ᾱ_0.
     `folded_guidance` is the guidance scale a distilled student has in its network
-    (`training.distill`): it then takes cfg 1 only.
+    (`training.distill`): it then takes cfg 1 only. LoRAs and embedding words are `additions.Additions`',
+    the image and mask of an edit `editing.Editing`'s.
     """
 
     def __init__(self, unet: UNet, diffusion: Diffusion, image_size: int,
@@ -203,75 +189,6 @@ class Pipeline:
                 self.vae.to(memory_format=torch.channels_last)
         if compile:
             self.unet = torch.compile(self.unet, options={"freezing": True})
-        return self
-
-    # -- LoRAs (Hu et al. 2021) and textual-inversion words (Gal et al. 2022) --------------------
-    @property
-    def loras(self) -> LoRAStack:
-        """The LoRAs applied to the U-Net and the text encoder, by name (`load_lora`)."""
-        if "_loras" not in self.__dict__:
-            networks = {"unet": self.unet, "text_encoder": self.text_encoder}  # a compiled U-Net's own layers
-            self._loras = LoRAStack({name: getattr(net, "_orig_mod", net) for name, net in networks.items()})
-        return self._loras
-
-    def load_lora(self, path: str | Path, scale: float = 1.0, fuse: bool = False, name: str | None = None) -> str:
-        """Apply a LoRA file (kohya-ss's and AUTOMATIC1111's layout, or diffusers' and PEFT's:
-        `convert.lora_names`) to the U-Net and the text encoder, weighted by `scale`: W + scale·(α/r)·B·A.
-        Applied on the fly (the default), the weights stay as they are and `set_lora_scale` and
-        `unload_lora` act at once; `fuse` writes it into the weights instead (`fuse_loras`). Returns its
-        name: `name`, else the file's name without its extension."""
-        from .convert.lora_names import read_lora
-
-        scale = real_number("scale", scale)
-        name = Path(path).stem if name is None else str(name)
-        if name in self.loras:
-            raise UserError(f"a LoRA named {name!r} is already loaded: unload it first, or give another name")
-        self.loras.add(LoRA(name, read_lora(path, self.loras.networks), scale), fuse)
-        return name
-
-    def set_lora_scale(self, name: str, scale: float) -> None:
-        """Weigh the loaded LoRA `name` by `scale` from the next call on (0 turns it off)."""
-        self.loras.set_scale(name, real_number("scale", scale))
-
-    def unload_lora(self, name: str) -> None:
-        """Remove the LoRA `name`: the layers it changed are as they were before it (bit for bit if fused)."""
-        self.loras.remove(name)
-
-    def fuse_loras(self, names: Sequence[str] | None = None) -> None:
-        """Write the LoRAs named (all by default) into the weights at their scales: no cost per call. The
-        weights they change are kept (on the CPU), so that `unfuse_loras` restores them exactly."""
-        self.loras.fuse(names)
-
-    def unfuse_loras(self, names: Sequence[str] | None = None) -> None:
-        """Restore the weights the LoRAs named (all by default) were fused into; they apply on the fly again."""
-        self.loras.unfuse(names)
-
-    def load_embedding(self, path: str | Path, token: str | None = None) -> str:
-        """Add a textual-inversion embedding (AUTOMATIC1111's .pt/.safetensors or diffusers'
-        learned_embeds: `convert.embedding_files`): the word `token` (default: the file's name for
-        AUTOMATIC1111's files, its own word for diffusers') in a prompt then reads its learned vectors.
-        Returns the word, lower-cased as prompts are matched."""
-        from .convert.embedding_files import read_embedding
-
-        if self.text_encoder is None:
-            raise UserError(f"model {self.name!r} is unconditional: it has no text encoder to add words to")
-        word, vectors = read_embedding(path, token)
-        return add_word(self.text_encoder, self.tokenizer, word, vectors, repr(str(path)))
-
-    def additions(self) -> dict:
-        """What an image's parameters record of the LoRAs applied ({name: scale}), if any."""
-        applied = self.__dict__.get("_loras")
-        return {"loras": {name: lora.scale for name, lora in applied.loras.items()}} if applied else {}
-
-    def load_additions(self, loras: Sequence = (), embeddings: Sequence = ()) -> "Pipeline":
-        """`load_lora` for each of `loras` (a path, or (path, scale)) and `load_embedding` for each of
-        `embeddings` (a path, or (path, word)). Returns self."""
-        for entry in loras:
-            path, scale = (entry, 1.0) if isinstance(entry, (str, Path)) else entry
-            self.load_lora(path, scale)
-        for entry in embeddings:
-            path, word = (entry, None) if isinstance(entry, (str, Path)) else entry
-            self.load_embedding(path, word)
         return self
 
     @property
@@ -401,23 +318,6 @@ class Pipeline:
         return SamplerSettings(settings["sampler"], settings["steps"], settings["spacing"], options, self.clip,
                                **self.timestep_convention)
 
-    def edit_image(self, image: Image.Image | None, mask: Image.Image | None) -> EditImage | None:
-        """The image and mask to edit as tensors, checked: sides the model can take, a mask of the
-        image's size (white = redraw, black = keep)."""
-        if image is None:
-            if mask is not None:
-                raise UserError("a mask needs the image it masks: pass the image too")
-            return None
-        self.check_size(image.width, image.height, "the image", "resize or crop it")
-        pixels = to_tensor(eight_bit(image).convert("RGB"))[None].to(self.device)
-        if mask is None:
-            return EditImage(pixels)
-        if mask.size != image.size:
-            raise UserError(f"the mask is {mask.width}×{mask.height} and the image {image.width}×{image.height}: "
-                            "they must be the same size")
-        mask = (to_tensor(eight_bit(mask).convert("L").convert("RGB"))[:1] > 0).float()
-        return EditImage(pixels, mask[None].to(self.device))
-
     def check_size(self, width: int, height: int, what: str, fix: str) -> None:
         """Refuse sides that the autoencoder and the U-Net's levels cannot halve down evenly."""
         factor = self.unet.config.downsample_factor * self.downsample_factor
@@ -464,32 +364,6 @@ class Pipeline:
             empty = self.encode_prompts([""], clip_skip)["context"]
             cond["context"], uncond["context"] = same_length(cond["context"], uncond["context"], empty)
         return cond, Guidance(uncond, cfg, rescale)
-
-    def edit_inputs(self, edit: EditImage | None, strength: float, batch: int,
-                    size: tuple[int, int]) -> tuple[Edit | None, torch.Tensor | None]:
-        """What the sampler edits, and what an inpainting U-Net reads beside x_t.
-
-        For other U-Nets a latent cell is regenerated if any pixel it covers is masked
-        (max-pooling the mask), so that the whole masked region is redrawn. An inpainting
-        U-Net sees the mask itself, so nothing is replaced, and at strength 1 it starts from noise."""
-        concat = self.inpainting_inputs(edit, batch, size) if self.inpainting_unet else None
-        if edit is None or (concat is not None and strength >= 1):
-            return None, concat
-        init = self.encode_images(edit.pixels).expand(batch, -1, -1, -1)
-        mask = None
-        if edit.mask is not None and concat is None:
-            mask = F.max_pool2d(edit.mask, self.downsample_factor).expand(batch, -1, -1, -1)
-        return Edit(init, strength, mask), concat
-
-    def inpainting_inputs(self, edit: EditImage | None, batch: int, size: tuple[int, int]) -> torch.Tensor:
-        """What an inpainting U-Net (in_channels = 2 · latents + 1) reads beside x_t: the mask
-        at latent resolution (nearest, 1 = redraw) and the latents of the image with the
-        masked region blanked (SD's inpainting training); without a mask, all is redrawn."""
-        if edit is None or edit.mask is None:
-            edit = EditImage(torch.zeros(1, 3, *size, device=self.device), torch.ones(1, 1, *size, device=self.device))
-        masked = self.encode_images(edit.pixels * (edit.mask < 0.5))
-        mask = F.interpolate(edit.mask, size=tuple(side // self.downsample_factor for side in size))
-        return torch.cat([mask, masked], dim=1).expand(batch, -1, -1, -1)
 
     def previewing(self, callback: StepCallback, edit: EditImage | None) -> StepCallback:
         """`callback` given x̂_0 as a decoded PIL image (the batch's first) rather than what the U-Net samples."""
