@@ -4,6 +4,7 @@ under --max-restarts, SIGTERM to the group; a LoRA fine-tune of a tiny SD on 1 a
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -75,6 +76,25 @@ def test_a_run_saved_by_two_processes_resumes_in_one(one_process, colour_folder,
     t2i("train", "--out", str(out), "--resume", "--max-steps", "6")
     assert read_state(out)["step"] == 6
     assert_same_weights(raw_weights(one_process), raw_weights(out))
+
+
+def test_probes_are_rank_0_s_and_read_as_in_one_process(colour_folder, tmp_path):
+    """The loss probes (training and held-out examples), which rank 0 alone builds and runs, log what one
+    process logs."""
+    probing = [*TEXT_RUN[:TEXT_RUN.index("--probe-every")], "--probe-every", "3",
+               "--device", "cpu"]
+    runs = [tmp_path / "one", tmp_path / "two"]
+    for out, processes in zip(runs, (1, 2)):
+        t2i("train", "--data", str(colour_folder), "--out", str(out), "--max-steps", "6", *probing,
+            processes=processes)
+    logs = []
+    for out in runs:
+        with (out / "loss.csv").open() as f:
+            logs.append({row["step"]: row for row in csv.DictReader(f)})
+    for step in ("3", "6"):
+        for probe in ("train_fixed", "held_out_fixed"):
+            one, two = (float(log[step][probe]) for log in logs)
+            assert abs(one - two) <= 1e-4 * one, (step, probe, one, two)
 
 
 def test_micro_batches_accumulate_to_the_whole_batch(one_process, colour_folder, tmp_path):

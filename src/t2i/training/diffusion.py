@@ -327,9 +327,11 @@ def scaler_state(scaler: torch.amp.GradScaler) -> dict:
 def run_probes(dataset, config: DiffusionTrainingConfig, captioned: bool, vae: AutoencoderKL | None,
                diffusion: Diffusion, out: Path, device: torch.device, world: World) -> dict[str, LossProbe]:
     """The run's loss probes (`training.probes`), rank 0's alone; {} when `probe_every` is 0."""
-    with main_first(world):  # rank 0 encodes the held-out latents into the cache, the others read it
-        held_out = held_out_dataset(config, captioned, vae, out, device) if config.probe_every else None
-    if not config.probe_every or not world.main:
+    if not config.probe_every:
+        return {}
+    # rank 0 alone reads the held-out split (and encodes its latents); the others wait, and learn if it failed
+    held_out = world.on_main(lambda: held_out_dataset(config, captioned, vae, out, device))
+    if not world.main:
         return {}
     return loss_probes(dataset, held_out, diffusion, config.probe_examples, config.seed,
                        vae.config.scaling_factor if vae is not None else None)
