@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i.models.unet import UNet, UNetConfig
+from t2i.errors import UserError
 from t2i.kernels.winograd import A_T, B_T, G, WinogradConv2d, _kernels, conv3x3, transform_filters, use_winograd
 from t2i.pipeline import Pipeline
 
@@ -86,6 +87,17 @@ def test_generate_with_winograd_writes_the_same_image(tmp_path):
                      "--out", str(path), *extra]) == 0
     direct, winograd = (np.asarray(Image.open(p), dtype=np.int16) for p in paths)
     assert np.abs(direct - winograd).max() <= 1  # 8-bit rounding of outputs within ~1e-5
+
+
+def test_winograd_in_another_dtype_is_refused_in_one_line(tmp_path):
+    from t2i.cli import main
+
+    with pytest.raises(UserError, match=r"^Winograd convolutions compute in float32 on the CPU, and model 'shapes' "
+                                        r"runs in bfloat16 on cpu: load it in float32 .*--precision fp32"):
+        Pipeline.load("shapes", "cpu", "bf16").optimize(winograd=True)
+    assert main(["generate", "a red circle", "--model", "shapes", "--precision", "bf16", "--winograd",
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_weights_made_under_inference_mode_work_and_refresh_is_seen():

@@ -190,7 +190,8 @@ def time_generation(model: str = DEFAULT_MODEL, prompt: str = "red apple", batch
                     channels_last: bool = False, compile: bool = False, winograd: bool = False) -> BenchReport:
     """`pipeline_figures` of `model` on each of `devices` (default: the CPU, and CUDA when there is a
     GPU), on the CPU once per thread count of `threads` (default: torch's own); the speed options
-    are `Pipeline.optimize`'s. Torch's thread count is restored afterwards."""
+    are `Pipeline.optimize`'s (`winograd` on the CPU only, in float32). Torch's thread count is restored
+    afterwards."""
     devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     own_threads = torch.get_num_threads()
     runs = []
@@ -199,7 +200,9 @@ def time_generation(model: str = DEFAULT_MODEL, prompt: str = "red apple", batch
             for count in (threads or [own_threads]) if device == "cpu" else [None]:
                 if count:
                     torch.set_num_threads(count)
-                pipe = Pipeline.load(model, device).optimize(channels_last, compile, winograd=winograd)
+                fast = winograd and device == "cpu"  # Winograd's kernel is float32 on the CPU
+                pipe = Pipeline.load(model, device, "fp32" if fast else None).optimize(channels_last, compile,
+                                                                                       winograd=fast)
                 runs.append(pipeline_figures(pipe, prompt, batch, repeats))
     finally:
         torch.set_num_threads(own_threads)

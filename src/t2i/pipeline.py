@@ -179,6 +179,10 @@ class Pipeline(Additions, Editing):
         if vae_tile is not None:
             self.vae_tile = vae_tile or None
         if winograd:
+            if self.device.type != "cpu" or self.dtype != torch.float32:  # its kernel's only case: no silent no-op
+                raise UserError(f"Winograd convolutions compute in float32 on the CPU, and model {self.name!r} "
+                                f"runs in {str(self.dtype).removeprefix('torch.')} on {self.device.type}: load it "
+                                "in float32 on the CPU (--precision fp32) or leave Winograd out")
             use_winograd(self.unet)
             self.loras.reattach()  # the LoRA hooks were on the convolutions just replaced
             if self.vae is not None:

@@ -55,7 +55,8 @@ def add_generate(sub) -> None:
     p.add_argument("--vae-tile", type=positive(int), default=None, metavar="N",
                    help="decode in overlapping tiles of N latents a side: bounded memory for large images")
     p.add_argument("--winograd", action="store_true",
-                   help="3×3 convolutions by Winograd's F(4×4, 3×3): faster on the CPU for large models")
+                   help="3×3 convolutions by Winograd's F(4×4, 3×3): faster on the CPU for large models in float32 "
+                        "(--precision fp32)")
     p.add_argument("--clip-skip", type=positive(int), default=None, metavar="N",
                    help="condition on the CLIP text encoder's state N-1 blocks before its last (AUTOMATIC1111's "
                         "Clip skip; 1 = off)")
