@@ -233,6 +233,7 @@ def test_a_size_past_max_pixels_is_refused_before_it_is_posted(page, server):
 def test_the_form_comes_back_after_a_reload(page, server):
     from selenium.webdriver.support.select import Select
 
+    Select(page.find_element("id", "model")).select_by_value("shapes")  # not the default: kept, with its settings
     values = {"prompt": "a blue star", "negative": "blurry", "steps": "9", "cfg": "3.5", "seed": "11", "num": "2",
               "width": "48", "height": "32"}
     fill(page, **values)
@@ -242,6 +243,16 @@ def test_the_form_comes_back_after_a_reload(page, server):
     wait(page, "return document.querySelectorAll('#model option').length > 0 && $('steps').value !== ''", 30)
     assert page.execute_script(f"return {list(values)}.map(id => $(id).value)") == list(values.values())
     assert page.execute_script("return [$('sampler').selectedIndex, $('strength').value]") == [2, "0.4"]
+    assert page.execute_script("return $('model').value") == "shapes"
+
+
+def test_a_number_the_browser_cannot_read_is_an_error_not_the_default(page):
+    fill(page, prompt="red heart", steps="1e")  # an unfinished exponent: the field's value reads as ""
+    page.find_element("id", "generate").click()
+    wait(page, "return !$('error').hidden", 10)
+    assert page.find_element("id", "error-text").text.startswith("Steps is not a number the page can read")
+    assert page.execute_script("return state.mine.length") == 0  # nothing was posted
+    page.find_element("id", "error-close").click()
 
 
 def test_a_job_interrupted_through_sdapi_shows_the_images_it_kept(page, server):

@@ -167,8 +167,18 @@ function applyModelDefaults() {
   showSamplerOptions();
 }
 
+// A field's name as its label shows it, without the hint beside it ("Seed", not "Seed (−1 random)").
+function fieldName(id) {
+  const label = document.querySelector(`label[for="${id}"]`);
+  return label ? label.firstChild.textContent.trim() : id;
+}
+
 function readForm() {
   const number = (id) => {
+    // a number field whose text the browser cannot read ("7,5" in a "." locale) gives "": say so, not the default
+    if ($(id).validity && $(id).validity.badInput) {
+      throw new Error(`${fieldName(id)} is not a number the page can read: type digits, with "." for decimals`);
+    }
     const text = $(id).value.trim();
     return text === "" ? null : Number(text);
   };
@@ -193,6 +203,7 @@ function readForm() {
   if (state.init) {  // an edited image keeps its size: the image and its mask are sent at width × height
     const [width, height] = [body.width, body.height].every((side) => side > 0)
       ? [body.width, body.height] : fitSize(state.init.width, state.init.height);
+    [body.width, body.height] = [width, height];  // the size it is sent at, or the server refuses the mismatch
     body.image = pngAt(state.init, width, height);
     body.strength = Number($("strength").value);
     if (state.maskPainted) body.mask = pngAt($("mask-canvas"), width, height, "#000");  // white on black
@@ -211,7 +222,8 @@ const SAVED_FIELDS = ["prompt", "negative", "steps", "cfg", "sampler", "width", 
   "clip-skip"];
 
 function saveForm() {
-  localStorage.setItem(FORM_KEY, JSON.stringify(Object.fromEntries(SAVED_FIELDS.map((id) => [id, $(id).value]))));
+  const fields = Object.fromEntries(SAVED_FIELDS.map((id) => [id, $(id).value]));
+  localStorage.setItem(FORM_KEY, JSON.stringify({ ...fields, model: $("model").value }));
 }
 
 function restoreForm() {
@@ -220,6 +232,12 @@ function restoreForm() {
     saved = JSON.parse(localStorage.getItem(FORM_KEY)) || {};
   } catch {
     return;  // written by another version of the page: the model's defaults stand
+  }
+  // the model first: the saved size, steps and cfg were that model's, applied over its defaults
+  if (typeof saved.model === "string" && saved.model !== $("model").value &&
+      state.models.some((m) => m.id === saved.model)) {
+    $("model").value = saved.model;
+    applyModelDefaults();
   }
   for (const id of SAVED_FIELDS) {
     if (typeof saved[id] !== "string") continue;
@@ -265,6 +283,14 @@ function applySettings(settings) {
     applyModelDefaults();
   }
   set("prompt", settings.prompt, "string");
+  if (typeof settings.prompt === "string" && settings.loras && typeof settings.loras === "object") {
+    // the image's prompt was stored without its <lora:…> tags (the server read them out): put back those of
+    // this server's LoRAs, so that the same image is made again
+    const known = [...$("lora-list").children].map((chip) => chip.dataset.name);
+    const tags = Object.entries(settings.loras).filter(([name, scale]) => known.includes(name) &&
+      typeof scale === "number").map(([name, scale]) => `<lora:${name}:${scale}>`);
+    if (tags.length) $("prompt").value = [settings.prompt.trimEnd(), ...tags].filter(Boolean).join(" ");
+  }
   set("negative", settings.negative_prompt, "string");
   set("steps", settings.steps);
   set("cfg", settings.cfg);
@@ -480,9 +506,14 @@ function followNext() {
         setTimeout(followNext, 2000);
       }
     }, (error) => {
-      showError(error);
-      forget(id);
-      followNext();  // the other jobs are still this page's to follow
+      if (error.status === 404 || error.status === 403) {  // unknown, or not ours: the others are still to follow
+        showError(error);
+        forget(id);
+        followNext();
+      } else {  // the server is restarting or out of reach: try the same job again shortly
+        state.watching = null;
+        setTimeout(followNext, 5000);
+      }
     });
   };
 }
@@ -567,6 +598,7 @@ async function refreshQueue() {
     return;  // the next poll tries again; an error here would repeat every two seconds
   }
   if (request !== queueRequest) return;  // a later answer is on its way, or already shown
+  const focused = document.activeElement?.closest?.("#queue li")?.dataset.jobId;
   $("queue").replaceChildren(...data.jobs.map((job) => {
     const where = job.state === "running" ? (job.cancel_requested ? "stopping" : "running") : `#${job.position}`;
     const item = el("li", { dataset: { jobId: job.id }, className: job.state },
@@ -583,6 +615,9 @@ async function refreshQueue() {
       }));
     return item;
   }));
+  if (focused) {  // rebuilt every 2 s: a keyboard user's focus stays on the job's button
+    $("queue").querySelector(`[data-job-id="${CSS.escape(focused)}"] button`)?.focus();
+  }
 }
 
 // ---- History -----------------------------------------------------------------------------------
@@ -615,6 +650,9 @@ function addToHistory(job) {
 }
 
 async function loadHistory() {
+  if (state.loadingHistory) return;  // a second click before the first page came would skip a page
+  state.loadingHistory = true;
+  $("history-more").disabled = true;
   try {
     const data = await api(`/api/jobs?limit=20&offset=${state.historyOffset}`);
     data.jobs.forEach(addToHistory);
@@ -622,6 +660,9 @@ async function loadHistory() {
     $("history-more").hidden = state.historyOffset >= data.total;
   } catch (error) {
     showError(error);
+  } finally {
+    state.loadingHistory = false;
+    $("history-more").disabled = false;
   }
 }
 
@@ -680,8 +721,12 @@ function toggleWord(prompt, word) {
 function showNetworks() {
   const prompt = $("prompt").value;
   const names = (tagged) => Array.from(prompt.matchAll(LORA_TAG), (m) => m[1].trim()).includes(tagged);
-  for (const chip of $("lora-list").children) chip.classList.toggle("on", names(chip.dataset.name));
-  for (const chip of $("embedding-list").children) chip.classList.toggle("on", wordPattern(chip.dataset.name).test(prompt));
+  const mark = (chip, on) => {
+    chip.classList.toggle("on", on);
+    chip.setAttribute("aria-pressed", String(on));
+  };
+  for (const chip of $("lora-list").children) mark(chip, names(chip.dataset.name));
+  for (const chip of $("embedding-list").children) mark(chip, wordPattern(chip.dataset.name).test(prompt));
 }
 
 function chip(name, kind, toggle) {
