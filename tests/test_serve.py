@@ -332,6 +332,45 @@ def test_automatic1111_clients_nulls_eta_file_titles_and_the_size_that_ran(clien
     np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(direct[0]))
 
 
+def test_automatic1111_null_fields_and_the_servers_clip_skip_on_a_model_without_clip(client):
+    # clients set "CLIP_stop_at_last_layers" once for their SD models; emoji (MiniLM) then runs as it is
+    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+    try:
+        body = {**FAST, "prompt": None, "negative_prompt": None, "batch_size": None, "n_iter": None}
+        answer = client.post("/sdapi/v1/txt2img", json=body)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["images"]) == 1 and json.loads(answer.json()["info"])["prompt"] == ""
+        answer = client.post("/sdapi/v1/img2img", json={**FAST, "init_images": None})
+        assert answer.status_code == 422 and "init_images is empty" in answer.json()["detail"]
+    finally:
+        client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1})
+
+
+def test_a_wait_for_the_end_is_not_watching_so_no_previews_are_made_for_it():
+    import asyncio
+
+    from t2i.serve.events import EventHub
+
+    async def subscribe():
+        hub = EventHub()
+        waiting = hub.subscribe("job", watching=False)  # an AUTOMATIC1111 call waiting for its images
+        alone = hub.listening("job")
+        hub.subscribe("job")  # the page's stream
+        both = hub.listening("job")
+        hub.unsubscribe("job", waiting)
+        return alone, both
+
+    assert asyncio.run(subscribe()) == (False, True)
+
+
+def test_a_job_of_a_model_no_longer_served_fails_as_its_request_s_mistake():
+    from t2i.errors import UserError
+    from t2i.serve.shelf import ModelShelf
+
+    with pytest.raises(UserError, match=r"^model 'gone' is no longer on this server: choose one of emoji$"):
+        ModelShelf(["emoji"]).get("gone")
+
+
 def test_automatic1111_eta_is_ignored_by_a_sampler_without_one_as_there(client):
     # its clients send their eta with any sampler; emoji's own, DPM++ 2M, has none
     answer = client.post("/sdapi/v1/txt2img", json={**FAST, "eta": 0})

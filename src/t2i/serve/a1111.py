@@ -33,8 +33,8 @@ from .store import Job
 class A1111Request(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)  # 1e999, NaN: `parameters` could not echo them
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str | None = ""  # None, as clients that send every field write the unset ones, is the default too
+    negative_prompt: str | None = ""
     steps: int | None = None
     cfg_scale: float | None = None
     seed: int | None = -1  # None, as clients that send every field write it, is -1 too
@@ -43,8 +43,8 @@ class A1111Request(BaseModel):
     sampler_name: str | None = None
     sampler_index: str | None = None  # the older name of sampler_name
     scheduler: str | None = None  # "Karras", "Automatic", …: newer versions split it from the sampler's name
-    batch_size: int = 1
-    n_iter: int = 1
+    batch_size: int | None = 1
+    n_iter: int | None = 1
     eta: float | None = None
     override_settings: dict[str, JsonValue] | None = None
 
@@ -55,10 +55,10 @@ class A1111Request(BaseModel):
 
 
 class Img2ImgRequest(A1111Request):
-    init_images: list[str] = []
+    init_images: list[str] | None = None
     mask: str | None = None
     denoising_strength: float | None = 0.75
-    inpainting_mask_invert: int = 0
+    inpainting_mask_invert: int | None = 0
 
 
 def sampler_of(name: str | None, scheduler: str | None) -> tuple[str | None, str | None]:
@@ -91,10 +91,13 @@ def job_request(body: A1111Request, model: dict, image: str | None = None, mask:
     "CLIP_stop_at_last_layers" option, which the request's override_settings may change (1, the last layer, is
     every model's own)."""
     sampler, spacing = sampler_of(body.sampler_name or body.sampler_index, body.scheduler)
-    clip_skip = body.overrides.get("CLIP_stop_at_last_layers", clip_skip)
-    batch_size, n_iter = (whole_number(name, getattr(body, name), 1) for name in ("batch_size", "n_iter"))
+    # the server's option is every CLIP model's (clients set it once); a request's own override is the request's
+    clip_skip = body.overrides.get("CLIP_stop_at_last_layers", 1 if model.get("clip") is False else clip_skip)
+    batch_size, n_iter = (whole_number(name, 1 if getattr(body, name) is None else getattr(body, name), 1)
+                          for name in ("batch_size", "n_iter"))
     eta = body.eta if body.eta is not None and takes_eta(sampler_that_runs(sampler, model)) else None
-    return JobRequest(prompt=body.prompt, negative_prompt=body.negative_prompt, model=model["id"], sampler=sampler,
+    return JobRequest(prompt=body.prompt or "", negative_prompt=body.negative_prompt or "", model=model["id"],
+                      sampler=sampler,
                       spacing=spacing, steps=body.steps, cfg=body.cfg_scale, seed=body.seed,
                       width=None if image else body.width, height=None if image else body.height,
                       num_images=batch_size * n_iter, image=image, mask=mask, strength=strength,

@@ -90,7 +90,7 @@ class Server:
 
     async def finished(self, job: Job) -> Job:
         """Wait until a job ends (AUTOMATIC1111's calls answer with the images)."""
-        queue = self.hub.subscribe(job.id)
+        queue = self.hub.subscribe(job.id, watching=False)  # no previews are made for a wait alone
         try:
             job = self.job(job.id)
             while not job.finished_state:

@@ -16,14 +16,16 @@ TERMINAL = ("done", "failed", "cancelled")
 
 class EventHub:
     def __init__(self):
-        self.listeners: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = defaultdict(set)
+        # per job: (loop, queue, watching); a listener not watching waits for the end only (no previews for it)
+        self.listeners: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue, bool]]] = defaultdict(set)
         self.lock = threading.Lock()
 
-    def subscribe(self, job_id: str) -> asyncio.Queue:
-        """A queue of (event, data) for `job_id`; call from the event loop, before reading the job's state."""
+    def subscribe(self, job_id: str, watching: bool = True) -> asyncio.Queue:
+        """A queue of (event, data) for `job_id`; call from the event loop, before reading the job's state.
+        `watching`: someone looks at its progress (the worker makes previews while anyone does)."""
         queue: asyncio.Queue = asyncio.Queue()
         with self.lock:
-            self.listeners[job_id].add((asyncio.get_running_loop(), queue))
+            self.listeners[job_id].add((asyncio.get_running_loop(), queue, watching))
         return queue
 
     def unsubscribe(self, job_id: str, queue: asyncio.Queue) -> None:
@@ -33,14 +35,15 @@ class EventHub:
                 del self.listeners[job_id]
 
     def listening(self, job_id: str) -> bool:
+        """Whether anyone watches the job's progress."""
         with self.lock:
-            return bool(self.listeners.get(job_id))
+            return any(watching for _, _, watching in self.listeners.get(job_id, ()))
 
     def publish(self, job_id: str, event: str, data: dict) -> None:
         """Send to every listener of `job_id`; from any thread."""
         with self.lock:
             listeners = list(self.listeners.get(job_id, ()))
-        for loop, queue in listeners:
+        for loop, queue, _ in listeners:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, (event, data))
             except RuntimeError:  # that loop has closed: its listener is gone

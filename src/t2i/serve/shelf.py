@@ -81,8 +81,9 @@ class ModelShelf:
         many steps at the default sampler and cfg runs one), whether its text encoder is CLIP's (so
         AUTOMATIC1111's clip skip applies: an SD file's always is). Read from the config; None where unknown
         until loaded."""
-        if model_id in self.loaded:
-            return self.loaded_info(model_id, self.loaded[model_id][0])
+        loaded = self.loaded.get(model_id)  # one read: the worker may unload it meanwhile
+        if loaded is not None:
+            return self.loaded_info(model_id, loaded[0])
         if model_id not in self.infos:
             folder = resolve_model(self.paths[model_id])
             if is_foreign(folder):
@@ -117,6 +118,8 @@ class ModelShelf:
     def get(self, model_id: str, loras: dict[str, float] | None = None) -> Pipeline:
         """The loaded pipeline of a model, loading it (and unloading others past the budget) if need be; given
         `loras` ({name: scale}, the worker's job's), with exactly those of the server's applied besides its own."""
+        if model_id not in self.paths:  # a job queued before a restart that serves other models
+            raise UserError(f"model {model_id!r} is no longer on this server: choose one of {', '.join(self.paths)}")
         with self.lock:
             if model_id in self.loaded:
                 self.loaded.move_to_end(model_id)

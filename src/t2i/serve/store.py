@@ -148,26 +148,33 @@ class JobStore:
         return [row["id"] for row in rows]
 
     # -- reading ------------------------------------------------------------------------------
+    # Reads take the lock too: threads share one connection, whose cached statements' parameters two threads
+    # could otherwise bind over each other's.
     def get(self, job_id: str) -> Job | None:
-        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.lock:
+            row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else job_of(row)
 
     def position(self, job: Job) -> int | None:
         """1 for the next job to run, and so on; None for a job not queued."""
         if job.state != "queued":
             return None
-        return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq <= ?",
-                               (job.seq,)).fetchone()[0]
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq <= ?",
+                                   (job.seq,)).fetchone()[0]
 
     def history(self, limit: int, offset: int) -> tuple[list[Job], int]:
         """Jobs newest first, and how many there are."""
-        rows = self.db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-        return [job_of(row) for row in rows], self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        with self.lock:
+            rows = self.db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+            total = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        return [job_of(row) for row in rows], total
 
     def queue(self) -> list[Job]:
         """The running job, then the queued ones in the order they will run."""
-        rows = self.db.execute("SELECT * FROM jobs WHERE state IN ('running', 'queued') "
-                               "ORDER BY state = 'queued', seq").fetchall()
+        with self.lock:
+            rows = self.db.execute("SELECT * FROM jobs WHERE state IN ('running', 'queued') "
+                                   "ORDER BY state = 'queued', seq").fetchall()
         return [job_of(row) for row in rows]
 
     def close(self) -> None:

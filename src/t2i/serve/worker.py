@@ -118,7 +118,8 @@ class Worker:
         try:
             images = self.generate(job)
         except Cancelled:
-            if self.stopping.is_set():  # the server is stopping, not the job: it runs first at the next start
+            if self.stopping.is_set() and job.id not in self.cancelling:  # the server stops, not the job: it runs
+                # first at the next start (one cancelled or interrupted meanwhile ends cancelled)
                 self.store.requeue(job.id)
                 return
             self.finish(job, "cancelled")
