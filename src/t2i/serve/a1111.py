@@ -18,6 +18,7 @@ import time
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from ..convert.embedding_files import read_embedding
@@ -118,18 +119,24 @@ def a1111_router(server, authorize) -> APIRouter:
             # without CLIP) is a 4xx like any other; only a failure of the server's is a 500
             return JSONResponse({"error": "GenerationError", "detail": job.error},
                                 status_code=422 if job.user_error else 500)
-        images = [base64.b64encode(server.store.image_path(job.id, i).read_bytes()).decode()
-                  for i in range(len(job.images))]
+        images = await run_in_threadpool(lambda: [base64.b64encode(server.store.image_path(job.id, i).read_bytes())
+                                                  .decode() for i in range(len(job.images))])
         return JSONResponse({"images": images, "parameters": body.model_dump(exclude={"init_images", "mask"}),
                              "info": json.dumps(info(job))})
 
+    # The calls wait for their job on the event loop; what comes before (decoding, resizing and writing uploads, the
+    # store's fsync) runs in the thread pool, so that other requests (progress polls, streams) are not held up.
     @router.post("/txt2img")
     async def txt2img(body: A1111Request):
-        return await answer(body, server.submit(job_request(body, model_info(body),
-                                                             clip_skip=options_set["CLIP_stop_at_last_layers"])))
+        clip_skip = options_set["CLIP_stop_at_last_layers"]
+        return await answer(body, await run_in_threadpool(
+            lambda: server.submit(job_request(body, model_info(body), clip_skip=clip_skip))))
 
     @router.post("/img2img")
     async def img2img(body: Img2ImgRequest):
+        return await answer(body, await run_in_threadpool(submit_img2img, body))
+
+    def submit_img2img(body: Img2ImgRequest) -> Job:
         if not body.init_images:
             raise UserError("init_images is empty: send the image to edit as base64")
         image = decode_upload("init_images[0]", body.init_images[0], server.limits)
@@ -151,7 +158,7 @@ def a1111_router(server, authorize) -> APIRouter:
                               None if mask is None else base64.b64encode(png_bytes(mask)).decode(),
                               0.75 if body.denoising_strength is None else body.denoising_strength,
                               options_set["CLIP_stop_at_last_layers"])
-        return await answer(body, server.submit(request))
+        return server.submit(request)
 
     @router.get("/progress")
     def progress(skip_current_image: bool = False):
