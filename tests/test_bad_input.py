@@ -164,6 +164,8 @@ GENERATE = [
     (["--out", "/proc/x.png"], "cannot write --out '/proc/x.png': "),
     (["--out", "{root}/notes.txt/x.png"], "cannot write --out '{root}/notes.txt/x.png': '{root}/notes.txt' is a file"),
     (["--out", ""], "argument --out: is empty: give a path"),
+    (["--out", "{root}/x.jpg"], "--out '{root}/x.jpg' would hold a PNG file under another name: give a name ending in "
+                               ".png"),
     (["--zoom", "5000"], "--zoom 5000 would save 40000-pixel sides, more than 16384"),
     (["--vae-tile", "0"], "argument --vae-tile: must be positive, got 0"),
     (["--model", "{root}/nowhere"], "no model '{root}/nowhere': give a model folder or a shipped model"),
@@ -181,6 +183,12 @@ def test_generate_refuses_in_one_line(files, tmp_path, capsys, options, match):
     prompt = [] if "--model" in options or editing else ["a red circle"]
     out = [] if "--out" in options else ["--out", str(tmp_path / "x.png")]
     assert_one_line(["generate", *prompt, *model, *out, *options], match.format(root=files), capsys)
+
+
+@pytest.mark.parametrize("option", [["--sampler", "ddim"], ["--cfg", "5"], ["--strength", "0.5"]])
+def test_a_prompt_after_an_option_of_several_values_is_told_to_come_first(files, tmp_path, capsys, option):
+    assert_one_line(["generate", "--model", str(files / "text"), "--out", str(tmp_path / "x.png"), *option,
+                     "a red circle"], "a prompt after them is read as one: put the prompt first", capsys)
 
 
 def test_an_unconditional_model_refuses_a_negative_prompt(files, tmp_path, capsys):

@@ -63,6 +63,11 @@ def test_a_convnext_unet_trains_and_samples(tmp_path):
                  "--out", str(out), "--device", "cpu"]) == 0 and out.is_file()
 
 
+def test_a_run_resumed_by_the_other_command_is_told_which_one(model_dir, capsys):
+    one_line_error(capsys, ["train-vae", "--out", str(model_dir), "--resume"],
+                   f"is a diffusion run: resume it with t2i train --out {model_dir} --resume")
+
+
 def test_train_resume_takes_the_settings_given_whatever_their_value(model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(model_dir, run)

@@ -166,6 +166,9 @@ def test_export_takes_a_models_students_along_in_fp16_with_its_paths_cut_to_name
         assert saved["inference"] == read_config(distilled / "students" / f"steps-{steps}")["inference"]
         assert saved["distillation"]["teacher"] == teacher.name  # not a path of the machine it was made on
         assert not any(str(value).startswith("/") for value in saved["train"].values())
+    with pytest.warns(UserWarning, match="a student of the model exported there before"):
+        export_model(teacher, out)  # another model onto the same folder: the old students are not its
+    assert Pipeline.load(out, "cpu").students == {} and not (out / "students" / "steps-1").exists()
 
 
 # -- (c) exact resume -----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from t2i import files
@@ -314,6 +314,30 @@ def test_bad_input_met_mid_run_saves_the_steps_taken_before_stopping(tmp_path, t
     assert read_state(out)["step"] == 6
     Toy(out, toy_config()).train()
     assert_same_run(out, reference)
+
+
+def test_a_full_disk_inside_safetensors_is_a_failed_save_and_leaves_no_partial_file(tmp_path, monkeypatch, no_fsync):
+    import safetensors.torch
+
+    from t2i import checkpoints
+
+    real = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        if "checkpoint-000008" in filename:
+            with open(filename, "wb") as f:  # a part of it written, as a disk filling up leaves it
+                f.write(b"\0" * 100)
+            raise SafetensorError(f"Error while serializing: I/O error: No space left on device "
+                                  f"(os error {errno.ENOSPC})")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(checkpoints, "save_file", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"^could not save the checkpoint of step 8 in .*: No space left on device; "
+                                        r"the checkpoint of step 4 is intact: free space and resume$"):
+        Toy(out, toy_config()).train()
+    assert read_state(out)["step"] == 4
+    assert not [p for p in listing(out) if p.endswith(".tmp")]
 
 
 def test_bad_input_whose_save_fails_says_both_in_one_line(tmp_path, toy_reference, monkeypatch, no_fsync):

@@ -501,6 +501,20 @@ def test_no_cors_unless_asked(client):
     assert "access-control-allow-origin" not in response.headers
 
 
+@pytest.mark.parametrize("damage", ["garbage", "folder"])
+def test_a_damaged_job_store_is_refused_in_one_line_and_lets_the_folder_go(tmp_path, damage):
+    from t2i.errors import UserError
+
+    if damage == "folder":
+        (tmp_path / "jobs.sqlite").mkdir()
+    else:
+        (tmp_path / "jobs.sqlite").write_bytes(b"not a database, " * 64)
+    with pytest.raises(UserError, match=r"jobs.sqlite' is not a job store this server can read .*move it aside"):
+        JobStore(tmp_path)
+    (tmp_path / "jobs.sqlite").rename(tmp_path / "damaged")
+    JobStore(tmp_path).close()  # the folder's lock was let go: a fresh store opens
+
+
 def test_a_second_server_on_the_same_data_folder_is_refused_in_one_line(tmp_path):
     from t2i.errors import UserError
 

@@ -14,7 +14,12 @@ save never leaves a half-written file behind, and a folder with a config is comp
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
+import shutil
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Mapping
@@ -82,7 +87,16 @@ def student_folders(folder: Path) -> dict[int, Path]:
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    durable_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as error:  # a full disk comes as this, not OSError: the callers' one line needs it
+            code = re.search(r"os error (\d+)", str(error))
+            code = int(code.group(1)) if code else errno.EIO
+            raise OSError(code, os.strerror(code), str(tmp)) from None
+
+    durable_write(path, write)
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -294,8 +308,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     """A copy of a model folder for shipping: weights cast to `dtype` (fp16 halves the size;
     they are cast back on loading), the training state left behind, absolute paths in its recorded
     settings cut to their folder's name, `inference` merged into the config's generation defaults,
-    and its distilled students (students/steps-N/) exported alike. Weights are written first,
-    config.json last. A student keeps the grid and the cfg 1 it was distilled for."""
+    and its distilled students (students/steps-N/) exported alike (an earlier export's removed). Weights
+    are written first, config.json last. A student keeps the grid and the cfg 1 it was distilled for."""
     if Path(out_dir).resolve() == Path(model_dir).resolve():
         raise UserError(f"cannot export {str(model_dir)!r} onto itself: give another out_dir")
     config = read_config(model_dir)
@@ -314,6 +328,12 @@ def export_model(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype 
     InferenceSettings.from_dict(config["inference"], "the exported model's inference settings")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # over an earlier export: its config goes first (a failed export must not look complete), and its students,
+    # distilled from another model, go (a call for their steps would run them as this model's)
+    (out_dir / CONFIG_NAME).unlink(missing_ok=True)
+    for stale in student_folders(out_dir).values():
+        warnings.warn(f"removed {str(stale)!r}, a student of the model exported there before", stacklevel=2)
+        shutil.rmtree(stale)
     for name in COMPONENTS:
         if name in config and not (is_pretrained(name, config) and not weights_path(model_dir, name).is_file()):
             weights = load_weights(weights_path(model_dir, name))

@@ -64,14 +64,18 @@ def read_json_lines(path: Path) -> list[tuple[int, object]]:
     return rows
 
 
-def check_writable(path: str | Path, what: str = "the output") -> Path:
-    """Refuse, before any work, an output file that cannot be written: an empty name, a folder, or a place
-    where no file can be made (a missing parent is fine: it is created). Tries a file in its folder."""
+def check_writable(path: str | Path, what: str = "the output", suffix: str | None = None) -> Path:
+    """Refuse, before any work, an output file that cannot be written: an empty name, a folder, a name without
+    `suffix` (the format it is written in, if given), or a place where no file can be made (a missing parent is
+    fine: it is created). Tries a file in its folder."""
     if str(path).strip() == "":
         raise UserError(f"{what} path is empty: give a file name")
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {str(path)!r} is a folder: give a file name inside it")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UserError(f"{what} {str(path)!r} would hold a {suffix[1:].upper()} file under another name: give a "
+                        f"name ending in {suffix}")
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -120,8 +124,12 @@ def durable_write(path: Path, write: Callable[[Path], None]) -> None:
     fsynced and renamed onto `path`, so `path` is the old file or the whole new one."""
     path = Path(path)
     tmp = tmp_path(path)
-    write(tmp)
-    fsync_file(tmp)
+    try:
+        write(tmp)
+        fsync_file(tmp)
+    except BaseException:  # a full disk, a stop: no half-written file (gigabytes, for a model) is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     _done(f"write {tmp}")
     atomic_replace(tmp, path)
 

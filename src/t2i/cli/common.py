@@ -45,6 +45,19 @@ def fraction(text: str) -> float:
     return value
 
 
+def seed_arg(text: str) -> int:
+    """An argparse type: a seed, a whole number from 0 to `guards.MAX_SEED` (torch's generators take no more)."""
+    from ..guards import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, got {text}")
+    return value
+
+
 def path_arg(text: str) -> Path:
     """An argparse type for a path: an empty one (which Path reads as the current folder) is refused."""
     if not text.strip():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import DefaultsFormatter, path_arg, positive
+from .common import DefaultsFormatter, path_arg, positive, seed_arg
 
 
 def add_eval(sub) -> None:
@@ -21,7 +21,7 @@ def add_eval(sub) -> None:
     nll.add_argument("--terms", type=positive(int), default=None,
                      help="evaluate this many random terms of the bound (unbiased estimate); default: all T")
     nll.add_argument("--variance", default="beta", help="σ_t² of p_θ: beta (tighter bound) or beta_tilde")
-    nll.add_argument("--seed", type=int, default=0)
+    nll.add_argument("--seed", type=seed_arg, default=0)
     nll.add_argument("--device", default="auto")
     nll.set_defaults(run=run_eval_nll)
 
@@ -46,7 +46,7 @@ def add_eval(sub) -> None:
     prompts.add_argument("--steps", type=positive(int), default=None)
     prompts.add_argument("--sampler", default=None)
     prompts.add_argument("--batch-size", type=positive(int, 4096), default=64)
-    prompts.add_argument("--seed", type=int, default=0)
+    prompts.add_argument("--seed", type=seed_arg, default=0)
     prompts.add_argument("--device", default="auto")
     prompts.add_argument("--json", type=path_arg, default=None, help="also write the results here")
     prompts.set_defaults(run=run_eval_prompts)
@@ -70,7 +70,7 @@ def add_eval_fid(which) -> None:
     fid.add_argument("--steps", type=positive(int), default=None, help="sampling steps (default: the model's)")
     fid.add_argument("--sampler", default=None, help="sampler (default: the model's)")
     fid.add_argument("--batch-size", type=positive(int, 4096), default=32, help="images generated at once")
-    fid.add_argument("--seed", type=int, default=0, help="image i of the held-out captions uses seed + i")
+    fid.add_argument("--seed", type=seed_arg, default=0, help="image i of the held-out captions uses seed + i")
     fid.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "t2i" / "fid",
                      help="where the dataset's Inception features are kept")
     fid.add_argument("--prompts", default=None, metavar="FILE",

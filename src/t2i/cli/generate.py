@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..errors import UserError
-from .common import DefaultsFormatter, add_precision, path_arg, positive
+from .common import DefaultsFormatter, add_precision, path_arg, positive, seed_arg
 
 
 def add_generate(sub) -> None:
@@ -27,7 +27,7 @@ def add_generate(sub) -> None:
                    f"default: {DEFAULT_MODEL}")
     add_precision(p)
     p.add_argument("--negative", default=None, help="negative prompt: what to steer away from")
-    p.add_argument("--cfg", type=float, nargs="+", default=None,
+    p.add_argument("--cfg", type=listed_number, nargs="+", default=None,
                    help="guidance scale s (1 = no guidance); several: one grid row each")
     p.add_argument("--rescale", type=float, default=None, help="guidance rescale φ in [0, 1] (Lin et al. 2023)")
     p.add_argument("--steps", type=positive(int), default=None,
@@ -47,7 +47,7 @@ def add_generate(sub) -> None:
     p.add_argument("--height", type=int, default=None,
                    help="image height in pixels (default: the size the model was trained at)")
     p.add_argument("--image", type=Path, default=None, help="edit this image (img2img) instead of starting from noise")
-    p.add_argument("--strength", type=float, nargs="+", default=None,
+    p.add_argument("--strength", type=listed_number, nargs="+", default=None,
                    help="how far to noise --image, 0..1 (default 0.8; 1 with --mask); several: one image each, "
                         "side by side after the input")
     p.add_argument("--mask", type=Path, default=None, help="inpaint: redraw the white region of --image")
@@ -104,6 +104,31 @@ def lora_arg(text: str) -> tuple[Path, float]:
     return existing_file(path), value
 
 
+# --cfg, --strength and --sampler take several values (one grid row each): a prompt typed after them is read as one
+AFTER_A_LIST = "these options take several values, so a prompt after them is read as one: put the prompt first"
+
+
+def listed_number(text: str) -> float:
+    """An argparse type: one of several numbers; a word is most likely a prompt placed after the list."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number ({AFTER_A_LIST})") from None
+
+
+def check_samplers(names: list[str] | None) -> None:
+    """Refuse an unknown --sampler before any model loads; a prompt read as one is told so."""
+    from ..samplers import get_sampler
+
+    for name in names or []:
+        try:
+            get_sampler(name)
+        except UserError as error:
+            if " " not in name:
+                raise
+            raise UserError(f"{error} ({AFTER_A_LIST})") from None
+
+
 def option_arg(text: str) -> tuple[str, object]:
     """An argparse type: a sampler's own option NAME=VALUE, the value a whole number, a real one or a name
     (`sampling.check_option` then checks it against the kind of the option's default)."""
@@ -139,7 +164,8 @@ def run_generate(args) -> None:
     from ..metadata import LORA_TAG
     from ..pipeline import Pipeline
 
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", ".png")
+    check_samplers(args.sampler)
     tagged = [prompt for prompt in args.prompt or [] if LORA_TAG.search(prompt)]
     if tagged:
         raise UserError(f"{LORA_TAG.search(tagged[0]).group(0)!r} is AUTOMATIC1111's way to name a LoRA: here give "
@@ -209,7 +235,7 @@ def add_sample(sub) -> None:
                         "latent models never)")
     p.add_argument("--num", type=positive(int, 4096), default=16, help="number of images")
     p.add_argument("--batch-size", type=positive(int, 4096), default=64)
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i")
+    p.add_argument("--seed", type=seed_arg, default=0, help="image i uses seed + i")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=path_arg, default=Path("samples.png"))
     p.set_defaults(run=run_sample)
@@ -221,7 +247,7 @@ def run_sample(args) -> None:
     from ..images import make_grid
     from ..pipeline import Pipeline
 
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", ".png")
     pipe = Pipeline.load(args.model, args.device)
     if args.clip is False:
         pipe.clip = False
@@ -243,7 +269,7 @@ def add_noise(sub) -> None:
     p.add_argument("--timesteps", type=positive(int, 100_000), default=1000)
     p.add_argument("--size", type=positive(int, 4096), default=128,
                    help="the image is resized and centre-cropped to this")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.set_defaults(run=run_noise)
 
 
@@ -254,7 +280,7 @@ def run_noise(args) -> None:
     from ..images import read_image, save_png, to_tensor
     from ..visualize import forward_process_figure
 
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", ".png")
     diffusion = Diffusion.from_schedule(args.schedule, args.timesteps)
     x0 = to_tensor(resize_center_crop(read_image(args.image), args.size))
     figure, stats = forward_process_figure(x0, diffusion, seed=args.seed)

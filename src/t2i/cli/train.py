@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from .common import DefaultsFormatter, name_or_path, non_negative, note_given, path_arg, positive, resume_changes
+from .common import (DefaultsFormatter, name_or_path, non_negative, note_given, path_arg, positive, resume_changes,
+                     seed_arg)
 
 
 def add_batch_options(p, t) -> None:
@@ -65,7 +66,7 @@ def add_train(sub) -> None:
                    help="also keep the model of every this many steps in snapshots/ (to evaluate it later)")
     p.add_argument("--probe-every", type=int, default=t.probe_every,
                    help="log the loss of fixed training and held-out examples every this many steps (0: never)")
-    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--seed", type=seed_arg, default=t.seed)
     p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
     p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=t.mixed_precision,
@@ -270,7 +271,7 @@ def add_train_vae(sub) -> None:
     p.add_argument("--disc-start", type=int, default=t.disc_start, help="step at which the discriminator starts")
     p.add_argument("--save-every", type=positive(int), default=t.save_every)
     p.add_argument("--sample-every", type=positive(int), default=t.sample_every)
-    p.add_argument("--seed", type=int, default=t.seed)
+    p.add_argument("--seed", type=seed_arg, default=t.seed)
     p.add_argument("--workers", type=int, default=t.num_workers, help="data loader processes")
     p.add_argument("--device", default=t.device, help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(run=run_train_vae)

@@ -73,14 +73,20 @@ class JobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.owner = own_folder(self.root)  # a second server here would run the first one's jobs again
         self.lock = threading.Lock()
-        self.db = sqlite3.connect(self.root / "jobs.sqlite", check_same_thread=False, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut, not just a kill
-        self.db.executescript(SCHEMA)
-        if "user_error" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:  # older store
-            self.db.execute("ALTER TABLE jobs ADD COLUMN user_error INTEGER NOT NULL DEFAULT 0")
-        self.recovered = self.recover()
+        path = self.root / "jobs.sqlite"
+        try:
+            self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")  # a committed job survives a power cut, not just a kill
+            self.db.executescript(SCHEMA)
+            if "user_error" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:  # older
+                self.db.execute("ALTER TABLE jobs ADD COLUMN user_error INTEGER NOT NULL DEFAULT 0")
+            self.recovered = self.recover()
+        except sqlite3.DatabaseError as error:  # a damaged file, or a folder of that name
+            os.close(self.owner)
+            raise UserError(f"{str(path)!r} is not a job store this server can read ({error}): move it aside to "
+                            "start with an empty queue and history, or give another --data-dir") from None
 
     # -- files --------------------------------------------------------------------------------
     def image_path(self, job_id: str, index: int) -> Path:

@@ -105,7 +105,9 @@ def resume_vae(out_dir: str | Path, **changes) -> TrainResult:
     but for `changes` (among `VAETrainConfig.RESUME_CHANGES`); any other change is refused."""
     out = Path(out_dir)
     saved = read_run_config(out)  # the current checkpoint's, complete: read before the lock to know the device
-    if "vae" not in saved or "train" not in saved or "unet" in saved:
+    if "unet" in saved:
+        raise UserError(f"{str(out)!r} is a diffusion run: resume it with t2i train --out {out} --resume")
+    if "vae" not in saved or "train" not in saved:
         raise UserError(f"{str(out)!r} is not an autoencoder training run: resume it as the run it is")
     config = VAETrainConfig.resumed(saved["train"], changes)
     world, device = join(config.device)

@@ -195,6 +195,8 @@ def resume(out_dir: str | Path, **changes) -> TrainResult:
     field ...); any other change is refused."""
     out = Path(out_dir)
     saved = read_run_config(out)  # the current checkpoint's, complete: read before the lock to know the device
+    if "unet" not in saved and "vae" in saved:
+        raise UserError(f"{str(out)!r} is an autoencoder run: resume it with t2i train-vae --out {out} --resume")
     if "unet" not in saved or "train" not in saved:
         raise UserError(f"{str(out)!r} is not a diffusion training run: resume it as the run it is")
     if "init" in saved["train"]:
