@@ -84,6 +84,8 @@ class JobStore:
                 self.db.execute("ALTER TABLE jobs ADD COLUMN user_error INTEGER NOT NULL DEFAULT 0")
             self.recovered = self.recover()
         except sqlite3.DatabaseError as error:  # a damaged file, or a folder of that name
+            if hasattr(self, "db"):
+                self.db.close()
             os.close(self.owner)
             raise UserError(f"{str(path)!r} is not a job store this server can read ({error}): move it aside to "
                             "start with an empty queue and history, or give another --data-dir") from None
