@@ -303,6 +303,41 @@ def test_automatic1111_txt2img_answers_with_images_parameters_and_info(client):
         np.testing.assert_array_equal(np.asarray(ours.convert("RGB")), np.asarray(image))
 
 
+def test_automatic1111_keeps_a_call_only_when_it_asks_to_save_its_images(client, tmp_path):
+    images = tmp_path / "data" / "images"
+    answer = client.post("/sdapi/v1/txt2img", json={**FAST, "steps": 1})  # save_images: false, as there by default
+    assert answer.status_code == 200 and len(answer.json()["images"]) == 1
+    assert client.get("/api/jobs").json()["total"] == 0 and not any(images.glob("*"))
+    source = b64(png(Image.new("RGB", (64, 64), (200, 30, 30))))
+    answer = client.post("/sdapi/v1/img2img", json={**FAST, "steps": 2, "init_images": [source]})
+    assert answer.status_code == 200 and client.get("/api/jobs").json()["total"] == 0
+    assert not any((tmp_path / "data" / "inputs").glob("*"))  # its upload went too
+    failed = client.post("/sdapi/v1/txt2img", json={**FAST, "override_settings": {"CLIP_stop_at_last_layers": 2}})
+    assert failed.status_code == 422 and client.get("/api/jobs").json()["total"] == 0
+    answer = client.post("/sdapi/v1/txt2img", json={**FAST, "steps": 1, "save_images": True, "send_images": False})
+    assert answer.status_code == 200 and answer.json()["images"] == []
+    info = json.loads(answer.json()["info"])
+    kept = client.get("/api/jobs").json()["jobs"]
+    assert [job["state"] for job in kept] == ["done"] and kept[0]["settings"]["seed"] == info["seed"]
+    assert client.get(kept[0]["images"][0]["url"]).status_code == 200
+
+
+def test_the_store_removes_at_start_the_files_of_no_job(tmp_path):
+    store = JobStore(tmp_path)
+    job = store.add({"n": 1}, {"image": b"png"})
+    store.end(job.id, "done")
+    for folder in ("images", "inputs"):  # as a forget, or an add, cut short by a kill leaves them
+        (tmp_path / folder / "0123456789ab").mkdir(parents=True)
+        (tmp_path / folder / "0123456789ab" / "0.png").write_bytes(b"png")
+    store.close()
+    store = JobStore(tmp_path)
+    assert not (tmp_path / "images" / "0123456789ab").exists() and not (tmp_path / "inputs" / "0123456789ab").exists()
+    assert store.input_path(job.id, "image").read_bytes() == b"png"
+    store.forget(job.id)
+    assert store.get(job.id) is None and not (tmp_path / "inputs" / job.id).exists()
+    store.close()
+
+
 def test_automatic1111_sampler_names_model_override_and_unknown_sampler(client):
     answer = client.post("/sdapi/v1/txt2img", json={"prompt": "", "steps": 2, "seed": 1, "sampler_name": "Euler a",
                                                     "override_settings": {"sd_model_checkpoint": "shapes"}}).json()

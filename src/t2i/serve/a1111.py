@@ -6,8 +6,10 @@ what was made (seeds, infotexts). Its field names map onto ours (`cfg_scale` →
 `denoising_strength` → strength, `batch_size × n_iter` → images, `sampler_name` "DPM++ 2M Karras"
 → dpmpp_2m on Karras σ). Fields it has and we do not (`restore_faces`, `tiling`, hires fix …) are
 ignored, as its own API ignores unknown ones, and so is `eta` for a sampler without one, as it does
-(clients send theirs with any sampler). One difference: where it defaults to 512×512, 50 steps and
-cfg 7, we default to the chosen model's own size and settings.
+(clients send theirs with any sampler). As there, a call keeps nothing unless it sends `"save_images":
+true` (its job is forgotten once answered; with it, the job stays in the history like the page's),
+and `"send_images": false` answers without the images. One difference: where it defaults to 512×512,
+50 steps and cfg 7, we default to the chosen model's own size and settings.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class A1111Request(BaseModel):
     n_iter: int | None = 1
     eta: float | None = None
     override_settings: dict[str, JsonValue] | None = None
+    save_images: bool | None = False  # kept in the server's history (AUTOMATIC1111: written to its outputs folder)
+    send_images: bool | None = True
 
     @property
     def overrides(self) -> dict:
@@ -114,15 +118,20 @@ def a1111_router(server, authorize) -> APIRouter:
         return server.shelf.info(server.shelf.resolve(body.overrides.get("sd_model_checkpoint")))
 
     async def answer(body: A1111Request, job: Job) -> JSONResponse:
-        job = await server.finished(job)
-        if job.state == "failed":  # the request's mistake that only its run could find (clip skip on a model
-            # without CLIP) is a 4xx like any other; only a failure of the server's is a 500
-            return JSONResponse({"error": "GenerationError", "detail": job.error},
-                                status_code=422 if job.user_error else 500)
-        images = await run_in_threadpool(lambda: [base64.b64encode(server.store.image_path(job.id, i).read_bytes())
-                                                  .decode() for i in range(len(job.images))])
-        return JSONResponse({"images": images, "parameters": body.model_dump(exclude={"init_images", "mask"}),
-                             "info": json.dumps(info(job))})
+        job = await server.finished(job)  # a wait cut short (the client gone) keeps the job: nothing is lost
+        try:
+            if job.state == "failed":  # the request's mistake that only its run could find (clip skip on a model
+                # without CLIP) is a 4xx like any other; only a failure of the server's is a 500
+                return JSONResponse({"error": "GenerationError", "detail": job.error},
+                                    status_code=422 if job.user_error else 500)
+            images = await run_in_threadpool(
+                lambda: [base64.b64encode(server.store.image_path(job.id, i).read_bytes()).decode()
+                         for i in range(len(job.images))] if body.send_images is not False else [])
+            return JSONResponse({"images": images, "parameters": body.model_dump(exclude={"init_images", "mask"}),
+                                 "info": json.dumps(info(job))})
+        finally:
+            if not body.save_images:
+                await run_in_threadpool(server.store.forget, job.id)
 
     # The calls wait for their job on the event loop; what comes before (decoding, resizing and writing uploads, the
     # store's fsync) runs in the thread pool, so that other requests (progress polls, streams) are not held up.

@@ -5,7 +5,9 @@ syncs) and its images are PNG files beside it (`images/<id>/<i>.png`, written wh
 `files.durable_write` before the row that names them is committed), so that a server killed at any
 instant leaves each job queued, running, or finished with every file it lists. At start the jobs
 that were running when the server stopped go back to the front of the queue; one interrupted twice
-is marked failed with the reason, not run a third time.
+is marked failed with the reason, not run a third time. A job can be forgotten (AUTOMATIC1111's calls
+that do not ask to save their images): its row goes first, then its files; files that a stop left
+without a row are removed at the next start.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import durable_write_bytes
+from ..files import discard, durable_write_bytes
 from .limits import LimitError, Limits
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -83,6 +85,7 @@ class JobStore:
             if "user_error" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:  # older
                 self.db.execute("ALTER TABLE jobs ADD COLUMN user_error INTEGER NOT NULL DEFAULT 0")
             self.recovered = self.recover()
+            self.sweep()
         except sqlite3.DatabaseError as error:  # a damaged file, or a folder of that name
             if hasattr(self, "db"):
                 self.db.close()
@@ -143,6 +146,22 @@ class JobStore:
             cursor = self.db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? "
                                      "AND state = 'queued'", (time.time(), job_id))
         return cursor.rowcount == 1
+
+    def forget(self, job_id: str) -> None:
+        """Remove a finished job, its images and its uploads: the row first, so no reader finds it without them."""
+        with self.lock:
+            self.db.execute("DELETE FROM jobs WHERE id = ? AND state IN ('done', 'failed', 'cancelled')", (job_id,))
+        for folder in ("images", "inputs"):
+            discard(self.root / folder / job_id)
+
+    def sweep(self) -> None:
+        """Remove the image and upload folders of no job: a forget or an `add` cut short by a stop left them."""
+        with self.lock:
+            kept = {row["id"] for row in self.db.execute("SELECT id FROM jobs")}
+        for folder in ("images", "inputs"):
+            for path in (self.root / folder).glob("*"):
+                if path.name not in kept:
+                    discard(path)
 
     def recover(self) -> list[str]:
         """Put back the jobs a stopped server was running (or fail those interrupted MAX_ATTEMPTS times)."""
