@@ -191,3 +191,34 @@ def test_the_shipped_phrasings_name_emoji_the_dataset_has():
     prompts = read_prompts(PHRASINGS)
     assert len(prompts) == 80 and len({p["name"] for p in prompts}) == 40
     assert all(p["text"] != p["name"] and p["emoji"][0] in "123" for p in prompts)
+
+
+def test_a_cache_that_cannot_be_read_or_written_costs_time_not_the_result(tmp_path):
+    from types import SimpleNamespace
+
+    from t2i.evaluation import cached_features
+
+    calls = []
+
+    class Extractor:
+        def of_dataset(self, dataset, progress, desc):
+            calls.append(desc)
+            return torch.ones(len(dataset.files), 4)
+
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    for path in files:
+        path.write_bytes(b"png")
+    dataset = SimpleNamespace(files=files, image_size=64)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    with pytest.warns(UserWarning, match="could not keep the features in .*blocked.*give a writable --cache"):
+        assert cached_features(Extractor(), dataset, blocked, False, "held-out").shape == (3, 4)
+    cache = tmp_path / "cache"
+    cached_features(Extractor(), dataset, cache, False, "held-out")
+    [kept] = cache.glob("inception-*.safetensors")
+    assert len(calls) == 2 and cached_features(Extractor(), dataset, cache, False, "held-out").shape == (3, 4)
+    assert len(calls) == 2  # read from the cache
+    kept.write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="unreadable .*computing them again"):
+        assert cached_features(Extractor(), dataset, cache, False, "held-out").shape == (3, 4)
+    assert len(calls) == 3

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -80,10 +82,18 @@ def cached_features(extractor, dataset, cache_dir: Path | None, progress: bool, 
     salt = f"{READING}|{dataset.image_size}"
     path = Path(cache_dir) / f"inception-{files_digest(dataset.files, salt)}.safetensors"
     if path.is_file():
-        return load_file(str(path))["features"]
+        try:
+            return load_file(str(path))["features"]
+        except (OSError, SafetensorError, KeyError) as error:  # a damaged cache is computed again, not fatal
+            warnings.warn(f"the cached features {str(path)!r} are unreadable ({error}): computing them again",
+                          stacklevel=2)
     features = extractor.of_dataset(dataset, progress=progress, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    durable_write(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
+    try:  # a cache that cannot be written (read-only, full) costs the next run time, not this run's result
+        path.parent.mkdir(parents=True, exist_ok=True)
+        durable_write(path, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
+    except (OSError, SafetensorError) as error:
+        warnings.warn(f"could not keep the features in {str(cache_dir)!r} ({error}): the next run computes them "
+                      "again; give a writable --cache", stacklevel=2)
     return features
 
 
