@@ -226,6 +226,26 @@ def test_generate_writes_a_grid_row_per_sampler(model_dir, tmp_path):
                  "--out", str(tmp_path / "x.png")]) == 2  # every name checked before any runs
 
 
+def test_a_grid_stopped_by_ctrl_c_keeps_the_rows_that_ended(model_dir, tmp_path, monkeypatch, capsys):
+    from t2i import Pipeline
+
+    calls, run = [], Pipeline.__call__
+
+    def stopped_in_the_second_row(self, *args, **kwargs):
+        calls.append(kwargs["cfg"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "__call__", stopped_in_the_second_row)
+    out = tmp_path / "cfgs.png"
+    assert main(["generate", "a red circle", "--cfg", "1", "4", "--num", "2", "--seed", "3", "--model",
+                 str(model_dir), "--out", str(out), "--device", "cpu"]) == 130
+    assert sorted(path.name for path in tmp_path.glob("cfgs*")) == ["cfgs-0.png", "cfgs-1.png"]  # no grid
+    assert [read_parameters(tmp_path / f"cfgs-{i}.png")["seed"] for i in range(2)] == [3, 4]
+    assert "kept the 2 images of the rows that ended: cfgs-0.png..cfgs-1.png" in capsys.readouterr().err
+
+
 def test_settings_come_from_the_call_then_the_model_then_the_defaults(pipe):
     model_sampler = pipe.defaults["sampler"]
     assert pipe.settings(sampler=None, steps=None, spacing=None) == {

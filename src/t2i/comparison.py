@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from PIL import Image
 
@@ -53,9 +53,11 @@ class Comparison:
 
 def compare(pipe: Pipeline, prompts: Sequence[str] = ("",), samplers: Sequence[str | None] = (None,),
             cfgs: Sequence[float | None] = (None,), strengths: Sequence[float | None] = (None,), *,
-            seed: int | None = None, num_images: int = 1, image: Image.Image | None = None, **options) -> Comparison:
+            seed: int | None = None, num_images: int = 1, image: Image.Image | None = None,
+            row_done: Callable[[int, list[Image.Image]], None] | None = None, **options) -> Comparison:
     """Generate `num_images` images (seeds `seed`, `seed + 1`, ...) for every combination of the
-    settings given; None stands for the model's own. `options` go to every `pipe(...)` call."""
+    settings given; None stands for the model's own. `options` go to every `pipe(...)` call;
+    `row_done(i, images)` is told each row as it ends (to save it before the next starts)."""
     if len(strengths) > 1 and image is None:
         raise UserError("several strengths need an image to edit")
     seed = random_seed() if seed is None else seed  # drawn once: every row starts from the same noise
@@ -63,8 +65,11 @@ def compare(pipe: Pipeline, prompts: Sequence[str] = ("",), samplers: Sequence[s
                                                                               strengths)]
     for combination in combinations:  # each checked before the first runs, so that a bad one loses no work
         check_combination(pipe, combination, options)
-    rows = [pipe(seed=seed, num_images=num_images, image=image, **combination, **options)
-            for combination in combinations]
+    rows = []
+    for combination in combinations:
+        rows.append(pipe(seed=seed, num_images=num_images, image=image, **combination, **options))
+        if row_done is not None:
+            row_done(len(rows) - 1, rows[-1])
     return Comparison(rows, combinations, list(range(seed, seed + num_images)), image)
 
 

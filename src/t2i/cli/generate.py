@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -181,21 +182,41 @@ def run_generate(args) -> None:
         raise UserError(f"--zoom {args.zoom} would save {side * args.zoom}-pixel sides, more than {MAX_SIDE}: "
                         "choose a smaller zoom")
     pipe.optimize(vae_tile=args.vae_tile, winograd=args.winograd)
-    comparison = compare(pipe, args.prompt or [""], args.sampler or [None], args.cfg or [None],
-                         args.strength or [None], seed=args.seed, num_images=args.num, image=image, mask=mask,
-                         negative_prompt=args.negative, steps=args.steps, guidance_rescale=args.rescale, eta=args.eta,
-                         spacing=args.spacing, width=args.width, height=args.height, clip_skip=args.clip_skip,
-                         sampler_options=dict(args.option) or None)
+    lists = [args.prompt or [""], args.sampler or [None], args.cfg or [None], args.strength or [None]]
+    several = args.num * math.prod(map(len, lists)) > 1
+    saved = []
+
+    def row_done(row: int, images: list) -> None:
+        """A grid's images are saved as each row ends, so that a stop (Ctrl+C) loses only the row it was in."""
+        if several:
+            save_all([(enlarge(im, args.zoom), numbered(args.out, row * args.num + i), im.info["t2i"])
+                      for i, im in enumerate(images)])
+            saved.extend(images)
+
+    try:
+        comparison = compare(pipe, *lists, seed=args.seed, num_images=args.num, image=image, mask=mask,
+                             negative_prompt=args.negative, steps=args.steps, guidance_rescale=args.rescale,
+                             eta=args.eta, spacing=args.spacing, width=args.width, height=args.height,
+                             clip_skip=args.clip_skip, sampler_options=dict(args.option) or None, row_done=row_done)
+    except KeyboardInterrupt:
+        if saved:
+            print(f"t2i: kept the {len(saved)} images of the rows that ended: {numbered(args.out, 0).name}.."
+                  f"{numbered(args.out, len(saved) - 1).name} (no grid)", file=sys.stderr)
+        raise
     images = comparison.images
-    if len(images) == 1:
+    if not several:
         save_all([(enlarge(images[0], args.zoom), args.out, images[0].info["t2i"])])
         print(f"wrote {args.out} (seed {images[0].info['t2i']['seed']})")
         return
-    save_all([(enlarge(im, args.zoom), args.out.with_name(f"{args.out.stem}-{i}{args.out.suffix}"), im.info["t2i"])
-              for i, im in enumerate(images)] + [(comparison.grid(args.zoom), args.out, None)])
+    save_all([(comparison.grid(args.zoom), args.out, None)])
     count, seeds = len(comparison.rows), comparison.seeds
     print(f"wrote {args.out} and {args.out.stem}-0..{len(images) - 1}{args.out.suffix} "
           f"({count} combination{'s' * (count > 1)} × seeds {seeds[0]}..{seeds[-1]})")
+
+
+def numbered(out: Path, i: int) -> Path:
+    """A grid's image `i` beside it: NAME-i.png."""
+    return out.with_name(f"{out.stem}-{i}{out.suffix}")
 
 
 def save_all(pngs: list[tuple]) -> None:
