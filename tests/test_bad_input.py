@@ -424,3 +424,13 @@ def test_transparency_is_read_as_automatic1111_reads_it(tmp_path):
     assert mask.getpixel((1, 1)) == 255 and mask.getpixel((0, 0)) == 0
     Image.new("RGBA", (4, 4), (30, 30, 30, 255)).save(tmp_path / "opaque.png")
     assert read_image(tmp_path / "opaque.png", "L").getpixel((0, 0)) == 30  # fully opaque: its grey levels
+
+
+def test_a_new_run_refuses_a_training_folder_of_someone_elses_files(tmp_path, capsys):
+    photo = tmp_path / "project" / "training" / "photo.png"  # a project's own training/ folder, not a run's
+    photo.parent.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(photo)
+    assert_one_line(["train", "--out", str(tmp_path / "project"), *TINY_TRAIN],
+                    f"'{photo.parent}' holds files that no run of ours wrote (photo.png), which a new run there "
+                    "would remove", capsys)
+    assert photo.is_file()

@@ -131,6 +131,14 @@ def check_new_run(out: Path) -> None:
     if (out / CONFIG_NAME).is_file():  # a run's top config comes with its first save: this is a model
         raise UserError(f"{str(out)!r} holds a model (its {CONFIG_NAME}), which a run there would overwrite: "
                         "choose another out_dir")
+    training = out / TRAINING_DIR
+    foreign = sorted(entry.name for entry in training.iterdir() if entry.name not in (LOCK, POINTER)
+                     and not CHECKPOINT.fullmatch(entry.name) and not entry.name.endswith(TMP_SUFFIX)) \
+        if training.is_dir() else []
+    if foreign:  # a new run clears what a stopped one left in training/, which must not be someone's files
+        raise UserError(f"{str(training)!r} holds files that no run of ours wrote ({', '.join(foreign[:3])}"
+                        f"{', ...' if len(foreign) > 3 else ''}), which a new run there would remove: choose another "
+                        "out_dir")
 
 
 @contextmanager
