@@ -1,12 +1,14 @@
-"""Attention on the CPU in bfloat16: torch's fused kernel against `layers.attend_in_chunks`, at SD's shapes.
+"""Attention on the CPU in bfloat16: torch's fused kernel against `layers.attend_in_chunks` and our AVX512-BF16
+kernel (`t2i.kernels.attention`), at SD's shapes.
 
 Without AMX, torch's fused bfloat16 attention kernel runs its products at float32's speed, so for bfloat16
-inference `layers.attend` used it in float32 (casting in and out) and now, for 256² scores or more without
-a mask, runs two bfloat16 matrix products and a softmax one head's block of rows at a time. For each shape
-(SD v1's self- and cross-attention at 512², its decoder's, SD 2.x's at 768², the text encoder's) this
-times, interleaved (medians), the fused kernel in float32 (the previous path), the fused kernel in
-bfloat16, the chunks, and the path `attend` takes now; and gives each one's relative L2 error
-against float64. Q, K, V are strided as `Attention._split` leaves them.
+inference `layers.attend` used it in float32 (casting in and out), then, for large unmasked attention, two
+bfloat16 matrix products and a softmax one head's block of rows at a time ("chunks"), and now our kernel
+(bfloat16 products, float32 scores). For each shape (SD v1's self- and cross-attention at 512², its
+decoder's, SD 2.x's at 768², the text encoder's) this times, interleaved (medians), the fused kernel in
+float32, the fused kernel in bfloat16, the chunks and the kernel, names the path `attend` takes
+(`layers.attention_path`), and gives each one's relative L2 error against float64. Q, K, V are strided as
+`Attention._split` leaves them.
 
 Run:  python benchmarks/attention_cpu.py [--repeats 7]
 """
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from peers import setup
 from t2i.bench import interleaved_times
+from t2i.kernels import attention as kernel
 from t2i.models import layers
 
 SHAPES = {  # name: ((batch, heads, queries, keys, head size), the std of Q's and K's entries)
@@ -56,8 +59,9 @@ def main() -> None:
     print(f"{setup()}; AMX: {layers.amx(torch.device('cpu'))}; median of {args.repeats} interleaved calls; "
           "error: relative L2 against float64\n")
     print("| attention | [B, heads, L, S, d] | fused fp32 ms (error) | fused bf16 ms (error) | "
-          "in chunks bf16 ms (error) | chunks ÷ fused fp32 | `attend` takes |")
-    print("|---|---|---:|---:|---:|---:|---|")
+          "in chunks bf16 ms (error) | kernel bf16 ms (error) | kernel ÷ fused fp32 | kernel ÷ chunks | "
+          "`attend` takes |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     with torch.no_grad():
         for name, (shape, std) in SHAPES.items():
             q, k, v = inputs(*shape, std)
@@ -69,15 +73,18 @@ def main() -> None:
                 "fused bf16": lambda: F.scaled_dot_product_attention(q16, k16, v16),
                 "chunks": lambda: layers.attend_in_chunks(q16, k16, v16),
             }
+            if kernel.takes(q16, k16, v16):
+                variants["kernel"] = lambda: kernel.attention(q16, k16, v16)
             errors = {key: ((fn().double() - reference).norm() / reference.norm()).item()
                       for key, fn in variants.items()}
             seconds = {key: statistics.median(ts) for key, ts in interleaved_times(variants, args.repeats).items()}
-            amx = layers.amx(q.device)
-            path = ("chunks" if q.shape[-2] * k.shape[-2] >= layers.CHUNKED_SCORES and not amx
-                    else "fused bf16" if amx else "fused fp32")
-            cells = [f"{seconds[key] * 1e3:.2f} ({errors[key]:.1e})" for key in variants]
-            print(f"| {name} | {list(shape)} | {' | '.join(cells)} | "
-                  f"{seconds['chunks'] / seconds['fused fp32']:.2f} | {path} |")
+            path = layers.attention_path(q16, k16, v16)
+            cells = [f"{seconds[key] * 1e3:.2f} ({errors[key]:.1e})" if key in seconds else "—"
+                     for key in ("fused fp32", "fused bf16", "chunks", "kernel")]
+            ratios = [f"{seconds['kernel'] / seconds[base]:.2f}" if "kernel" in seconds else "—"
+                      for base in ("fused fp32", "chunks")]
+            print(f"| {name} | {list(shape)} | {' | '.join(cells)} | {' | '.join(ratios)} | "
+                  f"{'fused bf16' if path == 'fused' else path} |")
 
 
 if __name__ == "__main__":

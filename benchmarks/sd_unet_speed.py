@@ -6,8 +6,8 @@ the same random SD v1 folder (`t2i.random_weights.random_sd_v1_folder`, float16 
 diffusers in float32 and bfloat16, OpenVINO compiled in f32 and bf16, ours in float32 and in the
 precision and layout `Pipeline.load` picks with no flags ("t2i default": bfloat16 and channels_last where the
 CPU has bfloat16 natively; its peak memory includes the VAE and text encoder `Pipeline.load` loads too;
-on a CPU without AMX, also "t2i default, fused attention": the same with torch's fused attention kernel
-instead of `layers.attend_in_chunks`).
+on a CPU without AMX, also "t2i default, attention in chunks": the same with `layers.attend_in_chunks`, the
+default before our attention kernel, instead of `t2i.kernels.attention`).
 Each variant's output is compared with diffusers float32's (relative L2), the calls interleaved
 (`t2i.bench.interleaved_times`), and each variant's peak memory measured in a process of its own
 (loading and one call). GFLOP/s count the direct convolutions' FLOPs for every variant.
@@ -49,19 +49,19 @@ def load(folder: Path, variant: str):
         if "winograd" in variant:
             pipe.optimize(winograd=True)
         x, context = x.to(pipe.dtype), context.to(pipe.dtype)
-        if "fused attention" in variant:  # the default before attention ran in chunks on CPUs without AMX
-            return lambda: fused_attention(lambda: pipe.unet(x, t, context).float())
+        if "in chunks" in variant:  # the default before our attention kernel, on CPUs without AMX
+            return lambda: without_kernel(lambda: pipe.unet(x, t, context).float())
         return lambda: pipe.unet(x, t, context).float()
     raise ValueError(variant)
 
 
-def fused_attention(call):
-    """`call()` with `layers.attend` never taking its chunked path: torch's fused kernel for all attention."""
-    chunked, layers.CHUNKED_SCORES = layers.CHUNKED_SCORES, math.inf
+def without_kernel(call):
+    """`call()` with `layers.attend` never taking our attention kernel: the chunks where it took the kernel."""
+    kernel_scores, layers.KERNEL_SCORES = layers.KERNEL_SCORES, math.inf
     try:
         return call()
     finally:
-        layers.CHUNKED_SCORES = chunked
+        layers.KERNEL_SCORES = kernel_scores
 
 
 def child(folder: Path, variant: str) -> None:
@@ -87,7 +87,7 @@ def main() -> None:
         else "NCHW"
     names = ["diffusers fp32", "diffusers bf16", "t2i fp32", "t2i default", "OpenVINO f32", "OpenVINO bf16"]
     names += ["t2i fp32, winograd"] * args.winograd
-    names += ["t2i default, fused attention"] * (default.dtype == torch.bfloat16 and not amx(torch.device("cpu")))
+    names += ["t2i default, attention in chunks"] * (default.dtype == torch.bfloat16 and not amx(torch.device("cpu")))
     default = f"{str(default.dtype).removeprefix('torch.')}, {layout}"
     peaks = {name: measure_peak(__file__, folder, name) for name in names}
     with torch.no_grad():

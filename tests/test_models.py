@@ -143,27 +143,30 @@ def test_peaked_attention_in_bfloat16_chunks_keeps_near_the_fused_kernel_s_error
     assert error[1] < 1.5 * error[0]
 
 
-def test_large_bfloat16_inference_attention_without_amx_runs_in_chunks(monkeypatch):
-    """Without AMX, attention in inference with CHUNKED_SCORES scores or more and no mask takes the chunks
-    (within bfloat16's rounding of float32); fewer scores, a mask, a causal mask, gradients, K and V of another
-    dtype or broadcast over Q's batch, or AMX do not."""
-    chunked, chunks = layers.attend_in_chunks, []
-    monkeypatch.setattr(layers, "attend_in_chunks", lambda *qkv: chunks.append(qkv) or chunked(*qkv))
+@pytest.mark.parametrize("built", [True, False], ids=["kernel built", "no kernel"])
+def test_bfloat16_inference_attention_without_amx_takes_the_kernel_or_the_chunks(built, monkeypatch):
+    """Without AMX, unmasked bfloat16 attention in inference runs in our kernel from KERNEL_SCORES scores (where it
+    is built; in chunks from CHUNKED_SCORES where not), within bfloat16's rounding of float32; a mask, a causal
+    mask, gradients, K and V of another dtype or broadcast over Q's batch, or AMX take torch's fused kernel."""
+    from t2i.kernels import attention as kernel
+
+    if built and not kernel.available():
+        pytest.skip("the attention kernel is not built here (no AVX512-BF16 or no C compiler)")
     monkeypatch.setattr(layers, "amx", lambda device: False)
+    monkeypatch.setattr(kernel, "available", lambda: built)
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 1024, 16, generator=generator) for _ in range(3))
-    assert 1024 * 1024 == layers.CHUNKED_SCORES
     out = attend(q.bfloat16(), k.bfloat16(), v.bfloat16())
-    assert len(chunks) == 1 and out.dtype == torch.bfloat16
+    assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v), rtol=0.02, atol=0.02)
     q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    assert layers.attention_path(q, k, v) == ("kernel" if built else "chunks")
+    assert layers.attention_path(q[:, :, :16], k[:, :, :16], v[:, :, :16]) == "fused fp32"  # 256 scores
+    assert layers.attention_path(q[:, :, :1023], k, v) == ("kernel" if built else "fused fp32")
     mask = torch.ones(1, 1, 1, 1024, dtype=torch.bool)
-    attend(q[:, :, :1023], k, v)
-    attend(q, k, v, mask)
-    attend(q, k, v, causal=True)
-    attend(q, k.float(), v.float())
-    attend(torch.cat([q, q]), k, v)
-    attend(q.requires_grad_(), k, v)
+    for args, kwargs in [((q, k, v, mask), {}), ((q, k, v), {"causal": True}), ((q, k.float(), v.float()), {}),
+                         ((torch.cat([q, q]), k, v), {}), ((q.requires_grad_(), k, v), {})]:
+        assert layers.attention_path(*args, **kwargs) == "fused fp32"
     monkeypatch.setattr(layers, "amx", lambda device: True)
-    attend(q.detach(), k, v)
-    assert len(chunks) == 1
+    assert layers.attention_path(q.detach(), k, v) == "fused"
+    assert layers.attention_path(q.float(), k.float(), v.float()) == "fused"

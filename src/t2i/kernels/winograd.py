@@ -9,8 +9,8 @@ with 36 (4× fewer): the filter g is transformed once, U = G g Gᵀ; each input 
 output tile Aᵀ M A cost only additions and small constant multiplications. Summed over input
 channels, the 36 elementwise products are 36 matrix products M_k = V_k @ U_k, [tiles × C_in] @
 [C_in × C_out], which the BLAS runs at full speed. The two transforms are memory passes over the
-feature maps; `winograd.c` does each in one pass (compiled with the system's C compiler on first
-use, cached in ~/.cache/t2i/kernels); without a compiler they run as PyTorch operations, slower.
+feature maps; `winograd.c` does each in one pass (`build.load_library`); without a compiler they
+run as PyTorch operations, slower.
 
 In float32 the result departs from the direct convolution by ~1e-5 of its magnitude (the
 transforms' constants, up to 8, amplify rounding) — tests/test_winograd.py and docs/benchmarks.md.
@@ -19,13 +19,6 @@ transforms' constants, up to 8, amplify rounding) — tests/test_winograd.py and
 from __future__ import annotations
 
 import ctypes
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -33,9 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..files import short_hash
-
-log = logging.getLogger(__name__)
+from .build import load_library, run_split
 
 # Lavin & Gray's matrices for F(4, 3), interpolation points 0, ±1, ±2 and ∞.
 B_T = torch.tensor([[4, 0, -5, 0, 1, 0],
@@ -55,7 +46,6 @@ A_T = torch.tensor([[1, 1, 1, 1, 1, 0],
                     [0, 1, 1, 4, 4, 0],
                     [0, 1, -1, 8, -8, 1]], dtype=torch.float64)
 TILE = 4  # outputs per tile side (m); inputs per tile side α = m + 3 − 1 = 6
-PARALLEL_MIN_VALUES = 1 << 18  # feature maps smaller than this are transformed on one thread
 
 
 def transform_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -101,7 +91,7 @@ def _output_ops(M: torch.Tensor, bias: torch.Tensor | None, N: int, H: int, W: i
 def _fused_input(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
     N, C, H, W = x.shape
     V = torch.empty(36, N * th * tw, C)
-    _run(_kernels().input_transform, N * th, x.numel(), x.data_ptr(), V.data_ptr(), N, C, H, W, th, tw)
+    run_split(_kernels().input_transform, N * th, x.numel(), x.data_ptr(), V.data_ptr(), N, C, H, W, th, tw)
     return V
 
 
@@ -110,64 +100,20 @@ def _fused_output(M: torch.Tensor, bias: torch.Tensor | None, N: int, H: int, W:
     y = torch.empty(N, C, H, W)
     bias = None if bias is None else bias.contiguous()  # held until the kernel has run
     bias_ptr = None if bias is None else bias.data_ptr()
-    _run(_kernels().output_transform, N * th, y.numel(), M.data_ptr(), bias_ptr, y.data_ptr(), N, C, H, W, th, tw)
+    run_split(_kernels().output_transform, N * th, y.numel(), M.data_ptr(), bias_ptr, y.data_ptr(), N, C, H, W, th, tw)
     return y
-
-
-def _run(kernel, units: int, values: int, *args) -> None:
-    """Run kernel(*args, start, end) over [0, units), split in as many parts as PyTorch has
-    threads when the feature map (`values` numbers) is large enough to pay for the hand-off
-    (ctypes releases the GIL, so the parts run in parallel); this thread runs the last part."""
-    parts = max(1, min(torch.get_num_threads(), units))
-    if parts == 1 or values < PARALLEL_MIN_VALUES:
-        kernel(*args, 0, units)
-        return
-    bounds = [(units * i // parts, units * (i + 1) // parts) for i in range(parts)]
-    others = [_pool(parts - 1).submit(kernel, *args, *b) for b in bounds[:-1]]
-    kernel(*args, *bounds[-1])
-    for job in others:
-        job.result()
-
-
-@cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="t2i-winograd")
 
 
 @cache
 def _kernels() -> ctypes.CDLL | None:
     """winograd.c compiled and loaded, or None (logged) when there is no working C compiler."""
-    source = Path(__file__).with_name("winograd.c")
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        log.info("no C compiler found: Winograd transforms run as PyTorch operations")
-        return None
-    for flags in (["-O3", "-march=native"], ["-O3"]):
-        key = short_hash(source.read_bytes(), " ".join([compiler, *flags, platform.machine()]))
-        library = Path.home() / ".cache" / "t2i" / "kernels" / f"winograd-{key}.so"
-        try:
-            if not library.exists():
-                _compile(compiler, flags, source, library)
-            lib = ctypes.CDLL(str(library))
-        except (OSError, subprocess.CalledProcessError) as e:
-            log.info("building %s with %s failed: %s", source.name, flags, getattr(e, "stderr", None) or e)
-            continue
+    def declare(lib: ctypes.CDLL) -> None:
         lib.input_transform.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_long] * 8
         lib.output_transform.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_long] * 8
         for fn in (lib.input_transform, lib.output_transform):
             fn.restype = None
-        return lib
-    log.info("could not compile %s: Winograd transforms run as PyTorch operations", source.name)
-    return None
 
-
-def _compile(compiler: str, flags: list[str], source: Path, library: Path) -> None:
-    library.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        built = Path(tmp) / library.name
-        subprocess.run([compiler, *flags, "-shared", "-fPIC", str(source), "-o", str(built)], check=True,
-                       capture_output=True, text=True)
-        os.replace(built, library)  # atomic: a concurrent process sees all of it or none
+    return load_library(Path(__file__).with_name("winograd.c"), (["-O3", "-march=native"], ["-O3"]), declare)
 
 
 class WinogradConv2d(nn.Module):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..devices import amx
+from ..kernels import attention as kernel_attention
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -54,9 +55,10 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-# Scores (queries × keys) from which CPU bfloat16 attention without AMX runs as row chunks (`attend_in_chunks`):
-# below, its loop over heads and its offsets cost more than they save (docs/benchmarks.md). And the bytes of one
-# chunk's scores.
+# Scores (queries × keys) from which CPU bfloat16 attention without AMX runs in our kernel (`kernels.attention`),
+# and, where it is not built, as row chunks (`attend_in_chunks`): below, their set-up costs more than they save
+# (docs/benchmarks.md). And the bytes of one chunk's scores.
+KERNEL_SCORES = 128 * 128
 CHUNKED_SCORES = 1024 * 1024
 CHUNK_SCORE_BYTES = 4 << 20
 
@@ -64,19 +66,37 @@ CHUNK_SCORE_BYTES = 4 << 20
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
            causal: bool = False) -> torch.Tensor:
     """`F.scaled_dot_product_attention`, computed where it runs fastest for bfloat16 on the CPU
-    (docs/benchmarks.md): the backward pass in float32 (also under autocast); without AMX, whose absence
-    leaves the fused bfloat16 kernel no faster than float32's, large unmasked attention as chunks of
-    bfloat16 matrix products (`attend_in_chunks`) and the rest in float32."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        if backward or not amx(q.device):
-            with torch.autocast("cpu", enabled=False):
-                if not backward and attn_mask is None and not causal and chunks_take(q, k, v):
-                    return attend_in_chunks(q, k, v)
-                out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
-                                                     is_causal=causal)
-            return out.to(torch.bfloat16)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+    (`attention_path`, docs/benchmarks.md)."""
+    path = attention_path(q, k, v, attn_mask, causal)
+    if path == "fused":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+    with torch.autocast("cpu", enabled=False):
+        if path == "kernel":
+            return kernel_attention.attention(q, k, v)
+        if path == "chunks":
+            return attend_in_chunks(q, k, v)
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask, is_causal=causal)
+    return out.to(torch.bfloat16)
+
+
+def attention_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                   causal: bool = False) -> str:
+    """How `attend` computes: "fused" (torch's kernel in the tensors' dtype) but for bfloat16 on the CPU, where
+    the backward pass runs in "fused fp32" (also under autocast), and so does inference without AMX (whose absence
+    leaves the fused bfloat16 kernel no faster than float32's), except unmasked attention from KERNEL_SCORES scores
+    in our AVX512-BF16 "kernel" (`kernels.attention`: bfloat16 products, float32 scores) or, where that is not
+    built, from CHUNKED_SCORES in "chunks" of bfloat16 matrix products (`attend_in_chunks`)."""
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return "fused"
+    backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not backward and amx(q.device):
+        return "fused"
+    if not backward and attn_mask is None and not causal:
+        if q.shape[-2] * k.shape[-2] >= KERNEL_SCORES and kernel_attention.takes(q, k, v):
+            return "kernel"
+        if chunks_take(q, k, v):
+            return "chunks"
+    return "fused fp32"
 
 
 def chunks_take(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
