@@ -45,13 +45,15 @@ def test_emoji_is_the_default_and_ships_within_40_mb_in_fp16():
 
 def test_a_wheel_carries_every_file_of_the_shipped_models(tmp_path):
     """setuptools globs package-data patterns with `*` inside one folder, so a model's students/steps-N/ need
-    patterns of their own: every file the shipped models have, and those a student adds, must match one."""
+    patterns of their own: every file the shipped models have, and those a student adds, must match one; so must
+    the kernels' C sources."""
     import tomllib
 
     root = Path(__file__).parents[1] / "src" / "t2i"
     patterns = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"]["t2i"]
     shipped = {path.relative_to(root) for path in (root / "weights").rglob("*") if path.is_file()}
+    shipped |= {path.relative_to(root) for path in (root / "kernels").glob("*.c")}  # built on the user's machine
     student = {Path("weights/emoji/students/steps-4") / name for name in
                ("config.json", "unet.safetensors", "vae.safetensors")}
     for relative in shipped | student:

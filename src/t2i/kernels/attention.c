@@ -18,9 +18,10 @@
 #include <string.h>
 
 #define ROWS 16
+#define LOG2_E 1.44269504088896341f
 
 /* 2^t for t ≤ 0, as 2^n · 2^f with n = round(t), |f| ≤ 1/2, 2^f = e^(f ln 2) by its Taylor polynomial of degree 5
- * (relative error < 3e-6, far below the weights' rounding to bfloat16) and 2^n by scalef (0 far below). */
+ * (relative error < 3e-6, far below bfloat16's rounding) and 2^n by scalef (0 far below). */
 static inline __m512 exp2_ps(__m512 t) {
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, n);
@@ -68,7 +69,6 @@ static void block_scores(const uint16_t *q, long qs, const uint16_t *kp, long d,
 static void block_weights(const float *scores, long ss, long S, long S16, float scale, uint16_t *weights, long ws,
                           float *inv) {
     const __mmask16 tail = (__mmask16)((1u << (S % 16)) - 1);
-    const float log2_e = 1.44269504088896341f;
     for (int r = 0; r < ROWS; r++) {
         const float *s = scores + r * ss;
         uint16_t *w = weights + r * ws;
@@ -77,8 +77,8 @@ static void block_weights(const float *scores, long ss, long S, long S16, float 
         for (; j + 16 <= S; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + j));
         if (tail) m = _mm512_mask_max_ps(m, tail, m, _mm512_maskz_loadu_ps(tail, s + j));
         /* e^(scale (s - m)) = 2^(s · scale log2(e) - m · scale log2(e)): one fused multiply-subtract */
-        const __m512 sc = _mm512_set1_ps(scale * log2_e);
-        const __m512 offset = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale * log2_e);
+        const __m512 sc = _mm512_set1_ps(scale * LOG2_E);
+        const __m512 offset = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale * LOG2_E);
         __m512 sum = _mm512_setzero_ps();
         for (j = 0; j + 16 <= S; j += 16) {
             const __m512 e = exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, offset));

@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..devices import cpu_flags
-from .build import load_library, run_split
+from .build import avx512_bf16_library, run_split
 
 ROWS = 16  # query rows a block: attention.c's ROWS
 
@@ -26,15 +25,11 @@ ROWS = 16  # query rows a block: attention.c's ROWS
 @cache
 def _kernel() -> ctypes.CDLL | None:
     """attention.c compiled and loaded, or None where the CPU has no AVX512-BF16 or nothing builds it."""
-    if "avx512_bf16" not in cpu_flags():
-        return None
-
     def declare(lib: ctypes.CDLL) -> None:
         lib.attention.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] * 11 + [ctypes.c_float] + [ctypes.c_long] * 2
         lib.attention.restype = ctypes.c_int
 
-    flags = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma"]
-    return load_library(Path(__file__).with_name("attention.c"), [flags], declare)
+    return avx512_bf16_library(Path(__file__).with_name("attention.c"), declare)
 
 
 def available() -> bool:

@@ -18,11 +18,21 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..devices import cpu_flags
 from ..files import short_hash
 
 log = logging.getLogger(__name__)
 
 PARALLEL_MIN_VALUES = 1 << 18  # work on fewer numbers than this runs on one thread: the hand-off would cost more
+AVX512_BF16 = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma"]
+
+
+def avx512_bf16_library(source: Path, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+    """`load_library` of a kernel written for AVX512-BF16: None where the CPU does not have it."""
+    if "avx512_bf16" not in cpu_flags():
+        log.info("this CPU has no AVX512-BF16: %s is not built", source.name)
+        return None
+    return load_library(source, [AVX512_BF16], declare)
 
 
 def load_library(source: Path, flag_sets: Sequence[Sequence[str]],
@@ -30,8 +40,8 @@ def load_library(source: Path, flag_sets: Sequence[Sequence[str]],
     """`source` compiled with the first of `flag_sets` that builds and loads, its functions' types set by
     `declare`; None (logged) when there is no working C compiler or no set builds."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        log.info("no C compiler found: %s is not built", source.name)
+    if compiler is None or not source.is_file():
+        log.info("no C compiler found, or no %s: it is not built", source.name)
         return None
     for flags in flag_sets:
         key = short_hash(source.read_bytes(), " ".join([compiler, *flags, platform.machine()]))
