@@ -54,9 +54,31 @@ def test_any_leading_shape_and_contiguous_heads_give_the_same_attention():
     assert torch.equal(kernel.attention(q.contiguous(), k, v), heads)
 
 
+def test_huge_scores_do_not_overflow_and_a_scale_must_be_positive():
+    """Scores near 1e9: each weight's exponent is (s - m) · scale, exact at the largest score, not s · scale less a
+    rounded m · scale, which overflowed to inf and made NaN rows."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 16, 8, generator=generator, dtype=torch.float64) * std for std in (3e4, 3e4, 1))
+    out = kernel.attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    reference = F.scaled_dot_product_attention(q.bfloat16().double(), k.bfloat16().double(), v)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), reference, rtol=0.02, atol=0.02)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        kernel.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), scale=-0.1)
+
+
+def test_under_torch_compile_the_kernel_reads_live_tensors():
+    """A graph broken around the C call must not free the packed K and V that it reads by address."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 256, 16, generator=generator).bfloat16()
+    compiled = torch.compile(lambda a: kernel.attention(a, a, a), backend="eager")
+    torch.testing.assert_close(compiled(q), kernel.attention(q, q, q))
+
+
 def test_what_the_kernel_takes():
     q = torch.zeros(1, 2, 16, 8, dtype=torch.bfloat16)
     assert kernel.takes(q, q, q)
+    assert not kernel.takes(q, q, q[:, :, :15])  # keys and values of different counts
     assert not kernel.takes(q.float(), q.float(), q.float())
     assert not kernel.takes(q[..., :7], q[..., :7], q[..., :7])  # an odd head size
     assert not kernel.takes(q, q[:, :1], q[:, :1])  # K and V broadcast over Q's heads

@@ -76,17 +76,18 @@ static void block_weights(const float *scores, long ss, long S, long S16, float 
         long j = 0;
         for (; j + 16 <= S; j += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + j));
         if (tail) m = _mm512_mask_max_ps(m, tail, m, _mm512_maskz_loadu_ps(tail, s + j));
-        /* e^(scale (s - m)) = 2^(s · scale log2(e) - m · scale log2(e)): one fused multiply-subtract */
-        const __m512 sc = _mm512_set1_ps(scale * LOG2_E);
-        const __m512 offset = _mm512_set1_ps(_mm512_reduce_max_ps(m) * scale * LOG2_E);
+        /* e^(scale (s - m)) = 2^((s - m) · scale log2(e)): s - m first, which is exact near the largest scores (a
+         * product of s taken first, less m's, would leave m's rounding, past 2^128 when scores pass ~1e9) */
+        const __m512 sc = _mm512_set1_ps(scale * LOG2_E), top = _mm512_set1_ps(_mm512_reduce_max_ps(m));
         __m512 sum = _mm512_setzero_ps();
         for (j = 0; j + 16 <= S; j += 16) {
-            const __m512 e = exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, offset));
+            const __m512 e = exp2_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), top), sc));
             sum = _mm512_add_ps(sum, e);
             _mm256_storeu_si256((__m256i *)(w + j), (__m256i)_mm512_cvtneps_pbh(e));
         }
         if (j < S16) {  /* the last block: its keys past S weigh 0 */
-            const __m512 e = _mm512_maskz_mov_ps(tail, exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, offset)));
+            const __m512 x = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + j), top), sc);
+            const __m512 e = _mm512_maskz_mov_ps(tail, exp2_ps(x));
             sum = _mm512_add_ps(sum, e);
             _mm256_storeu_si256((__m256i *)(w + j), (__m256i)_mm512_cvtneps_pbh(e));
         }

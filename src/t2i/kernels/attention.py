@@ -39,17 +39,23 @@ def available() -> bool:
 def takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether `attention` computes these: bfloat16 CPU tensors [..., L, d] with the same leading shape (no
     broadcasting), an even head size, and the kernel built."""
-    return (q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.bfloat16
+    return (q.device.type == k.device.type == v.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.bfloat16
             and q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and q.shape[-1] == k.shape[-1]
-            and q.shape[-1] % 2 == 0 and k.shape[-2] > 0 and available())
+            and k.shape[-2] == v.shape[-2] > 0 and q.shape[-1] % 2 == 0 and available())
 
 
+# Outside torch.compile's graphs: the C code reads tensors by address, and a graph broken around the call could free
+# the packed K and V that only their addresses still name (they are also kept referenced to the end below).
+@torch.compiler.disable
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """softmax(Q Kᵀ · scale) V (scale 1/√d by default) of bfloat16 [..., L, d] queries and [..., S, d], [..., S, dv]
     keys and values (`takes`): [..., L, dv] in bfloat16. Queries strided as `Attention._split` leaves them ([B, H, L,
     d] views of [B, L, H, d]) are read in place, and the output is such a view: merging the heads copies nothing."""
     *batch, L, d = q.shape
     S, dv = k.shape[-2], v.shape[-1]
+    scale = d ** -0.5 if scale is None else scale
+    if not scale > 0:  # the largest score is taken before the scale: a negative one would pick the smallest
+        raise ValueError(f"attention's scale must be positive, got {scale}")
     if q.dim() != 4:  # [..., L, d] as [B, 1, L, d]
         q, k, v = (a.reshape(-1, 1, *a.shape[-2:]) for a in (q, k, v))
     if q.stride(-1) != 1:
@@ -71,7 +77,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | 
             failed.append(True)
 
     run_split(run, B * H * -(-L // ROWS), B * H * L * S, q.data_ptr(), kp.data_ptr(), vp.data_ptr(), out.data_ptr(),
-              H, L, S, d, dv, *q.stride()[:3], L * H * dv, dv, H * dv, d ** -0.5 if scale is None else scale)
+              H, L, S, d, dv, *q.stride()[:3], L * H * dv, dv, H * dv, scale)
+    del q, kp, vp  # alive until here: the kernel read them by address
     if failed:
         raise MemoryError(f"attention.c could not allocate its {ROWS} × {keys} score buffers")
     return out.transpose(1, 2).reshape(*batch, L, dv)
