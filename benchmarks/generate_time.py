@@ -11,6 +11,9 @@ With `--command N`, it also times the whole `t2i generate PROMPT` command N time
 user types it: a new process that imports torch, loads the model, generates one image and
 writes the PNG (median and spread of the wall time).
 
+`--steps N` with no `--sampler` runs the model's distilled student of N steps where it has one, as
+`t2i generate --steps N` does.
+
 Run:  python benchmarks/generate_time.py [--model emoji] [--prompt "..."] [--sampler S --steps K]
           [--repeats 10] [--batch 1 4] [--command 5]
 """
@@ -32,13 +35,14 @@ from t2i.pipeline import DEFAULT_MODEL, Pipeline
 from t2i.samplers import SAMPLERS
 
 
-def step_flops(pipe: Pipeline, batch: int) -> int:
-    """FLOPs of one U-Net call of a guided step: the batch doubled (conditional + unconditional),
+def step_flops(pipe: Pipeline, batch: int, guided: bool = True) -> int:
+    """FLOPs of one U-Net call of a step: the batch doubled (conditional + unconditional) when guided,
     at the U-Net's input size (the latent's, for a latent model)."""
     size = pipe.image_size // pipe.downsample_factor
-    x = torch.randn(2 * batch, pipe.unet.config.in_channels, size, size)
-    t = torch.full((2 * batch,), 500)
-    cond = pipe.encode_prompts([""] * (2 * batch))
+    rows = 2 * batch if guided else batch
+    x = torch.randn(rows, pipe.unet.config.in_channels, size, size)
+    t = torch.full((rows,), 500)
+    cond = pipe.encode_prompts([""] * rows)
     with torch.no_grad():
         return count_flops(lambda: pipe.unet(x, t, **cond))
 
@@ -60,15 +64,18 @@ def main() -> None:
     start = time.perf_counter()
     pipe = Pipeline.load(args.model, "cpu")
     print(f"load {args.model!r}: {time.perf_counter() - start:.3f} s")
-    settings = pipe.settings(sampler=args.sampler, steps=args.steps, cfg=None)
+    # as `t2i generate --steps N` runs it: the model's distilled student of N steps if it has one
+    runner = pipe.student(args.steps, args.sampler) or pipe
+    settings = runner.settings(sampler=args.sampler, steps=args.steps, cfg=None)
     print(f"settings: sampler {settings['sampler']}, {settings['steps']} steps, cfg {settings['cfg']}, "
-          f"{pipe.image_size}×{pipe.image_size}")
+          f"{pipe.image_size}×{pipe.image_size}" + (f"; the distilled student {runner.name}" if runner is not pipe
+                                                    else ""))
     peak = matmul_peak_gflops()
     print(f"peak (2048² fp32 mm): {peak:.1f} GFLOP/s")
     print("| images per call | median s/call | min–max | s/image | GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|")
     for batch in args.batch:
-        options = {"sampler": settings["sampler"], "steps": settings["steps"], "progress": False}
+        options = {"sampler": args.sampler, "steps": args.steps, "progress": False}
         pipe(args.prompt, num_images=batch, seed=0, **options)  # warm-up
         times = []
         for i in range(args.repeats):
@@ -76,8 +83,8 @@ def main() -> None:
             pipe(args.prompt, num_images=batch, seed=i, **options)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        calls = SAMPLERS[settings["sampler"]].network_calls(settings["steps"])  # each a batched, guided call
-        gflops = step_flops(pipe, batch) * calls / median / 1e9
+        calls = SAMPLERS[settings["sampler"]].network_calls(settings["steps"])  # each a batched call, guided or not
+        gflops = step_flops(runner, batch, guided=settings["cfg"] != 1) * calls / median / 1e9
         print(f"| {batch} | {median:.3f} | {min(times):.3f}–{max(times):.3f} | {median / batch:.3f} | "
               f"{gflops:.1f} | {gflops / peak:.0%} |")
     if args.command:
