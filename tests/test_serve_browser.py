@@ -63,22 +63,15 @@ def networks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, networks):
-    """The base URL of a live `t2i serve` on a free port, with its own data directory: the shipped models, and
-    "fast", shapes with a distilled student of 4 steps listed (its folder; the page only names it)."""
+    """The base URL of a live `t2i serve` on a free port, with its own data directory: the shipped models (emoji
+    with its distilled student of 4 steps)."""
     require_browser()
-    import shutil
-
-    from t2i.checkpoints import shipped_models
     from t2i.serve.launch import ServerProcess
 
-    fast = tmp_path_factory.mktemp("models") / "fast"
-    shutil.copytree(shipped_models()["shapes"], fast)
-    (fast / "students" / "steps-4").mkdir(parents=True)
-    shutil.copy(fast / "config.json", fast / "students" / "steps-4" / "config.json")
     loras, embeddings = networks
     with ServerProcess(tmp_path_factory.mktemp("serve") / "data", "--lora-dir", str(loras),
                        "--embeddings-dir", str(embeddings), "--model", "emoji", "--model", "shapes",
-                       "--model", str(fast), threads=1) as live:
+                       threads=1) as live:
         yield live.url
 
 
@@ -358,13 +351,13 @@ def test_the_steps_of_a_models_distilled_students_are_named_beside_steps(page):
     from selenium.webdriver.support.select import Select
 
     hint = page.find_element("id", "students-hint")
-    assert not hint.is_displayed()  # emoji ships no student (yet)
-    Select(page.find_element("id", "model")).select_by_value("fast")
-    wait(page, "return !$('students-hint').hidden", 5)
+    wait(page, "return !$('students-hint').hidden", 5)  # emoji ships a student of 4 steps
     assert hint.text == "(4: distilled, fast)" and "4 steps with the default sampler and CFG" in \
         hint.get_attribute("title")
-    Select(page.find_element("id", "model")).select_by_value("emoji")
+    Select(page.find_element("id", "model")).select_by_value("shapes")  # no student
     wait(page, "return $('students-hint').hidden", 5)
+    Select(page.find_element("id", "model")).select_by_value("emoji")
+    wait(page, "return !$('students-hint').hidden", 5)
 
 
 def test_eta_for_a_sampler_that_takes_one_clip_skip_for_a_clip_model_and_png_info_fills_both(page, server, tmp_path):
