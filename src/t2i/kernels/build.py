@@ -86,3 +86,7 @@ def run_split(kernel, units: int, values: int, *args) -> None:
 @cache
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="t2i-kernel")
+
+
+# a forked child (a data-loader worker, a server's helper) has none of its parent's threads: it makes its own pool
+os.register_at_fork(after_in_child=_pool.cache_clear)
