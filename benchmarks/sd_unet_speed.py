@@ -6,8 +6,10 @@ the same random SD v1 folder (`t2i.random_weights.random_sd_v1_folder`, float16 
 diffusers in float32 and bfloat16, OpenVINO compiled in f32 and bf16, ours in float32 and in the
 precision and layout `Pipeline.load` picks with no flags ("t2i default": bfloat16 and channels_last where the
 CPU has bfloat16 natively; its peak memory includes the VAE and text encoder `Pipeline.load` loads too;
-on a CPU without AMX, also "t2i default, attention in chunks": the same with `layers.attend_in_chunks`, the
-default before our attention kernel, instead of `t2i.kernels.attention`).
+on a CPU without AMX, also the default without each of its own paths there, to show what each gains: "t2i default,
+attention in chunks" with `layers.attend_in_chunks`, the default before our attention kernel, instead of
+`t2i.kernels.attention`; "t2i default, convolutions direct" with oneDNN's direct convolution on small maps too,
+not `layers.conv_as_matmul`).
 Each variant's output is compared with diffusers float32's (relative L2), the calls interleaved
 (`t2i.bench.interleaved_times`), and each variant's peak memory measured in a process of its own
 (loading and one call). GFLOP/s count the direct convolutions' FLOPs for every variant.
@@ -49,19 +51,25 @@ def load(folder: Path, variant: str):
         if "winograd" in variant:
             pipe.optimize(winograd=True)
         x, context = x.to(pipe.dtype), context.to(pipe.dtype)
-        if "in chunks" in variant:  # the default before our attention kernel, on CPUs without AMX
-            return lambda: without_kernel(lambda: pipe.unet(x, t, context).float())
-        return lambda: pipe.unet(x, t, context).float()
+        settings = next((ABLATIONS[name] for name in ABLATIONS if variant.endswith(name)), {})
+        return lambda: with_layers(settings, lambda: pipe.unet(x, t, context).float())
     raise ValueError(variant)
 
 
-def without_kernel(call):
-    """`call()` with `layers.attend` never taking our attention kernel: the chunks where it took the kernel."""
-    kernel_scores, layers.KERNEL_SCORES = layers.KERNEL_SCORES, math.inf
+# the default's own paths on CPUs without AMX, each turned off by the `layers` thresholds that give the path before
+ABLATIONS = {"attention in chunks": {"KERNEL_SCORES": math.inf}, "convolutions direct": {"MATMUL_CONV_ROWS": 0}}
+
+
+def with_layers(settings: dict, call):
+    """`call()` with `layers`' thresholds set to `settings` meanwhile."""
+    before = {name: getattr(layers, name) for name in settings}
+    for name, value in settings.items():
+        setattr(layers, name, value)
     try:
         return call()
     finally:
-        layers.KERNEL_SCORES = kernel_scores
+        for name, value in before.items():
+            setattr(layers, name, value)
 
 
 def child(folder: Path, variant: str) -> None:
@@ -87,7 +95,8 @@ def main() -> None:
         else "NCHW"
     names = ["diffusers fp32", "diffusers bf16", "t2i fp32", "t2i default", "OpenVINO f32", "OpenVINO bf16"]
     names += ["t2i fp32, winograd"] * args.winograd
-    names += ["t2i default, attention in chunks"] * (default.dtype == torch.bfloat16 and not amx(torch.device("cpu")))
+    if default.dtype == torch.bfloat16 and not amx(torch.device("cpu")):
+        names += [f"t2i default, {name}" for name in ABLATIONS]
     default = f"{str(default.dtype).removeprefix('torch.')}, {layout}"
     peaks = {name: measure_peak(__file__, folder, name) for name in names}
     with torch.no_grad():

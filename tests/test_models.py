@@ -170,3 +170,38 @@ def test_bfloat16_inference_attention_without_amx_takes_the_kernel_or_the_chunks
     monkeypatch.setattr(layers, "amx", lambda device: True)
     assert layers.attention_path(q.detach(), k, v) == "fused"
     assert layers.attention_path(q.float(), k.float(), v.float()) == "fused"
+
+
+@pytest.mark.parametrize("channels_last", [True, False], ids=["NHWC", "NCHW"])
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (3, 2, 1), (3, 2, 0), (1, 1, 0)])
+def test_small_bfloat16_convolutions_without_amx_run_as_one_matrix_product(kernel, stride, padding, channels_last,
+                                                                           monkeypatch):
+    """`layers.Conv2d` in bfloat16 inference without AMX takes `conv_as_matmul` up to MATMUL_CONV_ROWS output pixels,
+    within bfloat16's rounding of float32's convolution, whichever memory layout the maps and the filters have;
+    more pixels, gradients, float32, groups or AMX take the direct convolution."""
+    monkeypatch.setattr(layers, "amx", lambda device: False)
+    torch.manual_seed(0)
+    conv = layers.Conv2d(24, 40, kernel, stride=stride, padding=padding)
+    x = torch.randn(2, 24, 9, 7)
+    reference = F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=padding)
+    fast = conv.to(torch.bfloat16)
+    x = x.bfloat16()
+    if channels_last:
+        fast, x = fast.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    assert layers.conv_path(fast, x) == "direct"  # autograd records: the parameters need gradients
+    with torch.no_grad():
+        assert layers.conv_path(fast, x) == "matmul"
+        out = fast(x)
+        torch.testing.assert_close(out.float(), reference, rtol=0.02, atol=0.02)
+        assert out.shape == reference.shape
+        direct = F.conv2d(x, fast.weight, fast.bias, stride=stride, padding=padding).float()
+        # no further from float32 than the direct bfloat16 convolution, but for a rounding of the sum
+        assert (out.float() - reference).norm() <= 1.5 * (direct - reference).norm()
+        assert layers.conv_path(fast, torch.cat([x] * 8 * stride ** 2)) == "direct"  # past MATMUL_CONV_ROWS
+        assert layers.conv_path(fast, x.float()) == "direct"
+        monkeypatch.setattr(layers, "amx", lambda device: True)
+        assert layers.conv_path(fast, x) == "direct"
+    grouped = layers.Conv2d(24, 24, 3, padding=1, groups=2).bfloat16()
+    with torch.no_grad():
+        monkeypatch.setattr(layers, "amx", lambda device: False)
+        assert layers.conv_path(grouped, x) == "direct"

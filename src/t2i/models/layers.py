@@ -41,6 +41,55 @@ def group_norm(channels: int, groups: int = 32, eps: float = 1e-5) -> nn.GroupNo
     return nn.GroupNorm(math.gcd(groups, channels), channels, eps=eps)
 
 
+# Output pixels (batch × height × width) up to which a bfloat16 convolution on a CPU without AMX runs as one matrix
+# product (`conv_as_matmul`): oneDNN's direct kernel falls to 0.3–0.8x of its speed on maps this small, the
+# matrix product does not (docs/benchmarks.md).
+MATMUL_CONV_ROWS = 512
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters and state-dict keys) that takes `conv_as_matmul` where `conv_path` says."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if conv_path(self, x) == "matmul":
+            return conv_as_matmul(x, weight, bias, self.stride, self.padding)
+        return super()._conv_forward(x, weight, bias)
+
+
+def conv_path(conv: nn.Conv2d, x: torch.Tensor) -> str:
+    """How `Conv2d` computes: as one "matmul" for inference in bfloat16 on a CPU without AMX, at MATMUL_CONV_ROWS
+    output pixels or fewer, with zero padding and no groups or dilation; else "direct" (oneDNN's or cuDNN's)."""
+    if (x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.dim() != 4 or amx(x.device)
+            or torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+            or conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
+            or isinstance(conv.padding, str)):
+        return "direct"
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    rows = x.shape[0] * ((x.shape[2] + 2 * ph - kh) // sh + 1) * ((x.shape[3] + 2 * pw - kw) // sw + 1)
+    return "matmul" if rows <= MATMUL_CONV_ROWS else "direct"
+
+
+def conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple[int, int],
+                   padding: tuple[int, int]) -> torch.Tensor:
+    """A zero-padded convolution as one matrix product: each output pixel's kh·kw·C inputs gathered into a row
+    (im2col), times the filters [O, kh·kw·C]. The rows are copies, kh·kw times the input: cheap where maps are
+    small. Returns NHWC memory (channels_last) whatever x's."""
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    x = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1)  # N, H', W', C: a view for channels_last maps
+    taps = [x[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] for i in range(kh) for j in range(kw)]
+    # the rows' order follows the filters' memory, so that flattening them is a view, not a copy per call
+    if weight.is_contiguous(memory_format=torch.channels_last):
+        rows, filters = torch.stack(taps, dim=3), weight.permute(0, 2, 3, 1)  # (kh, kw, C)
+    else:
+        rows, filters = torch.stack(taps, dim=4), weight  # (C, kh, kw)
+    rows, filters = rows.reshape(n * oh * ow, -1), filters.reshape(o, -1)
+    out = rows @ filters.t() if bias is None else torch.addmm(bias, rows, filters.t())
+    return out.view(n, oh, ow, o).permute(0, 3, 1, 2)
+
+
 def uninitialised_embedding(num_embeddings: int, dim: int) -> nn.Embedding:
     """An embedding table whose values are left to its owner (loaded weights, or its own init).
     nn.Embedding's default N(0, 1) init would be wasted, and on the meta device, where models are
@@ -238,11 +287,11 @@ class SpatialTransformer(nn.Module):
         inner = heads * head_dim
         self.linear = linear
         self.norm = group_norm(channels, groups, eps=1e-6)
-        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
+        self.proj_in = nn.Linear(channels, inner) if linear else Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             TransformerBlock(inner, heads, head_dim, context_dim, dropout) for _ in range(depth)
         )
-        self.proj_out = zero_init(nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1))
+        self.proj_out = zero_init(nn.Linear(inner, channels) if linear else Conv2d(inner, channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None, context: torch.Tensor,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -274,12 +323,12 @@ class ResBlock(nn.Module):
         super().__init__()
         self.scale_shift = scale_shift
         self.norm1 = group_norm(channels, groups, eps)
-        self.conv1 = nn.Conv2d(channels, out_channels, 3, padding=1)
+        self.conv1 = Conv2d(channels, out_channels, 3, padding=1)
         self.time_emb_proj = nn.Linear(emb_dim, out_channels * (1 + scale_shift)) if emb_dim is not None else None
         self.norm2 = group_norm(out_channels, groups, eps)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
-        self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+        self.conv2 = zero_init(Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -307,11 +356,11 @@ class ConvNeXtBlock(nn.Module):
         self.depthwise = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
         self.time_emb_proj = nn.Linear(emb_dim, channels)
         self.norm1 = nn.GroupNorm(1, channels)
-        self.conv1 = nn.Conv2d(channels, out_channels * mult, 3, padding=1)
+        self.conv1 = Conv2d(channels, out_channels * mult, 3, padding=1)
         self.norm2 = nn.GroupNorm(1, out_channels * mult)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = zero_init(nn.Conv2d(out_channels * mult, out_channels, 3, padding=1))
-        self.skip = nn.Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
+        self.conv2 = zero_init(Conv2d(out_channels * mult, out_channels, 3, padding=1))
+        self.skip = Conv2d(channels, out_channels, 1) if channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -328,7 +377,7 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, asymmetric: bool = False):
         super().__init__()
         self.asymmetric = asymmetric
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
+        self.conv = Conv2d(channels, channels, 3, stride=2, padding=0 if asymmetric else 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None):
@@ -340,7 +389,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None):
