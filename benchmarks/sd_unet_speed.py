@@ -9,7 +9,8 @@ CPU has bfloat16 natively; its peak memory includes the VAE and text encoder `Pi
 on a CPU without AMX, also the default without each of its own paths there, to show what each gains: "t2i default,
 attention in chunks" with `layers.attend_in_chunks`, the default before our attention kernel, instead of
 `t2i.kernels.attention`; "t2i default, convolutions direct" with oneDNN's direct convolution on small maps too,
-not `layers.conv_as_matmul`).
+not `layers.conv_as_matmul`; "t2i default, epilogues unfused" with the feed-forward's GELU and product and the
+residual sums as ops of their own, not fused into the products, `layers.epilogues_fuse`).
 Each variant's output is compared with diffusers float32's (relative L2), the calls interleaved
 (`t2i.bench.interleaved_times`), and each variant's peak memory measured in a process of its own
 (loading and one call). GFLOP/s count the direct convolutions' FLOPs for every variant.
@@ -56,12 +57,13 @@ def load(folder: Path, variant: str):
     raise ValueError(variant)
 
 
-# the default's own paths on CPUs without AMX, each turned off by the `layers` thresholds that give the path before
-ABLATIONS = {"attention in chunks": {"KERNEL_SCORES": math.inf}, "convolutions direct": {"MATMUL_CONV_ROWS": 0}}
+# the default's own paths on CPUs without AMX, each turned off by the `layers` setting that gives the path before
+ABLATIONS = {"attention in chunks": {"KERNEL_SCORES": math.inf}, "convolutions direct": {"MATMUL_CONV_ROWS": 0},
+             "epilogues unfused": {"epilogues_fuse": lambda *args: False}}
 
 
 def with_layers(settings: dict, call):
-    """`call()` with `layers`' thresholds set to `settings` meanwhile."""
+    """`call()` with `layers`' attributes set to `settings` meanwhile."""
     before = {name: getattr(layers, name) for name in settings}
     for name, value in settings.items():
         setattr(layers, name, value)

@@ -18,10 +18,12 @@ t2i generate --model emoji "a drawing of a star with a jewel in the center" \
 # A dozen ordinary emoji names, two seeds each.
 t2i generate --model emoji "red apple" "dog face" "rocket" "cat face" "birthday cake" "guitar" \
     "butterfly" "banana" "snowman" "rainbow" "octopus" "crown" --num 2 --seed 0 --zoom 2 --out "$work/names.png"
-# The same names in 4 steps: the distilled student (students/steps-4) takes the call.
-t2i generate --model emoji "red apple" "dog face" "rocket" "cat face" "birthday cake" "guitar" \
-    "butterfly" "banana" "snowman" "rainbow" "octopus" "crown" --num 2 --seed 0 --zoom 2 --steps 4 \
-    --out "$work/names_4steps.png"
+# The same names in 4, 2 and 1 steps: the distilled students (students/steps-N) take the calls.
+for n in 4 2 1; do
+  t2i generate --model emoji "red apple" "dog face" "rocket" "cat face" "birthday cake" "guitar" \
+      "butterfly" "banana" "snowman" "rainbow" "octopus" "crown" --num 2 --seed 0 --zoom 2 --steps $n \
+      --out "$work/names_${n}steps.png"
+done
 # Classifier-free guidance off (cfg 1) and at the model's default, same prompt and seeds.
 default_cfg=$(python -c "from t2i import Pipeline; print(Pipeline.load('emoji', 'cpu').defaults['cfg'])")
 t2i generate --model emoji "red apple" --cfg 1 "$default_cfg" --num 6 --seed 0 --zoom 2 --out "$work/guidance.png"
@@ -31,5 +33,5 @@ t2i generate --model emoji "green apple" --image "$work/input.png" --strength 0.
     --num 4 --seed 0 --zoom 2 --out "$work/strengths.png"
 python -c "from PIL import Image; Image.open('$work/input.png').resize((128, 128), Image.NEAREST).save('$work/strength_input.png')"
 
-for name in showcase names names_4steps guidance strengths strength_input; do cp "$work/$name.png" "$out/emoji_$name.png"; done
+for name in showcase names names_4steps names_2steps names_1steps guidance strengths strength_input; do cp "$work/$name.png" "$out/emoji_$name.png"; done
 if [ -n "$run" ]; then cp "$run/loss.png" "$out/emoji_loss.png"; fi

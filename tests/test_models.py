@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -205,3 +206,33 @@ def test_small_bfloat16_convolutions_without_amx_run_as_one_matrix_product(kerne
     with torch.no_grad():
         monkeypatch.setattr(layers, "amx", lambda device: False)
         assert layers.conv_path(grouped, x) == "direct"
+
+
+def test_bfloat16_inference_fuses_the_feed_forward_s_and_residuals_element_wise_work_into_its_products():
+    """A transformer block in bfloat16 inference on the CPU computes GEGLU's GELU and product and the residual sums
+    on the float32 sums of oneDNN's products (`layers.epilogues_fuse`): as near float32 as the unfused block or
+    nearer. A hook on a layer (an on-the-fly LoRA's) or training mode keeps the unfused path, so the hook counts."""
+    if layers.linear_pointwise() is None:
+        pytest.skip("torch is built without oneDNN here")
+    torch.manual_seed(0)
+    block = layers.TransformerBlock(64, 4, 16, 32).eval()
+    for p in block.parameters():  # zero-initialised layers would hide the output projections
+        torch.nn.init.normal_(p, std=0.1)
+    x, context = torch.randn(2, 50, 64), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        reference = block(x, context)
+        fast = copy.deepcopy(block).bfloat16()
+        assert layers.epilogues_fuse(x.bfloat16(), fast.ff.proj)
+        fused = fast(x.bfloat16(), context.bfloat16()).float()
+        unfused = [fast.ff.proj, fast.ff.out, fast.attn1.to_out, fast.attn2.to_out]
+        handles = [layer.register_forward_hook(lambda m, a, out: out) for layer in unfused]  # hooks that change nothing
+        assert not layers.epilogues_fuse(x.bfloat16(), fast.ff.proj)
+        plain = fast(x.bfloat16(), context.bfloat16()).float()
+        error = [((out - reference).norm() / reference.norm()).item() for out in (fused, plain)]
+        assert error[0] < 1e-2 and error[0] <= 1.1 * error[1], error
+        torch.testing.assert_close(fused, plain, rtol=0.05, atol=0.05)
+        handles[0].remove()
+        fast.ff.proj.register_forward_hook(lambda m, a, out: out + 1)  # a hook's change reaches the output
+        shifted = fast(x.bfloat16(), context.bfloat16()).float()
+        assert (shifted - plain).abs().mean() > 0.1
+        assert not layers.epilogues_fuse(x.bfloat16(), fast.train().ff.proj)

@@ -8,6 +8,7 @@ so the U-Net calls them all alike.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -182,6 +183,33 @@ def attend_in_chunks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     return out.view(*batch, length, -1)[..., :d]
 
 
+def epilogues_fuse(x: torch.Tensor, *layers: nn.Module) -> bool:
+    """Whether `x`'s pass through `layers` may take oneDNN's matrix products with the element-wise work after them
+    fused in (`linear_pointwise`: applied to the float32 sums, in the same pass over the output): bfloat16
+    inference on the CPU, through layers in eval mode without hooks (an on-the-fly LoRA's adds to their output).
+    SD v1's U-Net step took 0.95x the time of the unfused (docs/benchmarks.md)."""
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and not torch.is_grad_enabled()
+            and linear_pointwise() is not None
+            and not any(layer.training or layer._forward_hooks or layer._forward_pre_hooks for layer in layers))
+
+
+@functools.cache
+def linear_pointwise():
+    """torch's oneDNN linear layer with a fused element-wise epilogue (what its compiler emits on the CPU): `(x, W,
+    b, "gelu", [], "none")` gives GELU(xWᵀ + b), `.binary(x, other, W, b, "add" | "mul")` (xWᵀ + b) + or × other.
+    None where torch is built without oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+def linear_add(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + layer(x), the sum fused into the product where `epilogues_fuse`."""
+    if epilogues_fuse(x, layer) and residual.shape == x.shape[:-1] + (layer.out_features,):
+        return linear_pointwise().binary(x, residual, layer.weight, layer.bias, "add")
+    return residual + layer(x)
+
+
 class Attention(nn.Module):
     """Multi-head attention softmax(QKᵀ/sqrt(d)) V with Q = W_Q x, K = W_K c, V = W_V c.
 
@@ -201,12 +229,14 @@ class Attention(nn.Module):
         self.to_out = nn.Linear(inner, dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`mask` [B, L] (True = attend) keeps queries off some keys, e.g. the padding of a prompt."""
+                mask: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` [B, L] (True = attend) keeps queries off some keys, e.g. the padding of a prompt. With `residual`,
+        returns residual + the attention."""
         context = x if context is None else context
         q, k, v = (self._split(f(a)) for f, a in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
-        return self.to_out(attend(q, k, v, attn_mask, causal).transpose(1, 2).flatten(2))
+        heads = attend(q, k, v, attn_mask, causal).transpose(1, 2).flatten(2)
+        return self.to_out(heads) if residual is None else linear_add(self.to_out, heads, residual)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, N, H*D] -> [B, H, N, D]
@@ -246,9 +276,17 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(mult * dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return self.out(self.dropout(value * F.gelu(gate)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """With `residual`, returns residual + the feed-forward."""
+        if epilogues_fuse(x, self.proj, self.dropout):  # GELU and the product on the sums, in the products' pass
+            inner = self.out.in_features
+            (w_value, w_gate), (b_value, b_gate) = self.proj.weight.split(inner), self.proj.bias.split(inner)
+            gate = linear_pointwise()(x, w_gate, b_gate, "gelu", [], "none")
+            h = linear_pointwise().binary(x, gate, w_value, b_value, "mul")
+        else:
+            value, gate = self.proj(x).chunk(2, dim=-1)
+            h = self.dropout(value * F.gelu(gate))
+        return self.out(h) if residual is None else linear_add(self.out, h, residual)
 
 
 class TransformerBlock(nn.Module):
@@ -265,10 +303,10 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(dim, dropout=dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+        x = self.attn1(self.norm1(x), residual=x)
         # Rombach et al. 2022, §3.3: Q from x, K and V from the text
-        x = x + self.attn2(self.norm2(x), context, mask=context_mask)
-        return x + self.ff(self.norm3(x))
+        x = self.attn2(self.norm2(x), context, mask=context_mask, residual=x)
+        return self.ff(self.norm3(x), residual=x)
 
 
 class SpatialTransformer(nn.Module):
