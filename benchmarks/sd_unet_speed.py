@@ -21,6 +21,7 @@ Run:  python benchmarks/sd_unet_speed.py [--dir /tmp/t2i-bench] [--repeats 3] [-
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -48,13 +49,17 @@ def load(folder: Path, variant: str):
         call = openvino_compiled(folder, "unet", variant.split()[-1])
         return lambda: call(x, t, context)
     if variant.startswith("t2i"):  # the U-Net as `Pipeline.load` leaves it (its layout, its precision)
-        pipe = Pipeline.load(folder, "cpu", "fp32" if "fp32" in variant else None)
-        if "winograd" in variant:
-            pipe.optimize(winograd=True)
+        pipe = pipeline(folder, "fp32" in variant, "winograd" in variant)
         x, context = x.to(pipe.dtype), context.to(pipe.dtype)
         settings = next((ABLATIONS[name] for name in ABLATIONS if variant.endswith(name)), {})
         return lambda: with_layers(settings, lambda: pipe.unet(x, t, context).float())
     raise ValueError(variant)
+
+
+@functools.cache  # the ablations below share the default's networks: a copy each would not fit in 24 GiB
+def pipeline(folder: Path, fp32: bool, winograd: bool) -> Pipeline:
+    pipe = Pipeline.load(folder, "cpu", "fp32" if fp32 else None)
+    return pipe.optimize(winograd=True) if winograd else pipe
 
 
 # the default's own paths on CPUs without AMX, each turned off by the `layers` setting that gives the path before

@@ -161,8 +161,9 @@ function applyModelDefaults() {
   const students = model.students || [];
   $("students-hint").hidden = students.length === 0;
   $("students-hint").textContent = students.length ? `(${students.join(", ")}: distilled, fast)` : "";
+  const either = students.length > 1 ? `${students.slice(0, -1).join(", ")} or ${students.at(-1)}` : `${students[0]}`;
   $("students-hint").title = students.length
-    ? `${students.join(" or ")} steps with the default sampler and CFG run the model's distilled student: ` +
+    ? `${either} steps with the default sampler and CFG run the model's distilled student: ` +
       "one network call a step, no guidance pass" : "";
   showSamplerOptions();
 }
