@@ -205,7 +205,8 @@ def linear_pointwise():
 
 def linear_add(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """residual + layer(x), the sum fused into the product where `epilogues_fuse`."""
-    if epilogues_fuse(x, layer) and residual.shape == x.shape[:-1] + (layer.out_features,):
+    if (epilogues_fuse(x, layer) and residual.dtype == x.dtype
+            and residual.shape == x.shape[:-1] + (layer.out_features,)):
         return linear_pointwise().binary(x, residual, layer.weight, layer.bias, "add")
     return residual + layer(x)
 
