@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from t2i.bench import count_flops, interleaved_times, time_generation
 from t2i.cli import main
+from t2i.errors import UserError
 from t2i.pipeline import Pipeline
 
 NUM_THREADS = torch.get_num_threads()
@@ -47,7 +48,7 @@ def report():
 
 
 def test_bench_times_each_part_and_counts_its_flops(report):
-    assert [run.name for run in report.runs] == ["cpu, 1 thread", "cpu, 2 threads"]
+    assert [run.name for run in report.runs] == ["cpu fp32, 1 thread", "cpu fp32, 2 threads"]
     assert torch.get_num_threads() == NUM_THREADS  # restored
     for run in report.runs:
         assert sorted(part.part for part in run.parts) == sorted(PARTS)
@@ -56,7 +57,7 @@ def test_bench_times_each_part_and_counts_its_flops(report):
         assert all(part.seconds > 0 and part.flops > 0 for part in run.parts) and run.peak_gflops > 0
         assert whole.gflops == pytest.approx(whole.flops / 1e9 / whole.seconds)
     assert [p.flops for p in report.runs[0].parts] == [p.flops for p in report.runs[1].parts]
-    assert set(report.speedups) == {"cpu, 2 threads"}
+    assert set(report.speedups) == {"cpu fp32, 2 threads"}
 
 
 def test_an_unguided_call_is_counted_on_its_own_rows_not_twice_as_many():
@@ -80,8 +81,8 @@ def test_bench_report_prints_a_table_row_for_every_part(report):
         header, rule, *rows = block.splitlines()[1:]
         assert header == "| part | seconds | GFLOP | GFLOP/s | of peak |" and rule == "|---|---:|---:|---:|---:|"
         assert [row.split(" | ")[0] for row in rows] == [f"| {part.part}" for part in run.parts]
-    ratio = report.speedups["cpu, 2 threads"]
-    assert text.splitlines()[-1] == f"cpu, 2 threads: the whole call {ratio:.2f}× as fast as on cpu, 1 thread"
+    ratio = report.speedups["cpu fp32, 2 threads"]
+    assert text.splitlines()[-1] == f"cpu fp32, 2 threads: the whole call {ratio:.2f}× as fast as on cpu fp32, 1 thread"
 
 
 def test_bench_prints_its_report(report, monkeypatch, capsys):
@@ -95,9 +96,23 @@ def test_bench_prints_its_report(report, monkeypatch, capsys):
 
     monkeypatch.setattr(t2i.bench, "time_generation", time_generation)
     assert main(["bench", "--model", "shapes", "--repeats", "1", "--prompt", "a red circle", "--device", "cpu",
-                 "--threads", "1", "2"]) == 0
+                 "--threads", "1", "2", "--precision", "fp32", "bf16"]) == 0
     assert capsys.readouterr().out == f"{report}\n"
-    assert asked == [("shapes", "a red circle", 1, 1, ["cpu"], [1, 2], False, False, False)]
+    assert asked == [("shapes", "a red circle", 1, 1, ["cpu"], [1, 2], False, False, False, ["fp32", "bf16"])]
+
+
+def test_bench_times_each_precision_asked_with_its_own_matmul_peak():
+    """`t2i bench --precision fp32 bf16` (the issue's CPU-against-GPU question, in each precision): a run per
+    precision, named by it, its networks in that dtype and its peak measured in it; Winograd, float32's, refuses
+    another precision in one line before any model loads."""
+    report = time_generation("shapes", "a red circle", repeats=1, devices=["cpu"], threads=[2],
+                             precisions=["fp32", "bfloat16"])
+    assert [run.name for run in report.runs] == ["cpu fp32, 2 threads", "cpu bf16, 2 threads"]
+    assert [run.precision for run in report.runs] == ["fp32", "bf16"]
+    assert all(run.peak_gflops > 0 for run in report.runs)
+    assert set(report.speedups) == {"cpu bf16, 2 threads"}
+    with pytest.raises(UserError, match="--winograd computes in float32"):
+        time_generation("shapes", devices=["cpu"], winograd=True, precisions=["bf16"])
 
 
 def test_generate_decodes_in_tiles_when_asked(tmp_path):
@@ -112,3 +127,16 @@ def test_generate_decodes_in_tiles_when_asked(tmp_path):
 
     whole, tiled = (np.asarray(Image.open(p), dtype=np.float64) for p in paths)
     assert whole.shape == tiled.shape and 0 < np.abs(whole - tiled).mean() < 20
+
+
+def test_flops_of_bfloat16_inference_count_the_fused_linear_layers():
+    """oneDNN's linear layers with fused epilogues (bfloat16 inference on the CPU) count as the plain layers do."""
+    from t2i.models import layers
+
+    block = layers.TransformerBlock(64, 4, 16, 32).eval()
+    x, context = torch.randn(2, 50, 64), torch.randn(2, 7, 32)
+    with torch.no_grad():
+        plain = count_flops(lambda: block(x, context))
+        block = block.bfloat16()
+        assert layers.epilogues_fuse(x.bfloat16(), block.ff.proj) or layers.linear_pointwise() is None
+        assert count_flops(lambda: block(x.bfloat16(), context.bfloat16())) == plain

@@ -10,6 +10,7 @@ speed drifts by 2× over a day and only ratios measured together mean anything.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -18,22 +19,37 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from .devices import DTYPES, PRECISIONS, resolve_dtype
+from .errors import UserError
 from .pipeline import DEFAULT_MODEL, Pipeline
 from .samplers import get_sampler
 
 aten = torch.ops.aten
-# On CPU, F.scaled_dot_product_attention runs as ops that take the flash-attention ops' arguments
-# (query, key, value first; grad_out first in backward), so their formulas apply.
-CPU_SDPA_FLOPS = {
+# Ops torch's FLOP counter has no formula for. On CPU, F.scaled_dot_product_attention runs as ops that take the
+# flash-attention ops' arguments (query, key, value first; grad_out first in backward), so their formulas apply.
+EXTRA_FLOPS = {
     aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, **__: sdpa_flop_count(q, k, v),
     aten._scaled_dot_product_flash_attention_for_cpu_backward:
         lambda g, q, k, v, *_, **__: sdpa_backward_flop_count(g, q, k, v),
 }
 
 
+def linear_flops(x: torch.Size, w: torch.Size) -> int:
+    return 2 * math.prod(x[:-1]) * w[1] * w[0]
+
+
+# oneDNN's linear layers with fused epilogues (`models.layers.epilogues_fuse`), which torch's counter does not know:
+# their products, as a linear layer's (the epilogues' element-wise work is not counted, as nowhere else)
+# (the counter looks formulas up by op, not overload: `.default` takes (x, W, b, attr, scalars, algorithm),
+# `.binary` (x, other, W, b, attr))
+if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+    EXTRA_FLOPS[torch.ops.mkldnn._linear_pointwise] = \
+        lambda x, *args, **__: linear_flops(x, args[0] if len(args) == 5 else args[1])
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """The floating-point operations of one call of `fn` (a multiply-add counts 2)."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+    with FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -98,16 +114,18 @@ class BenchRun:
 
     device: str
     threads: int | None  # CPU threads; None on a GPU
+    precision: str  # the networks' dtype, by its short name: "fp32", "bf16", "fp16"
     sampler: str
     steps: int
     cfg: float
     image_size: int
-    peak_gflops: float  # this device's fp32 matmul peak, measured in the same run
+    peak_gflops: float  # this device's matmul peak in the run's precision, measured in the same run
     parts: list[PartTiming]
 
     @property
     def name(self) -> str:
-        return f"{self.device}, {self.threads} thread{'s' * (self.threads > 1)}" if self.threads else self.device
+        where = f"{self.device} {self.precision}"
+        return f"{where}, {self.threads} thread{'s' * (self.threads > 1)}" if self.threads else where
 
     def part(self, name: str) -> PartTiming:
         return next(p for p in self.parts if p.part == name)
@@ -180,30 +198,38 @@ def pipeline_figures(pipe, prompt: str, batch: int, repeats: int) -> BenchRun:
             flops[name] for name in ("text encoder", "decoder") if name in flops)
         times = interleaved_times(parts, repeats, device=device)
     cpu = torch.device(device).type == "cpu"
-    return BenchRun(str(device), torch.get_num_threads() if cpu else None, settings["sampler"], settings["steps"],
-                    settings["cfg"], pipe.image_size, matmul_peak_gflops(device),
+    precision = next(short for short, name in PRECISIONS.items() if DTYPES[name] == pipe.dtype)
+    return BenchRun(str(device), torch.get_num_threads() if cpu else None, precision, settings["sampler"],
+                    settings["steps"], settings["cfg"], pipe.image_size, matmul_peak_gflops(device, dtype=pipe.dtype),
                     [PartTiming(name, statistics.median(ts), flops[name]) for name, ts in times.items()])
 
 
 def time_generation(model: str = DEFAULT_MODEL, prompt: str = "red apple", batch: int = 1, repeats: int = 5,
                     devices: Sequence[str] | None = None, threads: Sequence[int] | None = None,
-                    channels_last: bool = False, compile: bool = False, winograd: bool = False) -> BenchReport:
+                    channels_last: bool = False, compile: bool = False, winograd: bool = False,
+                    precisions: Sequence[str] | None = None) -> BenchReport:
     """`pipeline_figures` of `model` on each of `devices` (default: the CPU, and CUDA when there is a
-    GPU), on the CPU once per thread count of `threads` (default: torch's own); the speed options
-    are `Pipeline.optimize`'s (`winograd` on the CPU only, in float32). Torch's thread count is restored
-    afterwards."""
+    GPU), in each of `precisions` ("fp32", "bf16", "fp16"; default: the one `Pipeline.load` picks there), on the
+    CPU once per thread count of `threads` (default: torch's own); the speed options are `Pipeline.optimize`'s
+    (`winograd` on the CPU only, in float32). Torch's thread count is restored afterwards."""
     devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for precision in precisions or []:
+        resolve_dtype(precision)  # an unknown name is refused before any model loads
+        if winograd and resolve_dtype(precision) != torch.float32:
+            raise UserError(f"--winograd computes in float32 on the CPU, not in {precision}: leave out "
+                            "--precision or ask for fp32")
     own_threads = torch.get_num_threads()
     runs = []
     try:
         for device in devices:
-            for count in (threads or [own_threads]) if device == "cpu" else [None]:
-                if count:
-                    torch.set_num_threads(count)
-                fast = winograd and device == "cpu"  # Winograd's kernel is float32 on the CPU
-                pipe = Pipeline.load(model, device, "fp32" if fast else None).optimize(channels_last, compile,
-                                                                                       winograd=fast)
-                runs.append(pipeline_figures(pipe, prompt, batch, repeats))
+            for precision in precisions or [None]:
+                for count in (threads or [own_threads]) if device == "cpu" else [None]:
+                    if count:
+                        torch.set_num_threads(count)
+                    fast = winograd and device == "cpu"  # Winograd's kernel is float32 on the CPU
+                    pipe = Pipeline.load(model, device, "fp32" if fast else precision)
+                    pipe.optimize(channels_last, compile, winograd=fast)
+                    runs.append(pipeline_figures(pipe, prompt, batch, repeats))
     finally:
         torch.set_num_threads(own_threads)
     return BenchReport(str(model), prompt, batch, repeats, torch.__version__, torch.backends.cpu.get_cpu_capability(),

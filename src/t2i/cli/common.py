@@ -101,9 +101,11 @@ def resume_changes(args, names: dict[str, str]) -> dict:
     return {names.get(dest, dest): getattr(args, dest) for dest in args.given - {"out", "resume"}}
 
 
+PRECISION_NAMES = ("fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
+
+
 def add_precision(p: argparse.ArgumentParser) -> None:
     """--precision (also spelt --dtype): what the networks compute in."""
-    p.add_argument("--precision", "--dtype", dest="dtype", default=None,
-                   choices=("fp32", "bf16", "fp16", "float32", "bfloat16", "float16"),
+    p.add_argument("--precision", "--dtype", dest="dtype", default=None, choices=PRECISION_NAMES,
                    help="what the networks compute in (default: bf16 for Stable Diffusion where the CPU or GPU has it "
                         "natively, else fp32; fp16 is for GPUs)")

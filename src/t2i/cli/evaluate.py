@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .common import DefaultsFormatter, path_arg, positive, seed_arg
+from .common import PRECISION_NAMES, DefaultsFormatter, path_arg, positive, seed_arg
 
 
 def add_eval(sub) -> None:
@@ -158,6 +158,9 @@ def add_bench(sub) -> None:
     p.add_argument("--batch", type=positive(int, 4096), default=1, help="images per call")
     p.add_argument("--repeats", type=positive(int, 1000), default=5, help="timed calls of each part (median)")
     p.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when there is a GPU")
+    p.add_argument("--precision", nargs="+", default=None, choices=PRECISION_NAMES,
+                   help="the networks' precisions to time, each on every device (default: each device's default, "
+                        "as t2i generate picks it)")
     p.add_argument("--channels-last", action="store_true", help="NHWC feature maps (Pipeline.optimize)")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (minutes on the first call)")
     p.add_argument("--winograd", action="store_true", help="Winograd F(4×4, 3×3) convolutions (Pipeline.optimize)")
@@ -170,4 +173,4 @@ def run_bench(args) -> None:
     from ..bench import time_generation
 
     print(time_generation(args.model, args.prompt, args.batch, args.repeats, args.device, args.threads,
-                          args.channels_last, args.compile, args.winograd))
+                          args.channels_last, args.compile, args.winograd, args.precision))
