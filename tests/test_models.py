@@ -179,11 +179,11 @@ def test_small_bfloat16_convolutions_without_amx_run_as_one_matrix_product(kerne
                                                                            monkeypatch):
     """`layers.Conv2d` in bfloat16 inference without AMX takes `conv_as_matmul` up to MATMUL_CONV_ROWS output pixels,
     within bfloat16's rounding of float32's convolution, whichever memory layout the maps and the filters have;
-    more pixels, gradients, float32, groups or AMX take the direct convolution."""
+    more pixels, fewer channels, gradients, float32, groups or AMX take the direct convolution."""
     monkeypatch.setattr(layers, "amx", lambda device: False)
     torch.manual_seed(0)
-    conv = layers.Conv2d(24, 40, kernel, stride=stride, padding=padding)
-    x = torch.randn(2, 24, 9, 7)
+    conv = layers.Conv2d(256, 40, kernel, stride=stride, padding=padding)
+    x = torch.randn(2, 256, 9, 7)
     reference = F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=padding)
     fast = conv.to(torch.bfloat16)
     x = x.bfloat16()
@@ -202,10 +202,12 @@ def test_small_bfloat16_convolutions_without_amx_run_as_one_matrix_product(kerne
         assert layers.conv_path(fast, x.float()) == "direct"
         monkeypatch.setattr(layers, "amx", lambda device: True)
         assert layers.conv_path(fast, x) == "direct"
-    grouped = layers.Conv2d(24, 24, 3, padding=1, groups=2).bfloat16()
+    grouped = layers.Conv2d(256, 256, 3, padding=1, groups=2).bfloat16()
+    narrow = layers.Conv2d(255, 40, 3, padding=1).bfloat16()  # under MATMUL_CONV_CHANNELS
     with torch.no_grad():
         monkeypatch.setattr(layers, "amx", lambda device: False)
         assert layers.conv_path(grouped, x) == "direct"
+        assert layers.conv_path(narrow, x[:, :255]) == "direct"
 
 
 def test_bfloat16_inference_fuses_the_feed_forward_s_and_residuals_element_wise_work_into_its_products():

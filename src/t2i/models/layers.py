@@ -44,8 +44,10 @@ def group_norm(channels: int, groups: int = 32, eps: float = 1e-5) -> nn.GroupNo
 
 # Output pixels (batch × height × width) up to which a bfloat16 convolution on a CPU without AMX runs as one matrix
 # product (`conv_as_matmul`): oneDNN's direct kernel falls to 0.3–0.8x of its speed on maps this small, the
-# matrix product does not (docs/benchmarks.md).
+# matrix product does not (docs/benchmarks.md). Below MATMUL_CONV_CHANNELS input channels the gathering's
+# Python costs more than it saves (the emoji U-Net's 64–128).
 MATMUL_CONV_ROWS = 512
+MATMUL_CONV_CHANNELS = 256
 
 
 class Conv2d(nn.Conv2d):
@@ -59,8 +61,10 @@ class Conv2d(nn.Conv2d):
 
 def conv_path(conv: nn.Conv2d, x: torch.Tensor) -> str:
     """How `Conv2d` computes: as one "matmul" for inference in bfloat16 on a CPU without AMX, at MATMUL_CONV_ROWS
-    output pixels or fewer, with zero padding and no groups or dilation; else "direct" (oneDNN's or cuDNN's)."""
+    output pixels or fewer and MATMUL_CONV_CHANNELS input channels or more, with zero padding and no groups or
+    dilation; else "direct" (oneDNN's or cuDNN's)."""
     if (x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.dim() != 4 or amx(x.device)
+            or conv.in_channels < MATMUL_CONV_CHANNELS
             or torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
             or conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros"
             or isinstance(conv.padding, str)):
