@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from .devices import DTYPES, PRECISIONS, resolve_dtype
 from .errors import UserError
+from .models.layers import linear_pointwise
 from .pipeline import DEFAULT_MODEL, Pipeline
 from .samplers import get_sampler
 
@@ -38,13 +39,11 @@ def linear_flops(x: torch.Size, w: torch.Size) -> int:
     return 2 * math.prod(x[:-1]) * w[1] * w[0]
 
 
-# oneDNN's linear layers with fused epilogues (`models.layers.epilogues_fuse`), which torch's counter does not know:
-# their products, as a linear layer's (the epilogues' element-wise work is not counted, as nowhere else)
-# (the counter looks formulas up by op, not overload: `.default` takes (x, W, b, attr, scalars, algorithm),
-# `.binary` (x, other, W, b, attr))
-if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-    EXTRA_FLOPS[torch.ops.mkldnn._linear_pointwise] = \
-        lambda x, *args, **__: linear_flops(x, args[0] if len(args) == 5 else args[1])
+# oneDNN's linear layers with fused epilogues (`layers.epilogues_fuse`) count their products, as a linear layer's
+# (element-wise work is counted nowhere). The counter looks formulas up by op, not overload: `.default` takes
+# (x, W, b, attr, scalars, algorithm), `.binary` (x, other, W, b, attr).
+if linear_pointwise() is not None:
+    EXTRA_FLOPS[linear_pointwise()] = lambda x, *args, **__: linear_flops(x, args[0] if len(args) == 5 else args[1])
 
 
 def count_flops(fn: Callable[[], object]) -> int:
