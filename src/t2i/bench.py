@@ -212,9 +212,8 @@ def time_generation(model: str = DEFAULT_MODEL, prompt: str = "red apple", batch
     CPU once per thread count of `threads` (default: torch's own); the speed options are `Pipeline.optimize`'s
     (`winograd` on the CPU only, in float32). Torch's thread count is restored afterwards."""
     devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for precision in precisions or []:
-        resolve_dtype(precision)  # an unknown name is refused before any model loads
-        if winograd and resolve_dtype(precision) != torch.float32:
+    for precision in precisions or []:  # an unknown name, or Winograd's other than float32, before any model loads
+        if resolve_dtype(precision) != torch.float32 and winograd:
             raise UserError(f"--winograd computes in float32 on the CPU, not in {precision}: leave out "
                             "--precision or ask for fp32")
     own_threads = torch.get_num_threads()
